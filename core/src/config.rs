@@ -1,0 +1,205 @@
+//! Configuration pieces shared by the binaries. Each binary composes them
+//! into its own typed config (`#[command(flatten)]`); every field is both a
+//! CLI flag and an environment variable, and this module plus the binaries'
+//! `config.rs` are the only places that read the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long = "database-url",
+        env = "TOCSIN_DATABASE_URL",
+        default_value = "postgres://localhost/tocsin",
+        value_parser = secret,
+        hide_default_value = false
+    )]
+    pub database_url: SecretString,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct AmqpArgs {
+    /// RabbitMQ connection URL.
+    #[arg(
+        long = "amqp-url",
+        env = "TOCSIN_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_parser = secret
+    )]
+    pub amqp_url: SecretString,
+
+    /// Prefix of every exchange and queue name (lets tests and several
+    /// installations share one broker).
+    #[arg(
+        long = "queue-prefix",
+        env = "TOCSIN_QUEUE_PREFIX",
+        default_value = "tocsin"
+    )]
+    pub queue_prefix: String,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RedisArgs {
+    /// Redis URL of the shared rate limiter.
+    #[arg(
+        long = "redis-url",
+        env = "TOCSIN_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        value_parser = secret
+    )]
+    pub redis_url: SecretString,
+
+    /// Prefix of every Redis key Tocsin writes.
+    #[arg(
+        long = "redis-prefix",
+        env = "TOCSIN_REDIS_PREFIX",
+        default_value = "tocsin"
+    )]
+    pub redis_prefix: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct TelemetryArgs {
+    /// Log line format. The level is set with RUST_LOG (default `info`).
+    #[arg(
+        long = "log-format",
+        env = "TOCSIN_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Vonage credentials and endpoints. The provider counts as configured when
+/// an application id is given; then the private key is required.
+#[derive(clap::Args, Clone, Debug)]
+pub struct VonageArgs {
+    /// Base URL of the Vonage API (the simulator's in tests and the demo).
+    #[arg(
+        long = "vonage-api-url",
+        env = "TOCSIN_VONAGE_API_URL",
+        default_value = "https://api.nexmo.com"
+    )]
+    pub vonage_api_url: String,
+
+    /// Vonage application id (the `application_id` JWT claim).
+    #[arg(long = "vonage-application-id", env = "TOCSIN_VONAGE_APPLICATION_ID")]
+    pub vonage_application_id: Option<String>,
+
+    /// PEM file with the application's RSA private key.
+    #[arg(
+        long = "vonage-private-key-path",
+        env = "TOCSIN_VONAGE_PRIVATE_KEY_PATH"
+    )]
+    pub vonage_private_key_path: Option<PathBuf>,
+
+    /// Signature secret Vonage signs webhooks with (HS256).
+    #[arg(long = "vonage-signature-secret", env = "TOCSIN_VONAGE_SIGNATURE_SECRET", value_parser = secret)]
+    pub vonage_signature_secret: Option<SecretString>,
+}
+
+/// The Vonage settings a worker needs to place calls, once checked.
+#[derive(Clone, Debug)]
+pub struct VonageCredentials {
+    pub api_url: String,
+    pub application_id: String,
+    pub private_key_pem: SecretString,
+}
+
+impl VonageArgs {
+    /// `Ok(None)` when Vonage is not configured at all; an error naming the
+    /// missing or unreadable variable when it is half configured.
+    pub fn credentials(&self) -> anyhow::Result<Option<VonageCredentials>> {
+        let Some(application_id) = self.vonage_application_id.clone() else {
+            return Ok(None);
+        };
+        let path = self.vonage_private_key_path.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "TOCSIN_VONAGE_APPLICATION_ID is set but TOCSIN_VONAGE_PRIVATE_KEY_PATH is not: \
+                 Vonage needs the application's private key to sign its JWTs"
+            )
+        })?;
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read TOCSIN_VONAGE_PRIVATE_KEY_PATH ({}): {e}",
+                path.display()
+            )
+        })?;
+        Ok(Some(VonageCredentials {
+            api_url: self.vonage_api_url.trim_end_matches('/').to_owned(),
+            application_id,
+            private_key_pem: SecretString::from(pem),
+        }))
+    }
+}
+
+/// Parses durations written as `500ms`, `25s`, `2m`, `1h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 25s, 2m or 1h)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("25s").unwrap(), Duration::from_secs(25));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn half_configured_vonage_names_the_missing_variable() {
+        let args = VonageArgs {
+            vonage_api_url: "http://127.0.0.1:1".into(),
+            vonage_application_id: Some("app".into()),
+            vonage_private_key_path: None,
+            vonage_signature_secret: None,
+        };
+        let err = args.credentials().unwrap_err().to_string();
+        assert!(err.contains("TOCSIN_VONAGE_PRIVATE_KEY_PATH"), "{err}");
+        let none = VonageArgs {
+            vonage_application_id: None,
+            ..args
+        };
+        assert!(none.credentials().unwrap().is_none());
+    }
+}

@@ -1,0 +1,89 @@
+//! PostgreSQL: the pool, the embedded migrations and the queries more than
+//! one binary runs. Every query is parameterised.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::{CallId, CallState, CampaignId};
+
+/// The schema, from `migrations/`, compiled into every binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Opens a pool. `acquire_timeout` bounds how long a caller waits when the
+/// database is down, so services answer 503 instead of hanging.
+pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.expose_secret().parse()?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+}
+
+/// Applies pending migrations (idempotent; concurrent callers serialise on
+/// sqlx's advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// A campaign as workers and the webhook read it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Campaign {
+    pub id: CampaignId,
+    pub name: String,
+    pub message: String,
+    pub language: String,
+    pub provider: String,
+    pub from_number: String,
+    pub status: String,
+    pub repeat: i32,
+    pub max_attempts: i32,
+    pub retry_delay_secs: i32,
+}
+
+pub async fn campaign(pool: &PgPool, id: CampaignId) -> Result<Option<Campaign>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, message, language, provider, from_number, status, repeat, \
+                max_attempts, retry_delay_secs \
+         FROM campaigns WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The campaign a call belongs to.
+pub async fn campaign_of_call(
+    pool: &PgPool,
+    call: CallId,
+) -> Result<Option<Campaign>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.id, c.name, c.message, c.language, c.provider, c.from_number, c.status, \
+                c.repeat, c.max_attempts, c.retry_delay_secs \
+         FROM campaigns c JOIN calls k ON k.campaign_id = c.id WHERE k.id = $1",
+    )
+    .bind(call)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Moves a call forward to `state` when that raises its rank (states never
+/// move back). Returns whether the row changed.
+pub async fn advance_state(
+    executor: impl sqlx::PgExecutor<'_>,
+    call: CallId,
+    state: CallState,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE calls SET state = $2, updated_at = now() \
+         WHERE id = $1 AND call_state_rank(state) < call_state_rank($2)",
+    )
+    .bind(call)
+    .bind(state.as_str())
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

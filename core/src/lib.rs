@@ -1,0 +1,26 @@
+//! Shared building blocks of Tocsin's binaries: the domain types (phone
+//! numbers, ids, call states), the one wire contract (the call job), typed
+//! configuration pieces, telemetry, the RabbitMQ topology, the Redis rate
+//! limiter, the provider clients and the PostgreSQL helpers.
+//!
+//! Nothing in this crate opens a socket by itself: every connection is made
+//! by a function a binary calls with its configuration.
+
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod ids;
+pub mod job;
+pub mod limiter;
+pub mod phone;
+pub mod provider;
+pub mod queue;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+pub mod vonage;
+
+pub use ids::{CallId, CampaignId};
+pub use job::CallJob;
+pub use phone::PhoneNumber;
+pub use state::CallState;

@@ -1,0 +1,114 @@
+//! The call state machine. States only move forward: each state has a rank
+//! and an update applies only when it raises the rank (the same rule is
+//! enforced in SQL by `call_state_rank`, see the migrations).
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallState {
+    Queued,
+    RetryWait,
+    Dialing,
+    Placed,
+    Ringing,
+    Answered,
+    Completed,
+    Busy,
+    NoAnswer,
+    Rejected,
+    Failed,
+    Cancelled,
+    Skipped,
+    Unknown,
+}
+
+impl CallState {
+    pub const ALL: [CallState; 14] = [
+        Self::Queued,
+        Self::RetryWait,
+        Self::Dialing,
+        Self::Placed,
+        Self::Ringing,
+        Self::Answered,
+        Self::Completed,
+        Self::Busy,
+        Self::NoAnswer,
+        Self::Rejected,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Skipped,
+        Self::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::RetryWait => "retry_wait",
+            Self::Dialing => "dialing",
+            Self::Placed => "placed",
+            Self::Ringing => "ringing",
+            Self::Answered => "answered",
+            Self::Completed => "completed",
+            Self::Busy => "busy",
+            Self::NoAnswer => "no_answer",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Skipped => "skipped",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Position in the forward-only order. Must match `call_state_rank` in SQL.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Queued | Self::RetryWait => 0,
+            Self::Dialing => 1,
+            Self::Placed => 2,
+            Self::Ringing => 3,
+            Self::Answered => 4,
+            _ => 5,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self.rank() == 5
+    }
+}
+
+impl fmt::Display for CallState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown call state {0:?}")]
+pub struct UnknownState(String);
+
+impl FromStr for CallState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_order_is_forward_only() {
+        for state in CallState::ALL {
+            assert_eq!(state.as_str().parse::<CallState>().unwrap(), state);
+        }
+        assert!(CallState::Ringing.rank() > CallState::Placed.rank());
+        assert!(CallState::Completed.rank() > CallState::Answered.rank());
+        assert!(CallState::Busy.is_terminal() && !CallState::RetryWait.is_terminal());
+        assert!("ringin".parse::<CallState>().is_err());
+    }
+}

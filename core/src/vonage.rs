@@ -1,0 +1,515 @@
+//! Vonage Voice API: the create-call client (RS256 application JWT), the
+//! answer document (NCCO), the event webhook payload and its HS256 signature.
+//! Request and response structs are private: the rest of Tocsin sees
+//! `CallRequest`, `PlacedCall`, `PlaceCallError` and `VonageEvent`.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::CallState;
+use crate::config::VonageCredentials;
+use crate::provider::{CallRequest, PlaceCallError, PlacedCall, retry_after};
+
+/// Lifetime of the application JWTs we sign; a token is reused until it is
+/// within `JWT_REFRESH_MARGIN` of expiry.
+const JWT_LIFETIME: Duration = Duration::from_secs(15 * 60);
+const JWT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+/// How far a webhook's `iat` may be from our clock.
+pub const WEBHOOK_MAX_SKEW: Duration = Duration::from_secs(5 * 60);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Claims of the application JWT that authorises API requests.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AppClaims {
+    pub application_id: String,
+    pub iat: u64,
+    pub jti: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// Signs application JWTs with the RSA private key, caching one token.
+pub struct JwtSigner {
+    application_id: String,
+    key: EncodingKey,
+    cached: Mutex<Option<(String, u64)>>,
+}
+
+impl JwtSigner {
+    pub fn new(application_id: String, private_key_pem: &SecretString) -> anyhow::Result<Self> {
+        let key = EncodingKey::from_rsa_pem(private_key_pem.expose_secret().as_bytes()).map_err(|e| {
+            anyhow::anyhow!("TOCSIN_VONAGE_PRIVATE_KEY_PATH does not hold an RSA private key in PEM form: {e}")
+        })?;
+        Ok(Self {
+            application_id,
+            key,
+            cached: Mutex::new(None),
+        })
+    }
+
+    /// A valid token: the cached one, or a fresh one when it nears expiry.
+    pub fn token(&self) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, exp)) = cached.as_ref() {
+            if now + JWT_REFRESH_MARGIN.as_secs() < *exp {
+                return Ok(token.clone());
+            }
+        }
+        let exp = now + JWT_LIFETIME.as_secs();
+        let claims = AppClaims {
+            application_id: self.application_id.clone(),
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            exp: Some(exp),
+            nbf: None,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)?;
+        *cached = Some((token.clone(), exp));
+        Ok(token)
+    }
+}
+
+/// Verifies an application JWT against the application's public key (what
+/// the Vonage API does, and so what the simulator does).
+pub fn verify_app_jwt(token: &str, public_key_pem: &[u8]) -> Result<AppClaims, String> {
+    let key =
+        DecodingKey::from_rsa_pem(public_key_pem).map_err(|e| format!("bad public key: {e}"))?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = true;
+    let data =
+        jsonwebtoken::decode::<AppClaims>(token, &key, &validation).map_err(|e| e.to_string())?;
+    let claims = data.claims;
+    let now = unix_now();
+    if claims.exp.is_none() && claims.iat + JWT_LIFETIME.as_secs() < now {
+        return Err("token without exp is older than 15 minutes".into());
+    }
+    if claims.exp.is_some_and(|exp| exp > claims.iat + 24 * 3600) {
+        return Err("token lifetime exceeds 24 hours".into());
+    }
+    Ok(claims)
+}
+
+#[derive(Serialize)]
+struct Endpoint<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    number: &'a str,
+}
+
+#[derive(Serialize)]
+struct CreateCall<'a> {
+    to: [Endpoint<'a>; 1],
+    from: Endpoint<'a>,
+    answer_url: [&'a str; 1],
+    answer_method: &'static str,
+    event_url: [&'a str; 1],
+    event_method: &'static str,
+    ringing_timer: u32,
+}
+
+#[derive(Deserialize)]
+struct CreateCallResponse {
+    uuid: String,
+}
+
+/// `application/problem+json` error body.
+#[derive(Deserialize, Default)]
+struct Problem {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    detail: String,
+}
+
+/// Places calls through the Vonage Voice API.
+pub struct Client {
+    http: reqwest::Client,
+    api_url: String,
+    application_id: String,
+    signer: JwtSigner,
+}
+
+impl Client {
+    pub fn new(http: reqwest::Client, credentials: &VonageCredentials) -> anyhow::Result<Self> {
+        Ok(Self {
+            http,
+            api_url: credentials.api_url.clone(),
+            application_id: credentials.application_id.clone(),
+            signer: JwtSigner::new(
+                credentials.application_id.clone(),
+                &credentials.private_key_pem,
+            )?,
+        })
+    }
+
+    /// The account the global rate limit is keyed on.
+    pub fn account(&self) -> String {
+        format!("vonage:{}", self.application_id)
+    }
+
+    #[tracing::instrument(skip_all, fields(call_id = %request.call_id, attempt = request.attempt), err(Display))]
+    pub async fn place_call(&self, request: &CallRequest) -> Result<PlacedCall, PlaceCallError> {
+        let token = self.signer.token().map_err(|e| PlaceCallError::Permanent {
+            status: 0,
+            code: "jwt".into(),
+            detail: e.to_string(),
+        })?;
+        let body = CreateCall {
+            to: [Endpoint {
+                kind: "phone",
+                number: request.to.digits(),
+            }],
+            from: Endpoint {
+                kind: "phone",
+                number: request.from.digits(),
+            },
+            answer_url: [&request.answer_url],
+            answer_method: "GET",
+            event_url: [&request.event_url],
+            event_method: "POST",
+            ringing_timer: request.ringing_timeout_secs.clamp(1, 120),
+        };
+        let response = self
+            .http
+            .post(format!("{}/v1/calls", self.api_url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| PlaceCallError::from_transport(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            let created: CreateCallResponse = response
+                .json()
+                .await
+                .map_err(|e| PlaceCallError::Ambiguous(format!("unreadable 2xx answer: {e}")))?;
+            return Ok(PlacedCall {
+                provider_call_id: created.uuid,
+            });
+        }
+        let retry = retry_after(response.headers());
+        let problem: Problem = response.json().await.unwrap_or_default();
+        Err(classify(status.as_u16(), retry, problem))
+    }
+}
+
+fn classify(status: u16, retry: Option<Duration>, problem: Problem) -> PlaceCallError {
+    match status {
+        429 => PlaceCallError::RateLimited { retry_after: retry },
+        500..=599 => PlaceCallError::Transient(format!("{status} {}", problem.title)),
+        _ => {
+            let code = problem
+                .kind
+                .rsplit(['#', '/'])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let detail = if problem.detail.is_empty() {
+                problem.title
+            } else {
+                problem.detail
+            };
+            PlaceCallError::Permanent {
+                status,
+                code,
+                detail,
+            }
+        }
+    }
+}
+
+/// One `talk` action of an NCCO: what Vonage says when the call is answered.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TalkAction {
+    pub action: String,
+    pub text: String,
+    pub language: String,
+    #[serde(default)]
+    pub style: u32,
+    #[serde(rename = "loop", default = "one")]
+    pub repeat: u32,
+    #[serde(rename = "bargeIn", default)]
+    pub barge_in: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The answer NCCO speaking `text`. Vonage takes NCCO text as data, not
+/// markup, so JSON encoding is all the escaping it needs.
+pub fn ncco(text: &str, language: &str, repeat: u32) -> serde_json::Value {
+    serde_json::json!([TalkAction {
+        action: "talk".into(),
+        text: text.into(),
+        language: language.into(),
+        style: 0,
+        repeat,
+        barge_in: false,
+    }])
+}
+
+/// A Vonage call event as posted to the event URL. Fields vary by status;
+/// numbers may arrive as strings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct VonageEvent {
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// `human` / `machine` events carry `call_uuid` instead of `uuid`.
+    #[serde(default)]
+    pub call_uuid: Option<String>,
+    #[serde(default)]
+    pub conversation_uuid: Option<String>,
+    pub status: String,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub direction: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub duration: Option<serde_json::Value>,
+    #[serde(default)]
+    pub price: Option<serde_json::Value>,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+impl VonageEvent {
+    pub fn call_uuid(&self) -> Option<&str> {
+        self.uuid.as_deref().or(self.call_uuid.as_deref())
+    }
+
+    /// The call state this event moves the call to, if any.
+    pub fn state(&self) -> Option<CallState> {
+        Some(match self.status.as_str() {
+            "started" => CallState::Placed,
+            "ringing" => CallState::Ringing,
+            "answered" => CallState::Answered,
+            "completed" => CallState::Completed,
+            "busy" => CallState::Busy,
+            "timeout" | "unanswered" | "cancelled" => CallState::NoAnswer,
+            "rejected" => CallState::Rejected,
+            "failed" => CallState::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Identity of the event for deduplication: uuid + status + timestamp.
+    pub fn dedupe_key(&self) -> String {
+        format!(
+            "vonage:{}:{}:{}",
+            self.call_uuid().unwrap_or("-"),
+            self.status,
+            self.timestamp.as_deref().unwrap_or("-")
+        )
+    }
+
+    /// `duration` in seconds, whether sent as a number or a string.
+    pub fn duration_secs(&self) -> Option<i32> {
+        number(self.duration.as_ref()?).map(|d| d as i32)
+    }
+
+    pub fn price(&self) -> Option<f64> {
+        number(self.price.as_ref()?)
+    }
+}
+
+fn number(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Claims of the JWT Vonage signs its webhooks with.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WebhookClaims {
+    pub iat: u64,
+    pub jti: String,
+    pub iss: String,
+    #[serde(default)]
+    pub api_key: String,
+    #[serde(default)]
+    pub application_id: String,
+    pub payload_hash: String,
+}
+
+fn sha256_hex(body: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body))
+}
+
+/// Signs a webhook body as Vonage does (used by the simulator).
+pub fn sign_webhook(secret: &str, application_id: &str, body: &[u8]) -> String {
+    let claims = WebhookClaims {
+        iat: unix_now(),
+        jti: uuid::Uuid::new_v4().to_string(),
+        iss: "Vonage".into(),
+        api_key: "sim".into(),
+        application_id: application_id.into(),
+        payload_hash: sha256_hex(body),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("missing Authorization bearer token")]
+    Missing,
+    #[error("bad signature: {0}")]
+    Invalid(String),
+    #[error("payload_hash does not match the body")]
+    Tampered,
+    #[error("token issued too far from now")]
+    Stale,
+}
+
+/// Verifies a Vonage webhook: HS256 signature with the signature secret,
+/// `payload_hash` equal to the body's SHA-256, `iat` within five minutes.
+pub fn verify_webhook(
+    authorization: Option<&str>,
+    secret: &SecretString,
+    body: &[u8],
+) -> Result<WebhookClaims, SignatureError> {
+    let token = authorization
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .ok_or(SignatureError::Missing)?;
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    let key = DecodingKey::from_secret(secret.expose_secret().as_bytes());
+    let claims = jsonwebtoken::decode::<WebhookClaims>(token.trim(), &key, &validation)
+        .map_err(|e| SignatureError::Invalid(e.to_string()))?
+        .claims;
+    if !claims.payload_hash.eq_ignore_ascii_case(&sha256_hex(body)) {
+        return Err(SignatureError::Tampered);
+    }
+    if unix_now().abs_diff(claims.iat) > WEBHOOK_MAX_SKEW.as_secs() {
+        return Err(SignatureError::Stale);
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_signature_round_trips_and_rejects_tampering() {
+        let secret = SecretString::from("s3cret");
+        let body = br#"{"status":"ringing"}"#;
+        let token = sign_webhook("s3cret", "app", body);
+        let header = format!("Bearer {token}");
+        assert!(verify_webhook(Some(&header), &secret, body).is_ok());
+        assert_eq!(
+            verify_webhook(Some(&header), &secret, br#"{"status":"answered"}"#).unwrap_err(),
+            SignatureError::Tampered
+        );
+        assert!(matches!(
+            verify_webhook(Some(&header), &SecretString::from("other"), body),
+            Err(SignatureError::Invalid(_))
+        ));
+        assert_eq!(
+            verify_webhook(None, &secret, body).unwrap_err(),
+            SignatureError::Missing
+        );
+    }
+
+    #[test]
+    fn stale_webhook_tokens_are_rejected() {
+        let body = b"{}";
+        let claims = WebhookClaims {
+            iat: unix_now() - 3600,
+            jti: "x".into(),
+            iss: "Vonage".into(),
+            api_key: String::new(),
+            application_id: String::new(),
+            payload_hash: sha256_hex(body),
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        let result = verify_webhook(
+            Some(&format!("Bearer {token}")),
+            &SecretString::from("k"),
+            body,
+        );
+        assert_eq!(result.unwrap_err(), SignatureError::Stale);
+    }
+
+    #[test]
+    fn events_map_to_states_and_numbers_parse_from_strings() {
+        let e: VonageEvent = serde_json::from_str(
+            r#"{"uuid":"u1","status":"completed","timestamp":"2026-01-01T00:00:00.000Z","duration":"12","price":"0.00450000"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.state(), Some(CallState::Completed));
+        assert_eq!(e.duration_secs(), Some(12));
+        assert_eq!(e.price(), Some(0.0045));
+        assert_eq!(
+            e.dedupe_key(),
+            "vonage:u1:completed:2026-01-01T00:00:00.000Z"
+        );
+        let m: VonageEvent =
+            serde_json::from_str(r#"{"call_uuid":"u2","status":"machine"}"#).unwrap();
+        assert_eq!(m.call_uuid(), Some("u2"));
+        assert_eq!(m.state(), None);
+    }
+
+    #[test]
+    fn errors_classify_into_decisions() {
+        let p = || Problem {
+            kind: "https://developer.nexmo.com/api-errors#unauthorized".into(),
+            title: "Unauthorized".into(),
+            detail: "bad token".into(),
+        };
+        assert_eq!(
+            classify(429, Some(Duration::from_secs(1)), p()),
+            PlaceCallError::RateLimited {
+                retry_after: Some(Duration::from_secs(1))
+            }
+        );
+        assert!(matches!(
+            classify(503, None, p()),
+            PlaceCallError::Transient(_)
+        ));
+        assert_eq!(
+            classify(401, None, p()),
+            PlaceCallError::Permanent {
+                status: 401,
+                code: "unauthorized".into(),
+                detail: "bad token".into()
+            }
+        );
+    }
+}
