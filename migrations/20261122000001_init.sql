@@ -47,6 +47,8 @@ CREATE TABLE calls (
                          'failed', 'cancelled', 'skipped', 'unknown')),
     -- Attempts started (0 until a worker first claims the call).
     attempt          integer NOT NULL DEFAULT 0,
+    -- Create-call requests that failed transiently (5xx, connection errors).
+    transient_failures integer NOT NULL DEFAULT 0,
     provider         text,
     provider_call_id text,
     -- Set once the job is confirmed by the broker: a re-run publishes only rows without it.
@@ -72,7 +74,8 @@ CREATE INDEX calls_not_enqueued ON calls (campaign_id) WHERE enqueued_at IS NULL
 
 CREATE TABLE call_events (
     id               bigserial PRIMARY KEY,
-    -- NULL when the event named no call we know: stored and flagged, never dropped.
+    -- The call the event named (from our ?call_id= or the provider's call id).
+    -- An event for no call we know is stored with unknown_call = true, never dropped.
     call_id          uuid,
     provider         text NOT NULL,
     -- Provider-specific identity of the event; a redelivery is stored once.

@@ -1,1 +1,210 @@
+//! The worker: consumes call jobs and places calls.
+//!
+//! `run` connects to PostgreSQL, RabbitMQ and Redis, declares the queue
+//! topology, serves `/healthz`, `/readyz` and `/metrics`, and consumes the
+//! work queue with manual acks and a bounded prefetch until `shutdown` is
+//! cancelled; then it stops consuming, lets in-flight jobs finish (within the
+//! grace period) and returns.
 
+pub mod config;
+pub mod process;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::message::Delivery;
+use secrecy::ExposeSecret;
+use tocsin_core::limiter::RedisLimiter;
+use tocsin_core::queue::{self, Publisher, Topology};
+use tocsin_core::{CallJob, db, http, vonage};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::WorkerConfig;
+use crate::process::{Deps, Outcome, process};
+
+/// Runs a worker until `shutdown` is cancelled.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database.database_url, u32::from(config.prefetch).clamp(2, 32))
+        .await
+        .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
+    db::migrate(&pool).await.context("applying database migrations")?;
+
+    let amqp = queue::connect(config.amqp.amqp_url.expose_secret(), "tocsin-worker")
+        .await
+        .context("connecting to RabbitMQ (TOCSIN_AMQP_URL)")?;
+    let topology = Topology::new(&config.amqp.queue_prefix);
+    let channel = amqp.create_channel().await.context("opening a RabbitMQ channel")?;
+    topology.declare(&channel).await.context("declaring the queue topology")?;
+    let publisher = Publisher::new(&amqp, topology.clone()).await.context("opening the publish channel")?;
+
+    let redis = RedisLimiter::connect(config.redis.redis_url.expose_secret())
+        .await
+        .context("connecting to Redis (TOCSIN_REDIS_URL)")?;
+    let limiter = RedisLimiter::new(redis, &config.redis.redis_prefix, config.rate_per_sec, config.limiter_max_wait);
+
+    let http_client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(config.provider_timeout)
+        .build()
+        .context("building the HTTP client")?;
+    let vonage = match config.vonage.credentials()? {
+        Some(credentials) => Some(vonage::Client::new(http_client.clone(), &credentials)?),
+        None => None,
+    };
+    if vonage.is_none() {
+        warn!("no provider is configured (set TOCSIN_VONAGE_APPLICATION_ID and TOCSIN_VONAGE_PRIVATE_KEY_PATH); every call will fail");
+    }
+
+    let deps = Arc::new(Deps {
+        pool: pool.clone(),
+        limiter,
+        vonage,
+        public_url: config.public_url().to_owned(),
+        ringing_timeout_secs: config.ringing_timeout_secs,
+        dialing_lease: config.dialing_lease,
+        max_transient_retries: config.max_transient_retries,
+    });
+
+    // Health and metrics.
+    let ready_pool = pool.clone();
+    let ready_amqp = amqp.status().clone();
+    let ready: http::ReadyCheck = Arc::new(move || {
+        let pool = ready_pool.clone();
+        let connected = ready_amqp.connected();
+        Box::pin(async move {
+            if !connected {
+                return Err("RabbitMQ connection is down".to_owned());
+            }
+            sqlx::query("SELECT 1").execute(&pool).await.map_err(|_| "PostgreSQL is unreachable".to_owned())?;
+            Ok(())
+        })
+    });
+    let (listener, addr) = http::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve(listener, http::ops_router(ready), http_stop.clone().cancelled_owned()));
+    info!(%addr, "health and metrics listening");
+
+    // Consume.
+    let consume_channel = amqp.create_channel().await.context("opening the consume channel")?;
+    consume_channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .context("setting the prefetch")?;
+    let tag = format!("worker-{}", uuid::Uuid::new_v4());
+    let mut consumer = consume_channel
+        .basic_consume(
+            topology.work_queue().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("starting to consume the work queue")?;
+    info!(queue = %topology.work_queue(), prefetch = config.prefetch, "consuming");
+
+    let tracker = TaskTracker::new();
+    let in_flight = Arc::new(Semaphore::new(usize::from(config.prefetch)));
+    let mut result = Ok(());
+    loop {
+        let delivery = tokio::select! {
+            () = shutdown.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let delivery = match delivery {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                result = Err(anyhow::Error::new(e).context("consuming from RabbitMQ"));
+                break;
+            }
+            None => {
+                result = Err(anyhow::anyhow!("RabbitMQ closed the consumer"));
+                break;
+            }
+        };
+        let permit = in_flight.clone().acquire_owned().await.context("semaphore closed")?;
+        let deps = deps.clone();
+        let publisher = publisher.clone();
+        tracker.spawn(async move {
+            handle(&deps, &publisher, delivery).await;
+            drop(permit);
+        });
+    }
+
+    info!("stopping: no new jobs; waiting for in-flight calls");
+    // Unacked jobs we never started go back to the queue when the channel closes.
+    let _ = consume_channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+        warn!(grace = ?config.shutdown_grace, "grace period over with calls still in flight; their jobs will be redelivered");
+    }
+    let _ = consume_channel.close(200, "worker stopping".into()).await;
+    let _ = amqp.close(200, "worker stopping".into()).await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    pool.close().await;
+    info!("worker stopped");
+    result
+}
+
+/// Runs one job and settles its delivery according to the outcome.
+async fn handle(deps: &Deps, publisher: &Publisher, delivery: Delivery) {
+    metrics::counter!("tocsin_jobs_consumed_total").increment(1);
+    let job = match CallJob::decode(&delivery.data) {
+        Ok(job) => job,
+        Err(e) => {
+            error!(error = %e, "undecodable job; dead-lettering");
+            dead_letter(&delivery).await;
+            return;
+        }
+    };
+    match process(deps, &job).await {
+        Ok(Outcome::Ack) => ack(&delivery).await,
+        Ok(Outcome::Delay(tier)) => match publisher.publish_delayed(&job, tier).await {
+            Ok(()) => {
+                metrics::counter!("tocsin_jobs_delayed_total", "tier" => tier.name()).increment(1);
+                ack(&delivery).await;
+            }
+            Err(e) => {
+                error!(error = %e, call_id = %job.call_id, "could not delay job; returning it to the queue");
+                requeue(&delivery).await;
+            }
+        },
+        Ok(Outcome::DeadLetter(reason)) => {
+            error!(%reason, call_id = %job.call_id, "dead-lettering job");
+            dead_letter(&delivery).await;
+        }
+        Err(e) => {
+            // Infrastructure trouble: back off a little, then let another try.
+            error!(error = %e, call_id = %job.call_id, "job failed; returning it to the queue");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            requeue(&delivery).await;
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        error!(error = %e, "ack failed; the job will be redelivered");
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    let options = BasicNackOptions { requeue: true, ..Default::default() };
+    if let Err(e) = delivery.nack(options).await {
+        error!(error = %e, "nack failed; the job will be redelivered");
+    }
+}
+
+async fn dead_letter(delivery: &Delivery) {
+    metrics::counter!("tocsin_jobs_dead_lettered_total").increment(1);
+    let options = BasicNackOptions { requeue: false, ..Default::default() };
+    if let Err(e) = delivery.nack(options).await {
+        error!(error = %e, "nack failed; the job will be redelivered");
+    }
+}

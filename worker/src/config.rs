@@ -1,0 +1,89 @@
+//! The worker's configuration: every field a flag and an environment
+//! variable (`worker --help` lists them).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use tocsin_core::config::{AmqpArgs, DatabaseArgs, RedisArgs, TelemetryArgs, VonageArgs, parse_duration};
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "worker",
+    version,
+    about = "Consumes call jobs from RabbitMQ and places the calls through the campaign's voice provider, \
+             never faster than the shared Redis rate limit allows.",
+    after_help = "Example:\n  TOCSIN_VONAGE_APPLICATION_ID=app TOCSIN_VONAGE_PRIVATE_KEY_PATH=key.pem \\\n  TOCSIN_PUBLIC_URL=https://hooks.example.com worker"
+)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub vonage: VonageArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+
+    /// Base URL at which providers reach the webhook service (answer and event URLs).
+    #[arg(long = "public-url", env = "TOCSIN_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    pub public_url: String,
+
+    /// Listen address of /healthz, /readyz and /metrics.
+    #[arg(long = "http-addr", env = "TOCSIN_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: SocketAddr,
+
+    /// Create-call requests per second per provider account, shared by all workers.
+    #[arg(long = "rate-per-sec", env = "TOCSIN_RATE_PER_SEC", default_value_t = 2.0)]
+    pub rate_per_sec: f64,
+
+    /// Longest a job waits for its rate-limit slot; beyond it, the job goes back to a delay queue.
+    #[arg(long = "limiter-max-wait", env = "TOCSIN_LIMITER_MAX_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub limiter_max_wait: Duration,
+
+    /// Jobs held and processed at once (RabbitMQ prefetch and in-flight bound).
+    #[arg(long = "prefetch", env = "TOCSIN_PREFETCH", default_value_t = 16)]
+    pub prefetch: u16,
+
+    /// Timeout of one create-call request.
+    #[arg(long = "provider-timeout", env = "TOCSIN_PROVIDER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub provider_timeout: Duration,
+
+    /// Seconds the phone rings before the provider gives up.
+    #[arg(long = "ringing-timeout", env = "TOCSIN_RINGING_TIMEOUT", default_value_t = 45)]
+    pub ringing_timeout_secs: u32,
+
+    /// A call left `dialing` longer than this was interrupted by a crash
+    /// (younger ones may still be in flight on another worker).
+    #[arg(long = "dialing-lease", env = "TOCSIN_DIALING_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub dialing_lease: Duration,
+
+    /// How many transient failures (5xx, connection errors) a call survives.
+    #[arg(long = "max-transient-retries", env = "TOCSIN_MAX_TRANSIENT_RETRIES", default_value_t = 5)]
+    pub max_transient_retries: u32,
+
+    /// How long SIGTERM waits for in-flight calls before exiting.
+    #[arg(long = "shutdown-grace", env = "TOCSIN_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.rate_per_sec.is_finite() && self.rate_per_sec > 0.0) {
+            anyhow::bail!("TOCSIN_RATE_PER_SEC must be a positive number, got {}", self.rate_per_sec);
+        }
+        if self.prefetch == 0 {
+            anyhow::bail!("TOCSIN_PREFETCH must be at least 1");
+        }
+        if !self.public_url.starts_with("http://") && !self.public_url.starts_with("https://") {
+            anyhow::bail!("TOCSIN_PUBLIC_URL must be an http(s) URL, got {:?}", self.public_url);
+        }
+        Ok(())
+    }
+
+    pub fn public_url(&self) -> &str {
+        self.public_url.trim_end_matches('/')
+    }
+}
