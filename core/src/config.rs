@@ -203,3 +203,23 @@ mod tests {
         assert!(none.credentials().unwrap().is_none());
     }
 }
+
+/// Where tests find the local services: the same variables as the
+/// binaries, with the same defaults.
+pub mod test_env {
+    fn var(name: &str, default: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| default.to_owned())
+    }
+
+    pub fn database_url() -> String {
+        var("TOCSIN_DATABASE_URL", "postgres://localhost/tocsin")
+    }
+
+    pub fn amqp_url() -> String {
+        var("TOCSIN_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+    }
+
+    pub fn redis_url() -> String {
+        var("TOCSIN_REDIS_URL", "redis://127.0.0.1:6379")
+    }
+}

@@ -18,6 +18,8 @@ pub mod queue;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod vonage;
 
 pub use ids::{CallId, CampaignId};

@@ -272,9 +272,10 @@ ensure_rabbitmq() {
     if ! have rabbitmq-server; then
         apt_install "$svc" rabbitmq-server
     fi
+    local started="started on $where"
     if rabbit_node_up; then
         # Booting already (started by the package or a previous run).
-        say "$svc: node is booting, waiting up to ${RABBIT_TIMEOUT}s"
+        started="running on $where (was booting)"
     else
         out=$(as_root rabbitmq-server -detached 2>&1) ||
             fail "$svc" "rabbitmq-server -detached failed: ${out//$'\n'/ }" "ls -t $RABBIT_LOGS"
@@ -282,7 +283,7 @@ ensure_rabbitmq() {
     local rc=0
     wait_for "$RABBIT_TIMEOUT" rabbit_ready rabbit_alive || rc=$?
     case $rc in
-    0) say "$svc: started on $where" ;;
+    0) say "$svc: $started" ;;
     2) fail "$svc" "the broker exited while starting" "ls -t $RABBIT_LOGS (newest log first)" "rabbitmq-server (in the foreground, to see the error)" ;;
     *) fail "$svc" "$where not ready after ${RABBIT_TIMEOUT}s" "rabbitmq-diagnostics status" "ls -t $RABBIT_LOGS (newest log first)" ;;
     esac
@@ -293,6 +294,7 @@ ensure_rabbitmq() {
 # A failure that fail() did not report (a bug, or a surprise from a tool):
 # still say which step and command, rather than exiting silently.
 STEP=setup
+START_US=${EPOCHREALTIME//[!0-9]/}
 on_exit() {
     local rc=$?
     if ((rc != 0 && !FAILED)); then
@@ -310,4 +312,5 @@ STEP=rabbitmq
 ensure_rabbitmq
 STEP=database
 ensure_database
-say "up.sh: local stack ready in ${SECONDS}s"
+elapsed_ms=$(((${EPOCHREALTIME//[!0-9]/} - START_US) / 1000))
+say "up.sh: local stack ready in $((elapsed_ms / 1000)).$((elapsed_ms % 1000 / 100))s"

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Runs a real demo broadcast on this machine: starts PostgreSQL, Redis and
+# RabbitMQ (deploy/local/up.sh), builds Tocsin, starts the provider
+# simulator, the webhook service and two workers, enqueues
+# examples/contacts.csv as campaign "demo", shows progress until every call
+# has finished, prints the outcome table and stops what it started.
+#
+# Usage: deploy/local/demo.sh [--provider vonage]
+# A re-run deletes campaign "demo" (its calls and events) and calls everyone again.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+PROVIDER=vonage
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --provider) PROVIDER="${2:-}"; shift 2 ;;
+    --provider=*) PROVIDER="${1#*=}"; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "demo.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+if [ "$PROVIDER" != vonage ]; then
+  echo "demo.sh: provider $PROVIDER is not supported yet (only vonage)" >&2
+  exit 2
+fi
+
+STATE="$ROOT/.tocsin"
+mkdir -p "$STATE/logs"
+SIM_PORT="${TOCSIN_DEMO_SIM_PORT:-8090}"
+HOOK_PORT="${TOCSIN_DEMO_WEBHOOK_PORT:-8080}"
+WORKER_PORTS=("${TOCSIN_DEMO_WORKER1_PORT:-9091}" "${TOCSIN_DEMO_WORKER2_PORT:-9092}")
+CAMPAIGN=demo
+MESSAGE="This is a test of the Tocsin alert system. If this were a real emergency, you would hear instructions now."
+
+echo "== local services"
+"$ROOT/deploy/local/up.sh"
+
+echo "== building"
+cargo build --quiet --bins
+BIN="$ROOT/target/debug"
+
+export TOCSIN_DATABASE_URL="${TOCSIN_DATABASE_URL:-postgres://localhost/tocsin}"
+export TOCSIN_AMQP_URL="${TOCSIN_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export TOCSIN_REDIS_URL="${TOCSIN_REDIS_URL:-redis://127.0.0.1:6379}"
+export TOCSIN_RATE_PER_SEC="${TOCSIN_RATE_PER_SEC:-2}"
+export RUST_LOG="${RUST_LOG:-info}"
+
+# Simulated Vonage application: a key pair and a webhook signature secret of
+# our own, made once and kept in .tocsin/ (never committed).
+if [ ! -s "$STATE/vonage_private.pem" ]; then
+  "$BIN/simulator" keygen --out "$STATE" >/dev/null
+fi
+if [ ! -s "$STATE/vonage_signature_secret" ]; then
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$STATE/vonage_signature_secret"
+fi
+export TOCSIN_VONAGE_APPLICATION_ID=demo-app
+export TOCSIN_VONAGE_PRIVATE_KEY_PATH="$STATE/vonage_private.pem"
+TOCSIN_VONAGE_SIGNATURE_SECRET="$(cat "$STATE/vonage_signature_secret")"
+export TOCSIN_VONAGE_SIGNATURE_SECRET
+export TOCSIN_VONAGE_API_URL="http://127.0.0.1:$SIM_PORT"
+export TOCSIN_PUBLIC_URL="http://127.0.0.1:$HOOK_PORT"
+
+PIDS=()
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  if [ ${#PIDS[@]} -gt 0 ]; then
+    echo "== stopping simulator, webhook and workers"
+    kill -TERM "${PIDS[@]}" 2>/dev/null || true
+    for _ in $(seq 1 60); do
+      kill -0 "${PIDS[@]}" 2>/dev/null || break
+      sleep 0.5
+    done
+    kill -KILL "${PIDS[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "$SIM_PORT" "$HOOK_PORT" "${WORKER_PORTS[@]}"; do
+  if ! port_free "$port"; then
+    echo "demo.sh: port $port is in use (a demo still running?); stop it or set TOCSIN_DEMO_*_PORT" >&2
+    exit 1
+  fi
+done
+
+wait_http() { # url name log
+  for _ in $(seq 1 120); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.5
+  done
+  echo "demo.sh: $2 did not become ready; its log ($3):" >&2
+  tail -n 20 "$3" >&2
+  exit 1
+}
+
+echo "== starting simulator, webhook and two workers (logs in .tocsin/logs/)"
+TOCSIN_HTTP_ADDR="127.0.0.1:$SIM_PORT" "$BIN/simulator" serve \
+  --vonage-public-key-path "$STATE/vonage_public.pem" \
+  --vonage-rate "$TOCSIN_RATE_PER_SEC" --time-scale 0.2 \
+  >"$STATE/logs/simulator.log" 2>&1 &
+PIDS+=($!)
+TOCSIN_HTTP_ADDR="127.0.0.1:$HOOK_PORT" "$BIN/webhook" >"$STATE/logs/webhook.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$SIM_PORT/healthz" simulator "$STATE/logs/simulator.log"
+wait_http "http://127.0.0.1:$HOOK_PORT/readyz" webhook "$STATE/logs/webhook.log"
+for i in 0 1; do
+  TOCSIN_HTTP_ADDR="127.0.0.1:${WORKER_PORTS[$i]}" "$BIN/worker" >"$STATE/logs/worker-$((i + 1)).log" 2>&1 &
+  PIDS+=($!)
+done
+for i in 0 1; do
+  wait_http "http://127.0.0.1:${WORKER_PORTS[$i]}/readyz" "worker $((i + 1))" "$STATE/logs/worker-$((i + 1)).log"
+done
+
+echo "== enqueueing examples/contacts.csv as campaign '$CAMPAIGN'"
+"$BIN/producer" delete "$CAMPAIGN" --yes >/dev/null
+"$BIN/producer" enqueue --campaign "$CAMPAIGN" --contacts examples/contacts.csv \
+  --message "$MESSAGE" --from +14155550100 --provider "$PROVIDER"
+
+echo "== calling (at most $TOCSIN_RATE_PER_SEC new calls per second)"
+"$BIN/producer" status "$CAMPAIGN" --wait --timeout 5m
+
+echo "== outcome (SQL: SELECT * FROM campaign_summary WHERE campaign = '$CAMPAIGN')"
+psql "$TOCSIN_DATABASE_URL" -X -q -P pager=off <<SQL
+SELECT campaign, total, completed, busy, no_answer, failed, unknown, answered_pct, first_call, last_call
+FROM campaign_summary WHERE campaign = '$CAMPAIGN';
+SELECT k.source_line AS line, k.number, k.state, k.attempt, k.duration_secs AS talk_secs,
+       (SELECT count(*) FROM call_events e WHERE e.call_id = k.id) AS events
+FROM calls k JOIN campaigns c ON c.id = k.campaign_id
+WHERE c.name = '$CAMPAIGN' ORDER BY k.source_line;
+SQL
+SIM_STATS="$(curl -fsS "http://127.0.0.1:$SIM_PORT/_sim/stats")"
+echo "simulator: $SIM_STATS"
+echo "== demo finished"
