@@ -77,7 +77,7 @@ pub enum LogFormat {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct TelemetryArgs {
-    /// Log line format. The level is set with RUST_LOG (default `info`).
+    /// Log line format. The level is set with RUST_LOG (default `info,sqlx=warn`).
     #[arg(
         long = "log-format",
         env = "TOCSIN_LOG_FORMAT",

@@ -63,10 +63,10 @@ impl JwtSigner {
     pub fn token(&self) -> Result<String, jsonwebtoken::errors::Error> {
         let now = unix_now();
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((token, exp)) = cached.as_ref() {
-            if now + JWT_REFRESH_MARGIN.as_secs() < *exp {
-                return Ok(token.clone());
-            }
+        if let Some((token, exp)) = cached.as_ref()
+            && now + JWT_REFRESH_MARGIN.as_secs() < *exp
+        {
+            return Ok(token.clone());
         }
         let exp = now + JWT_LIFETIME.as_secs();
         let claims = AppClaims {

@@ -25,7 +25,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create (or extend) a campaign from a contact list and enqueue one call per new contact.
-    #[command(after_help = "Example:\n  producer enqueue --campaign demo --contacts examples/contacts.csv \\\n      --message 'This is a test of the alert system.' --from +14155550100\n\nRe-running the same command enqueues nothing twice: contacts already in the\ncampaign are counted as 'already enqueued'; new contacts are added.")]
+    #[command(
+        after_help = "Example:\n  producer enqueue --campaign demo --contacts examples/contacts.csv \\\n      --message 'This is a test of the alert system.' --from +14155550100\n\nRe-running the same command enqueues nothing twice: contacts already in the\ncampaign are counted as 'already enqueued'; new contacts are added."
+    )]
     Enqueue(EnqueueArgs),
     /// Show a campaign's calls by state.
     #[command(after_help = "Example:\n  producer status demo --wait --timeout 10m")]

@@ -71,7 +71,11 @@ pub fn router(sim: Arc<Sim>) -> Router {
 
 /// Serves on `listener` until `shutdown` is cancelled, then waits (briefly)
 /// for simulated calls in progress.
-pub async fn run(config: SimConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: SimConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     use rand::SeedableRng;
     let vonage_public_key = std::fs::read(&config.vonage_public_key_path)
         .with_context(|| format!("reading {}", config.vonage_public_key_path.display()))?;

@@ -54,22 +54,38 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
 }
 
 /// Serves on `listener` until `shutdown` is cancelled.
-pub async fn run(config: WebhookConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: WebhookConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let pool = db::connect(&config.database.database_url, 16)
         .await
         .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
-    db::migrate(&pool).await.context("applying database migrations")?;
+    db::migrate(&pool)
+        .await
+        .context("applying database migrations")?;
     if config.insecure_skip_signature_check {
-        warn!("webhook signature checks are DISABLED (--insecure-skip-signature-check): development only");
+        warn!(
+            "webhook signature checks are DISABLED (--insecure-skip-signature-check): development only"
+        );
     }
     let state = AppState {
         pool: pool.clone(),
-        vonage_secret: if config.insecure_skip_signature_check { None } else { config.vonage_signature_secret.clone() },
+        vonage_secret: if config.insecure_skip_signature_check {
+            None
+        } else {
+            config.vonage_signature_secret.clone()
+        },
     };
     info!(addr = %listener.local_addr()?, "webhook listening");
-    http::serve(listener, router(state, config.max_body_bytes), shutdown.cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    http::serve(
+        listener,
+        router(state, config.max_body_bytes),
+        shutdown.cancelled_owned(),
+    )
+    .await
+    .context("serving HTTP")?;
     pool.close().await;
     info!("webhook stopped");
     Ok(())

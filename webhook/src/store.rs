@@ -39,10 +39,12 @@ pub enum Stored {
 pub async fn store(pool: &PgPool, event: &StoredEvent) -> Result<Stored, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let known: bool = match event.call_id {
-        Some(id) => sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM calls WHERE id = $1)")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?,
+        Some(id) => {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM calls WHERE id = $1)")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?
+        }
         None => false,
     };
     let inserted = sqlx::query(

@@ -28,7 +28,8 @@ pub async fn answer(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(id) = call_id(&query) else {
-        return ApiError::bad_request("missing or malformed call_id query parameter").into_response();
+        return ApiError::bad_request("missing or malformed call_id query parameter")
+            .into_response();
     };
     match db::campaign_of_call(&state.pool, id).await {
         Ok(Some(campaign)) => {
@@ -51,7 +52,9 @@ pub async fn events(
     body: Bytes,
 ) -> Response {
     if let Some(secret) = &state.vonage_secret {
-        let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         if let Err(e) = vonage::verify_webhook(auth, secret, &body) {
             warn!(error = %e, "vonage event rejected: signature");
             metrics::counter!("tocsin_webhook_rejected_total", "provider" => "vonage", "reason" => "signature")

@@ -13,9 +13,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
 use secrecy::ExposeSecret;
 use tocsin_core::limiter::RedisLimiter;
 use tocsin_core::queue::{self, Publisher, Topology};
@@ -30,23 +32,41 @@ use crate::process::{Deps, Outcome, process};
 
 /// Runs a worker until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database.database_url, u32::from(config.prefetch).clamp(2, 32))
+    let pool = db::connect(
+        &config.database.database_url,
+        u32::from(config.prefetch).clamp(2, 32),
+    )
+    .await
+    .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
+    db::migrate(&pool)
         .await
-        .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
-    db::migrate(&pool).await.context("applying database migrations")?;
+        .context("applying database migrations")?;
 
     let amqp = queue::connect(config.amqp.amqp_url.expose_secret(), "tocsin-worker")
         .await
         .context("connecting to RabbitMQ (TOCSIN_AMQP_URL)")?;
     let topology = Topology::new(&config.amqp.queue_prefix);
-    let channel = amqp.create_channel().await.context("opening a RabbitMQ channel")?;
-    topology.declare(&channel).await.context("declaring the queue topology")?;
-    let publisher = Publisher::new(&amqp, topology.clone()).await.context("opening the publish channel")?;
+    let channel = amqp
+        .create_channel()
+        .await
+        .context("opening a RabbitMQ channel")?;
+    topology
+        .declare(&channel)
+        .await
+        .context("declaring the queue topology")?;
+    let publisher = Publisher::new(&amqp, topology.clone())
+        .await
+        .context("opening the publish channel")?;
 
     let redis = RedisLimiter::connect(config.redis.redis_url.expose_secret())
         .await
         .context("connecting to Redis (TOCSIN_REDIS_URL)")?;
-    let limiter = RedisLimiter::new(redis, &config.redis.redis_prefix, config.rate_per_sec, config.limiter_max_wait);
+    let limiter = RedisLimiter::new(
+        redis,
+        &config.redis.redis_prefix,
+        config.rate_per_sec,
+        config.limiter_max_wait,
+    );
 
     let http_client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
@@ -58,7 +78,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         None => None,
     };
     if vonage.is_none() {
-        warn!("no provider is configured (set TOCSIN_VONAGE_APPLICATION_ID and TOCSIN_VONAGE_PRIVATE_KEY_PATH); every call will fail");
+        warn!(
+            "no provider is configured (set TOCSIN_VONAGE_APPLICATION_ID and TOCSIN_VONAGE_PRIVATE_KEY_PATH); every call will fail"
+        );
     }
 
     let deps = Arc::new(Deps {
@@ -81,17 +103,29 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             if !connected {
                 return Err("RabbitMQ connection is down".to_owned());
             }
-            sqlx::query("SELECT 1").execute(&pool).await.map_err(|_| "PostgreSQL is unreachable".to_owned())?;
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map_err(|_| "PostgreSQL is unreachable".to_owned())?;
             Ok(())
         })
     });
-    let (listener, addr) = http::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
+    let (listener, addr) = http::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
     let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(http::serve(listener, http::ops_router(ready), http_stop.clone().cancelled_owned()));
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        http::ops_router(ready),
+        http_stop.clone().cancelled_owned(),
+    ));
     info!(%addr, "health and metrics listening");
 
     // Consume.
-    let consume_channel = amqp.create_channel().await.context("opening the consume channel")?;
+    let consume_channel = amqp
+        .create_channel()
+        .await
+        .context("opening the consume channel")?;
     consume_channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await
@@ -127,7 +161,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                 break;
             }
         };
-        let permit = in_flight.clone().acquire_owned().await.context("semaphore closed")?;
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .context("semaphore closed")?;
         let deps = deps.clone();
         let publisher = publisher.clone();
         tracker.spawn(async move {
@@ -138,9 +176,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
 
     info!("stopping: no new jobs; waiting for in-flight calls");
     // Unacked jobs we never started go back to the queue when the channel closes.
-    let _ = consume_channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+    let _ = consume_channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
         warn!(grace = ?config.shutdown_grace, "grace period over with calls still in flight; their jobs will be redelivered");
     }
     let _ = consume_channel.close(200, "worker stopping".into()).await;
@@ -195,7 +238,10 @@ async fn ack(delivery: &Delivery) {
 }
 
 async fn requeue(delivery: &Delivery) {
-    let options = BasicNackOptions { requeue: true, ..Default::default() };
+    let options = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
     if let Err(e) = delivery.nack(options).await {
         error!(error = %e, "nack failed; the job will be redelivered");
     }
@@ -203,7 +249,10 @@ async fn requeue(delivery: &Delivery) {
 
 async fn dead_letter(delivery: &Delivery) {
     metrics::counter!("tocsin_jobs_dead_lettered_total").increment(1);
-    let options = BasicNackOptions { requeue: false, ..Default::default() };
+    let options = BasicNackOptions {
+        requeue: false,
+        ..Default::default()
+    };
     if let Err(e) = delivery.nack(options).await {
         error!(error = %e, "nack failed; the job will be redelivered");
     }

@@ -150,7 +150,9 @@ async fn decide_unclaimed(deps: &Deps, job: &CallJob) -> Result<Outcome, Process
     let dialing_for = Duration::from_secs_f64(dialing_for.unwrap_or(0.0).max(0.0));
     if dialing_for < deps.dialing_lease {
         // Another worker may be dialing right now: look again later.
-        return Ok(Outcome::Delay(DelayTier::at_least(deps.dialing_lease - dialing_for)));
+        return Ok(Outcome::Delay(DelayTier::at_least(
+            deps.dialing_lease - dialing_for,
+        )));
     }
     // A worker died between claim and outcome. The provider may or may not
     // have the call; without its confirmation we must not dial again.
@@ -219,9 +221,16 @@ async fn record(
                 return Ok(Outcome::Ack);
             }
             warn!(%detail, retries, "transient provider failure; will retry");
-            Ok(Outcome::Delay(DelayTier::at_least(jittered(Duration::from_secs(1), retries))))
+            Ok(Outcome::Delay(DelayTier::at_least(jittered(
+                Duration::from_secs(1),
+                retries,
+            ))))
         }
-        Err(PlaceCallError::Permanent { status, code, detail }) => {
+        Err(PlaceCallError::Permanent {
+            status,
+            code,
+            detail,
+        }) => {
             finish_failed(deps, job, &format!("{status} {code}"), &detail).await?;
             warn!(status, %code, %detail, "provider refused the call");
             Ok(Outcome::Ack)
@@ -268,7 +277,12 @@ async fn release(deps: &Deps, job: &CallJob, detail: Option<&str>) -> Result<u32
     Ok(u32::try_from(retries.unwrap_or(0)).unwrap_or(0))
 }
 
-async fn finish_failed(deps: &Deps, job: &CallJob, code: &str, detail: &str) -> Result<(), sqlx::Error> {
+async fn finish_failed(
+    deps: &Deps,
+    job: &CallJob,
+    code: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE calls SET state = 'failed', error_code = $2, error_detail = $3, ended_at = now(), \
                 updated_at = now() \
@@ -284,7 +298,12 @@ async fn finish_failed(deps: &Deps, job: &CallJob, code: &str, detail: &str) -> 
 
 /// A call that cannot be placed for a reason of configuration: failed
 /// without a claim or a dial.
-async fn fail_unclaimed(deps: &Deps, job: &CallJob, code: &str, detail: &str) -> Result<Outcome, ProcessError> {
+async fn fail_unclaimed(
+    deps: &Deps,
+    job: &CallJob,
+    code: &str,
+    detail: &str,
+) -> Result<Outcome, ProcessError> {
     warn!(%code, %detail, "call cannot be placed");
     sqlx::query(
         "UPDATE calls SET state = 'failed', error_code = $2, error_detail = $3, ended_at = now(), \
