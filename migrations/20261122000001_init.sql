@@ -7,6 +7,8 @@ CREATE TABLE campaigns (
     name             text NOT NULL UNIQUE CHECK (name <> '' AND length(name) <= 200),
     message          text NOT NULL CHECK (message <> '' AND length(message) <= 1500),
     language         text NOT NULL DEFAULT 'en-US',
+    -- Provider-specific voice name (e.g. Telnyx 'female' or 'AWS.Polly.Joanna-Neural'); NULL = default.
+    voice            text,
     provider         text NOT NULL DEFAULT 'vonage'
                      CHECK (provider IN ('vonage', 'twilio', 'telnyx')),
     from_number      text NOT NULL,
@@ -17,8 +19,23 @@ CREATE TABLE campaigns (
     -- Redials of busy / no-answer outcomes: attempts in all, and the pause between.
     max_attempts     integer NOT NULL DEFAULT 1 CHECK (max_attempts BETWEEN 1 AND 10),
     retry_delay_secs integer NOT NULL DEFAULT 300 CHECK (retry_delay_secs >= 0),
+    -- Ask the provider to tell humans from answering machines.
+    machine_detection boolean NOT NULL DEFAULT false,
+    -- No call before start_at; calls only between window_start and window_end
+    -- (local time in `timezone`, an IANA name). NULL window = any time.
+    start_at         timestamptz,
+    window_start     time,
+    window_end       time,
+    timezone         text NOT NULL DEFAULT 'UTC',
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- Numbers that must never be called, whatever the campaign.
+CREATE TABLE do_not_call (
+    number           text PRIMARY KEY CHECK (number ~ '^\+[0-9]{7,15}$'),
+    reason           text,
+    added_at         timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE FUNCTION call_state_rank(state text) RETURNS integer

@@ -38,11 +38,7 @@ pub struct AmqpArgs {
 
     /// Prefix of every exchange and queue name (lets tests and several
     /// installations share one broker).
-    #[arg(
-        long = "queue-prefix",
-        env = "TOCSIN_QUEUE_PREFIX",
-        default_value = "tocsin"
-    )]
+    #[arg(long = "queue-prefix", env = "TOCSIN_QUEUE_PREFIX", default_value = "tocsin")]
     pub queue_prefix: String,
 }
 
@@ -58,11 +54,7 @@ pub struct RedisArgs {
     pub redis_url: SecretString,
 
     /// Prefix of every Redis key Tocsin writes.
-    #[arg(
-        long = "redis-prefix",
-        env = "TOCSIN_REDIS_PREFIX",
-        default_value = "tocsin"
-    )]
+    #[arg(long = "redis-prefix", env = "TOCSIN_REDIS_PREFIX", default_value = "tocsin")]
     pub redis_prefix: String,
 }
 
@@ -78,12 +70,7 @@ pub enum LogFormat {
 #[derive(clap::Args, Clone, Debug)]
 pub struct TelemetryArgs {
     /// Log line format. The level is set with RUST_LOG (default `info,sqlx=warn`).
-    #[arg(
-        long = "log-format",
-        env = "TOCSIN_LOG_FORMAT",
-        value_enum,
-        default_value_t
-    )]
+    #[arg(long = "log-format", env = "TOCSIN_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
 }
 
@@ -92,11 +79,7 @@ pub struct TelemetryArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct VonageArgs {
     /// Base URL of the Vonage API (the simulator's in tests and the demo).
-    #[arg(
-        long = "vonage-api-url",
-        env = "TOCSIN_VONAGE_API_URL",
-        default_value = "https://api.nexmo.com"
-    )]
+    #[arg(long = "vonage-api-url", env = "TOCSIN_VONAGE_API_URL", default_value = "https://api.nexmo.com")]
     pub vonage_api_url: String,
 
     /// Vonage application id (the `application_id` JWT claim).
@@ -104,10 +87,7 @@ pub struct VonageArgs {
     pub vonage_application_id: Option<String>,
 
     /// PEM file with the application's RSA private key.
-    #[arg(
-        long = "vonage-private-key-path",
-        env = "TOCSIN_VONAGE_PRIVATE_KEY_PATH"
-    )]
+    #[arg(long = "vonage-private-key-path", env = "TOCSIN_VONAGE_PRIVATE_KEY_PATH")]
     pub vonage_private_key_path: Option<PathBuf>,
 
     /// Signature secret Vonage signs webhooks with (HS256).
@@ -137,10 +117,7 @@ impl VonageArgs {
             )
         })?;
         let pem = std::fs::read_to_string(path).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read TOCSIN_VONAGE_PRIVATE_KEY_PATH ({}): {e}",
-                path.display()
-            )
+            anyhow::anyhow!("cannot read TOCSIN_VONAGE_PRIVATE_KEY_PATH ({}): {e}", path.display())
         })?;
         Ok(Some(VonageCredentials {
             api_url: self.vonage_api_url.trim_end_matches('/').to_owned(),
@@ -153,12 +130,10 @@ impl VonageArgs {
 /// Parses durations written as `500ms`, `25s`, `2m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 25s, 2m or 1h)"))?;
+    let (number, unit) =
+        s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let value: f64 =
+        number.parse().map_err(|_| format!("{s:?} is not a duration (try 500ms, 25s, 2m or 1h)"))?;
     let secs = match unit {
         "ms" => value / 1000.0,
         "s" => value,
@@ -196,10 +171,7 @@ mod tests {
         };
         let err = args.credentials().unwrap_err().to_string();
         assert!(err.contains("TOCSIN_VONAGE_PRIVATE_KEY_PATH"), "{err}");
-        let none = VonageArgs {
-            vonage_application_id: None,
-            ..args
-        };
+        let none = VonageArgs { vonage_application_id: None, ..args };
         assert!(none.credentials().unwrap().is_none());
     }
 }

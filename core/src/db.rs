@@ -42,32 +42,38 @@ pub struct Campaign {
     pub repeat: i32,
     pub max_attempts: i32,
     pub retry_delay_secs: i32,
+    pub voice: Option<String>,
+    pub machine_detection: bool,
+    pub start_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub window_start: Option<chrono::NaiveTime>,
+    pub window_end: Option<chrono::NaiveTime>,
+    pub timezone: String,
+}
+
+/// `SELECT <every Campaign column> FROM campaigns c <rest>`, as a static
+/// string: the column list is written once, and queries stay literals.
+#[macro_export]
+macro_rules! select_campaign {
+    ($rest:literal) => {
+        concat!(
+            "SELECT c.id, c.name, c.message, c.language, c.provider, c.from_number, c.status, ",
+            "c.repeat, c.max_attempts, c.retry_delay_secs, c.voice, c.machine_detection, c.start_at, ",
+            "c.window_start, c.window_end, c.timezone FROM campaigns c ",
+            $rest
+        )
+    };
 }
 
 pub async fn campaign(pool: &PgPool, id: CampaignId) -> Result<Option<Campaign>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, name, message, language, provider, from_number, status, repeat, \
-                max_attempts, retry_delay_secs \
-         FROM campaigns WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as(select_campaign!("WHERE c.id = $1")).bind(id).fetch_optional(pool).await
 }
 
 /// The campaign a call belongs to.
-pub async fn campaign_of_call(
-    pool: &PgPool,
-    call: CallId,
-) -> Result<Option<Campaign>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT c.id, c.name, c.message, c.language, c.provider, c.from_number, c.status, \
-                c.repeat, c.max_attempts, c.retry_delay_secs \
-         FROM campaigns c JOIN calls k ON k.campaign_id = c.id WHERE k.id = $1",
-    )
-    .bind(call)
-    .fetch_optional(pool)
-    .await
+pub async fn campaign_of_call(pool: &PgPool, call: CallId) -> Result<Option<Campaign>, sqlx::Error> {
+    sqlx::query_as(select_campaign!("JOIN calls k ON k.campaign_id = c.id WHERE k.id = $1"))
+        .bind(call)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Moves a call forward to `state` when that raises its rank (states never

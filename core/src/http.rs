@@ -15,8 +15,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 /// A readiness probe: `Ok` when every dependency the service needs answers.
-pub type ReadyCheck =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type ReadyCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// `/healthz` (the process is alive), `/readyz` (its dependencies answer)
 /// and `/metrics` (Prometheus text format).
@@ -31,18 +30,13 @@ pub fn ops_router(ready: ReadyCheck) -> Router {
 async fn readyz(State(check): State<ReadyCheck>) -> Response {
     match check().await {
         Ok(()) => "ready".into_response(),
-        Err(reason) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response()
-        }
+        Err(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response(),
     }
 }
 
 async fn metrics() -> Response {
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::telemetry::metrics_handle().render(),
     )
         .into_response()
@@ -59,11 +53,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -80,11 +70,7 @@ impl ApiError {
 
     /// The database (or another dependency) is down: the caller should retry.
     pub fn unavailable() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "temporarily unavailable, retry later",
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable, retry later")
     }
 }
 
@@ -110,10 +96,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -32,13 +32,7 @@ pub enum JobDecodeError {
 
 impl CallJob {
     pub fn new(campaign_id: CampaignId, to: PhoneNumber, attempt: u32) -> Self {
-        Self {
-            v: JOB_VERSION,
-            call_id: CallId::derive(campaign_id, &to),
-            campaign_id,
-            to,
-            attempt,
-        }
+        Self { v: JOB_VERSION, call_id: CallId::derive(campaign_id, &to), campaign_id, to, attempt }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -78,15 +72,9 @@ mod tests {
 
     #[test]
     fn bad_jobs_are_rejected_with_a_reason() {
-        assert!(matches!(
-            CallJob::decode(b"nope"),
-            Err(JobDecodeError::Malformed(_))
-        ));
+        assert!(matches!(CallJob::decode(b"nope"), Err(JobDecodeError::Malformed(_))));
         let v2 = br#"{"v":2,"call_id":"6f1c2b7e-5a3d-4c8e-9b0a-7d2e1f4c3a5b","campaign_id":"6f1c2b7e-5a3d-4c8e-9b0a-7d2e1f4c3a5b","to":"+14155550100","attempt":1}"#;
-        assert!(matches!(
-            CallJob::decode(v2),
-            Err(JobDecodeError::UnsupportedVersion(2))
-        ));
+        assert!(matches!(CallJob::decode(v2), Err(JobDecodeError::UnsupportedVersion(2))));
         let bad_number = br#"{"v":1,"call_id":"6f1c2b7e-5a3d-4c8e-9b0a-7d2e1f4c3a5b","campaign_id":"6f1c2b7e-5a3d-4c8e-9b0a-7d2e1f4c3a5b","to":"4155550100","attempt":1}"#;
         assert!(CallJob::decode(bad_number).is_err());
     }

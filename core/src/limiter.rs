@@ -72,12 +72,7 @@ pub struct RedisLimiter {
 impl RedisLimiter {
     /// `rate_per_sec` create-call requests per second per account; a caller
     /// waits at most `max_wait` for its slot.
-    pub fn new(
-        conn: ConnectionManager,
-        prefix: &str,
-        rate_per_sec: f64,
-        max_wait: Duration,
-    ) -> Self {
+    pub fn new(conn: ConnectionManager, prefix: &str, rate_per_sec: f64, max_wait: Duration) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),
@@ -116,11 +111,7 @@ impl RedisLimiter {
             .invoke_async(&mut conn)
             .await?;
         let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
-        Ok(if granted == 1 {
-            Reservation::Granted(wait)
-        } else {
-            Reservation::Refused(wait)
-        })
+        Ok(if granted == 1 { Reservation::Granted(wait) } else { Reservation::Refused(wait) })
     }
 
     /// Pushes every later slot of `account` at least `pause` into the future
@@ -128,12 +119,7 @@ impl RedisLimiter {
     pub async fn cool_down(&self, account: &str, pause: Duration) -> redis::RedisResult<()> {
         let (_, cool) = self.keys(account);
         let mut conn = self.conn.clone();
-        let _: i64 = self
-            .cool_down
-            .key(cool)
-            .arg(micros(pause))
-            .invoke_async(&mut conn)
-            .await?;
+        let _: i64 = self.cool_down.key(cool).arg(micros(pause)).invoke_async(&mut conn).await?;
         Ok(())
     }
 }

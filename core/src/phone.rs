@@ -106,12 +106,7 @@ mod tests {
 
     #[test]
     fn national_numbers_need_a_region() {
-        assert_eq!(
-            PhoneNumber::parse("020 7946 0958", Some("gb"))
-                .unwrap()
-                .as_str(),
-            "+442079460958"
-        );
+        assert_eq!(PhoneNumber::parse("020 7946 0958", Some("gb")).unwrap().as_str(), "+442079460958");
         assert!(PhoneNumber::parse("020 7946 0958", None).is_err());
     }
 

@@ -54,12 +54,57 @@ pub struct CallRequest {
     pub attempt: u32,
     pub to: PhoneNumber,
     pub from: PhoneNumber,
-    /// Where the provider fetches what to say (carries `?call_id=`).
-    pub answer_url: String,
-    /// Where the provider posts call events (carries `?call_id=`).
-    pub event_url: String,
+    /// Base URL of the webhook service (`TOCSIN_PUBLIC_URL`, no trailing
+    /// slash). Each adapter appends its provider's routes and `?call_id=`.
+    pub webhook_base: String,
     /// Seconds to let the phone ring before giving up.
     pub ringing_timeout_secs: u32,
+    /// Ask the provider to detect answering machines.
+    pub machine_detection: bool,
+}
+
+impl CallRequest {
+    /// `{webhook_base}{path}?call_id={call_id}`
+    pub fn webhook_url(&self, path: &str) -> String {
+        format!("{}{path}?call_id={}", self.webhook_base, self.call_id)
+    }
+}
+
+/// A call the provider reports, as listed for crash reconciliation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteCall {
+    pub provider_call_id: String,
+    /// The provider's status word.
+    pub status: String,
+}
+
+/// Why listing calls failed.
+#[derive(Debug, thiserror::Error)]
+#[error("listing calls failed: {0}")]
+pub struct ListCallsError(pub String);
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A voice provider's create-call API, as the worker uses it.
+pub trait VoiceProvider: Send + Sync {
+    fn provider(&self) -> Provider;
+
+    /// The account the global rate limit is keyed on (`vonage:APPID`, …).
+    fn account(&self) -> String;
+
+    /// Places one call.
+    fn place_call<'a>(
+        &'a self,
+        request: &'a CallRequest,
+    ) -> BoxFuture<'a, Result<PlacedCall, PlaceCallError>>;
+
+    /// Calls to `to` created at or after `since` (for reconciling a call
+    /// whose create-call request was interrupted).
+    fn list_calls<'a>(
+        &'a self,
+        to: &'a PhoneNumber,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>>;
 }
 
 /// A call the provider accepted.
@@ -80,11 +125,7 @@ pub enum PlaceCallError {
     Transient(String),
     /// 4xx other than 429: the request is wrong and will stay wrong.
     #[error("provider refused the call ({status} {code}): {detail}")]
-    Permanent {
-        status: u16,
-        code: String,
-        detail: String,
-    },
+    Permanent { status: u16, code: String, detail: String },
     /// The request was sent but no answer came: the call may exist.
     #[error("no answer after the request was sent: {0}")]
     Ambiguous(String),

@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -82,10 +82,7 @@ impl DelayTier {
 
     /// The shortest tier at least as long as `wanted` (the longest if none).
     pub fn at_least(wanted: Duration) -> Self {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.duration() >= wanted)
-            .unwrap_or(Self::H1)
+        Self::ALL.into_iter().find(|t| t.duration() >= wanted).unwrap_or(Self::H1)
     }
 }
 
@@ -97,9 +94,7 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
+        Self { prefix: prefix.into() }
     }
 
     pub fn exchange(&self) -> &str {
@@ -125,30 +120,17 @@ impl Topology {
     /// Declares the exchange, the work, dead-letter and delay queues and
     /// their bindings. Idempotent.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel
-            .exchange_declare(
-                self.exchange().into(),
-                ExchangeKind::Direct,
-                durable,
-                FieldTable::default(),
-            )
+            .exchange_declare(self.exchange().into(), ExchangeKind::Direct, durable, FieldTable::default())
             .await?;
 
         let mut work = quorum_args();
-        work.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
+        work.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
         work.insert("x-dead-letter-exchange".into(), long(self.exchange()));
         work.insert("x-dead-letter-routing-key".into(), long(ROUTE_DEAD));
-        self.declare_bound(channel, &self.work_queue(), ROUTE_CALL, work)
-            .await?;
-        self.declare_bound(channel, &self.dead_queue(), ROUTE_DEAD, quorum_args())
-            .await?;
+        self.declare_bound(channel, &self.work_queue(), ROUTE_CALL, work).await?;
+        self.declare_bound(channel, &self.dead_queue(), ROUTE_DEAD, quorum_args()).await?;
 
         for tier in DelayTier::ALL {
             let mut delay = quorum_args();
@@ -160,13 +142,7 @@ impl Topology {
             // never lost in between (needs reject-publish overflow).
             delay.insert("x-dead-letter-strategy".into(), long("at-least-once"));
             delay.insert("x-overflow".into(), long("reject-publish"));
-            self.declare_bound(
-                channel,
-                &self.delay_queue(tier),
-                &Self::delay_route(tier),
-                delay,
-            )
-            .await?;
+            self.declare_bound(channel, &self.delay_queue(tier), &Self::delay_route(tier), delay).await?;
         }
         Ok(())
     }
@@ -178,10 +154,7 @@ impl Topology {
         route: &str,
         args: FieldTable,
     ) -> lapin::Result<()> {
-        let options = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
+        let options = QueueDeclareOptions { durable: true, ..Default::default() };
         channel.queue_declare(queue.into(), options, args).await?;
         channel
             .queue_bind(
@@ -199,13 +172,9 @@ impl Topology {
         let mut queues = vec![self.work_queue(), self.dead_queue()];
         queues.extend(DelayTier::ALL.map(|t| self.delay_queue(t)));
         for queue in queues {
-            channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await?;
+            channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
         }
-        channel
-            .exchange_delete(self.exchange().into(), Default::default())
-            .await
+        channel.exchange_delete(self.exchange().into(), Default::default()).await
     }
 }
 
@@ -245,9 +214,7 @@ pub struct Publisher {
 impl Publisher {
     pub async fn new(connection: &Connection, topology: Topology) -> lapin::Result<Self> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Self { channel, topology })
     }
 
@@ -275,11 +242,7 @@ impl Publisher {
 
     /// Publishes `job` to a delay queue; it reaches the work queue again when
     /// the tier's TTL expires.
-    pub async fn publish_delayed(
-        &self,
-        job: &CallJob,
-        tier: DelayTier,
-    ) -> Result<(), PublishError> {
+    pub async fn publish_delayed(&self, job: &CallJob, tier: DelayTier) -> Result<(), PublishError> {
         check(self.send(job, &Topology::delay_route(tier)).await?.await?)
     }
 
@@ -287,18 +250,12 @@ impl Publisher {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"))
-            .with_message_id(ShortString::from(format!(
-                "{}:{}",
-                job.call_id, job.attempt
-            )));
+            .with_message_id(ShortString::from(format!("{}:{}", job.call_id, job.attempt)));
         self.channel
             .basic_publish(
                 self.topology.exchange().into(),
                 route.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
+                BasicPublishOptions { mandatory: true, ..Default::default() },
                 &job.to_bytes(),
                 props,
             )
@@ -325,18 +282,9 @@ mod tests {
         assert_eq!(DelayTier::nearest(Duration::from_secs(240)), DelayTier::M2);
         assert_eq!(DelayTier::nearest(Duration::from_secs(300)), DelayTier::M10);
         assert_eq!(DelayTier::nearest(Duration::ZERO), DelayTier::S1);
-        assert_eq!(
-            DelayTier::nearest(Duration::from_secs(86_400)),
-            DelayTier::H1
-        );
-        assert_eq!(
-            DelayTier::at_least(Duration::from_millis(1500)),
-            DelayTier::S5
-        );
-        assert_eq!(
-            DelayTier::at_least(Duration::from_secs(7200)),
-            DelayTier::H1
-        );
+        assert_eq!(DelayTier::nearest(Duration::from_secs(86_400)), DelayTier::H1);
+        assert_eq!(DelayTier::at_least(Duration::from_millis(1500)), DelayTier::S5);
+        assert_eq!(DelayTier::at_least(Duration::from_secs(7200)), DelayTier::H1);
     }
 
     #[test]

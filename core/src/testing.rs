@@ -24,32 +24,20 @@ impl TestDb {
     pub async fn create() -> Self {
         let base = test_env::database_url();
         let mut admin = PgConnection::connect(&base).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {base} (TOCSIN_DATABASE_URL): {e}; {HOW_TO_START}"
-            )
+            panic!("PostgreSQL is not reachable at {base} (TOCSIN_DATABASE_URL): {e}; {HOW_TO_START}")
         });
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let stale: Vec<String> = sqlx::query_scalar(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'tocsin\\_test\\_%'",
-        )
-        .fetch_all(&mut admin)
-        .await
-        .unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let stale: Vec<String> =
+            sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'tocsin\\_test\\_%'")
+                .fetch_all(&mut admin)
+                .await
+                .unwrap_or_default();
         for db in stale {
-            let created: u64 = db
-                .split('_')
-                .nth(2)
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(u64::MAX);
-            let plain = db
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            let created: u64 = db.split('_').nth(2).and_then(|t| t.parse().ok()).unwrap_or(u64::MAX);
+            let plain = db.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
             if plain && created.saturating_add(7200) < now {
                 // Safe: the name is plain ASCII letters, digits and '_' (checked above).
-                let sql =
-                    sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"));
+                let sql = sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"));
                 let _ = sqlx::query(sql).execute(&mut admin).await;
             }
         }
@@ -61,29 +49,17 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
         let url = replace_database(&base, &name);
         let secret = SecretString::from(url.clone());
-        let pool = crate::db::connect(&secret, 20)
-            .await
-            .expect("connecting to the test database");
-        crate::db::migrate(&pool)
-            .await
-            .expect("migrating the test database");
-        Self {
-            pool,
-            url: secret,
-            name,
-        }
+        let pool = crate::db::connect(&secret, 20).await.expect("connecting to the test database");
+        crate::db::migrate(&pool).await.expect("migrating the test database");
+        Self { pool, url: secret, name }
     }
 }
 
 /// `base` with its database name replaced by `name`.
 fn replace_database(base: &str, name: &str) -> String {
-    let (without_query, query) = base
-        .split_once('?')
-        .map_or((base, None), |(a, q)| (a, Some(q)));
+    let (without_query, query) = base.split_once('?').map_or((base, None), |(a, q)| (a, Some(q)));
     let scheme_end = without_query.find("://").map_or(0, |i| i + 3);
-    let path_start = without_query[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end);
+    let path_start = without_query[scheme_end..].find('/').map(|i| i + scheme_end);
     let mut url = match path_start {
         Some(i) => format!("{}/{name}", &without_query[..i]),
         None => format!("{without_query}/{name}"),
@@ -134,17 +110,11 @@ mod tests {
 
     #[test]
     fn database_name_is_replaced() {
-        assert_eq!(
-            replace_database("postgres://localhost/tocsin", "t1"),
-            "postgres://localhost/t1"
-        );
+        assert_eq!(replace_database("postgres://localhost/tocsin", "t1"), "postgres://localhost/t1");
         assert_eq!(
             replace_database("postgres://u:p@h:5432/x?sslmode=disable", "t1"),
             "postgres://u:p@h:5432/t1?sslmode=disable"
         );
-        assert_eq!(
-            replace_database("postgres://localhost", "t1"),
-            "postgres://localhost/t1"
-        );
+        assert_eq!(replace_database("postgres://localhost", "t1"), "postgres://localhost/t1");
     }
 }

@@ -10,9 +10,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::CallState;
 use crate::config::VonageCredentials;
-use crate::provider::{CallRequest, PlaceCallError, PlacedCall, retry_after};
+use crate::provider::{
+    BoxFuture, CallRequest, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
+    retry_after,
+};
+use crate::{CallState, PhoneNumber};
 
 /// Lifetime of the application JWTs we sign; a token is reused until it is
 /// within `JWT_REFRESH_MARGIN` of expiry.
@@ -23,9 +26,7 @@ const JWT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 pub const WEBHOOK_MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Claims of the application JWT that authorises API requests.
@@ -50,13 +51,11 @@ pub struct JwtSigner {
 impl JwtSigner {
     pub fn new(application_id: String, private_key_pem: &SecretString) -> anyhow::Result<Self> {
         let key = EncodingKey::from_rsa_pem(private_key_pem.expose_secret().as_bytes()).map_err(|e| {
-            anyhow::anyhow!("TOCSIN_VONAGE_PRIVATE_KEY_PATH does not hold an RSA private key in PEM form: {e}")
+            anyhow::anyhow!(
+                "TOCSIN_VONAGE_PRIVATE_KEY_PATH does not hold an RSA private key in PEM form: {e}"
+            )
         })?;
-        Ok(Self {
-            application_id,
-            key,
-            cached: Mutex::new(None),
-        })
+        Ok(Self { application_id, key, cached: Mutex::new(None) })
     }
 
     /// A valid token: the cached one, or a fresh one when it nears expiry.
@@ -85,13 +84,11 @@ impl JwtSigner {
 /// Verifies an application JWT against the application's public key (what
 /// the Vonage API does, and so what the simulator does).
 pub fn verify_app_jwt(token: &str, public_key_pem: &[u8]) -> Result<AppClaims, String> {
-    let key =
-        DecodingKey::from_rsa_pem(public_key_pem).map_err(|e| format!("bad public key: {e}"))?;
+    let key = DecodingKey::from_rsa_pem(public_key_pem).map_err(|e| format!("bad public key: {e}"))?;
     let mut validation = Validation::new(Algorithm::RS256);
     validation.required_spec_claims.clear();
     validation.validate_exp = true;
-    let data =
-        jsonwebtoken::decode::<AppClaims>(token, &key, &validation).map_err(|e| e.to_string())?;
+    let data = jsonwebtoken::decode::<AppClaims>(token, &key, &validation).map_err(|e| e.to_string())?;
     let claims = data.claims;
     let now = unix_now();
     if claims.exp.is_none() && claims.iat + JWT_LIFETIME.as_secs() < now {
@@ -119,6 +116,36 @@ struct CreateCall<'a> {
     event_url: [&'a str; 1],
     event_method: &'static str,
     ringing_timer: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machine_detection: Option<&'static str>,
+}
+
+#[derive(Deserialize)]
+struct ListedEndpoint {
+    #[serde(default)]
+    number: String,
+}
+
+#[derive(Deserialize)]
+struct ListedCall {
+    uuid: String,
+    #[serde(default)]
+    status: String,
+    to: Option<ListedEndpoint>,
+}
+
+#[derive(Deserialize, Default)]
+struct ListedCalls {
+    #[serde(default)]
+    calls: Vec<ListedCall>,
+}
+
+#[derive(Deserialize)]
+struct ListCallsResponse {
+    #[serde(default)]
+    count: u64,
+    #[serde(default, rename = "_embedded")]
+    embedded: ListedCalls,
 }
 
 #[derive(Deserialize)]
@@ -151,39 +178,33 @@ impl Client {
             http,
             api_url: credentials.api_url.clone(),
             application_id: credentials.application_id.clone(),
-            signer: JwtSigner::new(
-                credentials.application_id.clone(),
-                &credentials.private_key_pem,
-            )?,
+            signer: JwtSigner::new(credentials.application_id.clone(), &credentials.private_key_pem)?,
         })
     }
 
-    /// The account the global rate limit is keyed on.
-    pub fn account(&self) -> String {
-        format!("vonage:{}", self.application_id)
-    }
-
-    #[tracing::instrument(skip_all, fields(call_id = %request.call_id, attempt = request.attempt), err(Display))]
-    pub async fn place_call(&self, request: &CallRequest) -> Result<PlacedCall, PlaceCallError> {
+    #[tracing::instrument(
+        name = "vonage.place_call",
+        skip_all,
+        fields(call_id = %request.call_id, attempt = request.attempt),
+        err(Display)
+    )]
+    async fn create(&self, request: &CallRequest) -> Result<PlacedCall, PlaceCallError> {
         let token = self.signer.token().map_err(|e| PlaceCallError::Permanent {
             status: 0,
             code: "jwt".into(),
             detail: e.to_string(),
         })?;
+        let answer_url = request.webhook_url("/vonage/answer");
+        let event_url = request.webhook_url("/vonage/events");
         let body = CreateCall {
-            to: [Endpoint {
-                kind: "phone",
-                number: request.to.digits(),
-            }],
-            from: Endpoint {
-                kind: "phone",
-                number: request.from.digits(),
-            },
-            answer_url: [&request.answer_url],
+            to: [Endpoint { kind: "phone", number: request.to.digits() }],
+            from: Endpoint { kind: "phone", number: request.from.digits() },
+            answer_url: [&answer_url],
             answer_method: "GET",
-            event_url: [&request.event_url],
+            event_url: [&event_url],
             event_method: "POST",
             ringing_timer: request.ringing_timeout_secs.clamp(1, 120),
+            machine_detection: request.machine_detection.then_some("continue"),
         };
         let response = self
             .http
@@ -199,13 +220,83 @@ impl Client {
                 .json()
                 .await
                 .map_err(|e| PlaceCallError::Ambiguous(format!("unreadable 2xx answer: {e}")))?;
-            return Ok(PlacedCall {
-                provider_call_id: created.uuid,
-            });
+            return Ok(PlacedCall { provider_call_id: created.uuid });
         }
         let retry = retry_after(response.headers());
         let problem: Problem = response.json().await.unwrap_or_default();
         Err(classify(status.as_u16(), retry, problem))
+    }
+}
+
+impl Client {
+    async fn list(
+        &self,
+        to: &PhoneNumber,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<RemoteCall>, ListCallsError> {
+        let token = self.signer.token().map_err(|e| ListCallsError(e.to_string()))?;
+        let date_start = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut found = Vec::new();
+        let mut index = 0u64;
+        // Page through the window; Vonage has no filter by number.
+        loop {
+            let response = self
+                .http
+                .get(format!("{}/v1/calls", self.api_url))
+                .bearer_auth(&token)
+                .query(&[
+                    ("date_start", date_start.as_str()),
+                    ("page_size", "100"),
+                    ("record_index", &index.to_string()),
+                    ("order", "asc"),
+                ])
+                .send()
+                .await
+                .map_err(|e| ListCallsError(e.to_string()))?;
+            if !response.status().is_success() {
+                return Err(ListCallsError(format!("status {}", response.status())));
+            }
+            let page: ListCallsResponse = response.json().await.map_err(|e| ListCallsError(e.to_string()))?;
+            let n = page.embedded.calls.len() as u64;
+            found.extend(
+                page.embedded
+                    .calls
+                    .into_iter()
+                    .filter(|c| {
+                        c.to.as_ref().is_some_and(|t| t.number.trim_start_matches('+') == to.digits())
+                    })
+                    .map(|c| RemoteCall { provider_call_id: c.uuid, status: c.status }),
+            );
+            index += n;
+            if n == 0 || index >= page.count {
+                return Ok(found);
+            }
+        }
+    }
+}
+
+impl VoiceProvider for Client {
+    fn provider(&self) -> Provider {
+        Provider::Vonage
+    }
+
+    fn account(&self) -> String {
+        format!("vonage:{}", self.application_id)
+    }
+
+    fn place_call<'a>(
+        &'a self,
+        request: &'a CallRequest,
+    ) -> BoxFuture<'a, Result<PlacedCall, PlaceCallError>> {
+        Box::pin(self.create(request))
+    }
+
+    fn list_calls<'a>(
+        &'a self,
+        to: &'a PhoneNumber,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>> {
+        Box::pin(self.list(to, since))
     }
 }
 
@@ -214,22 +305,9 @@ fn classify(status: u16, retry: Option<Duration>, problem: Problem) -> PlaceCall
         429 => PlaceCallError::RateLimited { retry_after: retry },
         500..=599 => PlaceCallError::Transient(format!("{status} {}", problem.title)),
         _ => {
-            let code = problem
-                .kind
-                .rsplit(['#', '/'])
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let detail = if problem.detail.is_empty() {
-                problem.title
-            } else {
-                problem.detail
-            };
-            PlaceCallError::Permanent {
-                status,
-                code,
-                detail,
-            }
+            let code = problem.kind.rsplit(['#', '/']).next().unwrap_or_default().to_owned();
+            let detail = if problem.detail.is_empty() { problem.title } else { problem.detail };
+            PlaceCallError::Permanent { status, code, detail }
         }
     }
 }
@@ -396,10 +474,7 @@ pub fn verify_webhook(
     body: &[u8],
 ) -> Result<WebhookClaims, SignatureError> {
     let token = authorization
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
         .ok_or(SignatureError::Missing)?;
     let mut validation = Validation::new(Algorithm::HS256);
     validation.required_spec_claims.clear();
@@ -436,10 +511,7 @@ mod tests {
             verify_webhook(Some(&header), &SecretString::from("other"), body),
             Err(SignatureError::Invalid(_))
         ));
-        assert_eq!(
-            verify_webhook(None, &secret, body).unwrap_err(),
-            SignatureError::Missing
-        );
+        assert_eq!(verify_webhook(None, &secret, body).unwrap_err(), SignatureError::Missing);
     }
 
     #[test]
@@ -453,17 +525,10 @@ mod tests {
             application_id: String::new(),
             payload_hash: sha256_hex(body),
         };
-        let token = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(b"k"),
-        )
-        .unwrap();
-        let result = verify_webhook(
-            Some(&format!("Bearer {token}")),
-            &SecretString::from("k"),
-            body,
-        );
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"k"))
+                .unwrap();
+        let result = verify_webhook(Some(&format!("Bearer {token}")), &SecretString::from("k"), body);
         assert_eq!(result.unwrap_err(), SignatureError::Stale);
     }
 
@@ -476,12 +541,8 @@ mod tests {
         assert_eq!(e.state(), Some(CallState::Completed));
         assert_eq!(e.duration_secs(), Some(12));
         assert_eq!(e.price(), Some(0.0045));
-        assert_eq!(
-            e.dedupe_key(),
-            "vonage:u1:completed:2026-01-01T00:00:00.000Z"
-        );
-        let m: VonageEvent =
-            serde_json::from_str(r#"{"call_uuid":"u2","status":"machine"}"#).unwrap();
+        assert_eq!(e.dedupe_key(), "vonage:u1:completed:2026-01-01T00:00:00.000Z");
+        let m: VonageEvent = serde_json::from_str(r#"{"call_uuid":"u2","status":"machine"}"#).unwrap();
         assert_eq!(m.call_uuid(), Some("u2"));
         assert_eq!(m.state(), None);
     }
@@ -495,14 +556,9 @@ mod tests {
         };
         assert_eq!(
             classify(429, Some(Duration::from_secs(1)), p()),
-            PlaceCallError::RateLimited {
-                retry_after: Some(Duration::from_secs(1))
-            }
+            PlaceCallError::RateLimited { retry_after: Some(Duration::from_secs(1)) }
         );
-        assert!(matches!(
-            classify(503, None, p()),
-            PlaceCallError::Transient(_)
-        ));
+        assert!(matches!(classify(503, None, p()), PlaceCallError::Transient(_)));
         assert_eq!(
             classify(401, None, p()),
             PlaceCallError::Permanent {

@@ -52,9 +52,7 @@ async fn broadcast_reaches_every_contact_once_with_every_event_stored() {
         simulator::config::Command::Serve(c) => c,
         simulator::config::Command::Keygen { .. } => unreachable!(),
     };
-    let (sim_listener, sim_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (sim_listener, sim_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let sim = tokio::spawn(simulator::run(sim_config, sim_listener, stop.clone()));
 
     // Webhook service, verifying signatures.
@@ -66,9 +64,7 @@ async fn broadcast_reaches_every_contact_once_with_every_event_stored() {
         SECRET,
     ])
     .unwrap();
-    let (hook_listener, hook_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (hook_listener, hook_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let hook = tokio::spawn(webhook::run(hook_config, hook_listener, stop.clone()));
 
     // Two workers sharing the Redis limiter at 50/s.
@@ -137,38 +133,26 @@ async fn broadcast_reaches_every_contact_once_with_every_event_stored() {
         MESSAGE,
     ])
     .unwrap();
-    let producer::config::Command::Enqueue(args) = cli.command else {
-        unreachable!()
-    };
+    let producer::config::Command::Enqueue(args) = cli.command else { unreachable!() };
     let report = producer::enqueue(&db.pool, &args).await.unwrap();
-    assert_eq!(
-        (report.read, report.new_contacts, report.published),
-        (52, 50, 50)
-    );
+    assert_eq!((report.read, report.new_contacts, report.published), (52, 50, 50));
     assert_eq!((report.invalid, report.duplicate), (1, 1));
 
     // A second run of the same command publishes nothing.
     let again = producer::enqueue(&db.pool, &args).await.unwrap();
-    assert_eq!(
-        (again.new_contacts, again.published, again.already_enqueued),
-        (0, 0, 50)
-    );
+    assert_eq!((again.new_contacts, again.published, again.already_enqueued), (0, 0, 50));
 
     // Wait until every call is terminal.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let open: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM calls WHERE call_state_rank(state) < 5")
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE call_state_rank(state) < 5")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
         if open == 0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{open} calls still not terminal after 120 s"
-        );
+        assert!(Instant::now() < deadline, "{open} calls still not terminal after 120 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Let the last events land (each call's final event is what made it terminal,
@@ -187,50 +171,26 @@ async fn broadcast_reaches_every_contact_once_with_every_event_stored() {
     for (number, state, attempt, provider_call_id, events) in &rows {
         assert_eq!(state, expected[number], "{number}");
         assert_eq!(*attempt, 1, "{number}");
-        assert!(
-            provider_call_id.is_some(),
-            "{number} has no provider call id"
-        );
+        assert!(provider_call_id.is_some(), "{number} has no provider call id");
         // started, ringing, then answered + completed, or busy, or timeout.
         let want = if *state == "completed" { 4 } else { 3 };
         assert_eq!(*events, want, "{number}: events stored");
     }
 
-    let stats: serde_json::Value = reqwest::get(format!("http://{sim_addr}/_sim/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: serde_json::Value =
+        reqwest::get(format!("http://{sim_addr}/_sim/stats")).await.unwrap().json().await.unwrap();
     assert_eq!(stats["calls"], 50, "{stats}");
     assert_eq!(stats["distinct_numbers"], 50, "{stats}");
-    assert_eq!(
-        stats["called_more_than_once"].as_array().unwrap().len(),
-        0,
-        "{stats}"
-    );
+    assert_eq!(stats["called_more_than_once"].as_array().unwrap().len(), 0, "{stats}");
     assert_eq!(stats["webhook_deliveries_failed"], 0, "{stats}");
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM call_events")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        stats["webhook_deliveries_ok"].as_i64().unwrap(),
-        stored,
-        "every delivered event is stored"
-    );
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM call_events").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(stats["webhook_deliveries_ok"].as_i64().unwrap(), stored, "every delivered event is stored");
 
     // Every answered call spoke the campaign's message, fetched from the NCCO.
-    let calls: Vec<serde_json::Value> = reqwest::get(format!("http://{sim_addr}/_sim/calls"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let spoken: Vec<&serde_json::Value> = calls
-        .iter()
-        .filter(|c| c["outcome"] == "answered")
-        .collect();
+    let calls: Vec<serde_json::Value> =
+        reqwest::get(format!("http://{sim_addr}/_sim/calls")).await.unwrap().json().await.unwrap();
+    let spoken: Vec<&serde_json::Value> = calls.iter().filter(|c| c["outcome"] == "answered").collect();
     assert!(!spoken.is_empty());
     for call in spoken {
         assert_eq!(call["spoken"], MESSAGE, "{call}");
@@ -242,9 +202,7 @@ async fn broadcast_reaches_every_contact_once_with_every_event_stored() {
     }
     hook.await.unwrap().unwrap();
     sim.await.unwrap().unwrap();
-    let conn = tocsin_core::queue::connect(&amqp_url, "e2e-cleanup")
-        .await
-        .unwrap();
+    let conn = tocsin_core::queue::connect(&amqp_url, "e2e-cleanup").await.unwrap();
     let channel = conn.create_channel().await.unwrap();
     Topology::new(&prefix).delete(&channel).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -54,18 +54,11 @@ pub enum Row {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("{path}: cannot open: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: the file is empty (expected a header row naming a {column:?} column)")]
     Empty { path: PathBuf, column: String },
     #[error("{path}:1: no {column:?} column in the header (columns: {found})")]
-    NoNumberColumn {
-        path: PathBuf,
-        column: String,
-        found: String,
-    },
+    NoNumberColumn { path: PathBuf, column: String, found: String },
     #[error("{path}:1: unreadable header: {detail}")]
     BadHeader { path: PathBuf, detail: String },
 }
@@ -99,10 +92,7 @@ impl<R: Read> Read for LineTracker<R> {
             }
         }
         if !found.is_empty() {
-            self.empty
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(found);
+            self.empty.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
         }
         Ok(n)
     }
@@ -120,15 +110,8 @@ pub struct ContactReader {
 }
 
 impl ContactReader {
-    pub fn open(
-        path: &Path,
-        number_column: &str,
-        default_region: Option<String>,
-    ) -> Result<Self, OpenError> {
-        let file = File::open(path).map_err(|source| OpenError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+    pub fn open(path: &Path, number_column: &str, default_region: Option<String>) -> Result<Self, OpenError> {
+        let file = File::open(path).map_err(|source| OpenError::Io { path: path.to_owned(), source })?;
         let empty_lines = Arc::new(Mutex::new(BTreeSet::new()));
         let tracker = LineTracker {
             inner: BufReader::with_capacity(256 * 1024, file),
@@ -136,34 +119,22 @@ impl ContactReader {
             line_len: 0,
             empty: empty_lines.clone(),
         };
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .trim(csv::Trim::All)
-            .from_reader(tracker);
+        let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(tracker);
         let headers = reader
             .byte_headers()
-            .map_err(|e| OpenError::BadHeader {
-                path: path.to_owned(),
-                detail: e.to_string(),
-            })?
+            .map_err(|e| OpenError::BadHeader { path: path.to_owned(), detail: e.to_string() })?
             .clone();
         if headers.is_empty() {
-            return Err(OpenError::Empty {
-                path: path.to_owned(),
-                column: number_column.to_owned(),
-            });
+            return Err(OpenError::Empty { path: path.to_owned(), column: number_column.to_owned() });
         }
-        let headers: Vec<String> = headers
-            .iter()
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .collect();
-        let number_index = headers
-            .iter()
-            .position(|h| h.eq_ignore_ascii_case(number_column))
-            .ok_or_else(|| OpenError::NoNumberColumn {
-                path: path.to_owned(),
-                column: number_column.to_owned(),
-                found: headers.join(", "),
+        let headers: Vec<String> = headers.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+        let number_index =
+            headers.iter().position(|h| h.eq_ignore_ascii_case(number_column)).ok_or_else(|| {
+                OpenError::NoNumberColumn {
+                    path: path.to_owned(),
+                    column: number_column.to_owned(),
+                    found: headers.join(", "),
+                }
             })?;
         Ok(Self {
             records: reader.into_byte_records(),
@@ -191,13 +162,7 @@ impl ContactReader {
         let line = self.true_line(record.position().map_or(0, csv::Position::line));
         let raw = record.get(self.number_index).unwrap_or_default();
         let value = String::from_utf8_lossy(raw).into_owned();
-        let reject = |reason| {
-            Row::Rejected(Rejection {
-                line,
-                value: value.clone(),
-                reason,
-            })
-        };
+        let reject = |reason| Row::Rejected(Rejection { line, value: value.clone(), reason });
         if record.len() != self.headers.len() {
             return reject(Reason::Malformed(format!(
                 "{} fields, the header has {}",
@@ -214,9 +179,7 @@ impl ContactReader {
         };
         let key: u64 = number.digits().parse().unwrap_or(u64::MAX);
         if let Some(first_line) = self.seen.get(&key) {
-            return reject(Reason::Duplicate {
-                first_line: *first_line,
-            });
+            return reject(Reason::Duplicate { first_line: *first_line });
         }
         self.seen.insert(key, line);
         let mut attributes = serde_json::Map::new();
@@ -226,11 +189,7 @@ impl ContactReader {
                 attributes.insert(name.clone(), serde_json::Value::String(v));
             }
         }
-        Row::Contact(Contact {
-            line,
-            number,
-            attributes: serde_json::Value::Object(attributes),
-        })
+        Row::Contact(Contact { line, number, attributes: serde_json::Value::Object(attributes) })
     }
 }
 
@@ -269,9 +228,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.csv");
         std::fs::write(&path, csv).unwrap();
-        let rows = ContactReader::open(&path, "number", None)
-            .unwrap()
-            .collect();
+        let rows = ContactReader::open(&path, "number", None).unwrap().collect();
         std::fs::remove_dir_all(dir).unwrap();
         rows
     }
@@ -296,9 +253,7 @@ mod tests {
         assert_eq!(summary[5], "10 ok +442079460959");
         assert_eq!(summary[6], "12 ok +14155552672");
         assert_eq!(summary.len(), 7);
-        let Row::Contact(first) = &rows[0] else {
-            panic!()
-        };
+        let Row::Contact(first) = &rows[0] else { panic!() };
         assert_eq!(first.attributes["name"], "Ada");
     }
 
@@ -308,21 +263,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.csv");
         std::fs::write(&path, "name,phone\nAda,+14155552671\n").unwrap();
-        let err = ContactReader::open(&path, "number", None)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = ContactReader::open(&path, "number", None).err().unwrap().to_string();
         assert!(err.contains("c.csv:1") && err.contains("phone"), "{err}");
         std::fs::write(&path, "").unwrap();
-        let err = ContactReader::open(&path, "number", None)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = ContactReader::open(&path, "number", None).err().unwrap().to_string();
         assert!(err.contains("empty"), "{err}");
-        let err = ContactReader::open(&dir.join("missing.csv"), "number", None)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = ContactReader::open(&dir.join("missing.csv"), "number", None).err().unwrap().to_string();
         assert!(err.contains("missing.csv"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -33,10 +33,7 @@ pub enum Fatal {
     #[error(
         "{service} is unreachable: {detail} (is it running? deploy/local/up.sh starts the local services)"
     )]
-    Unreachable {
-        service: &'static str,
-        detail: String,
-    },
+    Unreachable { service: &'static str, detail: String },
     #[error("{0}")]
     InputRejected(String),
 }
@@ -52,15 +49,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let pool = db::connect(&cli.database.database_url, 4)
-        .await
-        .map_err(|e| Fatal::Unreachable {
-            service: "PostgreSQL (TOCSIN_DATABASE_URL)",
-            detail: e.to_string(),
-        })?;
-    db::migrate(&pool)
-        .await
-        .context("applying database migrations")?;
+    let pool = db::connect(&cli.database.database_url, 4).await.map_err(|e| Fatal::Unreachable {
+        service: "PostgreSQL (TOCSIN_DATABASE_URL)",
+        detail: e.to_string(),
+    })?;
+    db::migrate(&pool).await.context("applying database migrations")?;
     match cli.command {
         Command::Enqueue(args) => {
             let report = enqueue(&pool, &args).await?;
@@ -122,9 +115,7 @@ fn provider_name(p: ProviderArg) -> &'static str {
 fn valid_campaign_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 200
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Enqueues `args.contacts` into campaign `args.campaign`.
@@ -142,31 +133,16 @@ pub async fn enqueue(pool: &PgPool, args: &EnqueueArgs) -> anyhow::Result<Report
     }
     let from = PhoneNumber::parse(&args.from, None)
         .map_err(|e| Fatal::InputRejected(format!("--from {:?}: {e}", args.from)))?;
-    let reader = ContactReader::open(
-        &args.contacts,
-        &args.number_column,
-        args.default_region.clone(),
-    )
-    .map_err(|e| Fatal::InputRejected(e.to_string()))?;
+    let reader = ContactReader::open(&args.contacts, &args.number_column, args.default_region.clone())
+        .map_err(|e| Fatal::InputRejected(e.to_string()))?;
 
     let amqp = queue::connect(args.amqp.amqp_url.expose_secret(), "tocsin-producer")
         .await
-        .map_err(|e| Fatal::Unreachable {
-            service: "RabbitMQ (TOCSIN_AMQP_URL)",
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| Fatal::Unreachable { service: "RabbitMQ (TOCSIN_AMQP_URL)", detail: e.to_string() })?;
     let topology = Topology::new(&args.amqp.queue_prefix);
-    let channel = amqp
-        .create_channel()
-        .await
-        .context("opening a RabbitMQ channel")?;
-    topology
-        .declare(&channel)
-        .await
-        .context("declaring the queue topology")?;
-    let publisher = Publisher::new(&amqp, topology)
-        .await
-        .context("opening the publish channel")?;
+    let channel = amqp.create_channel().await.context("opening a RabbitMQ channel")?;
+    topology.declare(&channel).await.context("declaring the queue topology")?;
+    let publisher = Publisher::new(&amqp, topology).await.context("opening the publish channel")?;
 
     let campaign = upsert_campaign(pool, args, message, &from).await?;
 
@@ -200,8 +176,7 @@ pub async fn enqueue(pool: &PgPool, args: &EnqueueArgs) -> anyhow::Result<Report
                         contacts::Reason::Duplicate { .. } => report.duplicate += 1,
                         contacts::Reason::Malformed(_) => report.malformed += 1,
                     }
-                    progress
-                        .suspend(|| eprintln!("{name}:{}: {:?}: {}", r.line, r.value, r.reason));
+                    progress.suspend(|| eprintln!("{name}:{}: {:?}: {}", r.line, r.value, r.reason));
                 }
             }
         }
@@ -211,9 +186,7 @@ pub async fn enqueue(pool: &PgPool, args: &EnqueueArgs) -> anyhow::Result<Report
         report.published += publish(pool, &publisher, campaign, &fresh).await?;
         progress.set_position(report.read);
     }
-    parser
-        .await
-        .context("the contact reader stopped unexpectedly")?;
+    parser.await.context("the contact reader stopped unexpectedly")?;
 
     // Rows an interrupted earlier run wrote but never got confirmed.
     loop {
@@ -315,15 +288,9 @@ async fn insert_calls(
     if contacts.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<uuid::Uuid> = contacts
-        .iter()
-        .map(|c| CallId::derive(campaign, &c.number).0)
-        .collect();
+    let ids: Vec<uuid::Uuid> = contacts.iter().map(|c| CallId::derive(campaign, &c.number).0).collect();
     let numbers: Vec<&str> = contacts.iter().map(|c| c.number.as_str()).collect();
-    let lines: Vec<i32> = contacts
-        .iter()
-        .map(|c| i32::try_from(c.line).unwrap_or(i32::MAX))
-        .collect();
+    let lines: Vec<i32> = contacts.iter().map(|c| i32::try_from(c.line).unwrap_or(i32::MAX)).collect();
     let attributes: Vec<&serde_json::Value> = contacts.iter().map(|c| &c.attributes).collect();
     let inserted: Vec<(CallId, String)> = sqlx::query_as(
         "INSERT INTO calls (id, campaign_id, number, source_line, attributes) \
@@ -340,10 +307,7 @@ async fn insert_calls(
     .fetch_all(pool)
     .await
     .context("writing calls")?;
-    Ok(inserted
-        .into_iter()
-        .filter_map(|(id, n)| PhoneNumber::from_e164(&n).ok().map(|n| (id, n)))
-        .collect())
+    Ok(inserted.into_iter().filter_map(|(id, n)| PhoneNumber::from_e164(&n).ok().map(|n| (id, n))).collect())
 }
 
 /// Publishes one job per row, waits for every confirm, then marks the rows.
@@ -356,14 +320,8 @@ async fn publish(
     if rows.is_empty() {
         return Ok(0);
     }
-    let jobs: Vec<CallJob> = rows
-        .iter()
-        .map(|(_, n)| CallJob::new(campaign, n.clone(), 1))
-        .collect();
-    publisher
-        .publish_all(&jobs)
-        .await
-        .context("publishing call jobs")?;
+    let jobs: Vec<CallJob> = rows.iter().map(|(_, n)| CallJob::new(campaign, n.clone(), 1)).collect();
+    publisher.publish_all(&jobs).await.context("publishing call jobs")?;
     let ids: Vec<uuid::Uuid> = rows.iter().map(|(id, _)| id.0).collect();
     sqlx::query("UPDATE calls SET enqueued_at = now() WHERE id = ANY($1) AND enqueued_at IS NULL")
         .bind(&ids)
@@ -385,10 +343,7 @@ async fn delete(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> {
         .bind(name)
         .execute(&mut *tx)
         .await?;
-    let deleted = sqlx::query("DELETE FROM campaigns WHERE name = $1")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    let deleted = sqlx::query("DELETE FROM campaigns WHERE name = $1").bind(name).execute(&mut *tx).await?;
     tx.commit().await?;
     if deleted.rows_affected() == 0 {
         println!("no campaign named {name:?}");

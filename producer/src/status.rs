@@ -40,11 +40,7 @@ pub async fn status(pool: &PgPool, args: &StatusArgs) -> anyhow::Result<()> {
     };
     if args.wait {
         let tty = std::io::stderr().is_terminal();
-        let bar = if tty {
-            ProgressBar::new(s.total as u64)
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = if tty { ProgressBar::new(s.total as u64) } else { ProgressBar::hidden() };
         bar.set_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} calls finished  {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -62,24 +58,16 @@ pub async fn status(pool: &PgPool, args: &StatusArgs) -> anyhow::Result<()> {
                     args.timeout
                 );
             }
-            let msg = format!(
-                "queued {} in progress {} answered {}",
-                s.queued, s.in_progress, s.completed
-            );
+            let msg = format!("queued {} in progress {} answered {}", s.queued, s.in_progress, s.completed);
             bar.set_length(s.total as u64);
             bar.set_position(s.terminal as u64);
             bar.set_message(msg.clone());
             if !tty && last_line.elapsed() >= Duration::from_secs(2) {
-                eprintln!(
-                    "{}: {}/{} calls finished, {msg}",
-                    args.name, s.terminal, s.total
-                );
+                eprintln!("{}: {}/{} calls finished, {msg}", args.name, s.terminal, s.total);
                 last_line = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            s = summary(pool, &args.name)
-                .await?
-                .context("the campaign was deleted while waiting")?;
+            s = summary(pool, &args.name).await?.context("the campaign was deleted while waiting")?;
         }
         bar.finish_and_clear();
     }

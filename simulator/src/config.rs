@@ -37,18 +37,11 @@ pub struct SimConfig {
     pub telemetry: TelemetryArgs,
 
     /// Listen address.
-    #[arg(
-        long = "http-addr",
-        env = "TOCSIN_HTTP_ADDR",
-        default_value = "127.0.0.1:8090"
-    )]
+    #[arg(long = "http-addr", env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:8090")]
     pub http_addr: SocketAddr,
 
     /// PEM public key of the Vonage application; application JWTs must verify against it.
-    #[arg(
-        long = "vonage-public-key-path",
-        env = "TOCSIN_SIM_VONAGE_PUBLIC_KEY_PATH"
-    )]
+    #[arg(long = "vonage-public-key-path", env = "TOCSIN_SIM_VONAGE_PUBLIC_KEY_PATH")]
     pub vonage_public_key_path: PathBuf,
 
     /// The Vonage application id JWTs must name (any, when unset).
@@ -56,26 +49,15 @@ pub struct SimConfig {
     pub vonage_application_id: Option<String>,
 
     /// Secret the simulated Vonage signs event webhooks with (HS256).
-    #[arg(
-        long = "vonage-signature-secret",
-        env = "TOCSIN_VONAGE_SIGNATURE_SECRET"
-    )]
+    #[arg(long = "vonage-signature-secret", env = "TOCSIN_VONAGE_SIGNATURE_SECRET")]
     pub vonage_signature_secret: String,
 
     /// Vonage create-call requests accepted per second per application; more get 429.
-    #[arg(
-        long = "vonage-rate",
-        env = "TOCSIN_SIM_VONAGE_RATE",
-        default_value_t = 2.0
-    )]
+    #[arg(long = "vonage-rate", env = "TOCSIN_SIM_VONAGE_RATE", default_value_t = 2.0)]
     pub vonage_rate: f64,
 
     /// Multiplies every simulated duration (ringing, talking): 0.1 runs ten times faster.
-    #[arg(
-        long = "time-scale",
-        env = "TOCSIN_SIM_TIME_SCALE",
-        default_value_t = 1.0
-    )]
+    #[arg(long = "time-scale", env = "TOCSIN_SIM_TIME_SCALE", default_value_t = 1.0)]
     pub time_scale: f64,
 
     /// Seed of the random durations.

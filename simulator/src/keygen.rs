@@ -16,15 +16,10 @@ pub struct PemKeyPair {
 }
 
 pub fn generate() -> anyhow::Result<PemKeyPair> {
-    let pair = KeyPair::generate(KeySize::Rsa2048)
-        .map_err(|_| anyhow::anyhow!("RSA key generation failed"))?;
-    let private = pair
-        .as_der()
-        .map_err(|_| anyhow::anyhow!("encoding the private key failed"))?;
-    let public = pair
-        .public_key()
-        .as_der()
-        .map_err(|_| anyhow::anyhow!("encoding the public key failed"))?;
+    let pair =
+        KeyPair::generate(KeySize::Rsa2048).map_err(|_| anyhow::anyhow!("RSA key generation failed"))?;
+    let private = pair.as_der().map_err(|_| anyhow::anyhow!("encoding the private key failed"))?;
+    let public = pair.public_key().as_der().map_err(|_| anyhow::anyhow!("encoding the public key failed"))?;
     Ok(PemKeyPair {
         private_pem: pem("PRIVATE KEY", private.as_ref()),
         public_pem: pem("PUBLIC KEY", public.as_ref()),
@@ -47,16 +42,14 @@ pub fn write_vonage_keys(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let keys = generate()?;
     let private = dir.join("vonage_private.pem");
-    std::fs::write(&private, keys.private_pem)
-        .with_context(|| format!("writing {}", private.display()))?;
+    std::fs::write(&private, keys.private_pem).with_context(|| format!("writing {}", private.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
     }
     let public = dir.join("vonage_public.pem");
-    std::fs::write(&public, keys.public_pem)
-        .with_context(|| format!("writing {}", public.display()))?;
+    std::fs::write(&public, keys.public_pem).with_context(|| format!("writing {}", public.display()))?;
     println!("wrote {} and {}", private.display(), public.display());
     Ok(())
 }

@@ -56,13 +56,7 @@ impl Stats {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn call_accepted(
-        &self,
-        provider: &'static str,
-        provider_call_id: &str,
-        to: &str,
-        outcome: Outcome,
-    ) {
+    pub fn call_accepted(&self, provider: &'static str, provider_call_id: &str, to: &str, outcome: Outcome) {
         let mut inner = self.lock();
         let at = inner.started.elapsed().as_secs_f64();
         inner.calls.push(SimCall {
@@ -77,12 +71,7 @@ impl Stats {
 
     pub fn spoken(&self, provider_call_id: &str, text: String) {
         let mut inner = self.lock();
-        if let Some(call) = inner
-            .calls
-            .iter_mut()
-            .rev()
-            .find(|c| c.provider_call_id == provider_call_id)
-        {
+        if let Some(call) = inner.calls.iter_mut().rev().find(|c| c.provider_call_id == provider_call_id) {
             call.spoken = Some(text);
         }
     }
@@ -115,10 +104,7 @@ impl Stats {
         let mut called_more_than_once: Vec<NumberCount> = per_number
             .iter()
             .filter(|(_, n)| **n > 1)
-            .map(|(number, count)| NumberCount {
-                number: (*number).to_owned(),
-                count: *count,
-            })
+            .map(|(number, count)| NumberCount { number: (*number).to_owned(), count: *count })
             .collect();
         called_more_than_once.sort_by(|a, b| a.number.cmp(&b.number));
         let mut times: Vec<f64> = inner.calls.iter().map(|c| c.at).collect();
@@ -129,10 +115,7 @@ impl Stats {
         };
         StatsReport {
             calls: inner.calls.len() as u64,
-            calls_per_provider: per_provider
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
+            calls_per_provider: per_provider.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             distinct_numbers: per_number.len() as u64,
             called_more_than_once,
             max_calls_in_any_1s_window: max_in_window(&times, 1.0),

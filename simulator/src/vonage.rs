@@ -27,9 +27,8 @@ pub type Limiter = DefaultKeyedRateLimiter<String>;
 pub fn limiter(rate: f64) -> Limiter {
     let period = Duration::from_secs_f64(1.0 / rate);
     let burst = NonZeroU32::new(rate.ceil().max(1.0) as u32).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst);
+    let quota =
+        Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(burst);
     governor::RateLimiter::keyed(quota)
 }
 
@@ -40,12 +39,7 @@ fn problem(status: StatusCode, kind: &str, title: &str, detail: &str) -> Respons
         "detail": detail,
         "instance": uuid::Uuid::new_v4().to_string(),
     });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -99,25 +93,11 @@ pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: 
             );
         }
     };
-    if sim
-        .config
-        .vonage_application_id
-        .as_ref()
-        .is_some_and(|id| *id != claims.application_id)
-    {
+    if sim.config.vonage_application_id.as_ref().is_some_and(|id| *id != claims.application_id) {
         sim.stats.rejected();
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            "Unknown application.",
-        );
+        return problem(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "Unknown application.");
     }
-    if sim
-        .vonage_limiter
-        .check_key(&claims.application_id)
-        .is_err()
-    {
+    if sim.vonage_limiter.check_key(&claims.application_id).is_err() {
         sim.stats.rate_limited();
         return problem(
             StatusCode::TOO_MANY_REQUESTS,
@@ -159,18 +139,14 @@ pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: 
     let Some(event_url) = request.event_url.as_ref().and_then(|u| u.first()).cloned() else {
         return invalid("event_url is required");
     };
-    if request
-        .ringing_timer
-        .is_some_and(|t| !(1..=120).contains(&t))
-    {
+    if request.ringing_timer.is_some_and(|t| !(1..=120).contains(&t)) {
         return invalid("ringing_timer must be between 1 and 120");
     }
 
     let uuid = uuid::Uuid::new_v4().to_string();
     let conversation = format!("CON-{}", uuid::Uuid::new_v4());
     let outcome = Outcome::for_number(&to.number);
-    sim.stats
-        .call_accepted("vonage", &uuid, &format!("+{}", to.number), outcome);
+    sim.stats.call_accepted("vonage", &uuid, &format!("+{}", to.number), outcome);
     let life = CallLife {
         uuid: uuid.clone(),
         conversation: conversation.clone(),
@@ -230,8 +206,7 @@ impl CallLife {
                     Some(text) => sim.stats.spoken(&self.uuid, text),
                     None => warn!(uuid = %self.uuid, "answer NCCO missing or has no talk action"),
                 }
-                self.event(sim, "answered", json!({ "start_time": now() }))
-                    .await;
+                self.event(sim, "answered", json!({ "start_time": now() })).await;
                 tokio::time::sleep(sim.scaled(talk)).await;
                 let duration = talk.round() as i64;
                 let price = format!("{:.8}", 0.0139 * duration as f64 / 60.0);

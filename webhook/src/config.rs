@@ -21,11 +21,7 @@ pub struct WebhookConfig {
     pub telemetry: TelemetryArgs,
 
     /// Listen address of the webhook routes, /healthz, /readyz and /metrics.
-    #[arg(
-        long = "http-addr",
-        env = "TOCSIN_HTTP_ADDR",
-        default_value = "0.0.0.0:8080"
-    )]
+    #[arg(long = "http-addr", env = "TOCSIN_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
     /// Secret Vonage signs its event webhooks with (HS256). Required unless
@@ -34,10 +30,7 @@ pub struct WebhookConfig {
     pub vonage_signature_secret: Option<SecretString>,
 
     /// DEVELOPMENT ONLY: accept unsigned and forged webhooks.
-    #[arg(
-        long = "insecure-skip-signature-check",
-        env = "TOCSIN_INSECURE_SKIP_SIGNATURE_CHECK"
-    )]
+    #[arg(long = "insecure-skip-signature-check", env = "TOCSIN_INSECURE_SKIP_SIGNATURE_CHECK")]
     pub insecure_skip_signature_check: bool,
 
     /// Largest request body accepted, in bytes (larger ones get 413).

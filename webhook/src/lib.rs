@@ -28,6 +28,7 @@ use crate::config::WebhookConfig;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    pub store: store::EventStore,
     /// `None` only with the explicit development flag.
     pub vonage_secret: Option<SecretString>,
 }
@@ -62,16 +63,13 @@ pub async fn run(
     let pool = db::connect(&config.database.database_url, 16)
         .await
         .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
-    db::migrate(&pool)
-        .await
-        .context("applying database migrations")?;
+    db::migrate(&pool).await.context("applying database migrations")?;
     if config.insecure_skip_signature_check {
-        warn!(
-            "webhook signature checks are DISABLED (--insecure-skip-signature-check): development only"
-        );
+        warn!("webhook signature checks are DISABLED (--insecure-skip-signature-check): development only");
     }
     let state = AppState {
         pool: pool.clone(),
+        store: store::EventStore::new(pool.clone()),
         vonage_secret: if config.insecure_skip_signature_check {
             None
         } else {
@@ -79,13 +77,9 @@ pub async fn run(
         },
     };
     info!(addr = %listener.local_addr()?, "webhook listening");
-    http::serve(
-        listener,
-        router(state, config.max_body_bytes),
-        shutdown.cancelled_owned(),
-    )
-    .await
-    .context("serving HTTP")?;
+    http::serve(listener, router(state, config.max_body_bytes), shutdown.cancelled_owned())
+        .await
+        .context("serving HTTP")?;
     pool.close().await;
     info!("webhook stopped");
     Ok(())

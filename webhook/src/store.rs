@@ -36,7 +36,25 @@ pub enum Stored {
     UnknownCall,
 }
 
-pub async fn store(pool: &PgPool, event: &StoredEvent) -> Result<Stored, sqlx::Error> {
+/// Where handlers hand events over. Every provider's handler stores through
+/// it, so batching and redials live in one place.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Stores `event` durably; returns once it is committed.
+    pub async fn store(&self, event: StoredEvent) -> Result<Stored, sqlx::Error> {
+        store_one(&self.pool, &event).await
+    }
+}
+
+async fn store_one(pool: &PgPool, event: &StoredEvent) -> Result<Stored, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let known: bool = match event.call_id {
         Some(id) => {

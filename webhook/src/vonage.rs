@@ -16,7 +16,7 @@ use tocsin_core::{CallId, db};
 use tracing::{error, warn};
 
 use crate::AppState;
-use crate::store::{self, Stored, StoredEvent};
+use crate::store::{Stored, StoredEvent};
 
 fn call_id(query: &HashMap<String, String>) -> Option<CallId> {
     query.get("call_id")?.parse().ok()
@@ -28,8 +28,7 @@ pub async fn answer(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(id) = call_id(&query) else {
-        return ApiError::bad_request("missing or malformed call_id query parameter")
-            .into_response();
+        return ApiError::bad_request("missing or malformed call_id query parameter").into_response();
     };
     match db::campaign_of_call(&state.pool, id).await {
         Ok(Some(campaign)) => {
@@ -52,9 +51,7 @@ pub async fn events(
     body: Bytes,
 ) -> Response {
     if let Some(secret) = &state.vonage_secret {
-        let auth = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if let Err(e) = vonage::verify_webhook(auth, secret, &body) {
             warn!(error = %e, "vonage event rejected: signature");
             metrics::counter!("tocsin_webhook_rejected_total", "provider" => "vonage", "reason" => "signature")
@@ -93,7 +90,8 @@ pub async fn events(
         detail: event.detail.clone(),
         payload,
     };
-    match store::store(&state.pool, &stored).await {
+    let dedupe_key = stored.dedupe_key.clone();
+    match state.store.store(stored).await {
         Ok(result) => {
             let label = match result {
                 Stored::Applied => "applied",
@@ -101,9 +99,10 @@ pub async fn events(
                 Stored::UnknownCall => "unknown_call",
             };
             if result == Stored::UnknownCall {
-                warn!(dedupe_key = %stored.dedupe_key, "event for an unknown call stored and flagged");
+                warn!(%dedupe_key, "event for an unknown call stored and flagged");
             }
-            metrics::counter!("tocsin_webhook_events_total", "provider" => "vonage", "result" => label).increment(1);
+            metrics::counter!("tocsin_webhook_events_total", "provider" => "vonage", "result" => label)
+                .increment(1);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => {
@@ -117,6 +116,7 @@ pub async fn events(
 
 fn malformed(detail: &str) -> Response {
     warn!(%detail, "vonage event rejected: malformed body");
-    metrics::counter!("tocsin_webhook_rejected_total", "provider" => "vonage", "reason" => "malformed").increment(1);
+    metrics::counter!("tocsin_webhook_rejected_total", "provider" => "vonage", "reason" => "malformed")
+        .increment(1);
     ApiError::bad_request(format!("malformed event body: {detail}")).into_response()
 }

@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use tocsin_core::config::{
-    AmqpArgs, DatabaseArgs, RedisArgs, TelemetryArgs, VonageArgs, parse_duration,
-};
+use tocsin_core::config::{AmqpArgs, DatabaseArgs, RedisArgs, TelemetryArgs, VonageArgs, parse_duration};
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -30,27 +28,15 @@ pub struct WorkerConfig {
     pub telemetry: TelemetryArgs,
 
     /// Base URL at which providers reach the webhook service (answer and event URLs).
-    #[arg(
-        long = "public-url",
-        env = "TOCSIN_PUBLIC_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
+    #[arg(long = "public-url", env = "TOCSIN_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
     pub public_url: String,
 
     /// Listen address of /healthz, /readyz and /metrics.
-    #[arg(
-        long = "http-addr",
-        env = "TOCSIN_HTTP_ADDR",
-        default_value = "0.0.0.0:9090"
-    )]
+    #[arg(long = "http-addr", env = "TOCSIN_HTTP_ADDR", default_value = "0.0.0.0:9090")]
     pub http_addr: SocketAddr,
 
     /// Create-call requests per second per provider account, shared by all workers.
-    #[arg(
-        long = "rate-per-sec",
-        env = "TOCSIN_RATE_PER_SEC",
-        default_value_t = 2.0
-    )]
+    #[arg(long = "rate-per-sec", env = "TOCSIN_RATE_PER_SEC", default_value_t = 2.0)]
     pub rate_per_sec: f64,
 
     /// Longest a job waits for its rate-limit slot; beyond it, the job goes back to a delay queue.
@@ -66,11 +52,7 @@ pub struct WorkerConfig {
     pub provider_timeout: Duration,
 
     /// Seconds the phone rings before the provider gives up.
-    #[arg(
-        long = "ringing-timeout",
-        env = "TOCSIN_RINGING_TIMEOUT",
-        default_value_t = 45
-    )]
+    #[arg(long = "ringing-timeout", env = "TOCSIN_RINGING_TIMEOUT", default_value_t = 45)]
     pub ringing_timeout_secs: u32,
 
     /// A call left `dialing` longer than this was interrupted by a crash
@@ -79,11 +61,7 @@ pub struct WorkerConfig {
     pub dialing_lease: Duration,
 
     /// How many transient failures (5xx, connection errors) a call survives.
-    #[arg(
-        long = "max-transient-retries",
-        env = "TOCSIN_MAX_TRANSIENT_RETRIES",
-        default_value_t = 5
-    )]
+    #[arg(long = "max-transient-retries", env = "TOCSIN_MAX_TRANSIENT_RETRIES", default_value_t = 5)]
     pub max_transient_retries: u32,
 
     /// How long SIGTERM waits for in-flight calls before exiting.
@@ -94,19 +72,13 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if !(self.rate_per_sec.is_finite() && self.rate_per_sec > 0.0) {
-            anyhow::bail!(
-                "TOCSIN_RATE_PER_SEC must be a positive number, got {}",
-                self.rate_per_sec
-            );
+            anyhow::bail!("TOCSIN_RATE_PER_SEC must be a positive number, got {}", self.rate_per_sec);
         }
         if self.prefetch == 0 {
             anyhow::bail!("TOCSIN_PREFETCH must be at least 1");
         }
         if !self.public_url.starts_with("http://") && !self.public_url.starts_with("https://") {
-            anyhow::bail!(
-                "TOCSIN_PUBLIC_URL must be an http(s) URL, got {:?}",
-                self.public_url
-            );
+            anyhow::bail!("TOCSIN_PUBLIC_URL must be an http(s) URL, got {:?}", self.public_url);
         }
         Ok(())
     }

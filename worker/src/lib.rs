@@ -9,6 +9,7 @@
 pub mod config;
 pub mod process;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -20,6 +21,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use secrecy::ExposeSecret;
 use tocsin_core::limiter::RedisLimiter;
+use tocsin_core::provider::{Provider, VoiceProvider};
 use tocsin_core::queue::{self, Publisher, Topology};
 use tocsin_core::{CallJob, db, http, vonage};
 use tokio::sync::Semaphore;
@@ -32,61 +34,39 @@ use crate::process::{Deps, Outcome, process};
 
 /// Runs a worker until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect(
-        &config.database.database_url,
-        u32::from(config.prefetch).clamp(2, 32),
-    )
-    .await
-    .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
-    db::migrate(&pool)
+    let pool = db::connect(&config.database.database_url, u32::from(config.prefetch).clamp(2, 32))
         .await
-        .context("applying database migrations")?;
+        .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
+    db::migrate(&pool).await.context("applying database migrations")?;
 
     let amqp = queue::connect(config.amqp.amqp_url.expose_secret(), "tocsin-worker")
         .await
         .context("connecting to RabbitMQ (TOCSIN_AMQP_URL)")?;
     let topology = Topology::new(&config.amqp.queue_prefix);
-    let channel = amqp
-        .create_channel()
-        .await
-        .context("opening a RabbitMQ channel")?;
-    topology
-        .declare(&channel)
-        .await
-        .context("declaring the queue topology")?;
-    let publisher = Publisher::new(&amqp, topology.clone())
-        .await
-        .context("opening the publish channel")?;
+    let channel = amqp.create_channel().await.context("opening a RabbitMQ channel")?;
+    topology.declare(&channel).await.context("declaring the queue topology")?;
+    let publisher = Publisher::new(&amqp, topology.clone()).await.context("opening the publish channel")?;
 
     let redis = RedisLimiter::connect(config.redis.redis_url.expose_secret())
         .await
         .context("connecting to Redis (TOCSIN_REDIS_URL)")?;
-    let limiter = RedisLimiter::new(
-        redis,
-        &config.redis.redis_prefix,
-        config.rate_per_sec,
-        config.limiter_max_wait,
-    );
+    let limiter =
+        RedisLimiter::new(redis, &config.redis.redis_prefix, config.rate_per_sec, config.limiter_max_wait);
 
     let http_client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(config.provider_timeout)
         .build()
         .context("building the HTTP client")?;
-    let vonage = match config.vonage.credentials()? {
-        Some(credentials) => Some(vonage::Client::new(http_client.clone(), &credentials)?),
-        None => None,
-    };
-    if vonage.is_none() {
-        warn!(
-            "no provider is configured (set TOCSIN_VONAGE_APPLICATION_ID and TOCSIN_VONAGE_PRIVATE_KEY_PATH); every call will fail"
-        );
+    let providers = providers(&config, &http_client)?;
+    if providers.is_empty() {
+        warn!("no provider is configured (e.g. TOCSIN_VONAGE_APPLICATION_ID); every call will fail");
     }
 
     let deps = Arc::new(Deps {
         pool: pool.clone(),
         limiter,
-        vonage,
+        providers,
         public_url: config.public_url().to_owned(),
         ringing_timeout_secs: config.ringing_timeout_secs,
         dialing_lease: config.dialing_lease,
@@ -110,22 +90,15 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             Ok(())
         })
     });
-    let (listener, addr) = http::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding {}", config.http_addr))?;
+    let (listener, addr) =
+        http::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
     let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(http::serve(
-        listener,
-        http::ops_router(ready),
-        http_stop.clone().cancelled_owned(),
-    ));
+    let http_task =
+        tokio::spawn(http::serve(listener, http::ops_router(ready), http_stop.clone().cancelled_owned()));
     info!(%addr, "health and metrics listening");
 
     // Consume.
-    let consume_channel = amqp
-        .create_channel()
-        .await
-        .context("opening the consume channel")?;
+    let consume_channel = amqp.create_channel().await.context("opening the consume channel")?;
     consume_channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await
@@ -161,11 +134,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                 break;
             }
         };
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .context("semaphore closed")?;
+        let permit = in_flight.clone().acquire_owned().await.context("semaphore closed")?;
         let deps = deps.clone();
         let publisher = publisher.clone();
         tracker.spawn(async move {
@@ -176,14 +145,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
 
     info!("stopping: no new jobs; waiting for in-flight calls");
     // Unacked jobs we never started go back to the queue when the channel closes.
-    let _ = consume_channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+    let _ = consume_channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
         warn!(grace = ?config.shutdown_grace, "grace period over with calls still in flight; their jobs will be redelivered");
     }
     let _ = consume_channel.close(200, "worker stopping".into()).await;
@@ -193,6 +157,18 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     pool.close().await;
     info!("worker stopped");
     result
+}
+
+/// A client for every provider this worker has credentials for.
+fn providers(
+    config: &WorkerConfig,
+    http: &reqwest::Client,
+) -> anyhow::Result<HashMap<Provider, Arc<dyn VoiceProvider>>> {
+    let mut map: HashMap<Provider, Arc<dyn VoiceProvider>> = HashMap::new();
+    if let Some(credentials) = config.vonage.credentials()? {
+        map.insert(Provider::Vonage, Arc::new(vonage::Client::new(http.clone(), &credentials)?));
+    }
+    Ok(map)
 }
 
 /// Runs one job and settles its delivery according to the outcome.
@@ -238,10 +214,7 @@ async fn ack(delivery: &Delivery) {
 }
 
 async fn requeue(delivery: &Delivery) {
-    let options = BasicNackOptions {
-        requeue: true,
-        ..Default::default()
-    };
+    let options = BasicNackOptions { requeue: true, ..Default::default() };
     if let Err(e) = delivery.nack(options).await {
         error!(error = %e, "nack failed; the job will be redelivered");
     }
@@ -249,10 +222,7 @@ async fn requeue(delivery: &Delivery) {
 
 async fn dead_letter(delivery: &Delivery) {
     metrics::counter!("tocsin_jobs_dead_lettered_total").increment(1);
-    let options = BasicNackOptions {
-        requeue: false,
-        ..Default::default()
-    };
+    let options = BasicNackOptions { requeue: false, ..Default::default() };
     if let Err(e) = delivery.nack(options).await {
         error!(error = %e, "nack failed; the job will be redelivered");
     }

@@ -2,15 +2,17 @@
 //! create-call request, and the outcome recorded in PostgreSQL. `process`
 //! returns a decision; the consume loop acks, delays or dead-letters.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use sqlx::PgPool;
 use tocsin_core::db::{self, Campaign};
 use tocsin_core::limiter::{RedisLimiter, Reservation};
-use tocsin_core::provider::{CallRequest, PlaceCallError, Provider};
+use tocsin_core::provider::{CallRequest, PlaceCallError, Provider, VoiceProvider};
 use tocsin_core::queue::DelayTier;
-use tocsin_core::{CallJob, PhoneNumber, vonage};
+use tocsin_core::{CallJob, PhoneNumber};
 use tracing::{info, warn};
 
 /// What the consume loop does with the job once `process` returns.
@@ -28,7 +30,8 @@ pub enum Outcome {
 pub struct Deps {
     pub pool: PgPool,
     pub limiter: RedisLimiter,
-    pub vonage: Option<vonage::Client>,
+    /// The providers this worker holds credentials for.
+    pub providers: HashMap<Provider, Arc<dyn VoiceProvider>>,
     pub public_url: String,
     pub ringing_timeout_secs: u32,
     pub dialing_lease: Duration,
@@ -68,9 +71,9 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         Ok(p) => p,
         Err(e) => return fail_unclaimed(deps, job, "provider", &e.to_string()).await,
     };
-    let client = match (provider, deps.vonage.as_ref()) {
-        (Provider::Vonage, Some(client)) => client,
-        _ => {
+    let client = match deps.providers.get(&provider) {
+        Some(client) => client.as_ref(),
+        None => {
             let detail = format!("provider {provider} is not configured on this worker");
             return fail_unclaimed(deps, job, "provider_not_configured", &detail).await;
         }
@@ -102,9 +105,9 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         attempt: job.attempt,
         to: job.to.clone(),
         from,
-        answer_url: format!("{}/vonage/answer?call_id={}", deps.public_url, job.call_id),
-        event_url: format!("{}/vonage/events?call_id={}", deps.public_url, job.call_id),
+        webhook_base: deps.public_url.clone(),
         ringing_timeout_secs: deps.ringing_timeout_secs,
+        machine_detection: campaign.machine_detection,
     };
     let started = Instant::now();
     let result = client.place_call(&request).await;
@@ -150,9 +153,7 @@ async fn decide_unclaimed(deps: &Deps, job: &CallJob) -> Result<Outcome, Process
     let dialing_for = Duration::from_secs_f64(dialing_for.unwrap_or(0.0).max(0.0));
     if dialing_for < deps.dialing_lease {
         // Another worker may be dialing right now: look again later.
-        return Ok(Outcome::Delay(DelayTier::at_least(
-            deps.dialing_lease - dialing_for,
-        )));
+        return Ok(Outcome::Delay(DelayTier::at_least(deps.dialing_lease - dialing_for)));
     }
     // A worker died between claim and outcome. The provider may or may not
     // have the call; without its confirmation we must not dial again.
@@ -221,16 +222,9 @@ async fn record(
                 return Ok(Outcome::Ack);
             }
             warn!(%detail, retries, "transient provider failure; will retry");
-            Ok(Outcome::Delay(DelayTier::at_least(jittered(
-                Duration::from_secs(1),
-                retries,
-            ))))
+            Ok(Outcome::Delay(DelayTier::at_least(jittered(Duration::from_secs(1), retries))))
         }
-        Err(PlaceCallError::Permanent {
-            status,
-            code,
-            detail,
-        }) => {
+        Err(PlaceCallError::Permanent { status, code, detail }) => {
             finish_failed(deps, job, &format!("{status} {code}"), &detail).await?;
             warn!(status, %code, %detail, "provider refused the call");
             Ok(Outcome::Ack)
@@ -277,12 +271,7 @@ async fn release(deps: &Deps, job: &CallJob, detail: Option<&str>) -> Result<u32
     Ok(u32::try_from(retries.unwrap_or(0)).unwrap_or(0))
 }
 
-async fn finish_failed(
-    deps: &Deps,
-    job: &CallJob,
-    code: &str,
-    detail: &str,
-) -> Result<(), sqlx::Error> {
+async fn finish_failed(deps: &Deps, job: &CallJob, code: &str, detail: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE calls SET state = 'failed', error_code = $2, error_detail = $3, ended_at = now(), \
                 updated_at = now() \
