@@ -95,6 +95,73 @@ pub struct VonageArgs {
     pub vonage_signature_secret: Option<SecretString>,
 }
 
+/// Twilio credentials and endpoints. Configured when an account SID is given.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TwilioArgs {
+    /// Base URL of the Twilio API.
+    #[arg(long = "twilio-api-url", env = "TOCSIN_TWILIO_API_URL", default_value = "https://api.twilio.com")]
+    pub twilio_api_url: String,
+
+    /// Twilio account SID (`AC…`).
+    #[arg(long = "twilio-account-sid", env = "TOCSIN_TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+
+    /// Twilio auth token: API password and webhook signing key.
+    #[arg(long = "twilio-auth-token", env = "TOCSIN_TWILIO_AUTH_TOKEN", value_parser = secret)]
+    pub twilio_auth_token: Option<SecretString>,
+}
+
+/// Telnyx credentials and endpoints. Configured when a connection id is given.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TelnyxArgs {
+    /// Base URL of the Telnyx API.
+    #[arg(long = "telnyx-api-url", env = "TOCSIN_TELNYX_API_URL", default_value = "https://api.telnyx.com")]
+    pub telnyx_api_url: String,
+
+    /// Telnyx API key (Bearer).
+    #[arg(long = "telnyx-api-key", env = "TOCSIN_TELNYX_API_KEY", value_parser = secret)]
+    pub telnyx_api_key: Option<SecretString>,
+
+    /// Telnyx Call Control connection id.
+    #[arg(long = "telnyx-connection-id", env = "TOCSIN_TELNYX_CONNECTION_ID")]
+    pub telnyx_connection_id: Option<String>,
+
+    /// Telnyx account public key (base64 Ed25519) that signs webhooks.
+    #[arg(long = "telnyx-public-key", env = "TOCSIN_TELNYX_PUBLIC_KEY")]
+    pub telnyx_public_key: Option<String>,
+}
+
+/// Every provider's settings, for binaries that talk to all of them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ProviderArgs {
+    #[command(flatten)]
+    pub vonage: VonageArgs,
+    #[command(flatten)]
+    pub twilio: TwilioArgs,
+    #[command(flatten)]
+    pub telnyx: TelnyxArgs,
+}
+
+impl ProviderArgs {
+    /// The providers whose identifying setting is present (application id,
+    /// account SID, connection id). Whether their secrets are complete is
+    /// checked when a client is built.
+    pub fn configured(&self) -> Vec<crate::provider::Provider> {
+        use crate::provider::Provider;
+        let mut out = Vec::new();
+        if self.vonage.vonage_application_id.is_some() {
+            out.push(Provider::Vonage);
+        }
+        if self.twilio.twilio_account_sid.is_some() {
+            out.push(Provider::Twilio);
+        }
+        if self.telnyx.telnyx_connection_id.is_some() {
+            out.push(Provider::Telnyx);
+        }
+        out
+    }
+}
+
 /// The Vonage settings a worker needs to place calls, once checked.
 #[derive(Clone, Debug)]
 pub struct VonageCredentials {

@@ -32,6 +32,8 @@ pub enum Command {
     /// Show a campaign's calls by state.
     #[command(after_help = "Example:\n  producer status demo --wait --timeout 10m")]
     Status(StatusArgs),
+    /// Apply the database migrations and exit (every command also applies them first).
+    Migrate,
     /// Delete a campaign with its calls and events.
     Delete {
         /// Campaign name.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use tocsin_core::config::{AmqpArgs, DatabaseArgs, RedisArgs, TelemetryArgs, VonageArgs, parse_duration};
+use tocsin_core::config::{AmqpArgs, DatabaseArgs, ProviderArgs, RedisArgs, TelemetryArgs, parse_duration};
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -23,7 +23,7 @@ pub struct WorkerConfig {
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
-    pub vonage: VonageArgs,
+    pub providers: ProviderArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 

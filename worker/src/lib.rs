@@ -165,7 +165,7 @@ fn providers(
     http: &reqwest::Client,
 ) -> anyhow::Result<HashMap<Provider, Arc<dyn VoiceProvider>>> {
     let mut map: HashMap<Provider, Arc<dyn VoiceProvider>> = HashMap::new();
-    if let Some(credentials) = config.vonage.credentials()? {
+    if let Some(credentials) = config.providers.vonage.credentials()? {
         map.insert(Provider::Vonage, Arc::new(vonage::Client::new(http.clone(), &credentials)?));
     }
     Ok(map)
