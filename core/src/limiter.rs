@@ -127,3 +127,119 @@ impl RedisLimiter {
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
+
+/// The worker's limiter: the shared Redis GCRA, and when Redis cannot be
+/// reached, a local `governor` limiter at the account rate divided by the
+/// number of workers expected to share it. Redis is tried again after a
+/// short cool-off; the first success returns to it.
+pub struct Limiter {
+    redis: RedisLimiter,
+    local_rate: f64,
+    max_wait: Duration,
+    state: std::sync::Mutex<FallbackState>,
+}
+
+#[derive(Default)]
+struct FallbackState {
+    /// While set and in the future, skip Redis.
+    retry_redis_at: Option<tokio::time::Instant>,
+    active: bool,
+    local: std::collections::HashMap<String, std::sync::Arc<governor::DefaultDirectRateLimiter>>,
+}
+
+/// How long to stay on the local limiter before trying Redis again.
+const REDIS_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// A Redis round trip slower than this counts as Redis being down.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Limiter {
+    /// `expected_workers`: how many workers share the account when Redis is
+    /// down (each then allows `rate / expected_workers`).
+    pub fn new(redis: RedisLimiter, rate_per_sec: f64, expected_workers: u32, max_wait: Duration) -> Self {
+        metrics::gauge!("tocsin_limiter_fallback_active").set(0.0);
+        Self {
+            redis,
+            local_rate: rate_per_sec / f64::from(expected_workers.max(1)),
+            max_wait,
+            state: std::sync::Mutex::new(FallbackState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FallbackState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the local fallback is in use.
+    pub fn fallback_active(&self) -> bool {
+        self.lock().active
+    }
+
+    /// Reserves a slot: `Granted(wait)` means sleep `wait`, then send.
+    pub async fn reserve(&self, account: &str) -> Reservation {
+        let skip_redis = self.lock().retry_redis_at.is_some_and(|t| tokio::time::Instant::now() < t);
+        if !skip_redis {
+            match tokio::time::timeout(REDIS_TIMEOUT, self.redis.reserve(account)).await {
+                Ok(Ok(reservation)) => {
+                    let mut state = self.lock();
+                    if state.active {
+                        state.active = false;
+                        state.retry_redis_at = None;
+                        metrics::gauge!("tocsin_limiter_fallback_active").set(0.0);
+                        tracing::info!("Redis is back: using the shared rate limiter again");
+                    }
+                    return reservation;
+                }
+                Ok(Err(e)) => self.enter_fallback(&e.to_string()),
+                Err(_) => self.enter_fallback("no answer within 500 ms"),
+            }
+        }
+        self.reserve_locally(account).await
+    }
+
+    fn enter_fallback(&self, why: &str) {
+        let mut state = self.lock();
+        state.retry_redis_at = Some(tokio::time::Instant::now() + REDIS_RETRY_AFTER);
+        if !state.active {
+            state.active = true;
+            metrics::gauge!("tocsin_limiter_fallback_active").set(1.0);
+            tracing::error!(
+                error = %why,
+                local_rate = self.local_rate,
+                "Redis unreachable: falling back to a local rate limiter (rate / expected workers)"
+            );
+        }
+    }
+
+    async fn reserve_locally(&self, account: &str) -> Reservation {
+        let limiter = {
+            let mut state = self.lock();
+            let rate = self.local_rate;
+            state
+                .local
+                .entry(account.to_owned())
+                .or_insert_with(|| {
+                    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+                    let quota = governor::Quota::with_period(period)
+                        .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN));
+                    std::sync::Arc::new(governor::RateLimiter::direct(quota))
+                })
+                .clone()
+        };
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout(self.max_wait, limiter.until_ready()).await {
+            // The wait already happened here.
+            Ok(()) => Reservation::Granted(Duration::ZERO),
+            Err(_) => Reservation::Refused(started.elapsed()),
+        }
+    }
+
+    /// Pushes the account's slots back after a provider 429 (shared through
+    /// Redis; locally there is nothing to share).
+    pub async fn cool_down(&self, account: &str, pause: Duration) {
+        match tokio::time::timeout(REDIS_TIMEOUT, self.redis.cool_down(account, pause)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not share the provider cool-down through Redis"),
+            Err(_) => tracing::warn!("could not share the provider cool-down: Redis did not answer"),
+        }
+    }
+}

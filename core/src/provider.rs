@@ -105,6 +105,14 @@ pub trait VoiceProvider: Send + Sync {
         to: &'a PhoneNumber,
         since: chrono::DateTime<chrono::Utc>,
     ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>>;
+
+    /// How long the provider treats a repeated create-call request for the
+    /// same call and attempt as the same request (Telnyx's `command_id`: 60 s).
+    /// Within it, an ambiguous request may be sent again without risking a
+    /// second call; `None` when the provider offers no such guarantee.
+    fn idempotency_window(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A call the provider accepted.
@@ -143,6 +151,24 @@ impl PlaceCallError {
     }
 }
 
+/// How long a 429 asks us to wait: `Retry-After` when present, else an
+/// `x-ratelimit-reset` header (Telnyx). The reset header is read as seconds
+/// from now, or as a Unix time when it is that large (providers differ and
+/// Telnyx does not document which it sends).
+pub fn rate_limit_wait(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    retry_after(headers).or_else(|| {
+        let value = headers.get("x-ratelimit-reset")?.to_str().ok()?.trim().parse::<f64>().ok()?;
+        if !value.is_finite() || value < 0.0 {
+            return None;
+        }
+        if value > 1_000_000_000.0 {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+            return Some(Duration::from_secs_f64((value - now.as_secs_f64()).max(0.0)));
+        }
+        Some(Duration::from_secs_f64(value))
+    })
+}
+
 /// Parses a `Retry-After` header given in seconds (the HTTP-date form is
 /// not used by the voice providers).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -155,4 +181,25 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn rate_limit_wait_reads_retry_after_then_reset() {
+        let mut h = HeaderMap::new();
+        assert_eq!(rate_limit_wait(&h), None);
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("3"));
+        assert_eq!(rate_limit_wait(&h), Some(Duration::from_secs(3)));
+        h.insert("retry-after", HeaderValue::from_static("1.5"));
+        assert_eq!(rate_limit_wait(&h), Some(Duration::from_millis(1500)));
+        let mut epoch = HeaderMap::new();
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 10;
+        epoch.insert("x-ratelimit-reset", HeaderValue::from_str(&at.to_string()).unwrap());
+        let wait = rate_limit_wait(&epoch).unwrap();
+        assert!(wait <= Duration::from_secs(10) && wait >= Duration::from_secs(8), "{wait:?}");
+    }
 }

@@ -43,6 +43,11 @@ pub struct WorkerConfig {
     #[arg(long = "limiter-max-wait", env = "TOCSIN_LIMITER_MAX_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub limiter_max_wait: Duration,
 
+    /// How many workers share the provider accounts. When Redis is unreachable each worker
+    /// falls back to a local limiter at rate / this number, so together they stay under the rate.
+    #[arg(long = "expected-workers", env = "TOCSIN_EXPECTED_WORKERS", default_value_t = 1)]
+    pub expected_workers: u32,
+
     /// Jobs held and processed at once (RabbitMQ prefetch and in-flight bound).
     #[arg(long = "prefetch", env = "TOCSIN_PREFETCH", default_value_t = 16)]
     pub prefetch: u16,
@@ -73,6 +78,9 @@ impl WorkerConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if !(self.rate_per_sec.is_finite() && self.rate_per_sec > 0.0) {
             anyhow::bail!("TOCSIN_RATE_PER_SEC must be a positive number, got {}", self.rate_per_sec);
+        }
+        if self.expected_workers == 0 {
+            anyhow::bail!("TOCSIN_EXPECTED_WORKERS must be at least 1");
         }
         if self.prefetch == 0 {
             anyhow::bail!("TOCSIN_PREFETCH must be at least 1");

@@ -1,16 +1,19 @@
 //! The worker: consumes call jobs and places calls.
 //!
-//! `run` connects to PostgreSQL, RabbitMQ and Redis, declares the queue
-//! topology, serves `/healthz`, `/readyz` and `/metrics`, and consumes the
-//! work queue with manual acks and a bounded prefetch until `shutdown` is
-//! cancelled; then it stops consuming, lets in-flight jobs finish (within the
-//! grace period) and returns.
+//! `run` connects to PostgreSQL and Redis, serves `/healthz`, `/readyz` and
+//! `/metrics`, and consumes the work queue with manual acks and a bounded
+//! prefetch. When the broker connection drops it reconnects with backoff and
+//! carries on (jobs in flight are redelivered by the broker and their claims
+//! make the redelivery harmless). On shutdown it stops consuming, lets
+//! in-flight jobs finish within the grace period, and returns.
 
 pub mod config;
 pub mod process;
+pub mod schedule;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -20,9 +23,9 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use secrecy::ExposeSecret;
-use tocsin_core::limiter::RedisLimiter;
+use tocsin_core::limiter::{Limiter, RedisLimiter};
 use tocsin_core::provider::{Provider, VoiceProvider};
-use tocsin_core::queue::{self, Publisher, Topology};
+use tocsin_core::queue::{self, DelayTier, Publisher, Topology};
 use tocsin_core::{CallJob, db, http, vonage};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -30,31 +33,27 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::WorkerConfig;
-use crate::process::{Deps, Outcome, process};
+use crate::process::{Deps, Outcome, Settings, process};
 
 /// Runs a worker until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database.database_url, u32::from(config.prefetch).clamp(2, 32))
+    let pool = db::connect(&config.database.database_url, u32::from(config.prefetch).clamp(4, 32))
         .await
         .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
     db::migrate(&pool).await.context("applying database migrations")?;
 
-    let amqp = queue::connect(config.amqp.amqp_url.expose_secret(), "tocsin-worker")
-        .await
-        .context("connecting to RabbitMQ (TOCSIN_AMQP_URL)")?;
-    let topology = Topology::new(&config.amqp.queue_prefix);
-    let channel = amqp.create_channel().await.context("opening a RabbitMQ channel")?;
-    topology.declare(&channel).await.context("declaring the queue topology")?;
-    let publisher = Publisher::new(&amqp, topology.clone()).await.context("opening the publish channel")?;
-
     let redis = RedisLimiter::connect(config.redis.redis_url.expose_secret())
         .await
         .context("connecting to Redis (TOCSIN_REDIS_URL)")?;
-    let limiter =
-        RedisLimiter::new(redis, &config.redis.redis_prefix, config.rate_per_sec, config.limiter_max_wait);
+    let limiter = Limiter::new(
+        RedisLimiter::new(redis, &config.redis.redis_prefix, config.rate_per_sec, config.limiter_max_wait),
+        config.rate_per_sec,
+        config.expected_workers,
+        config.limiter_max_wait,
+    );
 
     let http_client = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5))
         .timeout(config.provider_timeout)
         .build()
         .context("building the HTTP client")?;
@@ -62,23 +61,26 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     if providers.is_empty() {
         warn!("no provider is configured (e.g. TOCSIN_VONAGE_APPLICATION_ID); every call will fail");
     }
-
-    let deps = Arc::new(Deps {
-        pool: pool.clone(),
-        limiter,
-        providers,
+    let settings = Settings {
         public_url: config.public_url().to_owned(),
         ringing_timeout_secs: config.ringing_timeout_secs,
         dialing_lease: config.dialing_lease,
         max_transient_retries: config.max_transient_retries,
-    });
+        ..Settings::default()
+    };
+    let deps = Arc::new(Deps::new(pool.clone(), limiter, providers, settings, shutdown.clone()));
 
-    // Health and metrics.
+    // Health and metrics; ready once the broker is connected and the database answers.
+    let broker: Arc<Mutex<Option<lapin::ConnectionStatus>>> = Arc::new(Mutex::new(None));
     let ready_pool = pool.clone();
-    let ready_amqp = amqp.status().clone();
+    let ready_broker = broker.clone();
     let ready: http::ReadyCheck = Arc::new(move || {
         let pool = ready_pool.clone();
-        let connected = ready_amqp.connected();
+        let connected = ready_broker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(lapin::ConnectionStatus::connected);
         Box::pin(async move {
             if !connected {
                 return Err("RabbitMQ connection is down".to_owned());
@@ -97,7 +99,53 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         tokio::spawn(http::serve(listener, http::ops_router(ready), http_stop.clone().cancelled_owned()));
     info!(%addr, "health and metrics listening");
 
-    // Consume.
+    let tracker = TaskTracker::new();
+    let in_flight = Arc::new(Semaphore::new(usize::from(config.prefetch)));
+    let mut backoff = Duration::from_millis(500);
+    while !shutdown.is_cancelled() {
+        match session(&config, &deps, &broker, &tracker, &in_flight, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                error!(error = format!("{e:#}"), retry_in = ?backoff, "broker session ended; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(15));
+            }
+        }
+    }
+
+    info!("stopping: no new jobs; waiting for in-flight calls");
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+        warn!(grace = ?config.shutdown_grace, "grace period over with calls still in flight; their jobs will be redelivered");
+    }
+    http_stop.cancel();
+    let _ = http_task.await;
+    pool.close().await;
+    info!("worker stopped");
+    Ok(())
+}
+
+/// One broker connection: declare, consume until shutdown (`Ok`) or until
+/// the connection is lost (`Err`). In-flight jobs keep running on the
+/// tracker; the channel is closed once they are done.
+async fn session(
+    config: &WorkerConfig,
+    deps: &Arc<Deps>,
+    broker: &Arc<Mutex<Option<lapin::ConnectionStatus>>>,
+    tracker: &TaskTracker,
+    in_flight: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let amqp = queue::connect(config.amqp.amqp_url.expose_secret(), "tocsin-worker")
+        .await
+        .context("connecting to RabbitMQ (TOCSIN_AMQP_URL)")?;
+    let topology = Topology::new(&config.amqp.queue_prefix);
+    let channel = amqp.create_channel().await.context("opening a RabbitMQ channel")?;
+    topology.declare(&channel).await.context("declaring the queue topology")?;
+    let publisher = Publisher::new(&amqp, topology.clone()).await.context("opening the publish channel")?;
     let consume_channel = amqp.create_channel().await.context("opening the consume channel")?;
     consume_channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
@@ -113,50 +161,46 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         )
         .await
         .context("starting to consume the work queue")?;
+    *broker.lock().unwrap_or_else(|p| p.into_inner()) = Some(amqp.status().clone());
     info!(queue = %topology.work_queue(), prefetch = config.prefetch, "consuming");
 
-    let tracker = TaskTracker::new();
-    let in_flight = Arc::new(Semaphore::new(usize::from(config.prefetch)));
-    let mut result = Ok(());
-    loop {
+    let result = loop {
         let delivery = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break Ok(()),
             next = consumer.next() => next,
         };
         let delivery = match delivery {
             Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                result = Err(anyhow::Error::new(e).context("consuming from RabbitMQ"));
-                break;
-            }
-            None => {
-                result = Err(anyhow::anyhow!("RabbitMQ closed the consumer"));
-                break;
-            }
+            Some(Err(e)) => break Err(anyhow::Error::new(e).context("consuming from RabbitMQ")),
+            None => break Err(anyhow::anyhow!("RabbitMQ closed the consumer")),
         };
-        let permit = in_flight.clone().acquire_owned().await.context("semaphore closed")?;
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break Ok(());
+        };
         let deps = deps.clone();
         let publisher = publisher.clone();
         tracker.spawn(async move {
             handle(&deps, &publisher, delivery).await;
             drop(permit);
         });
-    }
+    };
 
-    info!("stopping: no new jobs; waiting for in-flight calls");
-    // Unacked jobs we never started go back to the queue when the channel closes.
-    let _ = consume_channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-    tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
-        warn!(grace = ?config.shutdown_grace, "grace period over with calls still in flight; their jobs will be redelivered");
+    if result.is_ok() {
+        // Stop deliveries; unacked jobs we never started go back when the channel closes.
+        let _ = consume_channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+        // In-flight jobs still need this connection to ack and to publish delays.
+        let _ = tokio::time::timeout(config.shutdown_grace, wait_idle(in_flight, config.prefetch)).await;
+        let _ = consume_channel.close(200, "worker stopping".into()).await;
+        let _ = amqp.close(200, "worker stopping".into()).await;
     }
-    let _ = consume_channel.close(200, "worker stopping".into()).await;
-    let _ = amqp.close(200, "worker stopping".into()).await;
-    http_stop.cancel();
-    let _ = http_task.await;
-    pool.close().await;
-    info!("worker stopped");
     result
+}
+
+/// Resolves when no job holds an in-flight permit.
+async fn wait_idle(in_flight: &Arc<Semaphore>, prefetch: u16) {
+    if let Ok(all) = in_flight.acquire_many(u32::from(prefetch)).await {
+        drop(all);
+    }
 }
 
 /// A client for every provider this worker has credentials for.
@@ -182,9 +226,20 @@ async fn handle(deps: &Deps, publisher: &Publisher, delivery: Delivery) {
             return;
         }
     };
-    match process(deps, &job).await {
-        Ok(Outcome::Ack) => ack(&delivery).await,
-        Ok(Outcome::Delay(tier)) => match publisher.publish_delayed(&job, tier).await {
+    let outcome = match process(deps, &job).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // Infrastructure trouble (database down): retry the whole job
+            // later through a delay queue, which does not count against the
+            // delivery limit, so an outage does not dead-letter jobs.
+            error!(error = %e, call_id = %job.call_id, "job failed; retrying in 5 s");
+            metrics::counter!("tocsin_retries_total", "reason" => "infrastructure").increment(1);
+            Outcome::Delay(DelayTier::S5)
+        }
+    };
+    match outcome {
+        Outcome::Ack => ack(&delivery).await,
+        Outcome::Delay(tier) => match publisher.publish_delayed(&job, tier).await {
             Ok(()) => {
                 metrics::counter!("tocsin_jobs_delayed_total", "tier" => tier.name()).increment(1);
                 ack(&delivery).await;
@@ -194,15 +249,9 @@ async fn handle(deps: &Deps, publisher: &Publisher, delivery: Delivery) {
                 requeue(&delivery).await;
             }
         },
-        Ok(Outcome::DeadLetter(reason)) => {
+        Outcome::DeadLetter(reason) => {
             error!(%reason, call_id = %job.call_id, "dead-lettering job");
             dead_letter(&delivery).await;
-        }
-        Err(e) => {
-            // Infrastructure trouble: back off a little, then let another try.
-            error!(error = %e, call_id = %job.call_id, "job failed; returning it to the queue");
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            requeue(&delivery).await;
         }
     }
 }
@@ -214,6 +263,8 @@ async fn ack(delivery: &Delivery) {
 }
 
 async fn requeue(delivery: &Delivery) {
+    // Back off a little so a broker in trouble does not get a hot loop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let options = BasicNackOptions { requeue: true, ..Default::default() };
     if let Err(e) = delivery.nack(options).await {
         error!(error = %e, "nack failed; the job will be redelivered");

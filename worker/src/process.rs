@@ -1,19 +1,23 @@
-//! One job, start to finish: campaign checks, claim, rate-limit slot, the
+//! One job, start to finish: campaign checks, rate-limit slot, claim, the
 //! create-call request, and the outcome recorded in PostgreSQL. `process`
 //! returns a decision; the consume loop acks, delays or dead-letters.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use sqlx::PgPool;
 use tocsin_core::db::{self, Campaign};
-use tocsin_core::limiter::{RedisLimiter, Reservation};
-use tocsin_core::provider::{CallRequest, PlaceCallError, Provider, VoiceProvider};
+use tocsin_core::limiter::{Limiter, Reservation};
+use tocsin_core::provider::{CallRequest, PlaceCallError, PlacedCall, Provider, VoiceProvider};
 use tocsin_core::queue::DelayTier;
-use tocsin_core::{CallJob, PhoneNumber};
-use tracing::{info, warn};
+use tocsin_core::{CallJob, CampaignId, PhoneNumber};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::schedule;
 
 /// What the consume loop does with the job once `process` returns.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,33 +30,233 @@ pub enum Outcome {
     DeadLetter(String),
 }
 
+/// Tunables of `process`, from the worker's configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Base URL of the webhook service, without a trailing slash.
+    pub public_url: String,
+    pub ringing_timeout_secs: u32,
+    /// A call `dialing` longer than this was interrupted by a crash.
+    pub dialing_lease: Duration,
+    pub max_transient_retries: u32,
+    /// How long a campaign row is cached (bounds how fast a pause applies).
+    pub campaign_ttl: Duration,
+    /// Consecutive 401/403 answers after which an account is paused.
+    pub auth_failures_before_pause: u32,
+    /// How long an account stays paused after repeated 401/403s.
+    pub auth_pause: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            ringing_timeout_secs: 45,
+            dialing_lease: Duration::from_secs(60),
+            max_transient_retries: 5,
+            campaign_ttl: Duration::from_secs(1),
+            auth_failures_before_pause: 3,
+            auth_pause: Duration::from_secs(120),
+        }
+    }
+}
+
 /// Everything `process` needs, built once per worker.
 pub struct Deps {
     pub pool: PgPool,
-    pub limiter: RedisLimiter,
+    pub limiter: Limiter,
     /// The providers this worker holds credentials for.
     pub providers: HashMap<Provider, Arc<dyn VoiceProvider>>,
-    pub public_url: String,
-    pub ringing_timeout_secs: u32,
-    pub dialing_lease: Duration,
-    pub max_transient_retries: u32,
+    pub settings: Settings,
+    /// Cancelled on SIGTERM: jobs still waiting for a slot give it up.
+    pub shutdown: CancellationToken,
+    campaigns: Mutex<HashMap<CampaignId, (Instant, Arc<Campaign>)>>,
+    accounts: Mutex<HashMap<String, AccountHealth>>,
 }
 
-/// Infrastructure failures (database, Redis): the job is retried as a whole.
+/// Consecutive authentication failures of one provider account.
+#[derive(Default)]
+struct AccountHealth {
+    auth_failures: u32,
+    paused_until: Option<Instant>,
+}
+
+impl Deps {
+    pub fn new(
+        pool: PgPool,
+        limiter: Limiter,
+        providers: HashMap<Provider, Arc<dyn VoiceProvider>>,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            pool,
+            limiter,
+            providers,
+            settings,
+            shutdown,
+            campaigns: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The campaign, from a cache at most `campaign_ttl` old.
+    async fn campaign(&self, id: CampaignId) -> Result<Option<Arc<Campaign>>, sqlx::Error> {
+        {
+            let cache = self.campaigns.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, c)) = cache.get(&id)
+                && at.elapsed() < self.settings.campaign_ttl
+            {
+                return Ok(Some(c.clone()));
+            }
+        }
+        let Some(campaign) = db::campaign(&self.pool, id).await? else {
+            return Ok(None);
+        };
+        let campaign = Arc::new(campaign);
+        let mut cache = self.campaigns.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(id, (Instant::now(), campaign.clone()));
+        Ok(Some(campaign))
+    }
+
+    fn account_paused(&self, account: &str) -> Option<Duration> {
+        let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let until = accounts.get(account)?.paused_until?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    fn auth_failed(&self, account: &str) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let health = accounts.entry(account.to_owned()).or_default();
+        health.auth_failures += 1;
+        if health.auth_failures >= self.settings.auth_failures_before_pause {
+            health.paused_until = Some(Instant::now() + self.settings.auth_pause);
+            metrics::counter!("tocsin_account_paused_total").increment(1);
+            error!(
+                %account,
+                failures = health.auth_failures,
+                pause = ?self.settings.auth_pause,
+                "provider keeps refusing our credentials: pausing dialing for this account (fix the credentials)"
+            );
+        }
+    }
+
+    fn auth_ok(&self, account: &str) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(health) = accounts.get_mut(account) {
+            health.auth_failures = 0;
+            health.paused_until = None;
+        }
+    }
+}
+
+/// Infrastructure failures (database): the job is retried as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("rate limiter (Redis): {0}")]
-    Limiter(#[from] redis::RedisError),
 }
 
 #[tracing::instrument(skip_all, fields(call_id = %job.call_id, attempt = job.attempt), err(Display))]
 pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError> {
-    let Some(campaign) = db::campaign(&deps.pool, job.campaign_id).await? else {
+    let Some(campaign) = deps.campaign(job.campaign_id).await? else {
         warn!("campaign no longer exists, dropping job");
         return Ok(Outcome::Ack);
     };
+    if let Some(outcome) = campaign_gate(deps, job, &campaign).await? {
+        return Ok(outcome);
+    }
+    let provider: Provider = match campaign.provider.parse() {
+        Ok(p) => p,
+        Err(e) => return fail_unclaimed(deps, job, "provider", &e.to_string()).await,
+    };
+    let Some(client) = deps.providers.get(&provider).cloned() else {
+        let detail = format!("provider {provider} is not configured on this worker");
+        return fail_unclaimed(deps, job, "provider_not_configured", &detail).await;
+    };
+    let from = match PhoneNumber::from_e164(&campaign.from_number) {
+        Ok(n) => n,
+        Err(e) => return fail_unclaimed(deps, job, "bad_from_number", &e.to_string()).await,
+    };
+    let account = client.account();
+    if let Some(left) = deps.account_paused(&account) {
+        return Ok(Outcome::Delay(DelayTier::at_least(left)));
+    }
+
+    // Reserve a slot before claiming, so the claim is fresh when the request leaves.
+    let wait = match deps.limiter.reserve(&account).await {
+        Reservation::Granted(wait) => wait,
+        Reservation::Refused(wait) => {
+            metrics::counter!("tocsin_limiter_refused_total").increment(1);
+            return Ok(Outcome::Delay(DelayTier::at_least(wait)));
+        }
+    };
+    metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        // Shutting down: give the slot up; the job goes back unclaimed.
+        () = deps.shutdown.cancelled() => return Ok(Outcome::Delay(DelayTier::S1)),
+    }
+    // The campaign may have been paused or cancelled while we waited.
+    let campaign = campaign_fresh(deps, job).await?;
+    if let Some(outcome) = campaign_gate(deps, job, &campaign).await? {
+        return Ok(outcome);
+    }
+
+    if !claim(deps, job, provider).await? {
+        return decide_unclaimed(deps, job, client.as_ref()).await;
+    }
+    let request = CallRequest {
+        call_id: job.call_id,
+        attempt: job.attempt,
+        to: job.to.clone(),
+        from,
+        webhook_base: deps.settings.public_url.clone(),
+        ringing_timeout_secs: deps.settings.ringing_timeout_secs,
+        machine_detection: campaign.machine_detection,
+    };
+    let mut result = place(client.as_ref(), &request).await;
+    // A lost answer from an idempotent provider: the same request again is safe.
+    if let (Err(PlaceCallError::Ambiguous(_)), Some(window)) = (&result, client.idempotency_window()) {
+        let deadline = Instant::now() + window / 2;
+        while matches!(result, Err(PlaceCallError::Ambiguous(_))) && Instant::now() < deadline {
+            metrics::counter!("tocsin_retries_total", "reason" => "idempotent_resend").increment(1);
+            if let Reservation::Granted(wait) = deps.limiter.reserve(&account).await {
+                tokio::time::sleep(wait).await;
+                result = place(client.as_ref(), &request).await;
+            } else {
+                break;
+            }
+        }
+    }
+    record(deps, job, &campaign, &account, provider, result).await
+}
+
+async fn place(client: &dyn VoiceProvider, request: &CallRequest) -> Result<PlacedCall, PlaceCallError> {
+    let started = Instant::now();
+    let result = client.place_call(request).await;
+    metrics::histogram!("tocsin_provider_request_seconds", "provider" => client.provider().as_str())
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn campaign_fresh(deps: &Deps, job: &CallJob) -> Result<Arc<Campaign>, ProcessError> {
+    match deps.campaign(job.campaign_id).await? {
+        Some(c) => Ok(c),
+        None => Err(ProcessError::Database(sqlx::Error::RowNotFound)),
+    }
+}
+
+/// Paused, cancelled, not started yet, outside its window: the decision, or
+/// `None` when the campaign may call now.
+async fn campaign_gate(
+    deps: &Deps,
+    job: &CallJob,
+    campaign: &Campaign,
+) -> Result<Option<Outcome>, sqlx::Error> {
     match campaign.status.as_str() {
         "cancelled" => {
             sqlx::query(
@@ -62,58 +266,13 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
             .bind(job.call_id)
             .execute(&deps.pool)
             .await?;
-            return Ok(Outcome::Ack);
+            return Ok(Some(Outcome::Ack));
         }
-        "paused" => return Ok(Outcome::Delay(DelayTier::S5)),
+        "paused" => return Ok(Some(Outcome::Delay(DelayTier::S5))),
         _ => {}
     }
-    let provider: Provider = match campaign.provider.parse() {
-        Ok(p) => p,
-        Err(e) => return fail_unclaimed(deps, job, "provider", &e.to_string()).await,
-    };
-    let client = match deps.providers.get(&provider) {
-        Some(client) => client.as_ref(),
-        None => {
-            let detail = format!("provider {provider} is not configured on this worker");
-            return fail_unclaimed(deps, job, "provider_not_configured", &detail).await;
-        }
-    };
-    let from = match PhoneNumber::from_e164(&campaign.from_number) {
-        Ok(n) => n,
-        Err(e) => return fail_unclaimed(deps, job, "bad_from_number", &e.to_string()).await,
-    };
-
-    // Reserve a slot before claiming, so the claim is fresh when the request leaves.
-    let account = client.account();
-    let reservation = deps.limiter.reserve(&account).await?;
-    let wait = match reservation {
-        Reservation::Granted(wait) => wait,
-        Reservation::Refused(wait) => {
-            metrics::counter!("tocsin_limiter_refused_total").increment(1);
-            return Ok(Outcome::Delay(DelayTier::at_least(wait)));
-        }
-    };
-    metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
-    tokio::time::sleep(wait).await;
-
-    if !claim(deps, job, provider).await? {
-        return decide_unclaimed(deps, job).await;
-    }
-
-    let request = CallRequest {
-        call_id: job.call_id,
-        attempt: job.attempt,
-        to: job.to.clone(),
-        from,
-        webhook_base: deps.public_url.clone(),
-        ringing_timeout_secs: deps.ringing_timeout_secs,
-        machine_detection: campaign.machine_detection,
-    };
-    let started = Instant::now();
-    let result = client.place_call(&request).await;
-    metrics::histogram!("tocsin_provider_request_seconds", "provider" => provider.as_str())
-        .record(started.elapsed().as_secs_f64());
-    record(deps, job, &campaign, &account, provider, result).await
+    Ok(schedule::wait_before_calling(campaign, Utc::now())
+        .map(|wait| Outcome::Delay(DelayTier::at_least(wait))))
 }
 
 /// Claims the call for this attempt: one conditional UPDATE, so of all the
@@ -134,42 +293,93 @@ async fn claim(deps: &Deps, job: &CallJob, provider: Provider) -> Result<bool, s
 
 /// The claim failed: the call was handled already, is in flight elsewhere,
 /// or a worker died while dialing it.
-async fn decide_unclaimed(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError> {
-    let row: Option<(String, i32, Option<f64>)> = sqlx::query_as(
-        "SELECT state, attempt, extract(epoch FROM now() - dialing_at)::float8 FROM calls WHERE id = $1",
-    )
-    .bind(job.call_id)
-    .fetch_optional(&deps.pool)
-    .await?;
-    let Some((state, attempt, dialing_for)) = row else {
+async fn decide_unclaimed(
+    deps: &Deps,
+    job: &CallJob,
+    client: &dyn VoiceProvider,
+) -> Result<Outcome, ProcessError> {
+    let row: Option<(String, i32, Option<DateTime<Utc>>, DateTime<Utc>)> =
+        sqlx::query_as("SELECT state, attempt, dialing_at, now() FROM calls WHERE id = $1")
+            .bind(job.call_id)
+            .fetch_optional(&deps.pool)
+            .await?;
+    let Some((state, attempt, dialing_at, now)) = row else {
         warn!("call no longer exists, dropping job");
         return Ok(Outcome::Ack);
     };
-    let same_attempt = i64::from(attempt) == i64::from(job.attempt);
-    if state != "dialing" || !same_attempt {
+    if state != "dialing" || i64::from(attempt) != i64::from(job.attempt) {
         info!(%state, "call already handled for this attempt, dropping duplicate job");
         return Ok(Outcome::Ack);
     }
-    let dialing_for = Duration::from_secs_f64(dialing_for.unwrap_or(0.0).max(0.0));
-    if dialing_for < deps.dialing_lease {
+    let dialing_at = dialing_at.unwrap_or(now);
+    let dialing_for = (now - dialing_at).to_std().unwrap_or_default();
+    if dialing_for < deps.settings.dialing_lease {
         // Another worker may be dialing right now: look again later.
-        return Ok(Outcome::Delay(DelayTier::at_least(deps.dialing_lease - dialing_for)));
+        return Ok(Outcome::Delay(DelayTier::at_least(deps.settings.dialing_lease - dialing_for)));
     }
-    // A worker died between claim and outcome. The provider may or may not
-    // have the call; without its confirmation we must not dial again.
-    warn!("call was interrupted mid-dial; marking unknown for the operator");
-    sqlx::query(
-        "UPDATE calls SET state = 'unknown', error_code = 'interrupted', \
-                error_detail = 'worker stopped while dialing; the provider was not asked whether the call exists', \
-                ended_at = now(), updated_at = now() \
-         WHERE id = $1 AND state = 'dialing' AND attempt = $2",
-    )
-    .bind(job.call_id)
-    .bind(attempt)
-    .execute(&deps.pool)
-    .await?;
-    metrics::counter!("tocsin_calls_unknown_total").increment(1);
-    Ok(Outcome::Ack)
+    reconcile(deps, job, client, dialing_at).await
+}
+
+/// A call stuck in `dialing`: a worker died mid-request, or the request's
+/// answer was lost. Ask the provider whether the call exists; dial again
+/// only when it confirms there is none.
+async fn reconcile(
+    deps: &Deps,
+    job: &CallJob,
+    client: &dyn VoiceProvider,
+    dialing_at: DateTime<Utc>,
+) -> Result<Outcome, ProcessError> {
+    metrics::counter!("tocsin_reconciliations_total").increment(1);
+    let since = dialing_at - chrono::Duration::seconds(60);
+    match client.list_calls(&job.to, since).await {
+        Ok(calls) if calls.is_empty() => {
+            info!("provider confirms no call exists: releasing the call for a new dial");
+            release(deps, job, None).await?;
+            metrics::counter!("tocsin_retries_total", "reason" => "reconciled_absent").increment(1);
+            Ok(Outcome::Delay(DelayTier::S1))
+        }
+        Ok(calls) => {
+            let found = &calls[calls.len() - 1];
+            info!(provider_call_id = %found.provider_call_id, status = %found.status, "provider has the call: recording it");
+            sqlx::query(
+                "UPDATE calls SET provider_call_id = coalesce(provider_call_id, $2), placed_at = coalesce(placed_at, now()), \
+                        error_code = NULL, error_detail = NULL, updated_at = now(), \
+                        state = CASE WHEN call_state_rank(state) < call_state_rank('placed') THEN 'placed' ELSE state END \
+                 WHERE id = $1",
+            )
+            .bind(job.call_id)
+            .bind(&found.provider_call_id)
+            .execute(&deps.pool)
+            .await?;
+            Ok(Outcome::Ack)
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot ask the provider about an interrupted call; marking unknown for the operator");
+            let detail = format!("interrupted while dialing and the provider could not be asked: {e}");
+            sqlx::query(
+                "UPDATE calls SET state = 'unknown', error_code = 'interrupted', error_detail = $3, \
+                        ended_at = now(), updated_at = now() \
+                 WHERE id = $1 AND state = 'dialing' AND attempt = $2",
+            )
+            .bind(job.call_id)
+            .bind(i32::try_from(job.attempt).unwrap_or(i32::MAX))
+            .bind(detail)
+            .execute(&deps.pool)
+            .await?;
+            metrics::counter!("tocsin_calls_unknown_total").increment(1);
+            Ok(Outcome::Ack)
+        }
+    }
+}
+
+fn outcome_label(result: &Result<PlacedCall, PlaceCallError>) -> &'static str {
+    match result {
+        Ok(_) => "placed",
+        Err(PlaceCallError::RateLimited { .. }) => "rate_limited",
+        Err(PlaceCallError::Transient(_)) => "transient",
+        Err(PlaceCallError::Permanent { .. }) => "permanent",
+        Err(PlaceCallError::Ambiguous(_)) => "ambiguous",
+    }
 }
 
 /// Records the create-call result; every branch writes before it returns.
@@ -179,19 +389,13 @@ async fn record(
     campaign: &Campaign,
     account: &str,
     provider: Provider,
-    result: Result<tocsin_core::provider::PlacedCall, PlaceCallError>,
+    result: Result<PlacedCall, PlaceCallError>,
 ) -> Result<Outcome, ProcessError> {
-    let outcome_label = match &result {
-        Ok(_) => "placed",
-        Err(PlaceCallError::RateLimited { .. }) => "rate_limited",
-        Err(PlaceCallError::Transient(_)) => "transient",
-        Err(PlaceCallError::Permanent { .. }) => "permanent",
-        Err(PlaceCallError::Ambiguous(_)) => "ambiguous",
-    };
-    metrics::counter!("tocsin_calls_total", "provider" => provider.as_str(), "outcome" => outcome_label)
+    metrics::counter!("tocsin_calls_total", "provider" => provider.as_str(), "outcome" => outcome_label(&result))
         .increment(1);
     match result {
         Ok(placed) => {
+            deps.auth_ok(account);
             // An event may already have moved the call further: keep the higher state.
             sqlx::query(
                 "UPDATE calls SET provider_call_id = $2, placed_at = now(), updated_at = now(), \
@@ -210,65 +414,89 @@ async fn record(
         Err(PlaceCallError::RateLimited { retry_after }) => {
             // Not an attempt: give the claim back and slow every worker down.
             let pause = retry_after.unwrap_or(Duration::from_secs(1));
-            deps.limiter.cool_down(account, pause).await?;
-            release(deps, job, None).await?;
-            warn!(?pause, "provider rate limited us; cooling down");
-            Ok(Outcome::Delay(DelayTier::at_least(jittered(pause, 0))))
+            deps.limiter.cool_down(account, pause).await;
+            let count = release(deps, job, Some(Counter::RateLimited)).await?;
+            metrics::counter!("tocsin_retries_total", "reason" => "rate_limited").increment(1);
+            let backoff = jittered(Duration::from_secs(1), count).max(pause);
+            warn!(?pause, ?backoff, "provider rate limited us; cooling down");
+            Ok(Outcome::Delay(DelayTier::at_least(backoff)))
         }
         Err(PlaceCallError::Transient(detail)) => {
-            let retries = release(deps, job, Some(&detail)).await?;
-            if retries > deps.max_transient_retries {
+            let retries = release(deps, job, Some(Counter::Transient(&detail))).await?;
+            if retries > deps.settings.max_transient_retries {
                 finish_failed(deps, job, "transient_exhausted", &detail).await?;
+                warn!(%detail, retries, "transient failures exhausted; call failed");
                 return Ok(Outcome::Ack);
             }
+            metrics::counter!("tocsin_retries_total", "reason" => "transient").increment(1);
             warn!(%detail, retries, "transient provider failure; will retry");
             Ok(Outcome::Delay(DelayTier::at_least(jittered(Duration::from_secs(1), retries))))
         }
         Err(PlaceCallError::Permanent { status, code, detail }) => {
+            if matches!(status, 401 | 403) {
+                deps.auth_failed(account);
+            }
             finish_failed(deps, job, &format!("{status} {code}"), &detail).await?;
             warn!(status, %code, %detail, "provider refused the call");
             Ok(Outcome::Ack)
         }
         Err(PlaceCallError::Ambiguous(detail)) => {
-            // The call may exist: never dial blind. The operator decides.
+            // The call may exist: never dial blind. Leave it `dialing`; when
+            // the job comes back after the lease, the provider is asked.
             sqlx::query(
-                "UPDATE calls SET state = 'unknown', error_code = 'ambiguous', error_detail = $2, \
-                        ended_at = now(), updated_at = now() \
+                "UPDATE calls SET error_code = 'ambiguous', error_detail = $2, updated_at = now() \
                  WHERE id = $1 AND state = 'dialing'",
             )
             .bind(job.call_id)
             .bind(&detail)
             .execute(&deps.pool)
             .await?;
-            warn!(%detail, "create-call outcome unknown; marked unknown");
-            Ok(Outcome::Ack)
+            metrics::counter!("tocsin_retries_total", "reason" => "ambiguous").increment(1);
+            warn!(%detail, "create-call answer lost; will ask the provider after the dialing lease");
+            Ok(Outcome::Delay(DelayTier::at_least(deps.settings.dialing_lease)))
         }
     }
 }
 
-/// Exponential backoff with full jitter: uniform in [0, base · 2^n].
-fn jittered(base: Duration, n: u32) -> Duration {
+/// Exponential backoff with full jitter: uniform in [0, base · 2^n], at least `base`.
+pub fn jittered(base: Duration, n: u32) -> Duration {
     let cap = base.saturating_mul(1 << n.min(12));
     let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
     Duration::from_millis(rand::rng().random_range(0..=millis)).max(base)
 }
 
-/// Gives a claimed call back (the attempt did not happen). With `detail`,
-/// counts a transient failure and returns the count.
-async fn release(deps: &Deps, job: &CallJob, detail: Option<&str>) -> Result<u32, sqlx::Error> {
-    let retries: Option<i32> = sqlx::query_scalar(
+/// What a released claim counts.
+enum Counter<'a> {
+    RateLimited,
+    Transient(&'a str),
+}
+
+/// Gives a claimed call back (the attempt did not happen) and returns the
+/// updated count of the given kind (0 when nothing is counted).
+async fn release(deps: &Deps, job: &CallJob, counter: Option<Counter<'_>>) -> Result<u32, sqlx::Error> {
+    let (transient, rate_limited, detail) = match counter {
+        None => (0, 0, None),
+        Some(Counter::RateLimited) => (0, 1, None),
+        Some(Counter::Transient(d)) => (1, 0, Some(d)),
+    };
+    let counts: Option<(i32, i32)> = sqlx::query_as(
         "UPDATE calls SET state = CASE WHEN attempt <= 1 THEN 'queued' ELSE 'retry_wait' END, \
                 attempt = attempt - 1, \
-                transient_failures = transient_failures + CASE WHEN $2::text IS NULL THEN 0 ELSE 1 END, \
-                error_detail = coalesce($2, error_detail), updated_at = now() \
+                transient_failures = transient_failures + $2, \
+                rate_limited = rate_limited + $3, \
+                error_detail = coalesce($4, error_detail), updated_at = now() \
          WHERE id = $1 AND state = 'dialing' \
-         RETURNING transient_failures",
+         RETURNING transient_failures, rate_limited",
     )
     .bind(job.call_id)
+    .bind(transient)
+    .bind(rate_limited)
     .bind(detail)
     .fetch_optional(&deps.pool)
     .await?;
-    Ok(u32::try_from(retries.unwrap_or(0)).unwrap_or(0))
+    let (t, r) = counts.unwrap_or((0, 0));
+    let n = if rate_limited > 0 { r } else { t };
+    Ok(u32::try_from(n).unwrap_or(0))
 }
 
 async fn finish_failed(deps: &Deps, job: &CallJob, code: &str, detail: &str) -> Result<(), sqlx::Error> {
