@@ -1,0 +1,297 @@
+//! The worker's decisions, one job at a time, against the real PostgreSQL
+//! and Redis, with the provider played by `wiremock` (the only part that
+//! cannot run here for real in these failure modes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tocsin_core::config::VonageCredentials;
+use tocsin_core::limiter::{Limiter, RedisLimiter};
+use tocsin_core::provider::{Provider, VoiceProvider};
+use tocsin_core::queue::DelayTier;
+use tocsin_core::testing::{self, TestDb};
+use tocsin_core::{CallJob, CampaignId, PhoneNumber, vonage};
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+use worker::process::{Deps, Outcome, Settings, process};
+
+struct Harness {
+    db: TestDb,
+    mock: MockServer,
+    deps: Deps,
+    campaign: CampaignId,
+}
+
+async fn harness(settings: Settings) -> Harness {
+    tocsin_core::telemetry::install_crypto_provider();
+    let db = TestDb::create().await;
+    let redis_url = testing::redis_url().await;
+    let mock = MockServer::start().await;
+    let keys = simulator::keygen::generate().unwrap();
+    let credentials = VonageCredentials {
+        api_url: mock.uri(),
+        application_id: format!("app-{}", uuid::Uuid::new_v4().simple()),
+        private_key_pem: SecretString::from(keys.private_pem),
+    };
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let client: Arc<dyn VoiceProvider> = Arc::new(vonage::Client::new(http, &credentials).unwrap());
+    let providers = HashMap::from([(Provider::Vonage, client)]);
+    let conn = RedisLimiter::connect(&redis_url).await.unwrap();
+    let prefix = testing::unique_prefix("worker");
+    let limiter = Limiter::new(
+        RedisLimiter::new(conn, &prefix, 1000.0, Duration::from_secs(5)),
+        1000.0,
+        1,
+        Duration::from_secs(5),
+    );
+    let deps = Deps::new(db.pool.clone(), limiter, providers, settings, CancellationToken::new());
+    let campaign = CampaignId::from_name("worker-test");
+    sqlx::query("INSERT INTO campaigns (id, name, message, from_number) VALUES ($1, 'worker-test', 'hello', '+14155550100')")
+        .bind(campaign)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    Harness { db, mock, deps, campaign }
+}
+
+impl Harness {
+    async fn job(&self, number: &str) -> CallJob {
+        let to = PhoneNumber::from_e164(number).unwrap();
+        let job = CallJob::new(self.campaign, to, 1);
+        sqlx::query("INSERT INTO calls (id, campaign_id, number) VALUES ($1, $2, $3)")
+            .bind(job.call_id)
+            .bind(self.campaign)
+            .bind(number)
+            .execute(&self.db.pool)
+            .await
+            .unwrap();
+        job
+    }
+
+    async fn row(&self, job: &CallJob) -> (String, i32, Option<String>, Option<String>) {
+        sqlx::query_as("SELECT state, attempt, provider_call_id, error_code FROM calls WHERE id = $1")
+            .bind(job.call_id)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn set_campaign(&self, sql_set: &'static str) {
+        let sql = match sql_set {
+            "paused" => "UPDATE campaigns SET status = 'paused' WHERE id = $1",
+            "cancelled" => "UPDATE campaigns SET status = 'cancelled' WHERE id = $1",
+            "closed-window" => {
+                "UPDATE campaigns SET window_start = (now() AT TIME ZONE 'UTC')::time + interval '2 hours', \
+                 window_end = (now() AT TIME ZONE 'UTC')::time + interval '3 hours' WHERE id = $1"
+            }
+            _ => unreachable!(),
+        };
+        sqlx::query(sql).bind(self.campaign).execute(&self.db.pool).await.unwrap();
+    }
+
+    async fn mock_create(&self, response: ResponseTemplate, times: u64) {
+        Mock::given(method("POST"))
+            .and(path("/v1/calls"))
+            .respond_with(response)
+            .expect(times)
+            .mount(&self.mock)
+            .await;
+    }
+}
+
+fn created(uuid: &str) -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(serde_json::json!({
+        "uuid": uuid, "status": "started", "direction": "outbound", "conversation_uuid": "CON-1"
+    }))
+}
+
+fn problem(status: u16, title: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(serde_json::json!({
+        "type": "https://developer.nexmo.com/api-errors#x", "title": title, "detail": format!("{title} detail")
+    }))
+}
+
+#[tokio::test]
+async fn a_placed_call_is_recorded_and_a_duplicate_job_does_not_call_again() {
+    let h = harness(Settings::default()).await;
+    h.mock_create(created("uuid-1"), 1).await;
+    let job = h.job("+14155550001").await;
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&job).await, ("placed".into(), 1, Some("uuid-1".into()), None));
+    // The same job again (a redelivery or a duplicate publish): no second call.
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    h.mock.verify().await;
+}
+
+#[tokio::test]
+async fn a_429_gives_the_claim_back_and_cools_every_worker_down() {
+    let h = harness(Settings::default()).await;
+    h.mock_create(problem(429, "Rate Limit Hit").insert_header("retry-after", "2"), 1).await;
+    let job = h.job("+14155550002").await;
+    let outcome = process(&h.deps, &job).await.unwrap();
+    assert!(matches!(outcome, Outcome::Delay(t) if t.duration() >= Duration::from_secs(2)), "{outcome:?}");
+    // Not an attempt: back to queued, attempt 0.
+    assert_eq!(h.row(&job).await.0, "queued");
+    assert_eq!(h.row(&job).await.1, 0);
+    // The shared cool-down pushes the next slot of the account out by ~2 s.
+    let account = h.deps.providers[&Provider::Vonage].account();
+    match h.deps.limiter.reserve(&account).await {
+        tocsin_core::limiter::Reservation::Granted(wait) => {
+            assert!(wait > Duration::from_millis(1500), "{wait:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    h.mock.verify().await;
+}
+
+#[tokio::test]
+async fn transient_failures_retry_with_backoff_until_the_bound() {
+    let settings = Settings { max_transient_retries: 1, ..Settings::default() };
+    let h = harness(settings).await;
+    h.mock_create(problem(503, "Service Unavailable"), 2).await;
+    let job = h.job("+14155550003").await;
+    assert!(matches!(process(&h.deps, &job).await.unwrap(), Outcome::Delay(_)));
+    assert_eq!(h.row(&job).await.0, "queued");
+    // Second failure exceeds the bound: failed, not retried forever.
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    let (state, _, _, code) = h.row(&job).await;
+    assert_eq!((state.as_str(), code.as_deref()), ("failed", Some("transient_exhausted")));
+    h.mock.verify().await;
+}
+
+#[tokio::test]
+async fn a_permanent_error_fails_the_call_with_the_providers_reason() {
+    let h = harness(Settings::default()).await;
+    h.mock_create(problem(400, "Bad Request"), 1).await;
+    let job = h.job("+14155550004").await;
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    let (state, _, _, code) = h.row(&job).await;
+    assert_eq!((state.as_str(), code.as_deref()), ("failed", Some("400 x")));
+    h.mock.verify().await;
+}
+
+#[tokio::test]
+async fn repeated_401s_pause_the_account_instead_of_burning_the_list() {
+    let h = harness(Settings { auth_failures_before_pause: 2, ..Settings::default() }).await;
+    h.mock_create(problem(401, "Unauthorized"), 2).await;
+    for n in ["+14155550011", "+14155550012"] {
+        let job = h.job(n).await;
+        assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+        assert_eq!(h.row(&job).await.0, "failed");
+    }
+    // The account is paused: the next job waits, untouched, without a request.
+    let job = h.job("+14155550013").await;
+    assert!(matches!(process(&h.deps, &job).await.unwrap(), Outcome::Delay(_)));
+    assert_eq!(h.row(&job).await.0, "queued");
+    h.mock.verify().await;
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_reconciled_with_the_provider_before_any_redial() {
+    let h = harness(Settings { dialing_lease: Duration::ZERO, ..Settings::default() }).await;
+    // The provider creates the call but its answer never arrives in time.
+    h.mock_create(created("uuid-late").set_delay(Duration::from_secs(2)), 1).await;
+    let job = h.job("+14155550005").await;
+    assert!(matches!(process(&h.deps, &job).await.unwrap(), Outcome::Delay(_)));
+    let (state, _, _, code) = h.row(&job).await;
+    assert_eq!((state.as_str(), code.as_deref()), ("dialing", Some("ambiguous")));
+    // When the job comes back, the worker asks the provider, which has the call.
+    Mock::given(method("GET"))
+        .and(path("/v1/calls"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "count": 1, "page_size": 100, "record_index": 0,
+            "_embedded": { "calls": [
+                { "uuid": "uuid-other", "status": "completed", "to": { "type": "phone", "number": "14155550999" } },
+                { "uuid": "uuid-late", "status": "ringing", "to": { "type": "phone", "number": "14155550005" } }
+            ] }
+        })))
+        .mount(&h.mock)
+        .await;
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&job).await, ("placed".into(), 1, Some("uuid-late".into()), None));
+}
+
+#[tokio::test]
+async fn an_interrupted_dial_is_redialled_only_when_the_provider_has_no_call() {
+    let h = harness(Settings { dialing_lease: Duration::ZERO, ..Settings::default() }).await;
+    let job = h.job("+14155550006").await;
+    // A worker claimed the call and died before recording anything.
+    sqlx::query("UPDATE calls SET state = 'dialing', attempt = 1, dialing_at = now() WHERE id = $1")
+        .bind(job.call_id)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    Mock::given(method("GET"))
+        .and(path("/v1/calls"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "count": 0, "page_size": 100, "record_index": 0, "_embedded": { "calls": [] }
+        })))
+        .mount(&h.mock)
+        .await;
+    // Confirmed absent: released for a fresh dial…
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Delay(DelayTier::S1));
+    assert_eq!(h.row(&job).await.0, "queued");
+    // …which then happens once.
+    h.mock_create(created("uuid-2"), 1).await;
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&job).await.2.as_deref(), Some("uuid-2"));
+    h.mock.verify().await;
+}
+
+#[tokio::test]
+async fn an_interrupted_dial_becomes_unknown_when_the_provider_cannot_be_asked() {
+    let h = harness(Settings { dialing_lease: Duration::ZERO, ..Settings::default() }).await;
+    let job = h.job("+14155550007").await;
+    sqlx::query("UPDATE calls SET state = 'dialing', attempt = 1, dialing_at = now() WHERE id = $1")
+        .bind(job.call_id)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    Mock::given(method("GET"))
+        .and(path("/v1/calls"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&h.mock)
+        .await;
+    h.mock_create(created("never"), 0).await;
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&job).await.0, "unknown");
+    h.mock.verify().await;
+}
+
+#[tokio::test]
+async fn a_call_dialing_elsewhere_within_its_lease_is_left_alone() {
+    let h = harness(Settings::default()).await;
+    let job = h.job("+14155550008").await;
+    sqlx::query("UPDATE calls SET state = 'dialing', attempt = 1, dialing_at = now() WHERE id = $1")
+        .bind(job.call_id)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    h.mock_create(created("never"), 0).await;
+    assert!(matches!(process(&h.deps, &job).await.unwrap(), Outcome::Delay(_)));
+    assert_eq!(h.row(&job).await.0, "dialing");
+    h.mock.verify().await;
+}
+
+#[tokio::test]
+async fn paused_campaigns_wait_cancelled_ones_cancel_and_closed_windows_delay() {
+    let h = harness(Settings { campaign_ttl: Duration::ZERO, ..Settings::default() }).await;
+    h.mock_create(created("never"), 0).await;
+    let job = h.job("+14155550009").await;
+
+    h.set_campaign("closed-window").await;
+    let outcome = process(&h.deps, &job).await.unwrap();
+    assert!(matches!(outcome, Outcome::Delay(t) if t.duration() >= Duration::from_secs(3600)), "{outcome:?}");
+
+    h.set_campaign("paused").await;
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Delay(DelayTier::S5));
+    assert_eq!(h.row(&job).await.0, "queued");
+
+    h.set_campaign("cancelled").await;
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&job).await.0, "cancelled");
+    h.mock.verify().await;
+}
