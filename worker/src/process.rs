@@ -298,7 +298,9 @@ async fn decide_unclaimed(
     job: &CallJob,
     client: &dyn VoiceProvider,
 ) -> Result<Outcome, ProcessError> {
-    let row: Option<(String, i32, Option<DateTime<Utc>>, DateTime<Utc>)> =
+    /// state, attempt, dialing_at, the database's now()
+    type CallRow = (String, i32, Option<DateTime<Utc>>, DateTime<Utc>);
+    let row: Option<CallRow> =
         sqlx::query_as("SELECT state, attempt, dialing_at, now() FROM calls WHERE id = $1")
             .bind(job.call_id)
             .fetch_optional(&deps.pool)
