@@ -194,6 +194,64 @@ impl VonageArgs {
     }
 }
 
+/// The Twilio settings a worker needs to place calls, once checked.
+#[derive(Clone, Debug)]
+pub struct TwilioCredentials {
+    pub api_url: String,
+    pub account_sid: String,
+    pub auth_token: SecretString,
+}
+
+impl TwilioArgs {
+    /// `Ok(None)` when Twilio is not configured (no account SID); an error
+    /// naming the missing variable when the auth token is absent.
+    pub fn credentials(&self) -> anyhow::Result<Option<TwilioCredentials>> {
+        let Some(account_sid) = self.twilio_account_sid.clone() else {
+            return Ok(None);
+        };
+        let auth_token = self.twilio_auth_token.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "TOCSIN_TWILIO_ACCOUNT_SID is set but TOCSIN_TWILIO_AUTH_TOKEN is not: \
+                 Twilio needs the auth token to authenticate API requests"
+            )
+        })?;
+        Ok(Some(TwilioCredentials {
+            api_url: self.twilio_api_url.trim_end_matches('/').to_owned(),
+            account_sid,
+            auth_token,
+        }))
+    }
+}
+
+/// The Telnyx settings needed to place calls and send call commands.
+#[derive(Clone, Debug)]
+pub struct TelnyxCredentials {
+    pub api_url: String,
+    pub api_key: SecretString,
+    pub connection_id: String,
+}
+
+impl TelnyxArgs {
+    /// `Ok(None)` when Telnyx is not configured (no connection id); an error
+    /// naming the missing variable when the API key is absent.
+    pub fn credentials(&self) -> anyhow::Result<Option<TelnyxCredentials>> {
+        let Some(connection_id) = self.telnyx_connection_id.clone() else {
+            return Ok(None);
+        };
+        let api_key = self.telnyx_api_key.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "TOCSIN_TELNYX_CONNECTION_ID is set but TOCSIN_TELNYX_API_KEY is not: \
+                 Telnyx needs the API key to authenticate API requests"
+            )
+        })?;
+        Ok(Some(TelnyxCredentials {
+            api_url: self.telnyx_api_url.trim_end_matches('/').to_owned(),
+            api_key,
+            connection_id,
+        }))
+    }
+}
+
 /// Parses durations written as `500ms`, `25s`, `2m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -240,6 +298,30 @@ mod tests {
         assert!(err.contains("TOCSIN_VONAGE_PRIVATE_KEY_PATH"), "{err}");
         let none = VonageArgs { vonage_application_id: None, ..args };
         assert!(none.credentials().unwrap().is_none());
+    }
+
+    #[test]
+    fn half_configured_twilio_and_telnyx_name_the_missing_variable() {
+        let twilio = TwilioArgs {
+            twilio_api_url: "http://127.0.0.1:1/".into(),
+            twilio_account_sid: Some("AC1".into()),
+            twilio_auth_token: None,
+        };
+        let err = twilio.credentials().unwrap_err().to_string();
+        assert!(err.contains("TOCSIN_TWILIO_AUTH_TOKEN"), "{err}");
+        let ok = TwilioArgs { twilio_auth_token: Some(SecretString::from("t")), ..twilio.clone() };
+        assert_eq!(ok.credentials().unwrap().unwrap().api_url, "http://127.0.0.1:1");
+        assert!(TwilioArgs { twilio_account_sid: None, ..twilio }.credentials().unwrap().is_none());
+
+        let telnyx = TelnyxArgs {
+            telnyx_api_url: "http://127.0.0.1:1".into(),
+            telnyx_api_key: None,
+            telnyx_connection_id: Some("conn".into()),
+            telnyx_public_key: None,
+        };
+        let err = telnyx.credentials().unwrap_err().to_string();
+        assert!(err.contains("TOCSIN_TELNYX_API_KEY"), "{err}");
+        assert!(TelnyxArgs { telnyx_connection_id: None, ..telnyx }.credentials().unwrap().is_none());
     }
 }
 

@@ -18,8 +18,10 @@ pub mod queue;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod telnyx;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod twilio;
 pub mod vonage;
 
 pub use ids::{CallId, CampaignId};

@@ -1,0 +1,556 @@
+//! Telnyx Call Control (API v2): the dial client (Bearer API key, JSON,
+//! idempotent `command_id`), the speak and hang-up commands the webhook
+//! service sends once a call is answered, the event payload, and the
+//! Ed25519 webhook signature. Request and response structs are private.
+
+use std::time::Duration;
+
+use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TelnyxCredentials;
+use crate::provider::{
+    BoxFuture, CallRequest, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
+    rate_limit_wait,
+};
+use crate::{CallId, CallState, PhoneNumber};
+
+/// Telnyx ignores a repeated `command_id` within this window.
+pub const COMMAND_ID_WINDOW: Duration = Duration::from_secs(60);
+
+/// Webhooks whose `telnyx-timestamp` is further than this from now are refused.
+pub const WEBHOOK_MAX_SKEW: Duration = Duration::from_secs(300);
+
+/// Namespace of the command ids we derive (UUID v5).
+const COMMAND_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x8b3f_6e21_0c4d_4a97_b5e8_2f1a_9c7d_0e64);
+
+/// The dial's `command_id`: a function of the call and the attempt, so a
+/// retry of the same attempt is the same command.
+pub fn dial_command_id(call_id: CallId, attempt: u32) -> String {
+    uuid::Uuid::new_v5(&COMMAND_NAMESPACE, format!("dial:{call_id}:{attempt}").as_bytes()).to_string()
+}
+
+/// A call command's `command_id` (`speak`, `hangup`): one per call leg and
+/// kind, so a redelivered event that triggers it again is ignored by Telnyx.
+pub fn call_command_id(call_control_id: &str, kind: &str) -> String {
+    uuid::Uuid::new_v5(&COMMAND_NAMESPACE, format!("{kind}:{call_control_id}").as_bytes()).to_string()
+}
+
+/// `client_state`: base64 of our call id, echoed in every event of the call.
+pub fn client_state(call_id: CallId) -> String {
+    BASE64.encode(call_id.to_string())
+}
+
+/// Our call id back from a `client_state`.
+pub fn call_id_from_client_state(state: &str) -> Option<CallId> {
+    let bytes = BASE64.decode(state.trim()).ok()?;
+    std::str::from_utf8(&bytes).ok()?.parse::<uuid::Uuid>().ok().map(CallId)
+}
+
+#[derive(Serialize)]
+struct Dial<'a> {
+    connection_id: &'a str,
+    to: &'a str,
+    from: &'a str,
+    webhook_url: String,
+    webhook_url_method: &'static str,
+    client_state: String,
+    command_id: String,
+    timeout_secs: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answering_machine_detection: Option<&'static str>,
+}
+
+#[derive(Deserialize)]
+struct DialData {
+    call_control_id: String,
+}
+
+#[derive(Deserialize)]
+struct DialResponse {
+    data: DialData,
+}
+
+#[derive(Deserialize)]
+struct ErrorItem {
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+/// `{"errors":[{"code":"10004","title":"…","detail":"…"}]}`
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorItem>,
+}
+
+impl ErrorBody {
+    fn code_and_detail(&self) -> (String, String) {
+        let Some(first) = self.errors.first() else {
+            return (String::new(), String::new());
+        };
+        let code = match &first.code {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        };
+        let detail = first.detail.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| first.title.clone());
+        (code, detail)
+    }
+}
+
+/// The speak command: what to say on an answered call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Speak {
+    pub payload: String,
+    pub voice: String,
+    pub language: String,
+    pub command_id: String,
+}
+
+/// Why a call command (speak, hang-up) failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    /// Worth retrying (5xx, 429, transport trouble).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Refused for good (e.g. 422 90018: the call has already ended).
+    #[error("refused ({status} {code}): {detail}")]
+    Refused { status: u16, code: String, detail: String },
+}
+
+/// Places calls and sends call commands through the Telnyx API.
+pub struct Client {
+    http: reqwest::Client,
+    api_url: String,
+    api_key: SecretString,
+    connection_id: String,
+}
+
+impl Client {
+    pub fn new(http: reqwest::Client, credentials: &TelnyxCredentials) -> Self {
+        Self {
+            http,
+            api_url: credentials.api_url.clone(),
+            api_key: credentials.api_key.clone(),
+            connection_id: credentials.connection_id.clone(),
+        }
+    }
+
+    #[tracing::instrument(
+        name = "telnyx.place_call",
+        skip_all,
+        fields(call_id = %request.call_id, attempt = request.attempt),
+        err(Display)
+    )]
+    async fn dial(&self, request: &CallRequest) -> Result<PlacedCall, PlaceCallError> {
+        let body = Dial {
+            connection_id: &self.connection_id,
+            to: request.to.as_str(),
+            from: request.from.as_str(),
+            webhook_url: request.webhook_url("/telnyx/events"),
+            webhook_url_method: "POST",
+            client_state: client_state(request.call_id),
+            command_id: dial_command_id(request.call_id, request.attempt),
+            timeout_secs: request.ringing_timeout_secs.clamp(1, 600),
+            answering_machine_detection: request.machine_detection.then_some("detect"),
+        };
+        let response = self
+            .http
+            .post(format!("{}/v2/calls", self.api_url))
+            .bearer_auth(self.api_key.expose_secret())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| PlaceCallError::from_transport(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            let dialed: DialResponse = response
+                .json()
+                .await
+                .map_err(|e| PlaceCallError::Ambiguous(format!("unreadable 2xx answer: {e}")))?;
+            return Ok(PlacedCall { provider_call_id: dialed.data.call_control_id });
+        }
+        let wait = rate_limit_wait(response.headers());
+        let error: ErrorBody = response.json().await.unwrap_or_default();
+        Err(classify(status.as_u16(), wait, &error))
+    }
+
+    /// `POST /v2/calls/{id}/actions/speak`.
+    pub async fn speak(&self, call_control_id: &str, speak: &Speak) -> Result<(), CommandError> {
+        self.command(call_control_id, "speak", speak).await
+    }
+
+    /// `POST /v2/calls/{id}/actions/hangup`.
+    pub async fn hangup(&self, call_control_id: &str, command_id: &str) -> Result<(), CommandError> {
+        self.command(call_control_id, "hangup", &serde_json::json!({ "command_id": command_id })).await
+    }
+
+    async fn command(
+        &self,
+        call_control_id: &str,
+        action: &str,
+        body: &impl Serialize,
+    ) -> Result<(), CommandError> {
+        // Call control ids (`v3:…`) are URL-safe base64 plus ':', which paths accept.
+        let response = self
+            .http
+            .post(format!("{}/v2/calls/{call_control_id}/actions/{action}", self.api_url))
+            .bearer_auth(self.api_key.expose_secret())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| CommandError::Transient(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let error: ErrorBody = response.json().await.unwrap_or_default();
+        let (code, detail) = error.code_and_detail();
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(CommandError::Transient(format!("{status} {code} {detail}")));
+        }
+        Err(CommandError::Refused { status: status.as_u16(), code, detail })
+    }
+}
+
+impl VoiceProvider for Client {
+    fn provider(&self) -> Provider {
+        Provider::Telnyx
+    }
+
+    fn account(&self) -> String {
+        format!("telnyx:{}", self.connection_id)
+    }
+
+    fn place_call<'a>(
+        &'a self,
+        request: &'a CallRequest,
+    ) -> BoxFuture<'a, Result<PlacedCall, PlaceCallError>> {
+        Box::pin(self.dial(request))
+    }
+
+    /// Telnyx Call Control cannot list past calls by number (only the
+    /// active calls of a connection, without their numbers). We answer with
+    /// an error rather than an empty list, because an empty list would read
+    /// as "no call exists" and invite a blind redial; the safe retry for an
+    /// interrupted Telnyx dial is the same `command_id` within 60 s
+    /// (`idempotency_window`).
+    fn list_calls<'a>(
+        &'a self,
+        _to: &'a PhoneNumber,
+        _since: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>> {
+        Box::pin(async {
+            Err(ListCallsError(
+                "Telnyx cannot list calls by number; rely on the dial's command_id (60 s)".into(),
+            ))
+        })
+    }
+
+    fn idempotency_window(&self) -> Option<Duration> {
+        Some(COMMAND_ID_WINDOW)
+    }
+}
+
+fn classify(status: u16, wait: Option<Duration>, error: &ErrorBody) -> PlaceCallError {
+    let (code, detail) = error.code_and_detail();
+    match status {
+        // 90103: over the dial rate; never processed.
+        429 => PlaceCallError::RateLimited { retry_after: wait },
+        500..=599 => PlaceCallError::Transient(format!("{status} {code} {detail}")),
+        _ => PlaceCallError::Permanent { status, code, detail },
+    }
+}
+
+/// A Telnyx webhook: `{"data":{"record_type":"event","event_type":…,"id":…,"occurred_at":…,"payload":{…}}}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TelnyxWebhook {
+    pub data: TelnyxEvent,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TelnyxEvent {
+    #[serde(default)]
+    pub record_type: Option<String>,
+    pub event_type: String,
+    pub id: String,
+    #[serde(default)]
+    pub occurred_at: Option<String>,
+    #[serde(default)]
+    pub payload: TelnyxPayload,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct TelnyxPayload {
+    #[serde(default)]
+    pub call_control_id: Option<String>,
+    #[serde(default)]
+    pub call_leg_id: Option<String>,
+    #[serde(default)]
+    pub call_session_id: Option<String>,
+    #[serde(default)]
+    pub connection_id: Option<String>,
+    #[serde(default)]
+    pub client_state: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub hangup_cause: Option<String>,
+    #[serde(default)]
+    pub hangup_source: Option<String>,
+    #[serde(default)]
+    pub sip_hangup_cause: Option<String>,
+    #[serde(default)]
+    pub start_time: Option<String>,
+    #[serde(default)]
+    pub end_time: Option<String>,
+    /// `call.machine.detection.ended`: `human`, `machine` or `not_sure`.
+    #[serde(default)]
+    pub result: Option<String>,
+}
+
+impl TelnyxEvent {
+    /// Our call id, from `client_state`.
+    pub fn call_id(&self) -> Option<CallId> {
+        call_id_from_client_state(self.payload.client_state.as_deref()?)
+    }
+
+    pub fn dedupe_key(&self) -> String {
+        format!("telnyx:{}", self.id)
+    }
+
+    pub fn occurred_at(&self) -> Option<DateTime<Utc>> {
+        parse_time(self.occurred_at.as_deref()?)
+    }
+
+    /// The call state this event moves the call to, if any.
+    pub fn state(&self) -> Option<CallState> {
+        Some(match self.event_type.as_str() {
+            "call.initiated" => CallState::Placed,
+            "call.ringing" => CallState::Ringing,
+            "call.answered" => CallState::Answered,
+            "call.hangup" => match self.payload.hangup_cause.as_deref().unwrap_or("unspecified") {
+                "normal_clearing" | "time_limit" => CallState::Completed,
+                "user_busy" => CallState::Busy,
+                "no_answer" | "timeout" | "originator_cancel" => CallState::NoAnswer,
+                "call_rejected" => CallState::Rejected,
+                _ => CallState::Failed,
+            },
+            _ => return None,
+        })
+    }
+
+    /// Talk time, from the hang-up's `start_time` and `end_time`.
+    pub fn duration_secs(&self) -> Option<i32> {
+        let start = parse_time(self.payload.start_time.as_deref()?)?;
+        let end = parse_time(self.payload.end_time.as_deref()?)?;
+        i32::try_from((end - start).num_seconds()).ok().filter(|d| *d >= 0)
+    }
+
+    pub fn answered_by(&self) -> Option<String> {
+        match self.payload.result.as_deref()? {
+            r @ ("human" | "machine") => Some(r.to_owned()),
+            _ => None,
+        }
+    }
+
+    /// What went wrong, for calls that failed.
+    pub fn detail(&self) -> Option<String> {
+        let cause = self.payload.hangup_cause.as_deref()?;
+        match &self.payload.sip_hangup_cause {
+            Some(sip) => Some(format!("{cause} (SIP {sip})")),
+            None => Some(cause.to_owned()),
+        }
+    }
+}
+
+fn parse_time(t: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// An Ed25519 key pair from its 32-byte seed (the simulator signs with it).
+pub fn signing_key(seed: &[u8]) -> Result<Ed25519KeyPair, String> {
+    Ed25519KeyPair::from_seed_unchecked(seed).map_err(|e| format!("bad Ed25519 seed: {e}"))
+}
+
+/// The base64 public key of a signing key (what `TOCSIN_TELNYX_PUBLIC_KEY` holds).
+pub fn public_key_base64(key: &Ed25519KeyPair) -> String {
+    BASE64.encode(key.public_key().as_ref())
+}
+
+/// Signs a webhook as Telnyx does: base64 Ed25519 over `"{timestamp}|{body}"`.
+pub fn sign_webhook(key: &Ed25519KeyPair, timestamp: i64, body: &[u8]) -> String {
+    BASE64.encode(key.sign(&signed_message(timestamp, body)).as_ref())
+}
+
+fn signed_message(timestamp: impl std::fmt::Display, body: &[u8]) -> Vec<u8> {
+    let mut message = format!("{timestamp}|").into_bytes();
+    message.extend_from_slice(body);
+    message
+}
+
+/// A Telnyx account public key, decoded once at start.
+#[derive(Clone, Debug)]
+pub struct PublicKey(Vec<u8>);
+
+impl PublicKey {
+    /// Parses the base64 public key (32 bytes).
+    pub fn from_base64(s: &str) -> Result<Self, String> {
+        let bytes = BASE64.decode(s.trim()).map_err(|e| format!("not base64: {e}"))?;
+        if bytes.len() != 32 {
+            return Err(format!("an Ed25519 public key has 32 bytes, this one {}", bytes.len()));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("missing telnyx-signature-ed25519 or telnyx-timestamp header")]
+    Missing,
+    #[error("signature does not match the timestamp and body")]
+    Invalid,
+    #[error("timestamp too far from now")]
+    Stale,
+}
+
+/// Verifies a Telnyx webhook: the Ed25519 signature over `timestamp|body`
+/// with the account's public key, and a timestamp within 300 s of now.
+pub fn verify_webhook(
+    signature_header: Option<&str>,
+    timestamp_header: Option<&str>,
+    key: &PublicKey,
+    body: &[u8],
+) -> Result<(), SignatureError> {
+    let (Some(sig), Some(ts)) = (signature_header, timestamp_header) else {
+        return Err(SignatureError::Missing);
+    };
+    let sig = BASE64.decode(sig.trim()).map_err(|_| SignatureError::Invalid)?;
+    let ts = ts.trim();
+    let at: i64 = ts.parse().map_err(|_| SignatureError::Invalid)?;
+    UnparsedPublicKey::new(&signature::ED25519, &key.0)
+        .verify(&signed_message(ts, body), &sig)
+        .map_err(|_| SignatureError::Invalid)?;
+    if Utc::now().timestamp().abs_diff(at) > WEBHOOK_MAX_SKEW.as_secs() {
+        return Err(SignatureError::Stale);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Ed25519KeyPair {
+        signing_key(&[7u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn signatures_round_trip_and_reject_tampering_and_stale_timestamps() {
+        let key = key();
+        let public = PublicKey::from_base64(&public_key_base64(&key)).unwrap();
+        let body = br#"{"data":{"event_type":"call.answered"}}"#;
+        let now = Utc::now().timestamp();
+        let sig = sign_webhook(&key, now, body);
+        let ts = now.to_string();
+        assert_eq!(verify_webhook(Some(&sig), Some(&ts), &public, body), Ok(()));
+        assert_eq!(verify_webhook(None, Some(&ts), &public, body), Err(SignatureError::Missing));
+        assert_eq!(verify_webhook(Some(&sig), None, &public, body), Err(SignatureError::Missing));
+        assert_eq!(
+            verify_webhook(Some(&sig), Some(&ts), &public, br#"{"data":{"event_type":"call.hangup"}}"#),
+            Err(SignatureError::Invalid)
+        );
+        // The timestamp is signed: moving it breaks the signature.
+        let later = (now + 1).to_string();
+        assert_eq!(verify_webhook(Some(&sig), Some(&later), &public, body), Err(SignatureError::Invalid));
+        let other = PublicKey::from_base64(&public_key_base64(&signing_key(&[8u8; 32]).unwrap())).unwrap();
+        assert_eq!(verify_webhook(Some(&sig), Some(&ts), &other, body), Err(SignatureError::Invalid));
+        let old = now - 600;
+        let stale = sign_webhook(&key, old, body);
+        assert_eq!(
+            verify_webhook(Some(&stale), Some(&old.to_string()), &public, body),
+            Err(SignatureError::Stale)
+        );
+        assert!(PublicKey::from_base64("AAAA").is_err());
+    }
+
+    #[test]
+    fn client_state_carries_the_call_id() {
+        let id = CallId(uuid::Uuid::new_v4());
+        assert_eq!(call_id_from_client_state(&client_state(id)), Some(id));
+        assert_eq!(call_id_from_client_state("not base64!"), None);
+        assert_eq!(dial_command_id(id, 1), dial_command_id(id, 1));
+        assert_ne!(dial_command_id(id, 1), dial_command_id(id, 2));
+        assert_ne!(call_command_id("v3:a", "speak"), call_command_id("v3:a", "hangup"));
+    }
+
+    #[test]
+    fn events_map_to_states() {
+        let event = |json: &str| serde_json::from_str::<TelnyxWebhook>(json).unwrap().data;
+        let hangup = event(
+            r#"{"data":{"record_type":"event","event_type":"call.hangup","id":"e1","occurred_at":"2026-01-01T00:00:10.000Z",
+            "payload":{"call_control_id":"v3:x","hangup_cause":"normal_clearing","start_time":"2026-01-01T00:00:00Z","end_time":"2026-01-01T00:00:10Z"}}}"#,
+        );
+        assert_eq!(hangup.state(), Some(CallState::Completed));
+        assert_eq!(hangup.duration_secs(), Some(10));
+        assert_eq!(hangup.dedupe_key(), "telnyx:e1");
+        for (cause, state) in [
+            ("user_busy", CallState::Busy),
+            ("timeout", CallState::NoAnswer),
+            ("no_answer", CallState::NoAnswer),
+            ("call_rejected", CallState::Rejected),
+            ("not_found", CallState::Failed),
+            ("unspecified", CallState::Failed),
+        ] {
+            let json = format!(
+                r#"{{"data":{{"event_type":"call.hangup","id":"e","payload":{{"hangup_cause":"{cause}"}}}}}}"#
+            );
+            assert_eq!(event(&json).state(), Some(state), "{cause}");
+        }
+        let amd = event(
+            r#"{"data":{"event_type":"call.machine.detection.ended","id":"e2","payload":{"result":"machine"}}}"#,
+        );
+        assert_eq!((amd.state(), amd.answered_by().as_deref()), (None, Some("machine")));
+        assert_eq!(
+            event(r#"{"data":{"event_type":"call.answered","id":"e"}}"#).state(),
+            Some(CallState::Answered)
+        );
+    }
+
+    #[test]
+    fn errors_classify_into_decisions() {
+        let body = |code: &str| ErrorBody {
+            errors: vec![ErrorItem {
+                code: Some(serde_json::json!(code)),
+                title: "Invalid value".into(),
+                detail: Some("The 'to' parameter must be E.164".into()),
+            }],
+        };
+        assert_eq!(
+            classify(429, Some(Duration::from_secs(4)), &body("90103")),
+            PlaceCallError::RateLimited { retry_after: Some(Duration::from_secs(4)) }
+        );
+        assert!(matches!(classify(502, None, &body("x")), PlaceCallError::Transient(_)));
+        assert_eq!(
+            classify(422, None, &body("10016")),
+            PlaceCallError::Permanent {
+                status: 422,
+                code: "10016".into(),
+                detail: "The 'to' parameter must be E.164".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,488 @@
+//! Twilio Programmable Voice: the create-call client (HTTP Basic auth, form
+//! body), call listing for reconciliation, the answer document (TwiML), the
+//! status-callback payload and the `X-Twilio-Signature` scheme. Request and
+//! response structs are private: the rest of Tocsin sees `CallRequest`,
+//! `PlacedCall`, `PlaceCallError` and `TwilioStatus`.
+
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::config::TwilioCredentials;
+use crate::provider::{
+    BoxFuture, CallRequest, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
+    rate_limit_wait,
+};
+use crate::{CallState, PhoneNumber};
+
+/// Twilio signs no timestamp header. Status callbacks carry a signed
+/// `Timestamp` parameter (the event's time); one older than this is refused
+/// as a replay. Twilio sends callbacks within seconds of the event.
+pub const MAX_CALLBACK_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// The progress events we ask Twilio to report (it sends only `completed`
+/// when none are named).
+pub const STATUS_CALLBACK_EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "completed"];
+
+#[derive(Deserialize)]
+struct CallResource {
+    sid: String,
+}
+
+#[derive(Deserialize)]
+struct ListedCall {
+    sid: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CallPage {
+    #[serde(default)]
+    calls: Vec<ListedCall>,
+    #[serde(default)]
+    next_page_uri: Option<String>,
+}
+
+/// Twilio's error body: `{"code":20003,"message":"…","more_info":"…","status":401}`.
+#[derive(Deserialize, Default)]
+struct TwilioError {
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+    #[serde(default)]
+    message: String,
+}
+
+/// Places calls through Twilio's 2010-04-01 REST API.
+pub struct Client {
+    http: reqwest::Client,
+    api_url: String,
+    account_sid: String,
+    auth_token: SecretString,
+}
+
+impl Client {
+    pub fn new(http: reqwest::Client, credentials: &TwilioCredentials) -> Self {
+        Self {
+            http,
+            api_url: credentials.api_url.clone(),
+            account_sid: credentials.account_sid.clone(),
+            auth_token: credentials.auth_token.clone(),
+        }
+    }
+
+    fn calls_url(&self) -> String {
+        format!("{}/2010-04-01/Accounts/{}/Calls.json", self.api_url, self.account_sid)
+    }
+
+    #[tracing::instrument(
+        name = "twilio.place_call",
+        skip_all,
+        fields(call_id = %request.call_id, attempt = request.attempt),
+        err(Display)
+    )]
+    async fn create(&self, request: &CallRequest) -> Result<PlacedCall, PlaceCallError> {
+        let mut form: Vec<(&str, String)> = vec![
+            ("To", request.to.as_str().to_owned()),
+            ("From", request.from.as_str().to_owned()),
+            ("Url", request.webhook_url("/twilio/twiml")),
+            ("Method", "POST".into()),
+            ("StatusCallback", request.webhook_url("/twilio/status")),
+            ("StatusCallbackMethod", "POST".into()),
+            ("Timeout", request.ringing_timeout_secs.clamp(1, 600).to_string()),
+        ];
+        form.extend(STATUS_CALLBACK_EVENTS.iter().map(|e| ("StatusCallbackEvent", (*e).to_owned())));
+        if request.machine_detection {
+            form.push(("MachineDetection", "Enable".into()));
+        }
+        let response = self
+            .http
+            .post(self.calls_url())
+            .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| PlaceCallError::from_transport(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            let call: CallResource = response
+                .json()
+                .await
+                .map_err(|e| PlaceCallError::Ambiguous(format!("unreadable 2xx answer: {e}")))?;
+            return Ok(PlacedCall { provider_call_id: call.sid });
+        }
+        let wait = rate_limit_wait(response.headers());
+        let error: TwilioError = response.json().await.unwrap_or_default();
+        Err(classify(status.as_u16(), wait, error))
+    }
+
+    async fn list(&self, to: &PhoneNumber, since: DateTime<Utc>) -> Result<Vec<RemoteCall>, ListCallsError> {
+        let since = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut request = self.http.get(self.calls_url()).query(&[
+            ("To", to.as_str()),
+            ("StartTime>", since.as_str()),
+            ("PageSize", "100"),
+        ]);
+        let mut found = Vec::new();
+        // Follow `next_page_uri` (relative to the API's host) to the end.
+        for _ in 0..100 {
+            let response = request
+                .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
+                .send()
+                .await
+                .map_err(|e| ListCallsError(e.to_string()))?;
+            if !response.status().is_success() {
+                return Err(ListCallsError(format!("status {}", response.status())));
+            }
+            let page: CallPage = response.json().await.map_err(|e| ListCallsError(e.to_string()))?;
+            found.extend(
+                page.calls
+                    .into_iter()
+                    .filter(|c| c.to.as_deref().is_none_or(|t| t == to.as_str()))
+                    .map(|c| RemoteCall { provider_call_id: c.sid, status: c.status }),
+            );
+            match page.next_page_uri.filter(|u| !u.is_empty()) {
+                Some(next) => request = self.http.get(format!("{}{next}", self.api_url)),
+                None => return Ok(found),
+            }
+        }
+        Err(ListCallsError("more than 100 pages of calls; giving up".into()))
+    }
+}
+
+impl VoiceProvider for Client {
+    fn provider(&self) -> Provider {
+        Provider::Twilio
+    }
+
+    fn account(&self) -> String {
+        format!("twilio:{}", self.account_sid)
+    }
+
+    fn place_call<'a>(
+        &'a self,
+        request: &'a CallRequest,
+    ) -> BoxFuture<'a, Result<PlacedCall, PlaceCallError>> {
+        Box::pin(self.create(request))
+    }
+
+    fn list_calls<'a>(
+        &'a self,
+        to: &'a PhoneNumber,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>> {
+        Box::pin(self.list(to, since))
+    }
+}
+
+fn classify(status: u16, wait: Option<Duration>, error: TwilioError) -> PlaceCallError {
+    let code = match error.code {
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    };
+    match status {
+        // 20429: too many concurrent requests; never processed, safe to retry.
+        429 => PlaceCallError::RateLimited { retry_after: wait },
+        500..=599 => PlaceCallError::Transient(format!("{status} {code} {}", error.message)),
+        _ => PlaceCallError::Permanent { status, code, detail: error.message },
+    }
+}
+
+/// The answer TwiML speaking `text` `repeat` times (0 = until hang-up).
+/// Everything user-supplied is XML-escaped.
+pub fn twiml(text: &str, language: &str, repeat: u32, voice: Option<&str>) -> String {
+    let voice = voice.map(|v| format!(" voice=\"{}\"", xml_escape(v))).unwrap_or_default();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say{voice} language=\"{}\" loop=\"{repeat}\">{}</Say></Response>",
+        xml_escape(language),
+        xml_escape(text)
+    )
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Parses an `application/x-www-form-urlencoded` body into its pairs, in order.
+pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+    serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())
+}
+
+/// `X-Twilio-Signature`: base64 of HMAC-SHA1 (key: the auth token) over
+/// the full URL followed by every POST parameter, sorted by name, as name
+/// then value.
+pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, auth_token.as_bytes());
+    BASE64.encode(hmac::sign(&key, &signed_data(url, params)).as_ref())
+}
+
+fn signed_data(url: &str, params: &[(String, String)]) -> Vec<u8> {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut data = url.as_bytes().to_vec();
+    for (name, value) in sorted {
+        data.extend_from_slice(name.as_bytes());
+        data.extend_from_slice(value.as_bytes());
+    }
+    data
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("missing X-Twilio-Signature header")]
+    Missing,
+    #[error("signature does not match the URL and parameters")]
+    Invalid,
+    #[error("status callback Timestamp is too old (a replay?)")]
+    Stale,
+}
+
+/// Verifies a request Twilio signed: `url` is the public URL it was sent to
+/// (with its query), `params` the form body. A signed `Timestamp` parameter
+/// (status callbacks) must be younger than `MAX_CALLBACK_AGE`.
+pub fn verify_signature(
+    header: Option<&str>,
+    auth_token: &SecretString,
+    url: &str,
+    params: &[(String, String)],
+) -> Result<(), SignatureError> {
+    let given =
+        BASE64.decode(header.ok_or(SignatureError::Missing)?.trim()).map_err(|_| SignatureError::Invalid)?;
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, auth_token.expose_secret().as_bytes());
+    hmac::verify(&key, &signed_data(url, params), &given).map_err(|_| SignatureError::Invalid)?;
+    let timestamp = params.iter().find(|(k, _)| k == "Timestamp").map(|(_, v)| v.as_str());
+    if let Some(at) = timestamp.and_then(|t| DateTime::parse_from_rfc2822(t).ok()) {
+        let age = Utc::now().signed_duration_since(at).num_seconds();
+        if age > MAX_CALLBACK_AGE.as_secs() as i64 {
+            return Err(SignatureError::Stale);
+        }
+    }
+    Ok(())
+}
+
+/// A status callback, from its form parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwilioStatus {
+    pub call_sid: String,
+    pub call_status: String,
+    pub sequence_number: Option<u32>,
+    pub timestamp: Option<String>,
+    pub call_duration: Option<i32>,
+    pub answered_by: Option<String>,
+    pub error_code: Option<String>,
+    pub sip_response_code: Option<String>,
+}
+
+impl TwilioStatus {
+    pub fn from_params(params: &[(String, String)]) -> Result<Self, String> {
+        let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let call_sid = get("CallSid").ok_or("missing CallSid")?;
+        let call_status = get("CallStatus").ok_or("missing CallStatus")?;
+        let sequence_number = match get("SequenceNumber") {
+            Some(n) => Some(n.trim().parse().map_err(|_| format!("bad SequenceNumber {n:?}"))?),
+            None => None,
+        };
+        Ok(Self {
+            call_sid,
+            call_status,
+            sequence_number,
+            timestamp: get("Timestamp"),
+            call_duration: get("CallDuration").and_then(|d| d.trim().parse().ok()),
+            answered_by: get("AnsweredBy"),
+            error_code: get("ErrorCode"),
+            sip_response_code: get("SipResponseCode"),
+        })
+    }
+
+    /// The call state this callback moves the call to.
+    pub fn state(&self) -> Option<CallState> {
+        Some(match self.call_status.as_str() {
+            "queued" | "initiated" => CallState::Placed,
+            "ringing" => CallState::Ringing,
+            "in-progress" => CallState::Answered,
+            "completed" => CallState::Completed,
+            "busy" => CallState::Busy,
+            "no-answer" => CallState::NoAnswer,
+            "failed" => CallState::Failed,
+            "canceled" => CallState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Identity for deduplication: `CallSid` + `SequenceNumber` (which
+    /// orders one call's callbacks), or the status when there is none.
+    pub fn dedupe_key(&self) -> String {
+        match self.sequence_number {
+            Some(n) => format!("twilio:{}:{n}", self.call_sid),
+            None => format!("twilio:{}:{}", self.call_sid, self.call_status),
+        }
+    }
+
+    pub fn occurred_at(&self) -> Option<DateTime<Utc>> {
+        let t = self.timestamp.as_deref()?;
+        DateTime::parse_from_rfc2822(t).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// `human` or `machine` from `AnsweredBy` (`machine_start`,
+    /// `machine_end_beep`, `fax`, … count as machine; `unknown` as neither).
+    pub fn answered_by(&self) -> Option<String> {
+        let by = self.answered_by.as_deref()?;
+        if by == "human" {
+            Some("human".into())
+        } else if by.starts_with("machine") || by == "fax" {
+            Some("machine".into())
+        } else {
+            None
+        }
+    }
+
+    /// What went wrong, for failed calls.
+    pub fn detail(&self) -> Option<String> {
+        match (&self.error_code, &self.sip_response_code) {
+            (Some(code), _) => Some(format!("twilio error {code}")),
+            (None, Some(sip)) if self.state() == Some(CallState::Failed) => Some(format!("SIP {sip}")),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn twilio_public_signature_test_vector() {
+        let p = params(&[
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+14158675309"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+        ]);
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        assert_eq!(signature("12345", url, &p), "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
+        // Order of the parameters as sent does not matter.
+        let mut reversed = p.clone();
+        reversed.reverse();
+        let token = SecretString::from("12345");
+        assert_eq!(verify_signature(Some("RSOYDt4T1cUTdK1PDd93/VVr8B8="), &token, url, &reversed), Ok(()));
+    }
+
+    #[test]
+    fn signatures_round_trip_and_reject_tampering_and_stale_callbacks() {
+        let token = SecretString::from("tok");
+        let url = "https://hooks.example.com/twilio/status?call_id=abc";
+        let now = Utc::now().to_rfc2822();
+        let p = params(&[("CallSid", "CA1"), ("CallStatus", "completed"), ("Timestamp", &now)]);
+        let sig = signature("tok", url, &p);
+        assert_eq!(verify_signature(Some(&sig), &token, url, &p), Ok(()));
+        assert_eq!(verify_signature(None, &token, url, &p), Err(SignatureError::Missing));
+        let tampered = params(&[("CallSid", "CA1"), ("CallStatus", "busy"), ("Timestamp", &now)]);
+        assert_eq!(verify_signature(Some(&sig), &token, url, &tampered), Err(SignatureError::Invalid));
+        let other_url = "https://hooks.example.com/twilio/status?call_id=abd";
+        assert_eq!(verify_signature(Some(&sig), &token, other_url, &p), Err(SignatureError::Invalid));
+        assert_eq!(
+            verify_signature(Some(&sig), &SecretString::from("other"), url, &p),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(verify_signature(Some("!!not base64"), &token, url, &p), Err(SignatureError::Invalid));
+        let old = (Utc::now() - chrono::Duration::hours(1)).to_rfc2822();
+        let stale = params(&[("CallSid", "CA1"), ("CallStatus", "completed"), ("Timestamp", &old)]);
+        let sig = signature("tok", url, &stale);
+        assert_eq!(verify_signature(Some(&sig), &token, url, &stale), Err(SignatureError::Stale));
+    }
+
+    #[test]
+    fn twiml_escapes_user_text() {
+        let doc = twiml("Rising <fast> & \"now\"", "en-US", 2, Some("Polly.Joanna"));
+        assert!(doc.contains(
+            "<Say voice=\"Polly.Joanna\" language=\"en-US\" loop=\"2\">Rising &lt;fast&gt; &amp; &quot;now&quot;</Say>"
+        ));
+        assert!(doc.starts_with("<?xml") && doc.ends_with("</Response>"));
+    }
+
+    #[test]
+    fn callbacks_map_to_states_and_dedupe_by_sequence() {
+        let p = params(&[
+            ("CallSid", "CA9"),
+            ("CallStatus", "completed"),
+            ("SequenceNumber", "3"),
+            ("CallDuration", "12"),
+            ("AnsweredBy", "machine_start"),
+            ("Timestamp", "Fri, 18 Oct 2019 17:00:00 +0000"),
+        ]);
+        let s = TwilioStatus::from_params(&p).unwrap();
+        assert_eq!(s.state(), Some(CallState::Completed));
+        assert_eq!(s.dedupe_key(), "twilio:CA9:3");
+        assert_eq!(s.call_duration, Some(12));
+        assert_eq!(s.answered_by().as_deref(), Some("machine"));
+        assert_eq!(s.occurred_at().unwrap().to_rfc3339(), "2019-10-18T17:00:00+00:00");
+        for (status, state) in [
+            ("initiated", CallState::Placed),
+            ("ringing", CallState::Ringing),
+            ("in-progress", CallState::Answered),
+            ("busy", CallState::Busy),
+            ("no-answer", CallState::NoAnswer),
+            ("failed", CallState::Failed),
+            ("canceled", CallState::Cancelled),
+        ] {
+            let s =
+                TwilioStatus::from_params(&params(&[("CallSid", "CA1"), ("CallStatus", status)])).unwrap();
+            assert_eq!(s.state(), Some(state), "{status}");
+        }
+        assert!(TwilioStatus::from_params(&params(&[("CallStatus", "ringing")])).is_err());
+        assert!(
+            TwilioStatus::from_params(&params(&[
+                ("CallSid", "C"),
+                ("CallStatus", "x"),
+                ("SequenceNumber", "a")
+            ]))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn errors_classify_into_decisions() {
+        let e = |code: i64, message: &str| TwilioError {
+            code: Some(serde_json::json!(code)),
+            message: message.into(),
+        };
+        assert_eq!(
+            classify(429, Some(Duration::from_secs(2)), e(20429, "Too Many Requests")),
+            PlaceCallError::RateLimited { retry_after: Some(Duration::from_secs(2)) }
+        );
+        assert!(matches!(classify(503, None, e(20500, "x")), PlaceCallError::Transient(_)));
+        assert_eq!(
+            classify(400, None, e(21211, "Invalid 'To' Phone Number")),
+            PlaceCallError::Permanent {
+                status: 400,
+                code: "21211".into(),
+                detail: "Invalid 'To' Phone Number".into()
+            }
+        );
+    }
+}
