@@ -212,6 +212,12 @@ fn providers(
     if let Some(credentials) = config.providers.vonage.credentials()? {
         map.insert(Provider::Vonage, Arc::new(vonage::Client::new(http.clone(), &credentials)?));
     }
+    if let Some(credentials) = config.providers.twilio.credentials()? {
+        map.insert(Provider::Twilio, Arc::new(tocsin_core::twilio::Client::new(http.clone(), &credentials)));
+    }
+    if let Some(credentials) = config.providers.telnyx.credentials()? {
+        map.insert(Provider::Telnyx, Arc::new(tocsin_core::telnyx::Client::new(http.clone(), &credentials)));
+    }
     Ok(map)
 }
 
