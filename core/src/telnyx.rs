@@ -145,6 +145,17 @@ impl Client {
         }
     }
 
+    /// A client with its own HTTP connection pool and request timeout (for
+    /// the webhook service, which sends call commands but no dials).
+    pub fn from_credentials(credentials: &TelnyxCredentials, timeout: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| anyhow::anyhow!("building the Telnyx HTTP client: {e}"))?;
+        Ok(Self::new(http, credentials))
+    }
+
     #[tracing::instrument(
         name = "telnyx.place_call",
         skip_all,
