@@ -78,6 +78,7 @@ pub async fn events(
     };
     let stored = StoredEvent {
         call_id: call_id(&query),
+        attempt: query.get("attempt").and_then(|a| a.parse().ok()),
         provider: "vonage",
         dedupe_key: event.dedupe_key(),
         provider_call_id: event.call_uuid().map(str::to_owned),

@@ -280,7 +280,9 @@ async fn campaign_gate(
 async fn claim(deps: &Deps, job: &CallJob, provider: Provider) -> Result<bool, sqlx::Error> {
     let claimed = sqlx::query(
         "UPDATE calls SET state = 'dialing', attempt = $2, provider = $3, dialing_at = now(), \
-                updated_at = now() \
+                updated_at = now(), provider_call_id = NULL, placed_at = NULL, answered_at = NULL, \
+                ended_at = NULL, answered_by = NULL, duration_secs = NULL, error_code = NULL, \
+                error_detail = NULL \
          WHERE id = $1 AND state IN ('queued', 'retry_wait') AND attempt < $2",
     )
     .bind(job.call_id)

@@ -1,0 +1,382 @@
+//! The webhook service against the real PostgreSQL and RabbitMQ, driven
+//! through its router: signatures, limits, duplicates, out-of-order events,
+//! unknown calls, the 503 path, group commit and redials.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use clap::Parser;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::FieldTable;
+use secrecy::ExposeSecret;
+use tocsin_core::queue::Topology;
+use tocsin_core::testing::{self, TestDb};
+use tocsin_core::{CallId, CallJob, CampaignId, PhoneNumber};
+use tower::ServiceExt;
+
+const SECRET: &str = "webhook-test-secret";
+
+struct Harness {
+    db: TestDb,
+    app: Router,
+    prefix: String,
+    amqp_url: String,
+    campaign: CampaignId,
+}
+
+async fn harness_with(extra: &[&str]) -> Harness {
+    tocsin_core::telemetry::install_crypto_provider();
+    // Install the metrics recorder before anything records.
+    tocsin_core::telemetry::metrics_handle();
+    let db = TestDb::create().await;
+    let amqp_url = testing::amqp_url().await;
+    let prefix = testing::unique_prefix("hook");
+    let mut args = vec![
+        "webhook",
+        "--database-url",
+        db.url.expose_secret(),
+        "--amqp-url",
+        &amqp_url,
+        "--queue-prefix",
+        &prefix,
+        "--vonage-signature-secret",
+        SECRET,
+        "--max-body-bytes",
+        "4096",
+    ];
+    args.extend_from_slice(extra);
+    let config = webhook::config::WebhookConfig::try_parse_from(args).unwrap();
+    let app = webhook::app(&config, db.pool.clone()).await.unwrap();
+    let campaign = CampaignId::from_name("hook-test");
+    sqlx::query(
+        "INSERT INTO campaigns (id, name, message, from_number, max_attempts, retry_delay_secs) \
+         VALUES ($1, 'hook-test', 'Flood <warning> & \"evacuate\"', '+14155550100', 2, 1)",
+    )
+    .bind(campaign)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    Harness { db, app, prefix, amqp_url, campaign }
+}
+
+async fn harness() -> Harness {
+    harness_with(&[]).await
+}
+
+impl Harness {
+    async fn call(&self, number: &str, state: &str, attempt: i32) -> CallId {
+        let id = CallId::derive(self.campaign, &PhoneNumber::from_e164(number).unwrap());
+        sqlx::query(
+            "INSERT INTO calls (id, campaign_id, number, state, attempt) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(self.campaign)
+        .bind(number)
+        .bind(state)
+        .bind(attempt)
+        .execute(&self.db.pool)
+        .await
+        .unwrap();
+        id
+    }
+
+    async fn state(&self, id: CallId) -> (String, Option<i32>, Option<String>) {
+        sqlx::query_as("SELECT state, duration_secs, answered_by FROM calls WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM call_events").fetch_one(&self.db.pool).await.unwrap()
+    }
+
+    async fn send(&self, request: Request<Body>) -> (StatusCode, String) {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn post(&self, id: CallId, attempt: i32, body: serde_json::Value) -> StatusCode {
+        let bytes = body.to_string();
+        let token = tocsin_core::vonage::sign_webhook(SECRET, "app", bytes.as_bytes());
+        self.send(event_request(id, attempt, bytes, Some(format!("Bearer {token}")))).await.0
+    }
+
+    async fn cleanup(self) {
+        let conn = tocsin_core::queue::connect(&self.amqp_url, "cleanup").await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        Topology::new(&self.prefix).delete(&channel).await.unwrap();
+    }
+}
+
+fn event_request(id: CallId, attempt: i32, body: String, auth: Option<String>) -> Request<Body> {
+    let mut builder = Request::post(format!("/vonage/events?call_id={id}&attempt={attempt}"))
+        .header("content-type", "application/json");
+    if let Some(auth) = auth {
+        builder = builder.header("authorization", auth);
+    }
+    builder.body(Body::from(body)).unwrap()
+}
+
+fn event(uuid: &str, status: &str, ts: &str) -> serde_json::Value {
+    serde_json::json!({ "uuid": uuid, "conversation_uuid": "CON-1", "status": status, "direction": "outbound",
+                        "timestamp": ts, "to": "14155550001", "from": "14155550100" })
+}
+
+#[tokio::test]
+async fn the_answer_url_speaks_the_campaign_message_as_json_data() {
+    let h = harness().await;
+    let id = h.call("+14155550001", "placed", 1).await;
+    let (status, body) = h
+        .send(Request::get(format!("/vonage/answer?call_id={id}&uuid=x")).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ncco: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ncco[0]["action"], "talk");
+    assert_eq!(ncco[0]["text"], "Flood <warning> & \"evacuate\"");
+    let (status, _) = h
+        .send(
+            Request::get(format!("/vonage/answer?call_id={}", uuid::Uuid::new_v4()))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = h.send(Request::get("/vonage/answer").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("\"error\""), "{body}");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn unsigned_forged_tampered_and_stale_events_get_401_and_store_nothing() {
+    let h = harness().await;
+    let id = h.call("+14155550001", "placed", 1).await;
+    let body = event("u1", "ringing", "2026-11-22T10:00:00.000Z").to_string();
+    let good = tocsin_core::vonage::sign_webhook(SECRET, "app", body.as_bytes());
+    let forged = tocsin_core::vonage::sign_webhook("not-the-secret", "app", body.as_bytes());
+    let cases = [
+        (None, body.clone()),
+        (Some(format!("Bearer {forged}")), body.clone()),
+        (Some(format!("Bearer {good}")), body.replace("ringing", "answered")),
+        (Some("Bearer not-a-jwt".to_owned()), body.clone()),
+    ];
+    for (auth, payload) in cases {
+        let (status, text) = h.send(event_request(id, 1, payload, auth)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(text.contains("\"code\":\"unauthorized\""), "{text}");
+    }
+    assert_eq!(h.events().await, 0);
+    assert_eq!(
+        h.post(id, 1, event("u1", "ringing", "2026-11-22T10:00:00.000Z")).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(h.state(id).await.0, "ringing");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_malformed_ones_400() {
+    let h = harness().await;
+    let id = h.call("+14155550001", "placed", 1).await;
+    let big = format!("{{\"status\":\"ringing\",\"pad\":\"{}\"}}", "x".repeat(10_000));
+    let token = tocsin_core::vonage::sign_webhook(SECRET, "app", big.as_bytes());
+    let (status, _) = h.send(event_request(id, 1, big, Some(format!("Bearer {token}")))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let junk = "{not json".to_owned();
+    let token = tocsin_core::vonage::sign_webhook(SECRET, "app", junk.as_bytes());
+    let (status, body) = h.send(event_request(id, 1, junk, Some(format!("Bearer {token}")))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("malformed"), "{body}");
+    let no_status = serde_json::json!({"uuid": "u"});
+    assert_eq!(h.post(id, 1, no_status).await, StatusCode::BAD_REQUEST);
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn duplicates_are_stored_once_and_late_events_never_move_a_call_back() {
+    let h = harness().await;
+    let id = h.call("+14155550001", "placed", 1).await;
+    let seq = [
+        event("u1", "started", "2026-11-22T10:00:00.000Z"),
+        event("u1", "answered", "2026-11-22T10:00:05.000Z"),
+        serde_json::json!({ "uuid": "u1", "status": "completed", "timestamp": "2026-11-22T10:00:20.000Z",
+                            "duration": "15", "price": "0.00450000" }),
+        // Late and duplicated deliveries.
+        event("u1", "ringing", "2026-11-22T10:00:02.000Z"),
+        event("u1", "answered", "2026-11-22T10:00:05.000Z"),
+        serde_json::json!({ "call_uuid": "u1", "status": "human", "timestamp": "2026-11-22T10:00:06.000Z" }),
+    ];
+    for e in seq {
+        assert_eq!(h.post(id, 1, e).await, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(h.state(id).await, ("completed".into(), Some(15), Some("human".into())));
+    assert_eq!(h.events().await, 5, "the duplicate 'answered' is stored once");
+    let timeline: Vec<String> =
+        sqlx::query_scalar("SELECT provider_status FROM call_timeline WHERE call_id = $1 ORDER BY seq")
+            .bind(id)
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(timeline, ["started", "ringing", "answered", "human", "completed"]);
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_busy_after_a_bare_completed_wins_and_unknown_calls_are_flagged() {
+    let h = harness_with(&[]).await;
+    sqlx::query("UPDATE campaigns SET max_attempts = 1").execute(&h.db.pool).await.unwrap();
+    let id = h.call("+14155550001", "placed", 1).await;
+    assert_eq!(
+        h.post(id, 1, event("u1", "completed", "2026-11-22T10:00:10.000Z")).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(h.post(id, 1, event("u1", "busy", "2026-11-22T10:00:09.000Z")).await, StatusCode::NO_CONTENT);
+    assert_eq!(h.state(id).await.0, "busy");
+
+    let stranger = CallId(uuid::Uuid::new_v4());
+    assert_eq!(
+        h.post(stranger, 1, event("u9", "ringing", "2026-11-22T10:00:00.000Z")).await,
+        StatusCode::NO_CONTENT
+    );
+    let flagged: bool =
+        sqlx::query_scalar("SELECT unknown_call FROM call_events WHERE dedupe_key LIKE 'vonage:u9:%'")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert!(flagged);
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_events_are_group_committed_and_all_stored() {
+    let h = harness_with(&["--batch-window", "20ms"]).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(h.call(&format!("+1415555{:04}", 4000 + i), "placed", 1).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        for (j, status) in ["ringing", "answered"].into_iter().enumerate() {
+            let app = h.app.clone();
+            let body = event(&format!("u{i}"), status, &format!("2026-11-22T10:00:0{j}.000Z")).to_string();
+            let token = tocsin_core::vonage::sign_webhook(SECRET, "app", body.as_bytes());
+            let request = event_request(*id, 1, body, Some(format!("Bearer {token}")));
+            tasks.push(tokio::spawn(async move { app.oneshot(request).await.unwrap().status() }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(h.events().await, 80);
+    let answered: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE state = 'answered'")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(answered, 40);
+    // Far fewer transactions than events. The recorder is shared by the tests
+    // of this binary, which send a few dozen events one at a time.
+    let metrics = tocsin_core::telemetry::metrics_handle().render();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing in {metrics}"))
+    };
+    let (batches, events) =
+        (value("tocsin_webhook_batch_size_count"), value("tocsin_webhook_batch_size_sum"));
+    assert!(events >= 80.0 && batches < 60.0, "{batches} batches for {events} events");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn without_the_database_events_get_503_so_the_provider_retries() {
+    let h = harness().await;
+    let id = h.call("+14155550001", "placed", 1).await;
+    // Terminate every connection and forbid new ones to the test database.
+    let admin = sqlx::PgPool::connect(&tocsin_core::config::test_env::database_url()).await.unwrap();
+    let name = h.db.name.clone();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let status = h.post(id, 1, event("u1", "ringing", "2026-11-22T10:00:00.000Z")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    // Once the database is back, the provider's retry is stored.
+    assert_eq!(
+        h.post(id, 1, event("u1", "ringing", "2026-11-22T10:00:00.000Z")).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(h.state(id).await.0, "ringing");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn busy_calls_are_redialled_after_the_retry_delay_and_late_events_stay_out() {
+    let h = harness().await;
+    let id = h.call("+14155550001", "placed", 1).await;
+    assert_eq!(h.post(id, 1, event("u1", "busy", "2026-11-22T10:00:03.000Z")).await, StatusCode::NO_CONTENT);
+    assert_eq!(h.state(id).await.0, "retry_wait");
+    // A late event of attempt 1 does not disturb the wait.
+    assert_eq!(
+        h.post(id, 1, event("u1", "completed", "2026-11-22T10:00:04.000Z")).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(h.state(id).await.0, "retry_wait");
+
+    // The next attempt arrives in the work queue after the 1 s delay tier.
+    let conn = tocsin_core::queue::connect(&h.amqp_url, "redial-test").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            Topology::new(&h.prefix).work_queue().into(),
+            "redial-test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery =
+        tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap().unwrap();
+    let job = CallJob::decode(&delivery.data).unwrap();
+    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    assert_eq!((job.call_id, job.attempt), (id, 2));
+
+    // With max_attempts reached, a second busy is final.
+    sqlx::query("UPDATE calls SET state = 'placed', attempt = 2 WHERE id = $1")
+        .bind(id)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(h.post(id, 2, event("u2", "busy", "2026-11-22T10:01:00.000Z")).await, StatusCode::NO_CONTENT);
+    assert_eq!(h.state(id).await.0, "busy");
+    let attempts: (i32, String) =
+        sqlx::query_as("SELECT attempts, final_state FROM call_attempts WHERE number = '+14155550001'")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, (2, "busy".into()));
+    h.cleanup().await;
+}
