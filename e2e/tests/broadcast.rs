@@ -131,6 +131,10 @@ async fn broadcast_reaches_every_contact_once_with_every_event_stored() {
         contacts.to_str().unwrap(),
         "--message",
         MESSAGE,
+        "--from",
+        "+14155550100",
+        "--vonage-application-id",
+        APP,
     ])
     .unwrap();
     let producer::config::Command::Enqueue(args) = cli.command else { unreachable!() };

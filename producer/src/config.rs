@@ -1,17 +1,35 @@
 //! The producer's command line (`producer --help`, `producer enqueue --help`).
+//! Every flag that names a service is also an environment variable.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use tocsin_core::config::{AmqpArgs, DatabaseArgs, TelemetryArgs, parse_duration};
+use chrono::{DateTime, FixedOffset, NaiveTime};
+use chrono_tz::Tz;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tocsin_core::config::{AmqpArgs, DatabaseArgs, ProviderArgs, TelemetryArgs, parse_duration};
+
+use crate::input::Format;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "producer",
     version,
-    about = "Enqueues voice-broadcast campaigns for Tocsin's workers and reports on them.",
-    after_help = "Examples:\n  producer enqueue --campaign storm-warning --contacts contacts.csv \\\n      --message 'Severe storm warning for your area tonight.' --from +14155550100\n  producer status storm-warning --wait\n\nExit codes: 0 ok, 2 bad usage, 3 input rejected entirely, 4 a service unreachable, 1 other errors."
+    about = "Enqueues voice-broadcast campaigns for Tocsin's workers, controls them and reports on them.",
+    after_help = concat!(
+        "Examples:\n",
+        "  producer enqueue --campaign storm-warning --contacts contacts.csv \\\n",
+        "      --message 'Severe storm warning for your area tonight.' --from +14155550100\n",
+        "  producer status storm-warning --watch\n",
+        "  producer pause storm-warning      # stop dialing now; `resume` picks up where it stopped\n",
+        "  producer dnc add +14155550123 --reason 'asked not to be called'\n\n",
+        "Exit codes:\n  0  done\n  1  other errors (the message says what failed)\n",
+        "  2  bad usage: a wrong flag, an unknown campaign, a missing confirmation\n",
+        "  3  input rejected entirely: the contact list is unreadable or every line was rejected\n",
+        "  4  a service is unreachable (PostgreSQL, RabbitMQ); re-run when it is back\n",
+        "  5  status --watch gave up (--timeout) before every call finished\n",
+        "  130 interrupted (Ctrl-C); re-running the same command finishes the job"
+    )
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -25,23 +43,48 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create (or extend) a campaign from a contact list and enqueue one call per new contact.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  producer enqueue --campaign storm-warning --contacts contacts.csv \\\n",
+        "      --message 'Severe storm warning for your area tonight.' --from +14155550100\n",
+        "  producer enqueue --campaign school-closed --contacts parents.jsonl --message-file msg.txt \\\n",
+        "      --from +442079460000 --default-region GB --window 08:00-20:00 --timezone Europe/London\n",
+        "  cat list.csv | producer enqueue --campaign outage --contacts - --message '...' --from +1... --dry-run\n\n",
+        "Contact lists: CSV with a header row (the number column is `number`, see --number-column;\n",
+        "the other columns are kept with each contact) or JSON Lines (one object per line). The\n",
+        "format comes from the extension (.csv .tsv .txt / .jsonl .ndjson) or --format.\n\n",
+        "Safe to re-run: contacts already in the campaign are counted as 'already enqueued' and\n",
+        "never enqueued twice; new contacts are added; a run that was killed is finished.\n",
+        "An existing campaign's message changes only with --update-message, its other settings\n",
+        "only with --update-settings."
+    ))]
+    Enqueue(Box<EnqueueArgs>),
+    /// Show a campaign's progress: calls by state, rate, answer rate, ETA.
     #[command(
-        after_help = "Example:\n  producer enqueue --campaign demo --contacts examples/contacts.csv \\\n      --message 'This is a test of the alert system.' --from +14155550100\n\nRe-running the same command enqueues nothing twice: contacts already in the\ncampaign are counted as 'already enqueued'; new contacts are added."
+        after_help = "Examples:\n  producer status storm-warning\n  producer status storm-warning --watch --timeout 2h"
     )]
-    Enqueue(EnqueueArgs),
-    /// Show a campaign's calls by state.
-    #[command(after_help = "Example:\n  producer status demo --wait --timeout 10m")]
     Status(StatusArgs),
+    /// List campaigns with their status and progress.
+    List(ListArgs),
+    /// Stop dialing a campaign (calls in progress finish); `resume` restarts it.
+    #[command(after_help = "Example:\n  producer pause storm-warning")]
+    Pause(NameArg),
+    /// Resume dialing a paused campaign.
+    #[command(after_help = "Example:\n  producer resume storm-warning")]
+    Resume(NameArg),
+    /// Cancel a campaign for good: calls not yet dialed are never made.
+    #[command(
+        after_help = "Example:\n  producer cancel storm-warning --yes\n\nTo stop only for now, use `producer pause`."
+    )]
+    Cancel(ConfirmedNameArg),
+    /// Delete a campaign with its calls and events.
+    #[command(after_help = "Example:\n  producer delete demo --yes")]
+    Delete(ConfirmedNameArg),
+    /// The do-not-call list: numbers never called by any campaign.
+    #[command(subcommand)]
+    Dnc(DncCommand),
     /// Apply the database migrations and exit (every command also applies them first).
     Migrate,
-    /// Delete a campaign with its calls and events.
-    Delete {
-        /// Campaign name.
-        name: String,
-        /// Confirm the deletion.
-        #[arg(long)]
-        yes: bool,
-    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,62 +94,310 @@ pub enum ProviderArg {
     Telnyx,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct EnqueueArgs {
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
+impl ProviderArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vonage => "vonage",
+            Self::Twilio => "twilio",
+            Self::Telnyx => "telnyx",
+        }
+    }
+}
 
+/// A daily calling window in local time, e.g. `09:00-20:00` (may span midnight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+pub fn parse_window(s: &str) -> Result<Window, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a window; write it as HH:MM-HH:MM, e.g. 09:00-20:00"))?;
+    let time = |t: &str| {
+        NaiveTime::parse_from_str(t.trim(), "%H:%M")
+            .map_err(|_| format!("{t:?} is not a time of day (HH:MM, 24-hour)"))
+    };
+    let window = Window { start: time(a)?, end: time(b)? };
+    if window.start == window.end {
+        return Err("the window opens and closes at the same time".into());
+    }
+    Ok(window)
+}
+
+pub fn parse_timezone(s: &str) -> Result<Tz, String> {
+    s.parse::<Tz>().map_err(|_| format!("unknown time zone {s:?} (use an IANA name such as Europe/London)"))
+}
+
+pub fn parse_start_at(s: &str) -> Result<DateTime<FixedOffset>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); e.g. 2026-11-22T18:00:00+01:00"))
+}
+
+fn parse_delimiter(s: &str) -> Result<u8, String> {
+    match s {
+        "\\t" | "tab" => Ok(b'\t'),
+        _ if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
+        _ => Err(format!("{s:?}: the delimiter must be one ASCII character (or 'tab')")),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EnqueueArgs {
     /// Campaign name (letters, digits, '-', '_', '.').
     #[arg(long)]
     pub campaign: String,
 
-    /// Contact list: CSV with a header row.
+    /// Contact list: a CSV or JSON Lines file, or '-' for standard input.
     #[arg(long)]
     pub contacts: PathBuf,
 
+    /// Format of the contact list (default: from the extension, else detected).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
     /// The message to speak (at most 1500 characters).
+    #[arg(long, required_unless_present = "message_file", conflicts_with = "message_file")]
+    pub message: Option<String>,
+
+    /// Read the message from this UTF-8 text file.
+    #[arg(long, value_name = "FILE")]
+    pub message_file: Option<PathBuf>,
+
+    /// Caller id in E.164 form, a number the provider lets you call from (required for a new campaign).
     #[arg(long)]
-    pub message: String,
+    pub from: Option<String>,
 
-    /// Caller id, in E.164 form.
-    #[arg(long, default_value = "+14155550100")]
-    pub from: String,
+    /// Voice provider to place the calls through (default vonage); it must be configured
+    /// with the same variables the workers read (e.g. TOCSIN_VONAGE_APPLICATION_ID).
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderArg>,
 
-    /// Voice provider to place the calls through.
-    #[arg(long, value_enum, default_value = "vonage")]
-    pub provider: ProviderArg,
+    /// Language of the spoken message, BCP-47 (default en-US).
+    #[arg(long)]
+    pub language: Option<String>,
 
-    /// Language of the spoken message (BCP-47).
-    #[arg(long, default_value = "en-US")]
-    pub language: String,
+    /// Provider-specific voice name (default: the provider's default voice).
+    #[arg(long)]
+    pub voice: Option<String>,
 
-    /// Times the message is spoken on each answered call.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=10))]
-    pub repeat: i32,
+    /// Times the message is spoken on each answered call (1-10, default 1).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10))]
+    pub repeat: Option<i32>,
 
-    /// Name of the CSV column holding the phone number.
-    #[arg(long, default_value = "number")]
+    /// Do not call before this time (RFC 3339, e.g. 2026-11-22T18:00:00Z).
+    #[arg(long, value_parser = parse_start_at, value_name = "TIME")]
+    pub start_at: Option<DateTime<FixedOffset>>,
+
+    /// Call only within this daily window, local time, e.g. 09:00-20:00 (needs --timezone
+    /// or a per-contact time zone column).
+    #[arg(long, value_parser = parse_window, value_name = "HH:MM-HH:MM")]
+    pub window: Option<Window>,
+
+    /// IANA time zone of the window, e.g. America/Chicago (default UTC); a contact's own
+    /// time zone column overrides it.
+    #[arg(long, value_parser = parse_timezone, value_name = "TZ")]
+    pub timezone: Option<Tz>,
+
+    /// Column (or JSON key) holding a contact's own IANA time zone; used when present
+    /// [default: timezone].
+    #[arg(long, value_name = "NAME")]
+    pub timezone_column: Option<String>,
+
+    /// Attempts per contact in all, redialing busy / no-answer outcomes (1-10, default 1).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10))]
+    pub max_attempts: Option<i32>,
+
+    /// Pause before a redial, e.g. 5m (default 5m).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_delay: Option<Duration>,
+
+    /// Ask the provider to detect answering machines (`--machine-detection=false` turns it off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub machine_detection: Option<bool>,
+
+    /// Name of the column (or JSON key) holding the phone number.
+    #[arg(long, default_value = "number", value_name = "NAME")]
     pub number_column: String,
 
+    /// CSV field separator: one character, or 'tab' (default ',', tab for .tsv files).
+    #[arg(long, value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
+
     /// Region (ISO 3166, e.g. US, GB) for numbers written without a country code.
-    #[arg(long)]
+    #[arg(long, value_name = "CC")]
     pub default_region: Option<String>,
 
-    /// Allow changing the message of an existing campaign (applies to calls not yet answered).
+    /// Write every rejected line (line number, reason, value) to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+
+    /// Validate and report (including do-not-call and already-enqueued contacts)
+    /// without writing or publishing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the final report as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Allow changing the message of an existing campaign (calls not yet answered speak the new one).
     #[arg(long)]
     pub update_message: bool,
+
+    /// Allow changing an existing campaign's other settings (provider, caller id, schedule...).
+    #[arg(long)]
+    pub update_settings: bool,
+
+    /// Most jobs awaiting the broker's confirm at once.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65_535), value_name = "N")]
+    pub in_flight: u32,
+
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+
+    #[command(
+        flatten,
+        next_help_heading = "Providers (the workers' variables; a campaign's provider must be configured)"
+    )]
+    pub providers: ProviderArgs,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(Args, Debug)]
 pub struct StatusArgs {
     /// Campaign name.
     pub name: String,
 
-    /// Show live progress until every call is in a terminal state.
-    #[arg(long)]
-    pub wait: bool,
+    /// Refresh live until every call has finished (or --timeout).
+    #[arg(long, visible_alias = "wait")]
+    pub watch: bool,
 
-    /// Give up waiting after this long (exit code 1).
-    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    /// Give up watching after this long (exit code 5).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// Print the status as JSON (with --watch: once, when finished).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArg {
+    /// Campaign name.
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfirmedNameArg {
+    /// Campaign name.
+    pub name: String,
+    /// Confirm: this cannot be undone.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DncCommand {
+    /// Add numbers; calls to them still waiting in any campaign are skipped.
+    #[command(
+        after_help = "Example:\n  producer dnc add +14155550123 '+44 20 7946 0958' --reason 'asked by phone'"
+    )]
+    Add {
+        /// Numbers, international or (with --default-region) national.
+        #[arg(required = true)]
+        numbers: Vec<String>,
+        /// Why (kept with the entry).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Region for numbers written without a country code.
+        #[arg(long, value_name = "CC")]
+        default_region: Option<String>,
+    },
+    /// Remove numbers (calls already skipped stay skipped).
+    Remove {
+        #[arg(required = true)]
+        numbers: Vec<String>,
+        #[arg(long, value_name = "CC")]
+        default_region: Option<String>,
+    },
+    /// Add every number of a contact list (CSV or JSON Lines, '-' for stdin).
+    #[command(after_help = "Example:\n  producer dnc import opt-outs.csv --reason 'opt-out list 2026-11'")]
+    Import(DncImportArgs),
+    /// Print the list (number, reason, added at) as CSV.
+    List {
+        /// Print JSON Lines instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DncImportArgs {
+    /// The list: CSV with a header row or JSON Lines, or '-' for standard input.
+    pub file: PathBuf,
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    #[arg(long, default_value = "number", value_name = "NAME")]
+    pub number_column: String,
+    #[arg(long, value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
+    #[arg(long, value_name = "CC")]
+    pub default_region: Option<String>,
+    /// Why (kept with every entry).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Write rejected lines to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn windows_parse() {
+        let w = parse_window("09:00-20:00").unwrap();
+        assert_eq!(w.start, NaiveTime::from_hms_opt(9, 0, 0).unwrap());
+        assert_eq!(w.end, NaiveTime::from_hms_opt(20, 0, 0).unwrap());
+        assert!(parse_window("22:00-06:30").is_ok());
+        assert!(parse_window("9-20").is_err());
+        assert!(parse_window("09:00-09:00").is_err());
+        assert!(parse_window("25:00-26:00").is_err());
+    }
+
+    #[test]
+    fn enqueue_needs_a_message_and_takes_the_documented_flags() {
+        let base = ["producer", "enqueue", "--campaign", "c", "--contacts", "x.csv"];
+        assert!(Cli::try_parse_from(base).is_err());
+        let cli = Cli::try_parse_from(base.iter().copied().chain([
+            "--message",
+            "hi",
+            "--window",
+            "09:00-20:00",
+            "--timezone",
+            "Europe/London",
+        ]))
+        .unwrap();
+        let Command::Enqueue(args) = cli.command else { panic!() };
+        assert_eq!(args.timezone, Some(chrono_tz::Europe::London));
+        assert!(
+            Cli::try_parse_from(base.iter().copied().chain(["--message", "hi", "--timezone", "Mars/Base"]))
+                .is_err()
+        );
+    }
 }

@@ -1,88 +1,258 @@
-//! `producer status`: a campaign's calls by state, optionally live until
-//! every call is terminal.
+//! `producer status`: a campaign's calls by state, its dialing rate over the
+//! last minute, answer rate, ETA and schedule; `--watch` refreshes live
+//! until every call has finished.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 use sqlx::PgPool;
+use tocsin_core::db::Campaign;
+use tokio_util::sync::CancellationToken;
 
+use crate::Fatal;
+use crate::campaign;
 use crate::config::StatusArgs;
 
-#[derive(sqlx::FromRow, Debug)]
-struct Summary {
-    total: i64,
-    terminal: i64,
-    queued: i64,
-    in_progress: i64,
-    completed: i64,
-    busy: i64,
-    no_answer: i64,
-    failed: i64,
-    unknown: i64,
+/// States in the order a call moves through them.
+const STATES: [&str; 14] = [
+    "queued",
+    "retry_wait",
+    "dialing",
+    "placed",
+    "ringing",
+    "answered",
+    "completed",
+    "busy",
+    "no_answer",
+    "rejected",
+    "failed",
+    "cancelled",
+    "skipped",
+    "unknown",
+];
+const TERMINAL_FROM: usize = 6;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub campaign: String,
+    pub status: String,
+    pub provider: String,
+    pub total: i64,
+    pub finished: i64,
+    /// Calls in each state (every state listed, zeros included).
+    pub states: BTreeMap<&'static str, i64>,
+    pub answered: i64,
+    /// Answered calls as a share of finished ones.
+    pub answer_rate_pct: Option<f64>,
+    /// Calls started in the last minute, per second.
+    pub calls_per_sec: f64,
+    /// Seconds until every call has finished at the current rate.
+    pub eta_secs: Option<u64>,
+    pub schedule: String,
 }
 
-async fn summary(pool: &PgPool, name: &str) -> anyhow::Result<Option<Summary>> {
-    sqlx::query_as(
-        "SELECT total, terminal, queued, in_progress, completed, busy, no_answer, failed + rejected AS failed, unknown \
-         FROM campaign_summary WHERE campaign = $1",
-    )
-    .bind(name)
-    .fetch_optional(pool)
-    .await
-    .context("reading campaign_summary")
-}
-
-pub async fn status(pool: &PgPool, args: &StatusArgs) -> anyhow::Result<()> {
-    let Some(mut s) = summary(pool, &args.name).await? else {
-        anyhow::bail!("no campaign named {:?}", args.name);
-    };
-    if args.wait {
-        let tty = std::io::stderr().is_terminal();
-        let bar = if tty { ProgressBar::new(s.total as u64) } else { ProgressBar::hidden() };
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} calls finished  {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        let started = Instant::now();
-        let mut last_line = Instant::now() - Duration::from_secs(60);
-        while s.terminal < s.total {
-            if started.elapsed() > args.timeout {
-                bar.abandon();
-                anyhow::bail!(
-                    "{}: {} of {} calls still not finished after {:?}",
-                    args.name,
-                    s.total - s.terminal,
-                    s.total,
-                    args.timeout
-                );
-            }
-            let msg = format!("queued {} in progress {} answered {}", s.queued, s.in_progress, s.completed);
-            bar.set_length(s.total as u64);
-            bar.set_position(s.terminal as u64);
-            bar.set_message(msg.clone());
-            if !tty && last_line.elapsed() >= Duration::from_secs(2) {
-                eprintln!("{}: {}/{} calls finished, {msg}", args.name, s.terminal, s.total);
-                last_line = Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            s = summary(pool, &args.name).await?.context("the campaign was deleted while waiting")?;
-        }
-        bar.finish_and_clear();
+impl Status {
+    fn done(&self) -> bool {
+        self.finished >= self.total
     }
-    println!(
-        "{}: {} calls, {} finished ({} answered, {} busy, {} no answer, {} failed, {} unknown), {} queued, {} in progress",
-        args.name,
-        s.total,
-        s.terminal,
-        s.completed,
-        s.busy,
-        s.no_answer,
-        s.failed,
-        s.unknown,
-        s.queued,
-        s.in_progress
-    );
+
+    fn pending(&self) -> i64 {
+        self.total - self.finished
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let s = |k| self.states.get(k).copied().unwrap_or(0);
+        let pct = |n: i64| if self.total > 0 { 100.0 * n as f64 / self.total as f64 } else { 0.0 };
+        let answer = self.answer_rate_pct.map_or("-".into(), |p| format!("{p:.1}%"));
+        let eta = match (self.eta_secs, self.done()) {
+            (_, true) => "done".to_owned(),
+            (Some(secs), _) => human(secs),
+            (None, _) if self.status == "paused" => "paused".to_owned(),
+            (None, _) => "- (no calls in the last minute)".to_owned(),
+        };
+        vec![
+            format!("{}: {} via {}, {} calls", self.campaign, self.status, self.provider, self.total),
+            format!(
+                "  finished  {:>9} ({:.1}%)  answered {}  busy {}  no answer {}  failed {}  cancelled {}  skipped {}  unknown {}",
+                self.finished,
+                pct(self.finished),
+                s("completed"),
+                s("busy"),
+                s("no_answer"),
+                s("failed") + s("rejected"),
+                s("cancelled"),
+                s("skipped"),
+                s("unknown")
+            ),
+            format!(
+                "  pending   {:>9}  queued {}  waiting to redial {}  in progress {}",
+                self.pending(),
+                s("queued"),
+                s("retry_wait"),
+                s("dialing") + s("placed") + s("ringing") + s("answered")
+            ),
+            format!(
+                "  rate      {:.1} calls/s (last minute)  answer rate {answer}  ETA {eta}",
+                self.calls_per_sec
+            ),
+            format!("  schedule  {}", self.schedule),
+        ]
+    }
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM calls WHERE campaign_id = $1 GROUP BY state")
+            .bind(c.id)
+            .fetch_all(pool)
+            .await
+            .context("counting calls by state")?;
+    let (recent, answered): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE dialing_at > now() - interval '60 seconds'), \
+                count(*) FILTER (WHERE answered_at IS NOT NULL) \
+         FROM calls WHERE campaign_id = $1",
+    )
+    .bind(c.id)
+    .fetch_one(pool)
+    .await
+    .context("reading the calling rate")?;
+    let mut states: BTreeMap<&'static str, i64> = STATES.iter().map(|s| (*s, 0)).collect();
+    for (state, n) in counts {
+        if let Some(k) = STATES.iter().find(|s| **s == state) {
+            states.insert(k, n);
+        }
+    }
+    let total: i64 = states.values().sum();
+    let finished: i64 = STATES[TERMINAL_FROM..].iter().map(|s| states[s]).sum();
+    let calls_per_sec = recent as f64 / 60.0;
+    let pending = total - finished;
+    let eta_secs = (calls_per_sec > 0.0 && pending > 0).then(|| (pending as f64 / calls_per_sec) as u64);
+    Ok(Status {
+        campaign: c.name.clone(),
+        status: c.status.clone(),
+        provider: c.provider.clone(),
+        total,
+        finished,
+        states,
+        answered,
+        answer_rate_pct: (finished > 0).then(|| 100.0 * answered as f64 / finished as f64),
+        calls_per_sec,
+        eta_secs,
+        schedule: schedule(c, Utc::now()),
+    })
+}
+
+/// The campaign's schedule in words, with whether it may call right now.
+pub fn schedule(c: &Campaign, now: DateTime<Utc>) -> String {
+    let mut parts = Vec::new();
+    match c.start_at {
+        Some(t) if t > now => parts.push(format!(
+            "starts {} (in {})",
+            t.to_rfc3339(),
+            human((t - now).num_seconds().max(0) as u64)
+        )),
+        Some(t) => parts.push(format!("started {}", t.to_rfc3339())),
+        None => {}
+    }
+    match (c.window_start, c.window_end) {
+        (Some(open), Some(close)) => {
+            let tz: Tz = c.timezone.parse().unwrap_or(chrono_tz::UTC);
+            let t = now.with_timezone(&tz).time();
+            let inside = if open <= close { t >= open && t < close } else { t >= open || t < close };
+            parts.push(format!(
+                "window {}-{} {} ({} there now; contacts with their own time zone follow theirs)",
+                open.format("%H:%M"),
+                close.format("%H:%M"),
+                c.timezone,
+                if inside { "open" } else { "closed" }
+            ));
+        }
+        _ => parts.push("any time of day".into()),
+    }
+    parts.join("; ")
+}
+
+pub async fn status(pool: &PgPool, args: &StatusArgs, stop: CancellationToken) -> anyhow::Result<()> {
+    let c = campaign::find(pool, &args.name).await?;
+    let mut s = read(pool, &c).await?;
+    if args.watch && !s.done() {
+        s = watch(pool, args, s, &stop).await?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        for line in s.lines() {
+            println!("{line}");
+        }
+    }
     Ok(())
+}
+
+async fn watch(
+    pool: &PgPool,
+    args: &StatusArgs,
+    mut s: Status,
+    stop: &CancellationToken,
+) -> anyhow::Result<Status> {
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty { ProgressBar::new(s.total as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} calls finished\n{msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut last_line: Option<Instant> = None;
+    loop {
+        if s.done() || stop.is_cancelled() {
+            bar.finish_and_clear();
+            return Ok(s);
+        }
+        if started.elapsed() > args.timeout {
+            bar.abandon();
+            return Err(Fatal::TimedOut(format!(
+                "{}: {} of {} calls still not finished after {}",
+                args.name,
+                s.pending(),
+                s.total,
+                human(args.timeout.as_secs())
+            ))
+            .into());
+        }
+        if tty {
+            bar.set_length(s.total as u64);
+            bar.set_position(s.finished as u64);
+            bar.set_message(s.lines()[1..].join("\n"));
+        } else if last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            let eta = s.eta_secs.map_or("-".into(), human);
+            eprintln!(
+                "{}: {}/{} calls finished, {} pending, {:.1} calls/s, ETA {eta}",
+                s.campaign,
+                s.finished,
+                s.total,
+                s.pending(),
+                s.calls_per_sec
+            );
+            last_line = Some(Instant::now());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => {}
+        }
+        let c = campaign::find(pool, &args.name).await.context("the campaign was deleted while watching")?;
+        s = read(pool, &c).await?;
+    }
 }
