@@ -8,6 +8,7 @@ cd "$ROOT"
 echo "== local services"
 "$ROOT/deploy/local/up.sh"
 
+"$ROOT/deploy/local/check-deploy.sh"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
