@@ -1,5 +1,6 @@
-//! RSA key pairs for simulated Vonage applications (the demo and tests make
-//! their own; no key is ever committed).
+//! Keys for simulated accounts: RSA key pairs for Vonage applications and
+//! Ed25519 signing seeds for Telnyx (the demo and tests make their own; no
+//! key is ever committed).
 
 use std::path::Path;
 
@@ -51,5 +52,26 @@ pub fn write_vonage_keys(dir: &Path) -> anyhow::Result<()> {
     let public = dir.join("vonage_public.pem");
     std::fs::write(&public, keys.public_pem).with_context(|| format!("writing {}", public.display()))?;
     println!("wrote {} and {}", private.display(), public.display());
+    Ok(())
+}
+
+/// Writes `telnyx_seed` (base64 Ed25519 seed, mode 0600) and
+/// `telnyx_public_key` (base64 public key, what `TOCSIN_TELNYX_PUBLIC_KEY` takes) into `dir`.
+pub fn write_telnyx_keys(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let seed: [u8; 32] = rand::random();
+    let key = tocsin_core::telnyx::signing_key(&seed).map_err(anyhow::Error::msg)?;
+    let seed_path = dir.join("telnyx_seed");
+    std::fs::write(&seed_path, base64::engine::general_purpose::STANDARD.encode(seed))
+        .with_context(|| format!("writing {}", seed_path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&seed_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let public = dir.join("telnyx_public_key");
+    std::fs::write(&public, tocsin_core::telnyx::public_key_base64(&key))
+        .with_context(|| format!("writing {}", public.display()))?;
+    println!("wrote {} and {}", seed_path.display(), public.display());
     Ok(())
 }

@@ -1,19 +1,31 @@
-//! The provider simulator: Vonage's create-call API with its JWT auth,
-//! request validation and rate limit; a simulated call lifecycle that
-//! fetches the answer NCCO and posts signed events; and `/_sim/*` endpoints
-//! that report what happened, for tests and benchmarks.
+//! The provider simulator: the Vonage, Twilio and Telnyx voice APIs with
+//! their own auth, request validation, error bodies and rate semantics; a
+//! simulated call lifecycle per call that fetches and validates the answer
+//! document (NCCO, TwiML) or waits for Telnyx's speak command, and posts
+//! events in each provider's format, signed as that provider signs them;
+//! injectable faults; and `/_sim/*` endpoints that report what happened,
+//! for tests, the demo and benchmarks.
 
 pub mod config;
+pub mod deliver;
+pub mod faults;
 pub mod keygen;
+pub mod ncco;
 pub mod stats;
+pub mod telnyx;
+pub mod twilio;
+pub mod twiml;
 pub mod vonage;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
+use base64::Engine;
+use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,34 +34,44 @@ use tracing::info;
 use crate::config::SimConfig;
 use crate::stats::Stats;
 
-/// How a simulated call ends. Pinned by the number's last digit so tests
-/// are deterministic: 7 busy, 8 unanswered, anything else answered.
+/// How a simulated call ends. Pinned by the number's last digit (`--pin`,
+/// default 7 busy, 8 unanswered) or drawn from `--outcome-mix`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// A person answers and hears the message.
     Answered,
     Busy,
+    /// Rings until the provider gives up.
     Unanswered,
+    /// The network cannot complete the call (e.g. number out of service).
+    Failed,
+    /// An answering machine picks up and records the message.
+    Machine,
 }
 
 impl Outcome {
-    pub fn for_number(number: &str) -> Self {
-        match number.bytes().last() {
-            Some(b'7') => Self::Busy,
-            Some(b'8') => Self::Unanswered,
-            _ => Self::Answered,
-        }
+    pub fn answered(self) -> bool {
+        matches!(self, Self::Answered | Self::Machine)
     }
 }
 
 pub struct Sim {
     pub config: SimConfig,
-    pub vonage_public_key: Vec<u8>,
+    pub vonage_public_key: Option<Vec<u8>>,
     pub vonage_limiter: vonage::Limiter,
+    pub twilio_queue: twilio::StartQueue,
+    pub telnyx_limiter: telnyx::Limiter,
+    pub telnyx_key: aws_lc_rs::signature::Ed25519KeyPair,
+    pub telnyx_calls: telnyx::Registry,
     pub stats: Stats,
     pub http: reqwest::Client,
     pub tasks: TaskTracker,
-    pub rng: std::sync::Mutex<rand::rngs::StdRng>,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+    pub rng: Mutex<rand::rngs::StdRng>,
+    /// Calls placed so far per number (the n-th call of a number draws its own outcome).
+    seen: Mutex<HashMap<String, u64>>,
 }
 
 impl Sim {
@@ -57,11 +79,67 @@ impl Sim {
     pub fn scaled(&self, secs: f64) -> Duration {
         Duration::from_secs_f64((secs * self.config.time_scale).max(0.0))
     }
+
+    /// True with probability `p`, from the seeded RNG.
+    pub fn chance(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).random_bool(p.min(1.0))
+    }
+
+    /// A uniform draw from `range`, from the seeded RNG.
+    pub fn uniform(&self, range: std::ops::Range<f64>) -> f64 {
+        self.rng.lock().unwrap_or_else(|e| e.into_inner()).random_range(range)
+    }
+
+    /// The outcome of a call to `number` (digits, with or without `+`): the
+    /// pin of its last digit, else a draw seeded by `--seed`, the number and
+    /// how often it was called before — the same in every run whatever the
+    /// order calls arrive in.
+    pub fn outcome_for(&self, number: &str) -> Outcome {
+        let nth = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let n = seen.entry(number.trim_start_matches('+').to_owned()).or_default();
+            *n += 1;
+            *n
+        };
+        if let Some(last) = number.bytes().last()
+            && let Some((_, outcome)) = self.config.pins.iter().find(|(d, _)| *d == last)
+        {
+            return *outcome;
+        }
+        let mix = &self.config.outcome_mix.0;
+        let total: f64 = mix.iter().map(|(_, w)| w).sum();
+        let seed = fnv1a(number.trim_start_matches('+').as_bytes()) ^ self.config.seed.rotate_left(17) ^ nth;
+        let mut draw = rand::rngs::StdRng::seed_from_u64(seed).random_range(0.0..total);
+        for (outcome, weight) in mix {
+            if draw < *weight {
+                return *outcome;
+            }
+            draw -= weight;
+        }
+        Outcome::Answered
+    }
+
+    /// Seconds since the simulator started.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// FNV-1a: a stable hash (std's hasher may change between Rust versions).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
-        .route("/v1/calls", post(vonage::create_call))
+        .route("/v1/calls", post(vonage::create_call).get(vonage::list_calls))
+        .route(
+            "/2010-04-01/Accounts/{account_sid}/Calls.json",
+            post(twilio::create_call).get(twilio::list_calls),
+        )
+        .route("/2010-04-01/Accounts/{account_sid}/Calls/{call}", get(twilio::fetch_call))
+        .route("/v2/calls", post(telnyx::dial))
+        .route("/v2/calls/{call_control_id}/actions/{action}", post(telnyx::action))
         .route("/_sim/stats", get(stats::stats))
         .route("/_sim/calls", get(stats::calls))
         .route("/healthz", get(|| async { "ok" }))
@@ -76,27 +154,58 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    use rand::SeedableRng;
-    let vonage_public_key = std::fs::read(&config.vonage_public_key_path)
-        .with_context(|| format!("reading {}", config.vonage_public_key_path.display()))?;
+    let vonage_public_key = match &config.vonage_public_key_path {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
+    let seed = match &config.telnyx_signing_seed_path {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .with_context(|| format!("{} does not hold a base64 seed", path.display()))?
+        }
+        None => rand::random::<[u8; 32]>().to_vec(),
+    };
+    let telnyx_key = tocsin_core::telnyx::signing_key(&seed).map_err(anyhow::Error::msg)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")?;
     let sim = Arc::new(Sim {
         vonage_limiter: vonage::limiter(config.vonage_rate),
-        rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(config.seed)),
+        twilio_queue: twilio::StartQueue::new(config.twilio_cps),
+        telnyx_limiter: telnyx::limiter(config.telnyx_dials_per_window, config.telnyx_window),
+        telnyx_key,
+        telnyx_calls: telnyx::Registry::default(),
+        rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(config.seed)),
+        seen: Mutex::new(HashMap::new()),
         config,
         vonage_public_key,
         stats: Stats::default(),
         http,
         tasks: TaskTracker::new(),
+        shutdown: shutdown.clone(),
+        started: Instant::now(),
     });
-    info!(addr = %listener.local_addr()?, rate = sim.config.vonage_rate, "simulator listening");
+    info!(
+        addr = %listener.local_addr()?,
+        vonage_rate = sim.config.vonage_rate,
+        twilio_cps = sim.config.twilio_cps,
+        telnyx_dials_per_window = sim.config.telnyx_dials_per_window,
+        telnyx_public_key = %tocsin_core::telnyx::public_key_base64(&sim.telnyx_key),
+        "simulator listening"
+    );
     tocsin_core::http::serve(listener, router(sim.clone()), shutdown.cancelled_owned())
         .await
         .context("serving HTTP")?;
     sim.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), sim.tasks.wait()).await;
     Ok(())
+}
+
+/// Now as ISO 8601 with milliseconds (Vonage and Telnyx timestamps).
+pub fn now_iso() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

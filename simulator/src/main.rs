@@ -6,7 +6,10 @@ use simulator::config::{Cli, Command};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen { out } => simulator::keygen::write_vonage_keys(&out),
+        Command::Keygen { out } => {
+            simulator::keygen::write_vonage_keys(&out)?;
+            simulator::keygen::write_telnyx_keys(&out)
+        }
         Command::Serve(config) => {
             tocsin_core::telemetry::init(config.telemetry.log_format);
             config.validate()?;

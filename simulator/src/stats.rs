@@ -1,12 +1,15 @@
-//! What the simulator saw: every call accepted, every 429 sent and every
-//! webhook delivery. Tests and benchmarks read it from `/_sim/stats`.
+//! What the simulator saw: every call accepted (and how it went), every 429
+//! and fault, every webhook delivery. Tests and benchmarks read it from
+//! `/_sim/stats` and `/_sim/calls`; the simulated APIs' list endpoints read
+//! the calls from here too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::{Outcome, Sim};
@@ -15,21 +18,56 @@ use crate::{Outcome, Sim};
 pub struct SimCall {
     pub provider: &'static str,
     pub provider_call_id: String,
+    /// E.164 with `+`.
     pub to: String,
-    /// Seconds since the simulator started.
+    pub from: String,
+    /// Seconds since the simulator started, when the create-call request was accepted.
     pub at: f64,
+    /// Wall-clock time of `at`.
+    pub created: DateTime<Utc>,
+    /// Seconds since start when the call left the provider's queue (Twilio
+    /// queues calls above its CPS; elsewhere equal to `at`).
+    pub started_at: Option<f64>,
+    pub queue_secs: f64,
     pub outcome: Outcome,
-    /// What the answer document made the call say, once fetched.
+    /// The provider's status word, updated as the call progresses.
+    pub status: String,
+    pub ended: bool,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub duration_secs: Option<i64>,
+    /// What the answer document (or Telnyx speak command) made the call say.
     pub spoken: Option<String>,
+    /// Why the answer document was refused, when it was.
+    pub answer_error: Option<String>,
+    pub events_sent: u32,
+    /// Vonage's conversation uuid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_uuid: Option<String>,
+}
+
+#[derive(Default)]
+struct Counters {
+    rate_limited: u64,
+    storm_429: u64,
+    rejected: u64,
+    server_errors: u64,
+    timeouts: u64,
+    lost_responses: u64,
+    deliveries_ok: u64,
+    deliveries_failed: u64,
+    duplicated: u64,
+    reordered: u64,
+    answer_invalid: u64,
+    commands: u64,
+    idempotent_replays: u64,
 }
 
 struct Inner {
     started: Instant,
     calls: Vec<SimCall>,
-    rate_limited: u64,
-    rejected: u64,
-    deliveries_ok: u64,
-    deliveries_failed: u64,
+    index: HashMap<String, usize>,
+    counters: Counters,
 }
 
 pub struct Stats {
@@ -42,13 +80,23 @@ impl Default for Stats {
             inner: Mutex::new(Inner {
                 started: Instant::now(),
                 calls: Vec::new(),
-                rate_limited: 0,
-                rejected: 0,
-                deliveries_ok: 0,
-                deliveries_failed: 0,
+                index: HashMap::new(),
+                counters: Counters::default(),
             }),
         }
     }
+}
+
+/// A newly accepted call.
+pub struct NewCall<'a> {
+    pub provider: &'static str,
+    pub provider_call_id: &'a str,
+    pub to: &'a str,
+    pub from: &'a str,
+    pub outcome: Outcome,
+    pub status: &'a str,
+    pub queue_secs: f64,
+    pub conversation_uuid: Option<String>,
 }
 
 impl Stats {
@@ -56,79 +104,200 @@ impl Stats {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn call_accepted(&self, provider: &'static str, provider_call_id: &str, to: &str, outcome: Outcome) {
+    pub fn call_accepted(&self, call: NewCall<'_>) {
         let mut inner = self.lock();
         let at = inner.started.elapsed().as_secs_f64();
+        let index = inner.calls.len();
+        inner.index.insert(call.provider_call_id.to_owned(), index);
+        let to = if call.to.starts_with('+') { call.to.to_owned() } else { format!("+{}", call.to) };
+        let from = if call.from.starts_with('+') { call.from.to_owned() } else { format!("+{}", call.from) };
         inner.calls.push(SimCall {
-            provider,
-            provider_call_id: provider_call_id.to_owned(),
-            to: to.to_owned(),
+            provider: call.provider,
+            provider_call_id: call.provider_call_id.to_owned(),
+            to,
+            from,
             at,
-            outcome,
+            created: Utc::now(),
+            started_at: (call.queue_secs <= 0.0).then_some(at),
+            queue_secs: call.queue_secs,
+            outcome: call.outcome,
+            status: call.status.to_owned(),
+            ended: false,
+            ended_at: None,
+            answered_at: None,
+            duration_secs: None,
             spoken: None,
+            answer_error: None,
+            events_sent: 0,
+            conversation_uuid: call.conversation_uuid,
+        });
+    }
+
+    /// Applies `f` to the call, if it exists.
+    pub fn update(&self, provider_call_id: &str, f: impl FnOnce(&mut SimCall)) {
+        let mut inner = self.lock();
+        if let Some(i) = inner.index.get(provider_call_id).copied() {
+            f(&mut inner.calls[i]);
+        }
+    }
+
+    pub fn started(&self, provider_call_id: &str) {
+        let at = self.lock().started.elapsed().as_secs_f64();
+        self.update(provider_call_id, |c| c.started_at = Some(at));
+    }
+
+    pub fn status(&self, provider_call_id: &str, status: &str) {
+        self.update(provider_call_id, |c| c.status = status.to_owned());
+    }
+
+    pub fn answered(&self, provider_call_id: &str) {
+        self.update(provider_call_id, |c| c.answered_at = Some(Utc::now()));
+    }
+
+    pub fn ended(&self, provider_call_id: &str, status: &str, duration_secs: Option<i64>) {
+        self.update(provider_call_id, |c| {
+            c.status = status.to_owned();
+            c.ended = true;
+            c.ended_at = Some(Utc::now());
+            c.duration_secs = duration_secs;
         });
     }
 
     pub fn spoken(&self, provider_call_id: &str, text: String) {
-        let mut inner = self.lock();
-        if let Some(call) = inner.calls.iter_mut().rev().find(|c| c.provider_call_id == provider_call_id) {
-            call.spoken = Some(text);
-        }
+        self.update(provider_call_id, |c| c.spoken = Some(text));
+    }
+
+    pub fn answer_invalid(&self, provider_call_id: &str, reason: String) {
+        self.lock().counters.answer_invalid += 1;
+        self.update(provider_call_id, |c| c.answer_error = Some(reason));
+    }
+
+    pub fn event_sent(&self, provider_call_id: &str) {
+        self.update(provider_call_id, |c| c.events_sent += 1);
     }
 
     pub fn rate_limited(&self) {
-        self.lock().rate_limited += 1;
+        self.lock().counters.rate_limited += 1;
+    }
+
+    pub fn storm_429(&self) {
+        let mut inner = self.lock();
+        inner.counters.rate_limited += 1;
+        inner.counters.storm_429 += 1;
     }
 
     pub fn rejected(&self) {
-        self.lock().rejected += 1;
+        self.lock().counters.rejected += 1;
+    }
+
+    pub fn server_error(&self) {
+        self.lock().counters.server_errors += 1;
+    }
+
+    pub fn timeout(&self) {
+        self.lock().counters.timeouts += 1;
+    }
+
+    pub fn lost_response(&self) {
+        self.lock().counters.lost_responses += 1;
+    }
+
+    pub fn duplicated(&self) {
+        self.lock().counters.duplicated += 1;
+    }
+
+    pub fn reordered(&self) {
+        self.lock().counters.reordered += 1;
+    }
+
+    pub fn command(&self) {
+        self.lock().counters.commands += 1;
+    }
+
+    pub fn idempotent_replay(&self) {
+        self.lock().counters.idempotent_replays += 1;
     }
 
     pub fn delivery(&self, ok: bool) {
         let mut inner = self.lock();
         if ok {
-            inner.deliveries_ok += 1;
+            inner.counters.deliveries_ok += 1;
         } else {
-            inner.deliveries_failed += 1;
+            inner.counters.deliveries_failed += 1;
         }
     }
 
     pub fn snapshot(&self) -> StatsReport {
         let inner = self.lock();
-        let mut per_number: HashMap<&str, u32> = HashMap::new();
-        let mut per_provider: HashMap<&str, u64> = HashMap::new();
+        let mut per_number: BTreeMap<String, u32> = BTreeMap::new();
+        let mut per_provider: HashMap<String, u64> = HashMap::new();
+        let mut times_per_provider: HashMap<String, Vec<f64>> = HashMap::new();
+        let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
         for call in &inner.calls {
-            *per_number.entry(&call.to).or_default() += 1;
-            *per_provider.entry(call.provider).or_default() += 1;
+            *per_number.entry(call.to.clone()).or_default() += 1;
+            *per_provider.entry(call.provider.to_owned()).or_default() += 1;
+            times_per_provider.entry(call.provider.to_owned()).or_default().push(call.at);
+            let outcome = serde_json::to_value(call.outcome).ok().and_then(|v| v.as_str().map(str::to_owned));
+            *outcomes.entry(outcome.unwrap_or_default()).or_default() += 1;
         }
-        let mut called_more_than_once: Vec<NumberCount> = per_number
+        let called_more_than_once: Vec<NumberCount> = per_number
             .iter()
             .filter(|(_, n)| **n > 1)
-            .map(|(number, count)| NumberCount { number: (*number).to_owned(), count: *count })
+            .map(|(number, count)| NumberCount { number: number.clone(), count: *count })
             .collect();
-        called_more_than_once.sort_by(|a, b| a.number.cmp(&b.number));
         let mut times: Vec<f64> = inner.calls.iter().map(|c| c.at).collect();
         times.sort_by(f64::total_cmp);
+        let mut starts: Vec<f64> = inner.calls.iter().filter_map(|c| c.started_at).collect();
+        starts.sort_by(f64::total_cmp);
         let span = match (times.first(), times.last()) {
             (Some(a), Some(b)) => b - a,
             _ => 0.0,
         };
+        let per_provider_window = times_per_provider
+            .into_iter()
+            .map(|(p, mut t)| {
+                t.sort_by(f64::total_cmp);
+                (p, max_in_window(&t, 1.0))
+            })
+            .collect();
+        let c = &inner.counters;
         StatsReport {
             calls: inner.calls.len() as u64,
-            calls_per_provider: per_provider.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            calls_per_provider: per_provider,
             distinct_numbers: per_number.len() as u64,
             called_more_than_once,
             max_calls_in_any_1s_window: max_in_window(&times, 1.0),
             first_to_last_call_secs: span,
-            rate_limited_429: inner.rate_limited,
-            rejected_4xx: inner.rejected,
-            webhook_deliveries_ok: inner.deliveries_ok,
-            webhook_deliveries_failed: inner.deliveries_failed,
+            rate_limited_429: c.rate_limited,
+            rejected_4xx: c.rejected,
+            webhook_deliveries_ok: c.deliveries_ok,
+            webhook_deliveries_failed: c.deliveries_failed,
+            calls_per_number: per_number,
+            outcomes,
+            calls_ended: inner.calls.iter().filter(|c| c.ended).count() as u64,
+            max_calls_in_any_1s_window_per_provider: per_provider_window,
+            max_calls_in_any_5s_window: max_in_window(&times, 5.0),
+            max_calls_started_in_any_1s_window: max_in_window(&starts, 1.0),
+            max_queue_secs: inner.calls.iter().map(|c| c.queue_secs).fold(0.0, f64::max),
+            storm_429: c.storm_429,
+            server_errors_5xx: c.server_errors,
+            timeouts: c.timeouts,
+            lost_responses: c.lost_responses,
+            duplicated_deliveries: c.duplicated,
+            reordered_deliveries: c.reordered,
+            answer_documents_invalid: c.answer_invalid,
+            telnyx_commands: c.commands,
+            idempotent_replays: c.idempotent_replays,
         }
     }
 
     pub fn calls(&self) -> Vec<SimCall> {
         self.lock().calls.clone()
+    }
+
+    /// The calls of one provider accepted at or after `since` (for the list APIs).
+    pub fn calls_of(&self, provider: &str, filter: impl Fn(&SimCall) -> bool) -> Vec<SimCall> {
+        self.lock().calls.iter().filter(|c| c.provider == provider && filter(c)).cloned().collect()
     }
 }
 
@@ -157,12 +326,33 @@ pub struct StatsReport {
     pub calls_per_provider: HashMap<String, u64>,
     pub distinct_numbers: u64,
     pub called_more_than_once: Vec<NumberCount>,
+    /// Create-call requests accepted in the busiest second (all providers).
     pub max_calls_in_any_1s_window: u64,
     pub first_to_last_call_secs: f64,
+    /// Every 429 sent (rate limits and storms).
     pub rate_limited_429: u64,
     pub rejected_4xx: u64,
     pub webhook_deliveries_ok: u64,
     pub webhook_deliveries_failed: u64,
+    pub calls_per_number: BTreeMap<String, u32>,
+    /// Calls per simulated outcome.
+    pub outcomes: BTreeMap<String, u64>,
+    pub calls_ended: u64,
+    pub max_calls_in_any_1s_window_per_provider: HashMap<String, u64>,
+    pub max_calls_in_any_5s_window: u64,
+    /// Calls that left the provider's queue in the busiest second (Twilio's CPS).
+    pub max_calls_started_in_any_1s_window: u64,
+    pub max_queue_secs: f64,
+    pub storm_429: u64,
+    pub server_errors_5xx: u64,
+    pub timeouts: u64,
+    pub lost_responses: u64,
+    pub duplicated_deliveries: u64,
+    pub reordered_deliveries: u64,
+    pub answer_documents_invalid: u64,
+    pub telnyx_commands: u64,
+    /// Telnyx dials answered from the `command_id` cache instead of dialling again.
+    pub idempotent_replays: u64,
 }
 
 pub async fn stats(State(sim): State<Arc<Sim>>) -> Json<StatsReport> {

@@ -1,24 +1,31 @@
 //! Simulated Vonage Voice API: `POST /v1/calls` with RS256 application JWT
-//! auth, Vonage's request validation, problem+json errors and a per-account
-//! rate limit; then the call's life: answer NCCO fetched, signed events
-//! posted to the event URL.
+//! auth, Vonage's request validation, problem+json errors and a
+//! per-application rate limit (429 above it); `GET /v1/calls` (list, paged
+//! by `record_index`/`page_size`, filtered by `date_start`/`date_end`/
+//! `status`); then the call's life: the answer NCCO fetched and validated
+//! against Vonage's NCCO schema, HS256-signed events posted to the event URL.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use rand::Rng;
 use serde::Deserialize;
 use serde_json::json;
-use tracing::{debug, warn};
+use tocsin_core::vonage::AppClaims;
+use tracing::warn;
 
-use crate::{Outcome, Sim};
+use crate::deliver::{Emitter, Outgoing, Signer};
+use crate::faults::{self, Fault};
+use crate::stats::NewCall;
+use crate::{Outcome, Sim, ncco, now_iso};
 
 pub type Limiter = DefaultKeyedRateLimiter<String>;
 
@@ -42,6 +49,29 @@ fn problem(status: StatusCode, kind: &str, title: &str, detail: &str) -> Respons
     (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
 }
 
+fn unauthorized(sim: &Sim, detail: &str) -> Response {
+    sim.stats.rejected();
+    problem(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
+}
+
+/// Checks the application JWT as Vonage does.
+fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<AppClaims, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized(sim, "You did not provide correct credentials."))?;
+    let Some(public_key) = &sim.vonage_public_key else {
+        return Err(unauthorized(sim, "No Vonage application is configured on this simulator."));
+    };
+    let claims = tocsin_core::vonage::verify_app_jwt(token, public_key)
+        .map_err(|e| unauthorized(sim, &format!("Invalid token: {e}")))?;
+    if sim.config.vonage_application_id.as_ref().is_some_and(|id| *id != claims.application_id) {
+        return Err(unauthorized(sim, "Unknown application."));
+    }
+    Ok(claims)
+}
+
 #[derive(Deserialize)]
 struct Endpoint {
     #[serde(rename = "type")]
@@ -56,11 +86,19 @@ struct CreateCall {
     #[serde(default)]
     answer_url: Option<Vec<String>>,
     #[serde(default)]
+    answer_method: Option<String>,
+    #[serde(default)]
     ncco: Option<serde_json::Value>,
     #[serde(default)]
     event_url: Option<Vec<String>>,
     #[serde(default)]
+    event_method: Option<String>,
+    #[serde(default)]
     ringing_timer: Option<u32>,
+    #[serde(default)]
+    machine_detection: Option<String>,
+    #[serde(default)]
+    length_timer: Option<u32>,
 }
 
 fn valid_vonage_number(n: &str) -> bool {
@@ -68,35 +106,10 @@ fn valid_vonage_number(n: &str) -> bool {
 }
 
 pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = token else {
-        sim.stats.rejected();
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            "You did not provide correct credentials.",
-        );
-    };
-    let claims = match tocsin_core::vonage::verify_app_jwt(token, &sim.vonage_public_key) {
+    let claims = match authenticate(&sim, &headers) {
         Ok(c) => c,
-        Err(e) => {
-            sim.stats.rejected();
-            return problem(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Unauthorized",
-                &format!("Invalid token: {e}"),
-            );
-        }
+        Err(response) => return response,
     };
-    if sim.config.vonage_application_id.as_ref().is_some_and(|id| *id != claims.application_id) {
-        sim.stats.rejected();
-        return problem(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "Unknown application.");
-    }
     if sim.vonage_limiter.check_key(&claims.application_id).is_err() {
         sim.stats.rate_limited();
         return problem(
@@ -105,6 +118,23 @@ pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: 
             "Rate Limit Hit",
             "Please wait, then retry your request",
         );
+    }
+    match faults::before_create(&sim).await {
+        Err(status) => {
+            return problem(status, "timeout", "Gateway Timeout", "The request timed out.");
+        }
+        Ok(Some(Fault::Storm)) => {
+            return problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "Rate Limit Hit",
+                "Please wait, then retry your request",
+            );
+        }
+        Ok(Some(Fault::ServerError(status))) => {
+            return problem(status, "internal-error", "Internal Error", "Something went wrong on our side.");
+        }
+        Ok(None) => {}
     }
     let request: CreateCall = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -133,33 +163,66 @@ pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: 
     }
     let answer_url = match (&request.answer_url, &request.ncco) {
         (Some(urls), None) if urls.len() == 1 => Some(urls[0].clone()),
-        (None, Some(_)) => None,
+        (None, Some(ncco)) => {
+            if let Err(e) = ncco::validate(ncco) {
+                return invalid(&format!("Invalid NCCO: {e}"));
+            }
+            None
+        }
         _ => return invalid("exactly one of answer_url (one URL) or ncco is required"),
     };
+    let answer_method = request.answer_method.as_deref().unwrap_or("GET");
+    if !matches!(answer_method, "GET" | "POST") {
+        return invalid("answer_method must be GET or POST");
+    }
+    if request.event_method.as_deref().is_some_and(|m| m != "GET" && m != "POST") {
+        return invalid("event_method must be GET or POST");
+    }
     let Some(event_url) = request.event_url.as_ref().and_then(|u| u.first()).cloned() else {
         return invalid("event_url is required");
     };
     if request.ringing_timer.is_some_and(|t| !(1..=120).contains(&t)) {
         return invalid("ringing_timer must be between 1 and 120");
     }
+    if request.length_timer.is_some_and(|t| !(1..=7200).contains(&t)) {
+        return invalid("length_timer must be between 1 and 7200");
+    }
+    if request.machine_detection.as_deref().is_some_and(|m| m != "continue" && m != "hangup") {
+        return invalid("machine_detection must be continue or hangup");
+    }
 
     let uuid = uuid::Uuid::new_v4().to_string();
     let conversation = format!("CON-{}", uuid::Uuid::new_v4());
-    let outcome = Outcome::for_number(&to.number);
-    sim.stats.call_accepted("vonage", &uuid, &format!("+{}", to.number), outcome);
+    let outcome = sim.outcome_for(&to.number);
+    sim.stats.call_accepted(NewCall {
+        provider: "vonage",
+        provider_call_id: &uuid,
+        to: &to.number,
+        from: &request.from.number,
+        outcome,
+        status: "started",
+        queue_secs: 0.0,
+        conversation_uuid: Some(conversation.clone()),
+    });
     let life = CallLife {
         uuid: uuid.clone(),
         conversation: conversation.clone(),
         to: to.number.clone(),
         from: request.from.number.clone(),
         answer_url,
+        answer_post: answer_method == "POST",
         inline_ncco: request.ncco.clone(),
         event_url,
         application_id: claims.application_id,
         outcome,
+        ringing_timer: f64::from(request.ringing_timer.unwrap_or(60)),
+        machine_detection: request.machine_detection.clone(),
     };
     let task_sim = sim.clone();
     sim.tasks.spawn(async move { life.run(&task_sim).await });
+    if faults::maybe_lose_response(&sim).await {
+        return problem(StatusCode::GATEWAY_TIMEOUT, "timeout", "Gateway Timeout", "lost");
+    }
     let body = json!({ "uuid": uuid, "status": "started", "direction": "outbound", "conversation_uuid": conversation });
     (StatusCode::CREATED, Json(body)).into_response()
 }
@@ -170,43 +233,71 @@ struct CallLife {
     to: String,
     from: String,
     answer_url: Option<String>,
+    answer_post: bool,
     inline_ncco: Option<serde_json::Value>,
     event_url: String,
     application_id: String,
     outcome: Outcome,
+    ringing_timer: f64,
+    machine_detection: Option<String>,
 }
 
 impl CallLife {
     async fn run(self, sim: &Sim) {
-        let (ring, talk) = {
-            let mut rng = sim.rng.lock().unwrap_or_else(|p| p.into_inner());
-            (rng.random_range(1.0..4.0), rng.random_range(5.0..15.0))
-        };
-        self.event(sim, "started", json!({})).await;
+        let ring = sim.uniform(1.0..4.0);
+        let talk = sim.uniform(5.0..15.0);
+        let mut events = Emitter::default();
+        self.event(sim, &mut events, "started", json!({})).await;
+        if self.outcome == Outcome::Failed {
+            tokio::time::sleep(sim.scaled(0.5)).await;
+            self.end(sim, &mut events, "failed", json!({ "detail": "number_out_of_service" }), None).await;
+            return;
+        }
         tokio::time::sleep(sim.scaled(0.3)).await;
-        self.event(sim, "ringing", json!({})).await;
+        self.event(sim, &mut events, "ringing", json!({})).await;
         match self.outcome {
             Outcome::Busy => {
                 tokio::time::sleep(sim.scaled(ring / 2.0)).await;
-                self.event(sim, "busy", json!({})).await;
+                self.end(sim, &mut events, "busy", json!({}), None).await;
             }
-            Outcome::Unanswered => {
-                tokio::time::sleep(sim.scaled(ring * 3.0)).await;
-                self.event(sim, "timeout", json!({})).await;
+            Outcome::Unanswered | Outcome::Failed => {
+                tokio::time::sleep(sim.scaled((ring * 3.0).min(self.ringing_timer))).await;
+                self.end(sim, &mut events, "timeout", json!({}), None).await;
             }
-            Outcome::Answered => {
+            Outcome::Answered | Outcome::Machine => {
                 tokio::time::sleep(sim.scaled(ring)).await;
                 let ncco = match (&self.answer_url, &self.inline_ncco) {
                     (Some(url), _) => self.fetch_ncco(sim, url).await,
-                    (None, Some(ncco)) => Some(ncco.clone()),
-                    (None, None) => None,
+                    (None, Some(ncco)) => Ok(ncco.clone()),
+                    (None, None) => Err("no NCCO".into()),
                 };
-                let spoken = ncco.as_ref().and_then(spoken_text);
-                match spoken {
-                    Some(text) => sim.stats.spoken(&self.uuid, text),
-                    None => warn!(uuid = %self.uuid, "answer NCCO missing or has no talk action"),
+                let spoken = ncco.and_then(|n| {
+                    ncco::validate(&n)?;
+                    ncco::spoken_text(&n).ok_or_else(|| "the NCCO has no talk action".to_owned())
+                });
+                let talk = match spoken {
+                    Ok(text) => {
+                        sim.stats.spoken(&self.uuid, text);
+                        talk
+                    }
+                    Err(reason) => {
+                        warn!(uuid = %self.uuid, %reason, "answer NCCO refused; the call hangs up");
+                        sim.stats.answer_invalid(&self.uuid, reason);
+                        0.0
+                    }
+                };
+                sim.stats.answered(&self.uuid);
+                self.event(sim, &mut events, "answered", json!({ "start_time": now_iso() })).await;
+                if self.machine_detection.is_some() {
+                    let status = if self.outcome == Outcome::Machine { "machine" } else { "human" };
+                    // These two carry `call_uuid` instead of `uuid`.
+                    let body = json!({
+                        "call_uuid": self.uuid, "conversation_uuid": self.conversation,
+                        "status": status, "direction": "outbound", "timestamp": now_iso(),
+                        "from": self.from, "to": self.to,
+                    });
+                    events.emit(sim, self.outgoing(body)).await;
                 }
-                self.event(sim, "answered", json!({ "start_time": now() })).await;
                 tokio::time::sleep(sim.scaled(talk)).await;
                 let duration = talk.round() as i64;
                 let price = format!("{:.8}", 0.0139 * duration as f64 / 60.0);
@@ -215,36 +306,65 @@ impl CallLife {
                     "rate": "0.01390000",
                     "price": price,
                     "network": "310260",
-                    "end_time": now(),
+                    "start_time": now_iso(),
+                    "end_time": now_iso(),
                 });
-                self.event(sim, "completed", extra).await;
+                self.end(sim, &mut events, "completed", extra, Some(duration)).await;
             }
         }
     }
 
-    /// GET the answer URL as Vonage does (its own parameters appended).
-    async fn fetch_ncco(&self, sim: &Sim, url: &str) -> Option<serde_json::Value> {
-        let request = sim.http.get(url).query(&[
+    async fn end(
+        &self,
+        sim: &Sim,
+        events: &mut Emitter,
+        status: &str,
+        extra: serde_json::Value,
+        duration: Option<i64>,
+    ) {
+        sim.stats.ended(&self.uuid, status, duration);
+        self.event(sim, events, status, extra).await;
+        events.flush(sim).await;
+    }
+
+    /// Fetches the answer URL as Vonage does (its own parameters appended).
+    async fn fetch_ncco(&self, sim: &Sim, url: &str) -> Result<serde_json::Value, String> {
+        let params = [
             ("to", self.to.as_str()),
             ("from", self.from.as_str()),
             ("uuid", self.uuid.as_str()),
             ("conversation_uuid", self.conversation.as_str()),
-        ]);
+        ];
+        let request = if self.answer_post {
+            sim.http.post(url).json(&HashMap::from(params))
+        } else {
+            sim.http.get(url).query(&params)
+        };
         match request.send().await {
-            Ok(r) if r.status().is_success() => r.json().await.ok(),
-            Ok(r) => {
-                warn!(status = %r.status(), "answer URL refused");
-                None
+            Ok(r) if r.status().is_success() => {
+                r.json().await.map_err(|e| format!("answer URL sent no JSON: {e}"))
             }
-            Err(e) => {
-                warn!(error = %e, "answer URL unreachable");
-                None
-            }
+            Ok(r) => Err(format!("answer URL answered {}", r.status())),
+            Err(e) => Err(format!("answer URL unreachable: {e}")),
         }
     }
 
-    /// POSTs a signed event, retrying non-2xx answers a few times as Vonage does.
-    async fn event(&self, sim: &Sim, status: &str, extra: serde_json::Value) {
+    fn outgoing(&self, body: serde_json::Value) -> Outgoing {
+        Outgoing {
+            method: reqwest::Method::POST,
+            url: self.event_url.clone(),
+            body: body.to_string().into_bytes(),
+            content_type: "application/json",
+            signer: Signer::Vonage { application_id: self.application_id.clone() },
+            provider_call_id: self.uuid.clone(),
+        }
+    }
+
+    /// Posts a signed event (order may be shuffled by the fault flags).
+    async fn event(&self, sim: &Sim, events: &mut Emitter, status: &str, extra: serde_json::Value) {
+        if !matches!(status, "completed" | "busy" | "timeout" | "failed") {
+            sim.stats.status(&self.uuid, status);
+        }
         let mut body = json!({
             "uuid": self.uuid,
             "conversation_uuid": self.conversation,
@@ -252,52 +372,110 @@ impl CallLife {
             "to": self.to,
             "status": status,
             "direction": "outbound",
-            "timestamp": now(),
+            "timestamp": now_iso(),
         });
         if let (Some(map), serde_json::Value::Object(more)) = (body.as_object_mut(), extra) {
             map.extend(more);
         }
-        let bytes = body.to_string().into_bytes();
-        for attempt in 0..4u32 {
-            let token = tocsin_core::vonage::sign_webhook(
-                &sim.config.vonage_signature_secret,
-                &self.application_id,
-                &bytes,
-            );
-            let sent = sim
-                .http
-                .post(&self.event_url)
-                .bearer_auth(token)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(bytes.clone())
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {
-                    sim.stats.delivery(true);
-                    return;
-                }
-                Ok(r) => debug!(status = %r.status(), attempt, "event delivery refused"),
-                Err(e) => debug!(error = %e, attempt, "event delivery failed"),
-            }
-            sim.stats.delivery(false);
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-        }
-        warn!(uuid = %self.uuid, %status, "event undeliverable after retries");
+        events.emit(sim, self.outgoing(body)).await;
     }
 }
 
-/// The text of the NCCO's talk actions, if it is a valid NCCO.
-fn spoken_text(ncco: &serde_json::Value) -> Option<String> {
-    let actions = ncco.as_array()?;
-    let texts: Vec<&str> = actions
-        .iter()
-        .filter(|a| a.get("action").and_then(|v| v.as_str()) == Some("talk"))
-        .filter_map(|a| a.get("text").and_then(|v| v.as_str()))
-        .collect();
-    (!texts.is_empty()).then(|| texts.join(" "))
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    date_start: Option<String>,
+    #[serde(default)]
+    date_end: Option<String>,
+    #[serde(default)]
+    page_size: Option<String>,
+    #[serde(default)]
+    record_index: Option<String>,
+    #[serde(default)]
+    order: Option<String>,
+    #[serde(default)]
+    conversation_uuid: Option<String>,
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+fn parse_date(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s).ok().map(|d| d.with_timezone(&Utc))
+}
+
+/// `GET /v1/calls`: the application's calls, oldest first unless `order=desc`.
+pub async fn list_calls(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    if let Err(response) = authenticate(&sim, &headers) {
+        return response;
+    }
+    let invalid = |detail: &str| {
+        sim.stats.rejected();
+        problem(StatusCode::BAD_REQUEST, "validation", "Bad Request", detail)
+    };
+    let page_size: usize = match query.page_size.as_deref().map(str::parse) {
+        None => 10,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => return invalid("page_size must be between 1 and 100"),
+    };
+    let record_index: usize = match query.record_index.as_deref().map(str::parse) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return invalid("record_index must be a non-negative integer"),
+    };
+    let date = |d: &Option<String>| match d.as_deref() {
+        None => Ok(None),
+        Some(s) => parse_date(s).map(Some).ok_or(()),
+    };
+    let (Ok(start), Ok(end)) = (date(&query.date_start), date(&query.date_end)) else {
+        return invalid("date_start and date_end must be ISO 8601 date-times");
+    };
+    let descending = match query.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return invalid("order must be asc or desc"),
+    };
+    let mut calls = sim.stats.calls_of("vonage", |c| {
+        start.is_none_or(|s| c.created >= s)
+            && end.is_none_or(|e| c.created <= e)
+            && query.status.as_ref().is_none_or(|s| *s == c.status)
+            && query.conversation_uuid.as_ref().is_none_or(|u| c.conversation_uuid.as_ref() == Some(u))
+    });
+    if descending {
+        calls.reverse();
+    }
+    let count = calls.len();
+    let page: Vec<serde_json::Value> = calls
+        .iter()
+        .skip(record_index)
+        .take(page_size)
+        .map(|c| {
+            json!({
+                "_links": { "self": { "href": format!("/v1/calls/{}", c.provider_call_id) } },
+                "uuid": c.provider_call_id,
+                "conversation_uuid": c.conversation_uuid,
+                "to": { "type": "phone", "number": c.to.trim_start_matches('+') },
+                "from": { "type": "phone", "number": c.from.trim_start_matches('+') },
+                "status": c.status,
+                "direction": "outbound",
+                "rate": "0.01390000",
+                "price": c.duration_secs.map(|d| format!("{:.8}", 0.0139 * d as f64 / 60.0)),
+                "duration": c.duration_secs.map(|d| d.to_string()),
+                "start_time": c.answered_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+                "end_time": c.ended_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+                "network": "310260",
+            })
+        })
+        .collect();
+    Json(json!({
+        "count": count,
+        "page_size": page_size,
+        "record_index": record_index,
+        "_links": { "self": { "href": format!("/v1/calls?page_size={page_size}&record_index={record_index}&order={}", if descending { "desc" } else { "asc" }) } },
+        "_embedded": { "calls": page },
+    }))
+    .into_response()
 }

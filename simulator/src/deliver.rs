@@ -1,0 +1,128 @@
+//! Event webhooks as the providers send them: signed the provider's way at
+//! each attempt (fresh timestamps), retried with backoff on non-2xx or no
+//! answer, and — when the fault flags ask — delivered twice or after the
+//! call's next event.
+
+use std::time::Duration;
+
+use axum::http::header;
+use tracing::{debug, warn};
+
+use crate::Sim;
+
+/// How a provider signs its webhooks.
+#[derive(Clone, Debug)]
+pub enum Signer {
+    /// HS256 JWT in `Authorization: Bearer` with `payload_hash`.
+    Vonage { application_id: String },
+    /// `X-Twilio-Signature` over URL and form parameters.
+    Twilio,
+    /// `telnyx-signature-ed25519` over `timestamp|body`, with `telnyx-timestamp`.
+    Telnyx,
+}
+
+/// One event to deliver.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// POST, or GET for Twilio callbacks asked for with `StatusCallbackMethod=GET`
+    /// (then the parameters are in `url` and `body` is empty).
+    pub method: reqwest::Method,
+    pub url: String,
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    pub signer: Signer,
+    pub provider_call_id: String,
+}
+
+/// Delivers a call's events in order, holding one back now and then when
+/// `--fault-reorder-rate` asks for out-of-order delivery.
+#[derive(Default)]
+pub struct Emitter {
+    held: Option<Outgoing>,
+}
+
+impl Emitter {
+    /// Sends `event` (perhaps holding it back until the next one).
+    pub async fn emit(&mut self, sim: &Sim, event: Outgoing) {
+        if self.held.is_none() && sim.chance(sim.config.faults.reorder_rate) {
+            sim.stats.reordered();
+            self.held = Some(event);
+            return;
+        }
+        self.emit_now(sim, event).await;
+    }
+
+    /// Sends `event` now (then any held one): for events something waits on,
+    /// such as Telnyx's `call.answered`, which the speak command answers.
+    pub async fn emit_now(&mut self, sim: &Sim, event: Outgoing) {
+        send(sim, &event).await;
+        self.flush(sim).await;
+    }
+
+    /// Sends the held event, if any (call this when the call is over).
+    pub async fn flush(&mut self, sim: &Sim) {
+        if let Some(held) = self.held.take() {
+            send(sim, &held).await;
+        }
+    }
+}
+
+async fn send(sim: &Sim, event: &Outgoing) {
+    deliver(sim, event).await;
+    if sim.chance(sim.config.faults.duplicate_rate) {
+        sim.stats.duplicated();
+        deliver(sim, event).await;
+    }
+}
+
+/// POSTs one event, signed, until a 2xx or the attempts run out.
+pub async fn deliver(sim: &Sim, event: &Outgoing) -> bool {
+    let attempts = sim.config.webhook_attempts.max(1);
+    for attempt in 0..attempts {
+        let mut request = sim.http.request(event.method.clone(), &event.url);
+        if !event.body.is_empty() {
+            request = request.header(header::CONTENT_TYPE, event.content_type).body(event.body.clone());
+        }
+        request = match &event.signer {
+            Signer::Vonage { application_id } => request.bearer_auth(tocsin_core::vonage::sign_webhook(
+                &sim.config.vonage_signature_secret,
+                application_id,
+                &event.body,
+            )),
+            Signer::Twilio => {
+                let params = tocsin_core::twilio::parse_form(&event.body).unwrap_or_default();
+                let token = sim.config.twilio_auth_token.as_deref().unwrap_or_default();
+                request
+                    .header("X-Twilio-Signature", tocsin_core::twilio::signature(token, &event.url, &params))
+            }
+            Signer::Telnyx => {
+                let now = chrono::Utc::now().timestamp();
+                request
+                    .header(
+                        "telnyx-signature-ed25519",
+                        tocsin_core::telnyx::sign_webhook(&sim.telnyx_key, now, &event.body),
+                    )
+                    .header("telnyx-timestamp", now.to_string())
+            }
+        };
+        match request.send().await {
+            Ok(r) if r.status().is_success() => {
+                sim.stats.delivery(true);
+                sim.stats.event_sent(&event.provider_call_id);
+                return true;
+            }
+            Ok(r) => debug!(status = %r.status(), attempt, url = %event.url, "event delivery refused"),
+            Err(e) => debug!(error = %e, attempt, "event delivery failed"),
+        }
+        sim.stats.delivery(false);
+        if attempt + 1 < attempts {
+            let backoff = Duration::from_millis(200u64 << attempt.min(5));
+            tokio::select! {
+                () = sim.shutdown.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+    }
+    warn!(call = %event.provider_call_id, url = %event.url, "event undeliverable after retries");
+    false
+}

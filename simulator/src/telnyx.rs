@@ -1,0 +1,604 @@
+//! Simulated Telnyx Call Control (v2): `POST /v2/calls` (dial) with Bearer
+//! API-key auth, validation with Telnyx's error codes (10009, 10015, 10016,
+//! …), the dial rate per rolling window (429 code 90103 with
+//! `x-ratelimit-*` headers) and `command_id` idempotency (a repeat within
+//! 60 s returns the first answer and dials nothing); and the speak and
+//! hang-up actions. A call emits `call.initiated`, then `call.answered` and
+//! waits for the speak command, then `call.speak.started`/`ended`, and waits
+//! for the hang-up; or a `call.hangup` with the cause of its outcome. Events
+//! are Ed25519-signed with a timestamp, as Telnyx signs them.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use governor::clock::Clock;
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::deliver::{Emitter, Outgoing, Signer};
+use crate::faults::{self, Fault};
+use crate::stats::NewCall;
+use crate::{Outcome, Sim, now_iso};
+
+pub type Limiter = DefaultKeyedRateLimiter<String, StateInformationMiddleware>;
+
+/// `per_window` dials per `window` per API key: a GCRA with a burst of the
+/// whole window's allowance, refilling evenly.
+pub fn limiter(per_window: u32, window: Duration) -> Limiter {
+    let burst = NonZeroU32::new(per_window).unwrap_or(NonZeroU32::MIN);
+    let period = window / burst.get();
+    let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(burst)).allow_burst(burst);
+    governor::RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>()
+}
+
+/// Telnyx remembers `command_id`s this long.
+const COMMAND_ID_WINDOW: Duration = Duration::from_secs(60);
+
+enum Command {
+    Speak { payload: String },
+    Hangup,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Ringing,
+    Answered,
+    Ended,
+}
+
+struct LiveCall {
+    commands: mpsc::UnboundedSender<Command>,
+    phase: Mutex<Phase>,
+    command_ids: Mutex<HashSet<String>>,
+}
+
+/// The calls the simulated Telnyx knows, and recent dial `command_id`s.
+#[derive(Default)]
+pub struct Registry {
+    calls: Mutex<HashMap<String, Arc<LiveCall>>>,
+    dials: Mutex<HashMap<String, (Instant, serde_json::Value)>>,
+}
+
+fn errors(status: StatusCode, code: &str, title: &str, detail: &str, pointer: Option<&str>) -> Response {
+    let mut error = json!({ "code": code, "title": title, "detail": detail });
+    if let Some(p) = pointer {
+        error["source"] = json!({ "pointer": p });
+    }
+    (status, Json(json!({ "errors": [error] }))).into_response()
+}
+
+fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<String, Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (given, &sim.config.telnyx_api_key) {
+        (Some(given), Some(key)) if given.trim() == key => Ok(key.clone()),
+        _ => {
+            sim.stats.rejected();
+            Err(errors(
+                StatusCode::UNAUTHORIZED,
+                "10009",
+                "Authentication failed",
+                "The API key is missing or invalid.",
+                None,
+            ))
+        }
+    }
+}
+
+fn e164(n: &str) -> bool {
+    n.strip_prefix('+').is_some_and(|d| {
+        (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+    })
+}
+
+fn rate_headers(response: &mut Response, limit: u32, remaining: u32, reset: Duration) {
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-ratelimit-limit", limit.to_string()),
+        ("x-ratelimit-remaining", remaining.to_string()),
+        ("x-ratelimit-reset", reset.as_secs_f64().ceil().to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Dial {
+    #[serde(default)]
+    connection_id: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    webhook_url: Option<String>,
+    #[serde(default)]
+    webhook_url_method: Option<String>,
+    #[serde(default)]
+    client_state: Option<String>,
+    #[serde(default)]
+    command_id: Option<String>,
+    #[serde(default)]
+    timeout_secs: Option<u32>,
+    #[serde(default)]
+    answering_machine_detection: Option<String>,
+}
+
+/// `POST /v2/calls`.
+pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    let key = match authenticate(&sim, &headers) {
+        Ok(k) => k,
+        Err(response) => return response,
+    };
+    let limit = sim.config.telnyx_dials_per_window;
+    let remaining = match sim.telnyx_limiter.check_key(&key) {
+        Ok(snapshot) => snapshot.remaining_burst_capacity(),
+        Err(not_until) => {
+            sim.stats.rate_limited();
+            let wait = not_until.wait_time_from(sim.telnyx_limiter.clock().now());
+            let mut response = errors(
+                StatusCode::TOO_MANY_REQUESTS,
+                "90103",
+                "Too many requests",
+                "The dial rate limit was exceeded; retry after the reset.",
+                None,
+            );
+            rate_headers(&mut response, limit, 0, wait);
+            return response;
+        }
+    };
+    match faults::before_create(&sim).await {
+        Err(status) => return errors(status, "90002", "Gateway timeout", "The request timed out.", None),
+        Ok(Some(Fault::Storm)) => {
+            let mut response = errors(
+                StatusCode::TOO_MANY_REQUESTS,
+                "90103",
+                "Too many requests",
+                "Rate limit exceeded.",
+                None,
+            );
+            rate_headers(&mut response, limit, 0, sim.config.faults.storm_for);
+            return response;
+        }
+        Ok(Some(Fault::ServerError(status))) => {
+            return errors(status, "90001", "Unexpected error", "An unexpected error occurred.", None);
+        }
+        Ok(None) => {}
+    }
+    let invalid = |status: StatusCode, code: &str, title: &str, detail: &str, pointer: &str| {
+        sim.stats.rejected();
+        errors(status, code, title, detail, Some(pointer))
+    };
+    let request: Dial = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return invalid(StatusCode::BAD_REQUEST, "10002", "Invalid JSON", &e.to_string(), "/"),
+    };
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    let connection_id = match request.connection_id {
+        Some(c) if sim.config.telnyx_connection_id.as_ref().is_none_or(|want| *want == c) => c,
+        Some(_) => {
+            return invalid(
+                unprocessable,
+                "10015",
+                "Invalid connection",
+                "connection_id is not valid",
+                "/connection_id",
+            );
+        }
+        None => {
+            return invalid(
+                unprocessable,
+                "10004",
+                "Missing required parameter",
+                "connection_id is required",
+                "/connection_id",
+            );
+        }
+    };
+    let Some(to) = request.to.filter(|t| e164(t)) else {
+        return invalid(
+            unprocessable,
+            "10016",
+            "Invalid phone number",
+            "to must be in E.164 format (+…)",
+            "/to",
+        );
+    };
+    let Some(from) = request.from.filter(|f| e164(f)) else {
+        return invalid(
+            unprocessable,
+            "10016",
+            "Invalid phone number",
+            "from must be in E.164 format (+…)",
+            "/from",
+        );
+    };
+    let Some(webhook_url) = request.webhook_url.filter(|u| reqwest::Url::parse(u).is_ok()) else {
+        return invalid(
+            unprocessable,
+            "10004",
+            "Invalid parameter",
+            "webhook_url must be an absolute URL",
+            "/webhook_url",
+        );
+    };
+    if request.webhook_url_method.as_deref().is_some_and(|m| m != "POST" && m != "GET") {
+        return invalid(
+            unprocessable,
+            "10004",
+            "Invalid parameter",
+            "webhook_url_method must be POST or GET",
+            "/webhook_url_method",
+        );
+    }
+    if let Some(state) = &request.client_state
+        && base64::engine::general_purpose::STANDARD.decode(state).is_err()
+    {
+        return invalid(
+            unprocessable,
+            "90053",
+            "Invalid client_state",
+            "client_state must be base64",
+            "/client_state",
+        );
+    }
+    if request.timeout_secs.is_some_and(|t| !(5..=600).contains(&t)) {
+        return invalid(
+            unprocessable,
+            "10004",
+            "Invalid parameter",
+            "timeout_secs must be between 5 and 600",
+            "/timeout_secs",
+        );
+    }
+    let amd = request.answering_machine_detection.clone();
+    if amd.as_deref().is_some_and(|a| {
+        !["disabled", "detect", "detect_beep", "detect_words", "greeting_end", "premium"].contains(&a)
+    }) {
+        return invalid(
+            unprocessable,
+            "10004",
+            "Invalid parameter",
+            "answering_machine_detection is not a known mode",
+            "/answering_machine_detection",
+        );
+    }
+
+    // A command_id seen in the last 60 s names the same dial: answer as before.
+    if let Some(command_id) = &request.command_id {
+        let mut dials = sim.telnyx_calls.dials.lock().unwrap_or_else(|e| e.into_inner());
+        dials.retain(|_, (at, _)| at.elapsed() < COMMAND_ID_WINDOW);
+        if let Some((_, earlier)) = dials.get(command_id) {
+            sim.stats.idempotent_replay();
+            let mut response = (StatusCode::OK, Json(earlier.clone())).into_response();
+            rate_headers(&mut response, limit, remaining, Duration::ZERO);
+            return response;
+        }
+    }
+
+    let random: [u8; 24] = rand::random();
+    let call_control_id = format!("v3:{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random));
+    let call_leg_id = uuid::Uuid::new_v4().to_string();
+    let call_session_id = uuid::Uuid::new_v4().to_string();
+    let outcome = sim.outcome_for(&to);
+    let data = json!({ "data": {
+        "call_control_id": call_control_id, "call_leg_id": call_leg_id,
+        "call_session_id": call_session_id, "is_alive": false, "record_type": "call",
+    }});
+    if let Some(command_id) = &request.command_id {
+        let mut dials = sim.telnyx_calls.dials.lock().unwrap_or_else(|e| e.into_inner());
+        dials.insert(command_id.clone(), (Instant::now(), data.clone()));
+    }
+    sim.stats.call_accepted(NewCall {
+        provider: "telnyx",
+        provider_call_id: &call_control_id,
+        to: &to,
+        from: &from,
+        outcome,
+        status: "bridging",
+        queue_secs: 0.0,
+        conversation_uuid: None,
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let live = Arc::new(LiveCall {
+        commands: tx,
+        phase: Mutex::new(Phase::Ringing),
+        command_ids: Mutex::new(HashSet::new()),
+    });
+    sim.telnyx_calls
+        .calls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(call_control_id.clone(), live.clone());
+    let life = CallLife {
+        call_control_id,
+        call_leg_id,
+        call_session_id,
+        connection_id,
+        client_state: request.client_state,
+        to,
+        from,
+        webhook_url,
+        outcome,
+        timeout: f64::from(request.timeout_secs.unwrap_or(30)),
+        amd: amd.filter(|a| a != "disabled").is_some(),
+        live,
+    };
+    let task_sim = sim.clone();
+    sim.tasks.spawn(async move { life.run(&task_sim, rx).await });
+    if faults::maybe_lose_response(&sim).await {
+        return errors(StatusCode::GATEWAY_TIMEOUT, "90002", "Gateway timeout", "lost", None);
+    }
+    let mut response = (StatusCode::OK, Json(data)).into_response();
+    rate_headers(&mut response, limit, remaining, Duration::ZERO);
+    response
+}
+
+#[derive(Deserialize)]
+struct ActionBody {
+    #[serde(default)]
+    payload: Option<String>,
+    #[serde(default)]
+    voice: Option<String>,
+    #[serde(default)]
+    command_id: Option<String>,
+}
+
+/// `POST /v2/calls/{call_control_id}/actions/{speak|hangup}`.
+pub async fn action(
+    State(sim): State<Arc<Sim>>,
+    Path((call_control_id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = authenticate(&sim, &headers) {
+        return response;
+    }
+    if action != "speak" && action != "hangup" {
+        return errors(
+            StatusCode::NOT_FOUND,
+            "10005",
+            "Resource not found",
+            "This action is not simulated.",
+            None,
+        );
+    }
+    let live =
+        sim.telnyx_calls.calls.lock().unwrap_or_else(|e| e.into_inner()).get(&call_control_id).cloned();
+    let Some(live) = live else {
+        return errors(
+            StatusCode::NOT_FOUND,
+            "10005",
+            "Resource not found",
+            "No call with that call_control_id.",
+            None,
+        );
+    };
+    let request: ActionBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return errors(StatusCode::BAD_REQUEST, "10002", "Invalid JSON", &e.to_string(), None),
+    };
+    let phase = *live.phase.lock().unwrap_or_else(|e| e.into_inner());
+    if phase == Phase::Ended {
+        return errors(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "90018",
+            "Call has already ended",
+            "This call is no longer active.",
+            None,
+        );
+    }
+    if let Some(id) = &request.command_id
+        && !live.command_ids.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone())
+    {
+        // A repeated command_id: accepted, not run again.
+        return Json(json!({ "data": { "result": "ok" } })).into_response();
+    }
+    let command = if action == "speak" {
+        let payload = request.payload.unwrap_or_default();
+        if payload.trim().is_empty() || payload.chars().count() > 3000 {
+            return errors(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "10004",
+                "Invalid parameter",
+                "payload must hold 1-3000 characters",
+                Some("/payload"),
+            );
+        }
+        if request.voice.as_deref().is_none_or(|v| v.trim().is_empty()) {
+            return errors(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "10004",
+                "Missing required parameter",
+                "voice is required",
+                Some("/voice"),
+            );
+        }
+        if phase != Phase::Answered {
+            return errors(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "90034",
+                "Call not answered",
+                "Speak needs an answered call.",
+                None,
+            );
+        }
+        Command::Speak { payload }
+    } else {
+        Command::Hangup
+    };
+    sim.stats.command();
+    if live.commands.send(command).is_err() {
+        return errors(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "90018",
+            "Call has already ended",
+            "This call is no longer active.",
+            None,
+        );
+    }
+    Json(json!({ "data": { "result": "ok" } })).into_response()
+}
+
+struct CallLife {
+    call_control_id: String,
+    call_leg_id: String,
+    call_session_id: String,
+    connection_id: String,
+    client_state: Option<String>,
+    to: String,
+    from: String,
+    webhook_url: String,
+    outcome: Outcome,
+    timeout: f64,
+    amd: bool,
+    live: Arc<LiveCall>,
+}
+
+impl CallLife {
+    async fn run(self, sim: &Sim, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let ring = sim.uniform(1.0..4.0);
+        let talk = sim.uniform(5.0..15.0);
+        let mut events = Emitter::default();
+        events.emit(sim, self.event("call.initiated", "bridging", json!({}))).await;
+        let (cause, sip, source, answered_at) = match self.outcome {
+            Outcome::Busy => {
+                tokio::time::sleep(sim.scaled(ring / 2.0)).await;
+                ("user_busy", Some("486"), "callee", None)
+            }
+            Outcome::Unanswered => {
+                tokio::time::sleep(sim.scaled((ring * 3.0).min(self.timeout))).await;
+                ("timeout", Some("487"), "caller", None)
+            }
+            Outcome::Failed => {
+                tokio::time::sleep(sim.scaled(0.5)).await;
+                ("not_found", Some("404"), "callee", None)
+            }
+            Outcome::Answered | Outcome::Machine => {
+                tokio::time::sleep(sim.scaled(ring)).await;
+                *self.live.phase.lock().unwrap_or_else(|e| e.into_inner()) = Phase::Answered;
+                sim.stats.answered(&self.call_control_id);
+                sim.stats.status(&self.call_control_id, "answered");
+                let answered_at = now_iso();
+                let answered = self.event("call.answered", "answered", json!({ "start_time": answered_at }));
+                events.emit_now(sim, answered).await;
+                if self.amd {
+                    let result = if self.outcome == Outcome::Machine { "machine" } else { "human" };
+                    let amd =
+                        self.event("call.machine.detection.ended", "answered", json!({ "result": result }));
+                    events.emit(sim, amd).await;
+                }
+                let source = self.converse(sim, &mut events, &mut commands, talk).await;
+                ("normal_clearing", None, source, Some(answered_at))
+            }
+        };
+        *self.live.phase.lock().unwrap_or_else(|e| e.into_inner()) = Phase::Ended;
+        commands.close();
+        let end = now_iso();
+        let duration = answered_at.as_deref().and_then(|a| {
+            let a = chrono::DateTime::parse_from_rfc3339(a).ok()?;
+            let e = chrono::DateTime::parse_from_rfc3339(&end).ok()?;
+            Some((e - a).num_seconds())
+        });
+        sim.stats.ended(&self.call_control_id, cause, duration);
+        let mut extra = json!({ "hangup_cause": cause, "hangup_source": source, "end_time": end });
+        if let Some(sip) = sip {
+            extra["sip_hangup_cause"] = json!(sip);
+        }
+        if let Some(start) = answered_at {
+            extra["start_time"] = json!(start);
+        }
+        events.emit(sim, self.event("call.hangup", "hangup", extra)).await;
+        events.flush(sim).await;
+    }
+
+    /// An answered call: wait for the speak command, speak, wait for the
+    /// hang-up. Returns who hung up.
+    async fn converse(
+        &self,
+        sim: &Sim,
+        events: &mut Emitter,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        talk: f64,
+    ) -> &'static str {
+        let wait = sim.config.telnyx_command_wait;
+        match tokio::time::timeout(wait, commands.recv()).await {
+            Ok(Some(Command::Speak { payload })) => {
+                sim.stats.spoken(&self.call_control_id, payload);
+                events.emit(sim, self.event("call.speak.started", "answered", json!({}))).await;
+                tokio::time::sleep(sim.scaled(talk)).await;
+                let ended = self.event("call.speak.ended", "answered", json!({ "status": "completed" }));
+                events.emit_now(sim, ended).await;
+                loop {
+                    match tokio::time::timeout(wait, commands.recv()).await {
+                        Ok(Some(Command::Hangup)) => return "caller",
+                        // Another speak after the message: ignore it.
+                        Ok(Some(Command::Speak { .. })) => continue,
+                        Ok(None) | Err(_) => {
+                            info!(call = %self.call_control_id, "no hang-up command; the callee hangs up");
+                            return "callee";
+                        }
+                    }
+                }
+            }
+            Ok(Some(Command::Hangup)) => {
+                sim.stats.answer_invalid(&self.call_control_id, "hung up before speaking".into());
+                "caller"
+            }
+            Ok(None) | Err(_) => {
+                warn!(call = %self.call_control_id, "no speak command after call.answered; the callee hangs up");
+                sim.stats.answer_invalid(&self.call_control_id, "no speak command".into());
+                "callee"
+            }
+        }
+    }
+
+    fn event(&self, event_type: &str, state: &str, extra: serde_json::Value) -> Outgoing {
+        let mut payload = json!({
+            "call_control_id": self.call_control_id,
+            "call_leg_id": self.call_leg_id,
+            "call_session_id": self.call_session_id,
+            "connection_id": self.connection_id,
+            "client_state": self.client_state,
+            "direction": "outgoing",
+            "from": self.from,
+            "to": self.to,
+            "state": state,
+        });
+        if let (Some(map), serde_json::Value::Object(more)) = (payload.as_object_mut(), extra) {
+            map.extend(more);
+        }
+        let body = json!({ "data": {
+            "record_type": "event",
+            "event_type": event_type,
+            "id": uuid::Uuid::new_v4().to_string(),
+            "occurred_at": now_iso(),
+            "payload": payload,
+        }});
+        // Events are always POSTed (a GET `webhook_url_method` is accepted, not simulated).
+        Outgoing {
+            method: reqwest::Method::POST,
+            url: self.webhook_url.clone(),
+            body: body.to_string().into_bytes(),
+            content_type: "application/json",
+            signer: Signer::Telnyx,
+            provider_call_id: self.call_control_id.clone(),
+        }
+    }
+}
