@@ -277,6 +277,20 @@ def check_target(c: Checks, root: Path, target: str, objs: list[dict], env_vars:
                     f"{target}: {name_of(o)} terminationGracePeriodSeconds {tgps} must exceed "
                     f"TOCSIN_SHUTDOWN_GRACE + provider timeout ({grace + timeout:g}s)")
 
+    # With Redis down, each worker paces itself at rate / TOCSIN_EXPECTED_WORKERS:
+    # that only holds the global rate if no more workers than that can run.
+    if config and any(pod_labels(o).get("app.kubernetes.io/component") == "worker" for o in workloads):
+        expected = int(config.get("TOCSIN_EXPECTED_WORKERS", "1"))
+        worker_max = [h["spec"]["maxReplicas"] for h in by_kind.get("HorizontalPodAutoscaler", [])
+                      if h["spec"]["scaleTargetRef"]["name"] == "tocsin-worker"]
+        worker_max += [s["spec"].get("maxReplicaCount", 100) for s in by_kind.get("ScaledObject", [])
+                       if s["spec"]["scaleTargetRef"]["name"] == "tocsin-worker"]
+        if not worker_max:
+            worker_max = [find(objs, "Deployment", "tocsin-worker")["spec"].get("replicas", 1)]
+        c.check(expected >= max(worker_max),
+                f"{target}: TOCSIN_EXPECTED_WORKERS ({expected}) must be at least the most workers that can run "
+                f"({max(worker_max)}), or the Redis-down fallback limiters exceed the rate together")
+
     # Services, Ingress, PDBs and autoscalers point at things that exist.
     for svc in by_kind.get("Service", []):
         sel = svc["spec"].get("selector", {})
@@ -427,6 +441,8 @@ SELF_TESTS = [
     ("default-deny", lambda objs: objs.remove(find(objs, "NetworkPolicy", "default-deny"))),
     ("only provider routes", lambda objs: find(objs, "Ingress", "tocsin-webhook")["spec"]["rules"][0]["http"]["paths"]
      [0].update(path="/")),
+    ("TOCSIN_EXPECTED_WORKERS", lambda objs: find(objs, "ScaledObject", "tocsin-worker")["spec"].update(
+        maxReplicaCount=5)),
     ("at least 3 webhook replicas", lambda objs: find(objs, "HorizontalPodAutoscaler", "tocsin-webhook")["spec"]
      .update(minReplicas=2)),
 ]
