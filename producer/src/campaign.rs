@@ -341,12 +341,12 @@ pub async fn pause(pool: &PgPool, name: &str) -> anyhow::Result<()> {
     match c.status.as_str() {
         "cancelled" => Err(usage(format!("campaign {name:?} is cancelled; there is nothing to pause"))),
         "paused" => {
-            println!("campaign {name:?} is already paused (producer resume {name} restarts it)");
+            say!("campaign {name:?} is already paused (producer resume {name} restarts it)");
             Ok(())
         }
         _ => {
             set_status(pool, &c, "paused").await?;
-            println!(
+            say!(
                 "paused campaign {name:?}: workers dial no new calls from it (calls already ringing finish); \
                  producer resume {name} restarts it"
             );
@@ -362,12 +362,12 @@ pub async fn resume(pool: &PgPool, name: &str) -> anyhow::Result<()> {
             "campaign {name:?} was cancelled and cannot resume; enqueue its list under a new name"
         ))),
         "active" => {
-            println!("campaign {name:?} is already active");
+            say!("campaign {name:?} is already active");
             Ok(())
         }
         _ => {
             set_status(pool, &c, "active").await?;
-            println!("resumed campaign {name:?}");
+            say!("resumed campaign {name:?}");
             Ok(())
         }
     }
@@ -376,7 +376,7 @@ pub async fn resume(pool: &PgPool, name: &str) -> anyhow::Result<()> {
 pub async fn cancel(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> {
     let c = find(pool, name).await?;
     if c.status == "cancelled" {
-        println!("campaign {name:?} is already cancelled");
+        say!("campaign {name:?} is already cancelled");
         return Ok(());
     }
     if !yes {
@@ -403,7 +403,7 @@ pub async fn cancel(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> 
     .context("cancelling the campaign's waiting calls")?
     .rows_affected();
     tx.commit().await?;
-    println!(
+    say!(
         "cancelled campaign {name:?}: {cancelled} waiting calls will not be made (calls in progress finish)"
     );
     Ok(())
@@ -447,9 +447,9 @@ pub async fn delete(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> 
         .context("deleting the campaign")?;
     tx.commit().await?;
     if deleted.rows_affected() == 0 {
-        println!("no campaign named {name:?}");
+        say!("no campaign named {name:?}");
     } else {
-        println!("deleted campaign {name:?}");
+        say!("deleted campaign {name:?}");
     }
     Ok(())
 }
@@ -476,22 +476,27 @@ pub async fn list(pool: &PgPool, json: bool) -> anyhow::Result<()> {
     .context("reading campaign_summary")?;
     if json {
         for r in &rows {
-            println!("{}", serde_json::to_string(r)?);
+            say!("{}", serde_json::to_string(r)?);
         }
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no campaigns yet (producer enqueue --help shows how to start one)");
+        say!("no campaigns yet (producer enqueue --help shows how to start one)");
         return Ok(());
     }
     let width = rows.iter().map(|r| r.campaign.len()).max().unwrap_or(8).max(8);
-    println!(
+    say!(
         "{:<width$}  {:<9}  {:<8}  {:>9}  {:>9}  {:>8}  created",
-        "campaign", "status", "provider", "calls", "finished", "answered"
+        "campaign",
+        "status",
+        "provider",
+        "calls",
+        "finished",
+        "answered"
     );
     for r in rows {
         let answered = r.answered_pct.map_or("-".into(), |p| format!("{p:.1}%"));
-        println!(
+        say!(
             "{:<width$}  {:<9}  {:<8}  {:>9}  {:>9}  {:>8}  {}",
             r.campaign,
             r.status,

@@ -22,7 +22,7 @@ pub async fn run(pool: &PgPool, cmd: DncCommand) -> anyhow::Result<()> {
         DncCommand::Add { numbers, reason, default_region } => {
             let numbers = parse_all(&numbers, default_region.as_deref())?;
             let (added, skipped) = add(pool, &numbers, reason.as_deref()).await?;
-            println!(
+            say!(
                 "do-not-call: {added} added, {} already listed; {skipped} waiting calls skipped",
                 numbers.len() as u64 - added
             );
@@ -36,7 +36,7 @@ pub async fn run(pool: &PgPool, cmd: DncCommand) -> anyhow::Result<()> {
                 .await
                 .context("removing numbers from the do-not-call list")?
                 .rows_affected();
-            println!(
+            say!(
                 "do-not-call: {removed} removed, {} were not listed (calls already skipped stay skipped)",
                 numbers.len() as u64 - removed
             );
@@ -121,7 +121,7 @@ async fn import(pool: &PgPool, args: DncImportArgs) -> anyhow::Result<()> {
                 Row::Rejected(r) => {
                     rejected += 1;
                     if rejected <= 20 {
-                        eprintln!("{name}:{}: {}", r.line, r.reason);
+                        tell!("{name}:{}: {}", r.line, r.reason);
                     }
                     if let Some(w) = rejects.as_mut() {
                         let line = r.line.to_string();
@@ -155,7 +155,7 @@ async fn import(pool: &PgPool, args: DncImportArgs) -> anyhow::Result<()> {
         listed += numbers.len() as u64;
     }
     let (read, rejected) = reader.await.context("the list reader stopped unexpectedly")??;
-    println!(
+    say!(
         "do-not-call import: read {read}, {added} added, {} already listed, {rejected} rejected; {skipped} waiting calls skipped",
         listed - added
     );
@@ -171,19 +171,19 @@ async fn list(pool: &PgPool, json: bool) -> anyhow::Result<()> {
     )
     .fetch(pool);
     if !json {
-        println!("number,reason,added_at");
+        say!("number,reason,added_at");
     }
     while let Some((number, reason, added_at)) =
         rows.try_next().await.context("reading the do-not-call list")?
     {
         if json {
-            println!("{}", serde_json::json!({ "number": number, "reason": reason, "added_at": added_at }));
+            say!("{}", serde_json::json!({ "number": number, "reason": reason, "added_at": added_at }));
         } else {
             let mut w =
                 csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
             w.write_record([number.as_str(), reason.as_deref().unwrap_or(""), &added_at.to_rfc3339()])?;
             let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-            print!("{}", String::from_utf8_lossy(&bytes));
+            say_raw!("{}", String::from_utf8_lossy(&bytes));
         }
     }
     Ok(())

@@ -93,36 +93,34 @@ impl Report {
     pub fn print(&self) {
         let rate = if self.seconds > 0.0 { self.read as f64 / self.seconds } else { 0.0 };
         let head = if self.dry_run { "dry run, nothing written" } else { "enqueue" };
-        println!(
-            "{}: {head}: read {} contacts in {:.1}s ({rate:.0}/s)",
-            self.campaign, self.read, self.seconds
-        );
+        say!("{}: {head}: read {} contacts in {:.1}s ({rate:.0}/s)", self.campaign, self.read, self.seconds);
         let would = if self.dry_run { "would enqueue" } else { "enqueued" };
-        println!("  {would:<17}{:>10}  new contacts", self.new_contacts);
-        println!(
+        say!("  {would:<17}{:>10}  new contacts", self.new_contacts);
+        say!(
             "  {:<17}{:>10}  in the campaign from an earlier run",
-            "already enqueued", self.already_enqueued
+            "already enqueued",
+            self.already_enqueued
         );
-        println!("  {:<17}{:>10}", "invalid", self.invalid);
-        println!("  {:<17}{:>10}  within the list", "duplicate", self.duplicate);
-        println!("  {:<17}{:>10}", "do-not-call", self.do_not_call);
-        println!("  {:<17}{:>10}  unreadable lines", "malformed", self.malformed);
+        say!("  {:<17}{:>10}", "invalid", self.invalid);
+        say!("  {:<17}{:>10}  within the list", "duplicate", self.duplicate);
+        say!("  {:<17}{:>10}", "do-not-call", self.do_not_call);
+        say!("  {:<17}{:>10}  unreadable lines", "malformed", self.malformed);
         if !self.dry_run {
             let resumed = if self.resumed > 0 {
                 format!(" ({} left unconfirmed by an interrupted run)", self.resumed)
             } else {
                 String::new()
             };
-            println!("  {:<17}{:>10}  jobs confirmed by RabbitMQ{resumed}", "published", self.published);
+            say!("  {:<17}{:>10}  jobs confirmed by RabbitMQ{resumed}", "published", self.published);
         }
         if !self.changes.is_empty() {
-            println!("  changed: {}", self.changes.join("; "));
+            say!("  changed: {}", self.changes.join("; "));
         }
         if let Some(path) = &self.rejects_file {
-            println!("  rejected lines: {}", path.display());
+            say!("  rejected lines: {}", path.display());
         }
         if self.interrupted {
-            println!("  INTERRUPTED: run the same command again to finish (nothing is enqueued twice)");
+            say!("  INTERRUPTED: run the same command again to finish (nothing is enqueued twice)");
         }
     }
 }
@@ -227,14 +225,15 @@ pub async fn enqueue_until(
             Some(p) => format!("every rejected line is in {}", p.display()),
             None => "pass --rejects FILE for the full list".into(),
         };
-        eprintln!("... and {hidden} more rejected lines ({hint})");
+        tell!("... and {hidden} more rejected lines ({hint})");
     }
     report.interrupted = stop.is_cancelled();
     report.seconds = started.elapsed().as_secs_f64();
     if prepared.status == "paused" && !args.dry_run {
-        eprintln!(
+        tell!(
             "note: campaign {:?} is paused; its calls wait until `producer resume {}`",
-            prepared.name, prepared.name
+            prepared.name,
+            prepared.name
         );
     }
     Ok(report)
@@ -290,7 +289,7 @@ async fn show_progress(progress: &Progress, bar: &ProgressBar, name: &str, total
                         )
                     })
                     .unwrap_or_default();
-                eprintln!("{name}: {msg}{pct}");
+                tell!("{name}: {msg}{pct}");
                 last_line = Instant::now();
             }
         } else {
@@ -361,7 +360,7 @@ async fn run_pipeline(
     channel.confirm_select(Default::default()).await.context("enabling publisher confirms")?;
 
     let (publish_tx, publish_rx) = mpsc::channel::<Batch>(8);
-    let (mark_tx, mark_rx) = mpsc::channel::<Vec<uuid::Uuid>>(64);
+    let (mark_tx, mark_rx) = mpsc::channel::<Vec<uuid::Uuid>>(8);
     let counter = progress.published.clone();
     let stage = publish::Stage::new(
         channel,
@@ -711,7 +710,7 @@ impl RejectSink {
                         shown += 1;
                         let value =
                             if r.value.is_empty() { String::new() } else { format!("{:?}: ", r.value) };
-                        shown_bar.suspend(|| eprintln!("{source}:{}: {value}{}", r.line, r.reason));
+                        shown_bar.suspend(|| tell!("{source}:{}: {value}{}", r.line, r.reason));
                     }
                     if let Some(w) = file.as_mut() {
                         let line = r.line.to_string();

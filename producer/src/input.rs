@@ -653,7 +653,12 @@ fn jsonl_next(
         let mut object = match serde_json::from_slice::<serde_json::Value>(&buf) {
             Ok(serde_json::Value::Object(o)) => o,
             Ok(_) => return bad(String::new(), "expected a JSON object per line".into()),
-            Err(e) => return bad(String::new(), format!("not valid JSON: {e}")),
+            Err(e) => {
+                return bad(
+                    String::new(),
+                    format!("not valid JSON: {}", e.to_string().replace(" at line 1 column", " at column")),
+                );
+            }
         };
         let take = |object: &mut serde_json::Map<String, serde_json::Value>, key: &str| {
             let found = object.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned();
@@ -741,7 +746,11 @@ mod tests {
         let out = read(Format::Csv, &text).unwrap();
         assert!(out[0].starts_with("2 bad Malformed(\"3 fields, the header has 2"), "{}", out[0]);
         assert!(out[1].starts_with("3 bad Malformed(\"a quoted field is never closed"), "{}", out[1]);
-        assert!(out[2].starts_with("4 +14155553000 "), "the lines after a broken quote are read again: {}", out[2]);
+        assert!(
+            out[2].starts_with("4 +14155553000 "),
+            "the lines after a broken quote are read again: {}",
+            out[2]
+        );
         assert_eq!(out.iter().filter(|l| l.contains(" +1415555")).count(), 41);
         assert!(
             out[42].starts_with("44 bad Malformed(\"column \\\"name\\\" is not valid UTF-8"),

@@ -3,6 +3,30 @@
 //! (`pause`, `resume`, `cancel`, `delete`) and keeps the do-not-call list
 //! (`dnc`). See `enqueue` for the pipeline and its guarantees.
 
+/// `println!` that never panics: output to a closed pipe (`producer list | head`) is dropped.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `print!` that never panics.
+macro_rules! say_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that never panics.
+macro_rules! tell {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
 pub mod campaign;
 pub mod config;
 pub mod contacts;
@@ -66,7 +90,7 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
         Command::Enqueue(args) => {
             let report = enqueue_until(&pool, &args, stop).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                say!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 report.print();
             }
@@ -80,7 +104,7 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
         Command::Delete(a) => campaign::delete(&pool, &a.name, a.yes).await,
         Command::Dnc(cmd) => dnc::run(&pool, cmd).await,
         Command::Migrate => {
-            println!("database schema is up to date");
+            say!("database schema is up to date");
             Ok(())
         }
     }

@@ -138,17 +138,23 @@ impl Stage {
         self.next_seq += 1;
         let ids = batch.iter().map(|(id, _)| id.0).collect();
         let jobs: Vec<CallJob> = batch.into_iter().map(|(_, n)| CallJob::new(self.campaign, n, 1)).collect();
-        for (idx, job) in jobs.iter().enumerate() {
+        let count = jobs.len();
+        // Registered before the first publish: confirms may arrive while the
+        // rest of the batch is still being sent.
+        self.pending.insert(seq, Pending { ids, remaining: count, jobs });
+        for idx in 0..count {
             while self.in_flight.len() >= self.window {
                 if let Some(done) = self.in_flight.next().await {
                     self.confirmed(done).await?;
                 }
             }
-            let confirm =
-                send(&self.channel, &self.exchange, &self.route, job).await.map_err(|e| broker_lost(&e))?;
+            let confirm = match self.pending.get(&seq) {
+                Some(p) => send(&self.channel, &self.exchange, &self.route, &p.jobs[idx]).await,
+                None => continue,
+            }
+            .map_err(|e| broker_lost(&e))?;
             self.in_flight.push(Box::pin(async move { (seq, idx, 1, confirm.await) }));
         }
-        self.pending.insert(seq, Pending { ids, remaining: jobs.len(), jobs });
         Ok(())
     }
 

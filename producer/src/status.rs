@@ -193,10 +193,10 @@ pub async fn status(pool: &PgPool, args: &StatusArgs, stop: CancellationToken) -
         s = watch(pool, args, s, &stop).await?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        say!("{}", serde_json::to_string_pretty(&s)?);
     } else {
         for line in s.lines() {
-            println!("{line}");
+            say!("{line}");
         }
     }
     Ok(())
@@ -238,7 +238,7 @@ async fn watch(
             bar.set_message(s.lines()[1..].join("\n"));
         } else if last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             let eta = s.eta_secs.map_or("-".into(), human);
-            eprintln!(
+            tell!(
                 "{}: {}/{} calls finished, {} pending, {:.1} calls/s, ETA {eta}",
                 s.campaign,
                 s.finished,
