@@ -159,8 +159,8 @@ async fn telnyx_dials_with_bearer_key_client_state_and_a_stable_command_id() {
         .and(header("authorization", "Bearer KEY123"))
         .and(body_string_contains(r#""connection_id":"conn-1""#))
         .and(body_string_contains(r#""to":"+14155552671""#))
-        .and(body_string_contains(&format!(r#""client_state":"{}""#, telnyx::client_state(call_id))))
-        .and(body_string_contains(&format!(r#""command_id":"{}""#, telnyx::dial_command_id(call_id, 1))))
+        .and(body_string_contains(format!(r#""client_state":"{}""#, telnyx::client_state(call_id))))
+        .and(body_string_contains(format!(r#""command_id":"{}""#, telnyx::dial_command_id(call_id, 1))))
         .and(body_string_contains(
             r#""webhook_url":"https://hooks.example.com/telnyx/events?call_id=00000000-0000-0000-0000-00000000002a"#,
         ))

@@ -36,7 +36,7 @@ pub async fn before_create(sim: &Sim) -> Result<Option<Fault>, StatusCode> {
         sim.stats.server_error();
         let status =
             if sim.chance(0.5) { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::SERVICE_UNAVAILABLE };
-        return Ok(Some(status).map(Fault::ServerError));
+        return Ok(Some(Fault::ServerError(status)));
     }
     if sim.chance(f.timeout_rate) {
         sim.stats.timeout();

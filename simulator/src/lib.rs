@@ -6,6 +6,10 @@
 //! injectable faults; and `/_sim/*` endpoints that report what happened,
 //! for tests, the demo and benchmarks.
 
+// Handlers' helpers return the finished error response as `Err`: it is
+// built once per refused request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod config;
 pub mod deliver;
 pub mod faults;

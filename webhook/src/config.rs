@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use secrecy::SecretString;
-use tocsin_core::config::{DatabaseArgs, TelemetryArgs};
+use tocsin_core::config::{AmqpArgs, DatabaseArgs, TelemetryArgs, parse_duration};
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -19,6 +19,19 @@ pub struct WebhookConfig {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// Twilio: the auth token verifies `X-Twilio-Signature`.
+    #[command(flatten)]
+    pub twilio: tocsin_core::config::TwilioArgs,
+    /// Telnyx: the public key verifies events; the API key sends speak and hang-up commands.
+    #[command(flatten)]
+    pub telnyx: tocsin_core::config::TelnyxArgs,
+
+    /// Base URL at which providers reach this service (Twilio signs the URLs it is given).
+    #[arg(long = "public-url", env = "TOCSIN_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    pub public_url: String,
+    /// RabbitMQ, for publishing redials of busy / unanswered calls.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
 
     /// Listen address of the webhook routes, /healthz, /readyz and /metrics.
     #[arg(long = "http-addr", env = "TOCSIN_HTTP_ADDR", default_value = "0.0.0.0:8080")]
@@ -33,6 +46,18 @@ pub struct WebhookConfig {
     #[arg(long = "insecure-skip-signature-check", env = "TOCSIN_INSECURE_SKIP_SIGNATURE_CHECK")]
     pub insecure_skip_signature_check: bool,
 
+    /// Group commit: how long an event waits for others to share its transaction.
+    #[arg(long = "batch-window", env = "TOCSIN_WEBHOOK_BATCH_WINDOW", default_value = "2ms", value_parser = parse_duration)]
+    pub batch_window: std::time::Duration,
+
+    /// Group commit: the most events in one transaction.
+    #[arg(long = "batch-max", env = "TOCSIN_WEBHOOK_BATCH_MAX", default_value_t = 500)]
+    pub batch_max: usize,
+
+    /// Group commit: transactions written at once.
+    #[arg(long = "batch-writers", env = "TOCSIN_WEBHOOK_BATCH_WRITERS", default_value_t = 4)]
+    pub batch_writers: usize,
+
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long = "max-body-bytes", env = "TOCSIN_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -44,6 +69,8 @@ fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
 
 impl WebhookConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
+        crate::twilio::check_config(self)?;
+        crate::telnyx::hooks(self)?;
         if self.vonage_signature_secret.is_none() && !self.insecure_skip_signature_check {
             anyhow::bail!(
                 "TOCSIN_VONAGE_SIGNATURE_SECRET is not set: webhooks cannot be verified \

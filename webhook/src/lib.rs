@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod store;
+pub mod telnyx;
+pub mod twilio;
 pub mod vonage;
 
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tocsin_core::{db, http};
 use tokio::net::TcpListener;
@@ -31,6 +33,16 @@ pub struct AppState {
     pub store: store::EventStore,
     /// `None` only with the explicit development flag.
     pub vonage_secret: Option<SecretString>,
+    /// `TOCSIN_PUBLIC_URL`: Twilio signs the URL it was given, which is this
+    /// one, not the address a proxy forwards to.
+    pub public_url: String,
+    /// Twilio's auth token (signature key); `None` when Twilio is not configured.
+    pub twilio_auth_token: Option<SecretString>,
+    /// Telnyx's public key and command client; `None` when Telnyx is not configured.
+    pub telnyx: Option<telnyx::TelnyxHooks>,
+    /// `--insecure-skip-signature-check` (Twilio and Telnyx handlers; Vonage
+    /// reads it from `vonage_secret`).
+    pub skip_signatures: bool,
 }
 
 /// The full router (webhook routes and ops routes), for `run` and for tests.
@@ -49,9 +61,46 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let hooks = Router::new()
         .route("/vonage/answer", get(vonage::answer).post(vonage::answer))
         .route("/vonage/events", post(vonage::events))
+        .route("/twilio/twiml", post(twilio::twiml).get(twilio::twiml))
+        .route("/twilio/status", post(twilio::status))
+        .route("/telnyx/events", post(telnyx::events))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(Arc::new(state));
     hooks.merge(http::ops_router(ready))
+}
+
+/// Builds the service from its configuration on an open, migrated pool:
+/// the redial publisher (connected now, so a missing broker fails at
+/// start), the group-commit event store and the router.
+pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router> {
+    let redials = Arc::new(store::RedialPublisher::new(
+        config.amqp.amqp_url.expose_secret().to_owned(),
+        tocsin_core::queue::Topology::new(&config.amqp.queue_prefix),
+    ));
+    redials.connect().await.context("connecting to RabbitMQ (TOCSIN_AMQP_URL) for redials")?;
+    let batch = store::BatchConfig {
+        window: config.batch_window,
+        max_events: config.batch_max.max(1),
+        writers: config.batch_writers.max(1),
+    };
+    if config.insecure_skip_signature_check {
+        warn!("webhook signature checks are DISABLED (--insecure-skip-signature-check): development only");
+    }
+    let telnyx_hooks = telnyx::hooks(config)?;
+    let state = AppState {
+        public_url: config.public_url.trim_end_matches('/').to_owned(),
+        twilio_auth_token: config.twilio.twilio_auth_token.clone(),
+        telnyx: telnyx_hooks,
+        skip_signatures: config.insecure_skip_signature_check,
+        pool: pool.clone(),
+        store: store::EventStore::start(pool.clone(), Some(redials), batch),
+        vonage_secret: if config.insecure_skip_signature_check {
+            None
+        } else {
+            config.vonage_signature_secret.clone()
+        },
+    };
+    Ok(router(state, config.max_body_bytes))
 }
 
 /// Serves on `listener` until `shutdown` is cancelled.
@@ -60,26 +109,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database.database_url, 16)
+    let pool = db::connect(&config.database.database_url, (config.batch_writers as u32 + 8).min(64))
         .await
         .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
     db::migrate(&pool).await.context("applying database migrations")?;
-    if config.insecure_skip_signature_check {
-        warn!("webhook signature checks are DISABLED (--insecure-skip-signature-check): development only");
-    }
-    let state = AppState {
-        pool: pool.clone(),
-        store: store::EventStore::new(pool.clone()),
-        vonage_secret: if config.insecure_skip_signature_check {
-            None
-        } else {
-            config.vonage_signature_secret.clone()
-        },
-    };
+    let app = app(&config, pool.clone()).await?;
     info!(addr = %listener.local_addr()?, "webhook listening");
-    http::serve(listener, router(state, config.max_body_bytes), shutdown.cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    http::serve(listener, app, shutdown.cancelled_owned()).await.context("serving HTTP")?;
     pool.close().await;
     info!("webhook stopped");
     Ok(())

@@ -3,6 +3,10 @@
 //! `X-Twilio-Signature` over the URL it was given, which is our *public*
 //! URL (`TOCSIN_PUBLIC_URL`), not the one this process sees behind a proxy.
 
+// Helpers return the finished error response as `Err`; it is built once
+// per refused request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -1,0 +1,477 @@
+//! Every provider adapter end to end against the simulator, over real HTTP:
+//! a campaign per provider through producer, workers, simulator and webhook
+//! (signatures verified: the simulator signs each provider's way, the
+//! webhook checks), with every call's outcome, every delivered event stored
+//! and the spoken message checked; bad credentials fail calls permanently
+//! (one request each, no retry loop) and missing secrets stop a binary at
+//! start with the variable named. Runs against the real PostgreSQL,
+//! RabbitMQ and Redis.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use secrecy::ExposeSecret;
+use tocsin_core::queue::Topology;
+use tocsin_core::testing::{self, TestDb};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const MESSAGE: &str = "Provider test: the dam <gate> & \"spillway\" are open.";
+const VONAGE_SECRET: &str = "e2e-vonage-secret";
+const VONAGE_APP: &str = "e2e-app";
+const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
+const TWILIO_TOKEN: &str = "e2e-twilio-token";
+const TELNYX_KEY: &str = "KEYe2e";
+const TELNYX_CONNECTION: &str = "e2e-connection";
+
+/// Keys and files every provider needs, made fresh per test.
+struct Keys {
+    dir: PathBuf,
+    telnyx_public_key: String,
+}
+
+fn keys(prefix: &str) -> Keys {
+    let dir = std::env::temp_dir().join(prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let vonage = simulator::keygen::generate().unwrap();
+    std::fs::write(dir.join("private.pem"), &vonage.private_pem).unwrap();
+    std::fs::write(dir.join("public.pem"), &vonage.public_pem).unwrap();
+    // A second Vonage key pair: the "wrong key" a misconfigured worker signs with.
+    let other = simulator::keygen::generate().unwrap();
+    std::fs::write(dir.join("other.pem"), &other.private_pem).unwrap();
+    simulator::keygen::write_telnyx_keys(&dir).unwrap();
+    let telnyx_public_key = std::fs::read_to_string(dir.join("telnyx_public_key")).unwrap();
+    Keys { dir, telnyx_public_key }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+struct Stack {
+    db: TestDb,
+    amqp_url: String,
+    prefix: String,
+    keys: Keys,
+    sim_addr: std::net::SocketAddr,
+    hook_addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Worker credentials: the right ones, or deliberately wrong ones.
+#[derive(Clone, Copy, PartialEq)]
+enum Credentials {
+    Right,
+    Wrong,
+}
+
+async fn start(credentials: Credentials, sim_extra: &[&str]) -> Stack {
+    tocsin_core::telemetry::install_crypto_provider();
+    let db = TestDb::create().await;
+    let amqp_url = testing::amqp_url().await;
+    let redis_url = testing::redis_url().await;
+    let prefix = testing::unique_prefix("prov");
+    let keys = keys(&prefix);
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    let mut sim_args = vec![
+        "simulator".to_owned(),
+        "serve".into(),
+        "--vonage-public-key-path".into(),
+        path(&keys.dir.join("public.pem")).into(),
+        "--vonage-application-id".into(),
+        VONAGE_APP.into(),
+        "--vonage-signature-secret".into(),
+        VONAGE_SECRET.into(),
+        "--vonage-rate".into(),
+        "50".into(),
+        "--twilio-account-sid".into(),
+        TWILIO_SID.into(),
+        "--twilio-auth-token".into(),
+        TWILIO_TOKEN.into(),
+        "--twilio-cps".into(),
+        "50".into(),
+        "--telnyx-api-key".into(),
+        TELNYX_KEY.into(),
+        "--telnyx-connection-id".into(),
+        TELNYX_CONNECTION.into(),
+        "--telnyx-signing-seed-path".into(),
+        path(&keys.dir.join("telnyx_seed")).into(),
+        "--telnyx-dials-per-window".into(),
+        "250".into(),
+        "--time-scale".into(),
+        "0.02".into(),
+        "--pin".into(),
+        "7=busy,8=no_answer,9=failed,6=machine".into(),
+    ];
+    sim_args.extend(sim_extra.iter().map(|s| (*s).to_owned()));
+    let simulator::config::Command::Serve(sim_config) =
+        simulator::config::Cli::try_parse_from(sim_args).unwrap().command
+    else {
+        unreachable!()
+    };
+    let (sim_listener, sim_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    tasks.push(tokio::spawn(simulator::run(sim_config, sim_listener, stop.clone())));
+
+    let (hook_listener, hook_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let hook_config = webhook::config::WebhookConfig::try_parse_from([
+        "webhook",
+        "--database-url",
+        db.url.expose_secret(),
+        "--amqp-url",
+        &amqp_url,
+        "--queue-prefix",
+        &prefix,
+        "--public-url",
+        &format!("http://{hook_addr}"),
+        "--vonage-signature-secret",
+        VONAGE_SECRET,
+        "--twilio-account-sid",
+        TWILIO_SID,
+        "--twilio-auth-token",
+        TWILIO_TOKEN,
+        "--telnyx-api-url",
+        &format!("http://{sim_addr}"),
+        "--telnyx-api-key",
+        TELNYX_KEY,
+        "--telnyx-connection-id",
+        TELNYX_CONNECTION,
+        "--telnyx-public-key",
+        &keys.telnyx_public_key,
+    ])
+    .unwrap();
+    hook_config.validate().unwrap();
+    tasks.push(tokio::spawn(webhook::run(hook_config, hook_listener, stop.clone())));
+
+    let (vonage_key, twilio_token, telnyx_key) = match credentials {
+        Credentials::Right => (keys.dir.join("private.pem"), TWILIO_TOKEN, TELNYX_KEY),
+        Credentials::Wrong => (keys.dir.join("other.pem"), "not-the-token", "KEYwrong"),
+    };
+    for _ in 0..2 {
+        let config = worker::config::WorkerConfig::try_parse_from([
+            "worker",
+            "--database-url",
+            db.url.expose_secret(),
+            "--amqp-url",
+            &amqp_url,
+            "--queue-prefix",
+            &prefix,
+            "--redis-url",
+            &redis_url,
+            "--redis-prefix",
+            &prefix,
+            "--rate-per-sec",
+            "50",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--public-url",
+            &format!("http://{hook_addr}"),
+            "--vonage-api-url",
+            &format!("http://{sim_addr}"),
+            "--vonage-application-id",
+            VONAGE_APP,
+            "--vonage-private-key-path",
+            path(&vonage_key),
+            "--twilio-api-url",
+            &format!("http://{sim_addr}"),
+            "--twilio-account-sid",
+            TWILIO_SID,
+            "--twilio-auth-token",
+            twilio_token,
+            "--telnyx-api-url",
+            &format!("http://{sim_addr}"),
+            "--telnyx-api-key",
+            telnyx_key,
+            "--telnyx-connection-id",
+            TELNYX_CONNECTION,
+        ])
+        .unwrap();
+        tasks.push(tokio::spawn(worker::run(config, stop.clone())));
+    }
+    Stack { db, amqp_url, prefix, keys, sim_addr, hook_addr, stop, tasks }
+}
+
+impl Stack {
+    /// Enqueues `numbers` as campaign `name` through `provider`.
+    async fn enqueue(&self, name: &str, provider: &str, numbers: &[String]) {
+        let mut csv = String::from("number\n");
+        for n in numbers {
+            csv.push_str(n);
+            csv.push('\n');
+        }
+        let contacts = self.keys.dir.join(format!("{name}.csv"));
+        std::fs::write(&contacts, csv).unwrap();
+        let cli = producer::config::Cli::try_parse_from([
+            "producer",
+            "--database-url",
+            self.db.url.expose_secret(),
+            "enqueue",
+            "--amqp-url",
+            &self.amqp_url,
+            "--queue-prefix",
+            &self.prefix,
+            "--campaign",
+            name,
+            "--contacts",
+            path(&contacts),
+            "--message",
+            MESSAGE,
+            "--from",
+            "+14155550100",
+            "--provider",
+            provider,
+            "--machine-detection",
+            "--vonage-application-id",
+            VONAGE_APP,
+            "--twilio-account-sid",
+            TWILIO_SID,
+            "--telnyx-connection-id",
+            TELNYX_CONNECTION,
+        ])
+        .unwrap();
+        let producer::config::Command::Enqueue(args) = cli.command else { unreachable!() };
+        let report = producer::enqueue(&self.db.pool, &args).await.unwrap();
+        assert_eq!(report.published, numbers.len() as u64, "{name}");
+    }
+
+    /// Waits until every call of `campaign` is terminal.
+    async fn wait_terminal(&self, campaign: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM calls k JOIN campaigns c ON c.id = k.campaign_id \
+                 WHERE c.name = $1 AND call_state_rank(k.state) < 5",
+            )
+            .bind(campaign)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap();
+            if open == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{campaign}: {open} calls still not terminal after 120 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn sim_calls(&self) -> Vec<serde_json::Value> {
+        reqwest::get(format!("http://{}/_sim/calls", self.sim_addr)).await.unwrap().json().await.unwrap()
+    }
+
+    async fn sim_stats(&self) -> serde_json::Value {
+        reqwest::get(format!("http://{}/_sim/stats", self.sim_addr)).await.unwrap().json().await.unwrap()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            task.await.unwrap().unwrap();
+        }
+        let conn = tocsin_core::queue::connect(&self.amqp_url, "e2e-cleanup").await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        Topology::new(&self.prefix).delete(&channel).await.unwrap();
+        let _ = std::fs::remove_dir_all(&self.keys.dir);
+    }
+}
+
+/// Numbers ending in every digit (twice), distinct per campaign.
+fn numbers(base: u32) -> Vec<String> {
+    (0..20).map(|i| format!("+1415555{:04}", base + i)).collect()
+}
+
+/// number, state, attempt, provider call id, answered by, events stored.
+type CallRow = (String, String, i32, Option<String>, Option<String>, i64);
+
+fn expected_state(number: &str) -> &'static str {
+    match number.as_bytes()[number.len() - 1] {
+        b'7' => "busy",
+        b'8' => "no_answer",
+        b'9' => "failed",
+        _ => "completed",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_provider_completes_a_campaign_with_every_event_stored() {
+    let stack = start(Credentials::Right, &[]).await;
+    for (i, provider) in ["vonage", "twilio", "telnyx"].into_iter().enumerate() {
+        let numbers = numbers(3000 + 100 * i as u32);
+        stack.enqueue(provider, provider, &numbers).await;
+        stack.wait_terminal(provider).await;
+    }
+    // The last events of each call land just after its terminal state.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let sim_calls = stack.sim_calls().await;
+    let by_id: HashMap<&str, &serde_json::Value> =
+        sim_calls.iter().map(|c| (c["provider_call_id"].as_str().unwrap(), c)).collect();
+    for (i, provider) in ["vonage", "twilio", "telnyx"].into_iter().enumerate() {
+        let rows: Vec<CallRow> = sqlx::query_as(
+            "SELECT k.number, k.state, k.attempt, k.provider_call_id, k.answered_by, \
+                    (SELECT count(*) FROM call_events e WHERE e.call_id = k.id AND NOT e.unknown_call) \
+             FROM calls k JOIN campaigns c ON c.id = k.campaign_id WHERE c.name = $1",
+        )
+        .bind(provider)
+        .fetch_all(&stack.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 20, "{provider}");
+        for (number, state, attempt, provider_call_id, answered_by, events) in &rows {
+            assert!(numbers(3000 + 100 * i as u32).contains(number));
+            assert_eq!(state, expected_state(number), "{provider} {number}");
+            assert_eq!(*attempt, 1, "{provider} {number}");
+            let id = provider_call_id.as_deref().unwrap_or_else(|| panic!("{provider} {number}: no call id"));
+            let sim =
+                by_id.get(id).unwrap_or_else(|| panic!("{provider} {number}: unknown to the simulator"));
+            assert_eq!(sim["provider"], provider);
+            assert_eq!(sim["to"], number.as_str());
+            assert_eq!(sim["ended"], true, "{sim}");
+            // Every event the simulator delivered (2xx) is stored, once, on its call.
+            assert_eq!(*events, sim["events_sent"].as_i64().unwrap(), "{provider} {number}: {sim}");
+            assert!(*events >= 2, "{provider} {number}: {events} events");
+            if state == "completed" {
+                assert_eq!(sim["spoken"], MESSAGE, "{provider} {number}: {sim}");
+                assert_eq!(sim["answer_error"], serde_json::Value::Null, "{sim}");
+                let want = if number.ends_with('6') { "machine" } else { "human" };
+                assert_eq!(answered_by.as_deref(), Some(want), "{provider} {number}");
+            }
+        }
+    }
+
+    let stats = stack.sim_stats().await;
+    for provider in ["vonage", "twilio", "telnyx"] {
+        assert_eq!(stats["calls_per_provider"][provider], 20, "{stats}");
+    }
+    assert_eq!(stats["called_more_than_once"].as_array().unwrap().len(), 0, "{stats}");
+    assert_eq!(stats["webhook_deliveries_failed"], 0, "{stats}");
+    assert_eq!(stats["rejected_4xx"], 0, "{stats}");
+    assert_eq!(stats["answer_documents_invalid"], 0, "{stats}");
+    // Telnyx: one speak per answered call and one hang-up after it.
+    assert_eq!(stats["telnyx_commands"], 2 * 14, "{stats}");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM call_events").fetch_one(&stack.db.pool).await.unwrap();
+    assert_eq!(stats["webhook_deliveries_ok"].as_i64().unwrap(), stored, "every delivered event is stored");
+
+    // Forged or unsigned events are refused with 401, whatever the provider.
+    let http = reqwest::Client::new();
+    let hook = stack.hook_addr;
+    let twilio = http
+        .post(format!("http://{hook}/twilio/status?call_id=00000000-0000-0000-0000-000000000001"))
+        .header("X-Twilio-Signature", "bm90IGEgc2lnbmF0dXJl")
+        .form(&[("CallSid", "CA1"), ("CallStatus", "completed")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twilio.status(), 401);
+    let telnyx = http
+        .post(format!("http://{hook}/telnyx/events"))
+        .header(
+            "telnyx-timestamp",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string(),
+        )
+        .header("telnyx-signature-ed25519", "AAAA")
+        .body(r#"{"data":{"event_type":"call.hangup","id":"x","payload":{}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(telnyx.status(), 401);
+    let vonage = http.post(format!("http://{hook}/vonage/events")).body("{}").send().await.unwrap();
+    assert_eq!(vonage.status(), 401);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_credentials_fail_each_call_once_without_a_retry_loop() {
+    let stack = start(Credentials::Wrong, &[]).await;
+    for (i, provider) in ["vonage", "twilio", "telnyx"].into_iter().enumerate() {
+        // Two calls: fewer than the worker's consecutive-401 pause threshold.
+        let numbers: Vec<String> = (0..2).map(|n| format!("+1415555{:04}", 4000 + 100 * i + n)).collect();
+        stack.enqueue(provider, provider, &numbers).await;
+        stack.wait_terminal(provider).await;
+        let rows: Vec<(String, i32, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT k.state, k.attempt, k.error_code, k.error_detail \
+             FROM calls k JOIN campaigns c ON c.id = k.campaign_id WHERE c.name = $1",
+        )
+        .bind(provider)
+        .fetch_all(&stack.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        for (state, attempt, code, detail) in rows {
+            assert_eq!(state, "failed", "{provider}: {code:?} {detail:?}");
+            assert_eq!(attempt, 1, "{provider}");
+            assert!(code.as_deref().is_some_and(|c| c.starts_with("401")), "{provider}: {code:?} {detail:?}");
+        }
+    }
+    let stats = stack.sim_stats().await;
+    assert_eq!(stats["calls"], 0, "no call was created: {stats}");
+    // One refused request per call: nothing was retried.
+    assert_eq!(stats["rejected_4xx"], 6, "{stats}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_secrets_stop_the_binaries_at_start_naming_the_variable() {
+    let db = TestDb::create().await;
+    let amqp_url = testing::amqp_url().await;
+    let redis_url = testing::redis_url().await;
+    let prefix = testing::unique_prefix("prov-cfg");
+    for (flags, variable) in [
+        (["--twilio-account-sid", TWILIO_SID], "TOCSIN_TWILIO_AUTH_TOKEN"),
+        (["--telnyx-connection-id", TELNYX_CONNECTION], "TOCSIN_TELNYX_API_KEY"),
+        (["--vonage-application-id", VONAGE_APP], "TOCSIN_VONAGE_PRIVATE_KEY_PATH"),
+    ] {
+        let mut args = vec![
+            "worker",
+            "--database-url",
+            db.url.expose_secret(),
+            "--amqp-url",
+            &amqp_url,
+            "--queue-prefix",
+            &prefix,
+            "--redis-url",
+            &redis_url,
+            "--redis-prefix",
+            &prefix,
+            "--http-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend(flags);
+        let config = worker::config::WorkerConfig::try_parse_from(args).unwrap();
+        let result =
+            tokio::time::timeout(Duration::from_secs(30), worker::run(config, CancellationToken::new()))
+                .await;
+        let error = format!("{:#}", result.expect("the worker should stop at once").unwrap_err());
+        assert!(error.contains(variable), "{variable} not named in: {error}");
+    }
+    // The webhook service: Telnyx without its public key cannot verify events.
+    let hook = webhook::config::WebhookConfig::try_parse_from([
+        "webhook",
+        "--vonage-signature-secret",
+        "s",
+        "--telnyx-connection-id",
+        TELNYX_CONNECTION,
+        "--telnyx-api-key",
+        TELNYX_KEY,
+    ])
+    .unwrap();
+    let error = hook.validate().unwrap_err().to_string();
+    assert!(error.contains("TOCSIN_TELNYX_PUBLIC_KEY"), "{error}");
+    let hook = webhook::config::WebhookConfig::try_parse_from([
+        "webhook",
+        "--vonage-signature-secret",
+        "s",
+        "--twilio-account-sid",
+        TWILIO_SID,
+    ])
+    .unwrap();
+    let error = hook.validate().unwrap_err().to_string();
+    assert!(error.contains("TOCSIN_TWILIO_AUTH_TOKEN"), "{error}");
+    let conn = tocsin_core::queue::connect(&amqp_url, "e2e-cleanup").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let _ = Topology::new(&prefix).delete(&channel).await;
+}
