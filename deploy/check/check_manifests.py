@@ -482,6 +482,18 @@ def main() -> int:
                     c.check("REPLACE_ME" in str(v),
                             f"secrets/{path.name}: {doc['metadata']['name']}/{k} must be a REPLACE_ME placeholder")
                 c.check(not doc.get("data"), f"secrets/{path.name}: use stringData placeholders, never data")
+    # The image: the Dockerfile builds exactly the binaries the manifests run,
+    # each a workspace package, and the build context leaves out local state.
+    dockerfile = (root / "deploy/docker/Dockerfile").read_text()
+    built = set(re.findall(r"--bin\s+([a-z-]+)", dockerfile))
+    c.check(built == BINARIES, f"Dockerfile builds {sorted(built)}, the manifests run {sorted(BINARIES)}")
+    for binary in BINARIES:
+        c.check((root / binary / "src/main.rs").is_file(), f"no workspace binary {binary}/src/main.rs")
+    ignored = {line.strip().strip("/") for line in (root / ".dockerignore").read_text().splitlines()}
+    for path in ("target", ".tocsin", ".git"):
+        c.check(path in ignored, f".dockerignore must exclude {path}")
+    c.check(re.search(r"^USER\s+[1-9][0-9]*", dockerfile, flags=re.M) is not None,
+            "Dockerfile must end as a numeric non-root USER (runAsNonRoot can only verify numeric ids)")
     rendered = {f.stem: load(f) for f in files}
     # ConfigMaps the app overlays create, which Jobs rendered on their own use.
     app_configmaps = {o["metadata"]["name"] for objs in rendered.values() for o in objs if o["kind"] == "ConfigMap"}
