@@ -119,19 +119,28 @@ async fn batcher(
     mut rx: mpsc::Receiver<Pending>,
 ) {
     let writers = Arc::new(Semaphore::new(config.writers.max(1)));
-    while let Some(first) = rx.recv().await {
+    loop {
+        // Wait for a free writer first: while all writers are busy, events
+        // queue up and the next batch grows, which is what group commit is for.
+        let Ok(permit) = writers.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + config.window;
         while batch.len() < config.max_events {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(p) => batch.push(p),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::select! {
+                        next = rx.recv() => match next {
+                            Some(p) => batch.push(p),
+                            None => break,
+                        },
+                        () = tokio::time::sleep_until(deadline) => break,
+                    }
+                }
             }
         }
-        let Ok(permit) = writers.clone().acquire_owned().await else { return };
         let pool = pool.clone();
         let redials = redials.clone();
         tokio::spawn(async move {
