@@ -5,7 +5,9 @@
 # examples/contacts.csv as campaign "demo", shows progress until every call
 # has finished, prints the outcome table and stops what it started.
 #
-# Usage: deploy/local/demo.sh [--provider vonage]
+# Usage: deploy/local/demo.sh [--provider vonage|twilio|telnyx]
+# The simulator plays all three providers (each with its own API, auth, rate
+# semantics and signed events); --provider picks the one the campaign uses.
 # A re-run deletes campaign "demo" (its calls and events) and calls everyone again.
 set -euo pipefail
 
@@ -17,14 +19,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --provider) PROVIDER="${2:-}"; shift 2 ;;
     --provider=*) PROVIDER="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
-if [ "$PROVIDER" != vonage ]; then
-  echo "demo.sh: provider $PROVIDER is not supported yet (only vonage)" >&2
-  exit 2
-fi
+case "$PROVIDER" in
+  vonage|twilio|telnyx) ;;
+  *) echo "demo.sh: unknown provider $PROVIDER (vonage, twilio or telnyx)" >&2; exit 2 ;;
+esac
 
 STATE="$ROOT/.tocsin"
 mkdir -p "$STATE/logs"
@@ -47,19 +49,36 @@ export TOCSIN_REDIS_URL="${TOCSIN_REDIS_URL:-redis://127.0.0.1:6379}"
 export TOCSIN_RATE_PER_SEC="${TOCSIN_RATE_PER_SEC:-2}"
 export RUST_LOG="${RUST_LOG:-info}"
 
-# Simulated Vonage application: a key pair and a webhook signature secret of
-# our own, made once and kept in .tocsin/ (never committed).
-if [ ! -s "$STATE/vonage_private.pem" ]; then
+# Simulated accounts: a Vonage key pair and webhook signature secret, a
+# Twilio account SID and auth token, a Telnyx API key and Ed25519 signing
+# key of our own, made once and kept in .tocsin/ (never committed).
+if [ ! -s "$STATE/vonage_private.pem" ] || [ ! -s "$STATE/telnyx_seed" ]; then
   "$BIN/simulator" keygen --out "$STATE" >/dev/null
 fi
-if [ ! -s "$STATE/vonage_signature_secret" ]; then
-  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$STATE/vonage_signature_secret"
+random_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+for secret in vonage_signature_secret twilio_auth_token telnyx_api_key; do
+  if [ ! -s "$STATE/$secret" ]; then
+    random_hex 32 > "$STATE/$secret"
+    chmod 600 "$STATE/$secret"
+  fi
+done
+if [ ! -s "$STATE/twilio_account_sid" ]; then
+  echo "AC$(random_hex 16)" > "$STATE/twilio_account_sid"
 fi
 export TOCSIN_VONAGE_APPLICATION_ID=demo-app
 export TOCSIN_VONAGE_PRIVATE_KEY_PATH="$STATE/vonage_private.pem"
 TOCSIN_VONAGE_SIGNATURE_SECRET="$(cat "$STATE/vonage_signature_secret")"
 export TOCSIN_VONAGE_SIGNATURE_SECRET
 export TOCSIN_VONAGE_API_URL="http://127.0.0.1:$SIM_PORT"
+TOCSIN_TWILIO_ACCOUNT_SID="$(cat "$STATE/twilio_account_sid")"
+TOCSIN_TWILIO_AUTH_TOKEN="$(cat "$STATE/twilio_auth_token")"
+export TOCSIN_TWILIO_ACCOUNT_SID TOCSIN_TWILIO_AUTH_TOKEN
+export TOCSIN_TWILIO_API_URL="http://127.0.0.1:$SIM_PORT"
+TOCSIN_TELNYX_API_KEY="KEY$(cat "$STATE/telnyx_api_key")"
+TOCSIN_TELNYX_PUBLIC_KEY="$(cat "$STATE/telnyx_public_key")"
+export TOCSIN_TELNYX_API_KEY TOCSIN_TELNYX_PUBLIC_KEY
+export TOCSIN_TELNYX_CONNECTION_ID=demo-connection
+export TOCSIN_TELNYX_API_URL="http://127.0.0.1:$SIM_PORT"
 export TOCSIN_PUBLIC_URL="http://127.0.0.1:$HOOK_PORT"
 
 PIDS=()
@@ -102,7 +121,9 @@ wait_http() { # url name log
 echo "== starting simulator, webhook and two workers (logs in .tocsin/logs/)"
 TOCSIN_HTTP_ADDR="127.0.0.1:$SIM_PORT" "$BIN/simulator" serve \
   --vonage-public-key-path "$STATE/vonage_public.pem" \
-  --vonage-rate "$TOCSIN_RATE_PER_SEC" --time-scale 0.2 \
+  --vonage-rate "$TOCSIN_RATE_PER_SEC" --twilio-cps "$TOCSIN_RATE_PER_SEC" \
+  --telnyx-dials-per-window "$(awk -v r="$TOCSIN_RATE_PER_SEC" 'BEGIN { n = int(r * 5); print (n < 1 ? 1 : n) }')" \
+  --telnyx-signing-seed-path "$STATE/telnyx_seed" --time-scale 0.2 \
   >"$STATE/logs/simulator.log" 2>&1 &
 PIDS+=($!)
 TOCSIN_HTTP_ADDR="127.0.0.1:$HOOK_PORT" "$BIN/webhook" >"$STATE/logs/webhook.log" 2>&1 &
@@ -122,7 +143,7 @@ echo "== enqueueing examples/contacts.csv as campaign '$CAMPAIGN'"
 "$BIN/producer" enqueue --campaign "$CAMPAIGN" --contacts examples/contacts.csv \
   --message "$MESSAGE" --from +14155550100 --provider "$PROVIDER"
 
-echo "== calling (at most $TOCSIN_RATE_PER_SEC new calls per second)"
+echo "== calling through $PROVIDER (at most $TOCSIN_RATE_PER_SEC new calls per second)"
 "$BIN/producer" status "$CAMPAIGN" --wait --timeout 5m
 
 echo "== outcome (SQL: SELECT * FROM campaign_summary WHERE campaign = '$CAMPAIGN')"
