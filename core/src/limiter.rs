@@ -133,7 +133,8 @@ fn micros(d: Duration) -> i64 {
 /// number of workers expected to share it. Redis is tried again after a
 /// short cool-off; the first success returns to it.
 pub struct Limiter {
-    redis: RedisLimiter,
+    /// `None`: no shared limit at all (benchmark baseline only).
+    redis: Option<RedisLimiter>,
     local_rate: f64,
     max_wait: Duration,
     state: std::sync::Mutex<FallbackState>,
@@ -158,9 +159,21 @@ impl Limiter {
     pub fn new(redis: RedisLimiter, rate_per_sec: f64, expected_workers: u32, max_wait: Duration) -> Self {
         metrics::gauge!("tocsin_limiter_fallback_active").set(0.0);
         Self {
-            redis,
+            redis: Some(redis),
             local_rate: rate_per_sec / f64::from(expected_workers.max(1)),
             max_wait,
+            state: std::sync::Mutex::new(FallbackState::default()),
+        }
+    }
+
+    /// No limiter: every request goes out at once and only a provider 429
+    /// slows a worker down (by the job's own backoff). This is the classic
+    /// approach, kept as the baseline of `bench/rate.sh`; never for production.
+    pub fn disabled() -> Self {
+        Self {
+            redis: None,
+            local_rate: f64::INFINITY,
+            max_wait: Duration::ZERO,
             state: std::sync::Mutex::new(FallbackState::default()),
         }
     }
@@ -176,9 +189,12 @@ impl Limiter {
 
     /// Reserves a slot: `Granted(wait)` means sleep `wait`, then send.
     pub async fn reserve(&self, account: &str) -> Reservation {
+        let Some(redis) = &self.redis else {
+            return Reservation::Granted(Duration::ZERO);
+        };
         let skip_redis = self.lock().retry_redis_at.is_some_and(|t| tokio::time::Instant::now() < t);
         if !skip_redis {
-            match tokio::time::timeout(REDIS_TIMEOUT, self.redis.reserve(account)).await {
+            match tokio::time::timeout(REDIS_TIMEOUT, redis.reserve(account)).await {
                 Ok(Ok(reservation)) => {
                     let mut state = self.lock();
                     if state.active {
@@ -236,7 +252,8 @@ impl Limiter {
     /// Pushes the account's slots back after a provider 429 (shared through
     /// Redis; locally there is nothing to share).
     pub async fn cool_down(&self, account: &str, pause: Duration) {
-        match tokio::time::timeout(REDIS_TIMEOUT, self.redis.cool_down(account, pause)).await {
+        let Some(redis) = &self.redis else { return };
+        match tokio::time::timeout(REDIS_TIMEOUT, redis.cool_down(account, pause)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not share the provider cool-down through Redis"),
             Err(_) => tracing::warn!("could not share the provider cool-down: Redis did not answer"),

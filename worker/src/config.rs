@@ -43,6 +43,11 @@ pub struct WorkerConfig {
     #[arg(long = "limiter-max-wait", env = "TOCSIN_LIMITER_MAX_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub limiter_max_wait: Duration,
 
+    /// `redis`: the shared limiter (always, in production). `none`: no limiter, only backing
+    /// off on provider 429s — the classic approach, kept as the baseline of bench/rate.sh.
+    #[arg(long = "limiter", env = "TOCSIN_LIMITER", value_enum, default_value_t = LimiterMode::Redis)]
+    pub limiter: LimiterMode,
+
     /// How many workers share the provider accounts. When Redis is unreachable each worker
     /// falls back to a local limiter at rate / this number, so together they stay under the rate.
     #[arg(long = "expected-workers", env = "TOCSIN_EXPECTED_WORKERS", default_value_t = 1)]
@@ -72,6 +77,12 @@ pub struct WorkerConfig {
     /// How long SIGTERM waits for in-flight calls before exiting.
     #[arg(long = "shutdown-grace", env = "TOCSIN_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimiterMode {
+    Redis,
+    None,
 }
 
 impl WorkerConfig {

@@ -45,12 +45,23 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let redis = RedisLimiter::connect(config.redis.redis_url.expose_secret())
         .await
         .context("connecting to Redis (TOCSIN_REDIS_URL)")?;
-    let limiter = Limiter::new(
-        RedisLimiter::new(redis, &config.redis.redis_prefix, config.rate_per_sec, config.limiter_max_wait),
-        config.rate_per_sec,
-        config.expected_workers,
-        config.limiter_max_wait,
-    );
+    let limiter = match config.limiter {
+        config::LimiterMode::Redis => Limiter::new(
+            RedisLimiter::new(
+                redis,
+                &config.redis.redis_prefix,
+                config.rate_per_sec,
+                config.limiter_max_wait,
+            ),
+            config.rate_per_sec,
+            config.expected_workers,
+            config.limiter_max_wait,
+        ),
+        config::LimiterMode::None => {
+            warn!("TOCSIN_LIMITER=none: no shared rate limit (benchmark baseline only)");
+            Limiter::disabled()
+        }
+    };
 
     let http_client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
