@@ -68,7 +68,7 @@ enum Credentials {
     Wrong,
 }
 
-async fn start(credentials: Credentials, sim_extra: &[&str]) -> Stack {
+async fn start(credentials: Credentials, sim_extra: &[&str], worker_extra: &[&str]) -> Stack {
     tocsin_core::telemetry::install_crypto_provider();
     let db = TestDb::create().await;
     let amqp_url = testing::amqp_url().await;
@@ -147,12 +147,14 @@ async fn start(credentials: Credentials, sim_extra: &[&str]) -> Stack {
     hook_config.validate().unwrap();
     tasks.push(tokio::spawn(webhook::run(hook_config, hook_listener, stop.clone())));
 
+    let hook_url = format!("http://{hook_addr}");
+    let sim_url = format!("http://{sim_addr}");
     let (vonage_key, twilio_token, telnyx_key) = match credentials {
         Credentials::Right => (keys.dir.join("private.pem"), TWILIO_TOKEN, TELNYX_KEY),
         Credentials::Wrong => (keys.dir.join("other.pem"), "not-the-token", "KEYwrong"),
     };
     for _ in 0..2 {
-        let config = worker::config::WorkerConfig::try_parse_from([
+        let mut args = vec![
             "worker",
             "--database-url",
             db.url.expose_secret(),
@@ -169,27 +171,28 @@ async fn start(credentials: Credentials, sim_extra: &[&str]) -> Stack {
             "--http-addr",
             "127.0.0.1:0",
             "--public-url",
-            &format!("http://{hook_addr}"),
+            &hook_url,
             "--vonage-api-url",
-            &format!("http://{sim_addr}"),
+            &sim_url,
             "--vonage-application-id",
             VONAGE_APP,
             "--vonage-private-key-path",
             path(&vonage_key),
             "--twilio-api-url",
-            &format!("http://{sim_addr}"),
+            &sim_url,
             "--twilio-account-sid",
             TWILIO_SID,
             "--twilio-auth-token",
             twilio_token,
             "--telnyx-api-url",
-            &format!("http://{sim_addr}"),
+            &sim_url,
             "--telnyx-api-key",
             telnyx_key,
             "--telnyx-connection-id",
             TELNYX_CONNECTION,
-        ])
-        .unwrap();
+        ];
+        args.extend(worker_extra);
+        let config = worker::config::WorkerConfig::try_parse_from(args).unwrap();
         tasks.push(tokio::spawn(worker::run(config, stop.clone())));
     }
     Stack { db, amqp_url, prefix, keys, sim_addr, hook_addr, stop, tasks }
@@ -297,7 +300,7 @@ fn expected_state(number: &str) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_provider_completes_a_campaign_with_every_event_stored() {
-    let stack = start(Credentials::Right, &[]).await;
+    let stack = start(Credentials::Right, &[], &[]).await;
     for (i, provider) in ["vonage", "twilio", "telnyx"].into_iter().enumerate() {
         let numbers = numbers(3000 + 100 * i as u32);
         stack.enqueue(provider, provider, &numbers).await;
@@ -386,7 +389,7 @@ async fn every_provider_completes_a_campaign_with_every_event_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wrong_credentials_fail_each_call_once_without_a_retry_loop() {
-    let stack = start(Credentials::Wrong, &[]).await;
+    let stack = start(Credentials::Wrong, &[], &[]).await;
     for (i, provider) in ["vonage", "twilio", "telnyx"].into_iter().enumerate() {
         // Two calls: fewer than the worker's consecutive-401 pause threshold.
         let numbers: Vec<String> = (0..2).map(|n| format!("+1415555{:04}", 4000 + 100 * i + n)).collect();
@@ -474,4 +477,62 @@ async fn missing_secrets_stop_the_binaries_at_start_naming_the_variable() {
     let conn = tocsin_core::queue::connect(&amqp_url, "e2e-cleanup").await.unwrap();
     let channel = conn.create_channel().await.unwrap();
     let _ = Topology::new(&prefix).delete(&channel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults_never_call_anyone_twice_and_every_call_still_ends_right() {
+    // Lost responses (the call exists, the answer never comes), 5xx answers,
+    // duplicated and reordered events. Workers give up on an answer after
+    // 1 s and reconcile after a 2 s dialing lease: Vonage and Twilio by
+    // listing calls, Telnyx by resending the same command_id.
+    let stack = start(
+        Credentials::Right,
+        &[
+            "--fault-lost-response-rate",
+            "0.25",
+            "--fault-timeout-after",
+            "3s",
+            "--fault-5xx-rate",
+            "0.15",
+            "--fault-duplicate-rate",
+            "0.3",
+            "--fault-reorder-rate",
+            "0.3",
+            "--seed",
+            "7",
+        ],
+        &["--provider-timeout", "1s", "--dialing-lease", "2s"],
+    )
+    .await;
+    for (i, provider) in ["vonage", "twilio", "telnyx"].into_iter().enumerate() {
+        stack.enqueue(provider, provider, &numbers(5000 + 100 * i as u32)).await;
+    }
+    for provider in ["vonage", "twilio", "telnyx"] {
+        stack.wait_terminal(provider).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stats = stack.sim_stats().await;
+    assert_eq!(stats["called_more_than_once"].as_array().unwrap().len(), 0, "{stats}");
+    assert_eq!(stats["calls"], 60, "{stats}");
+    for counter in ["lost_responses", "server_errors_5xx", "duplicated_deliveries", "reordered_deliveries"] {
+        assert!(stats[counter].as_u64().unwrap() > 0, "{counter}: {stats}");
+    }
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT k.number, k.state, \
+                (SELECT count(*) FROM call_events e WHERE e.call_id = k.id AND NOT e.unknown_call) \
+         FROM calls k",
+    )
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 60);
+    for (number, state, events) in &rows {
+        assert_eq!(state, expected_state(number), "{number}");
+        assert!(*events >= 2, "{number}: {events} events");
+    }
+    // Duplicates were delivered, and stored once.
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM call_events").fetch_one(&stack.db.pool).await.unwrap();
+    assert!(stats["webhook_deliveries_ok"].as_i64().unwrap() > stored, "{stats} vs {stored} stored");
+    stack.stop().await;
 }
