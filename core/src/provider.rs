@@ -64,9 +64,11 @@ pub struct CallRequest {
 }
 
 impl CallRequest {
-    /// `{webhook_base}{path}?call_id={call_id}`
+    /// `{webhook_base}{path}?call_id={call_id}&attempt={attempt}`: every
+    /// event names its call and attempt, so a late event of an earlier
+    /// attempt never moves a redial.
     pub fn webhook_url(&self, path: &str) -> String {
-        format!("{}{path}?call_id={}", self.webhook_base, self.call_id)
+        format!("{}{path}?call_id={}&attempt={}", self.webhook_base, self.call_id, self.attempt)
     }
 }
 
