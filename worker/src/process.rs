@@ -421,7 +421,8 @@ async fn record(
             deps.limiter.cool_down(account, pause).await;
             let count = release(deps, job, Some(Counter::RateLimited)).await?;
             metrics::counter!("tocsin_retries_total", "reason" => "rate_limited").increment(1);
-            let backoff = jittered(Duration::from_secs(1), count).max(pause);
+            // Capped: a long outage of the provider's patience should not park a contact for an hour.
+            let backoff = jittered(Duration::from_secs(1), count).min(Duration::from_secs(30)).max(pause);
             warn!(?pause, ?backoff, "provider rate limited us; cooling down");
             Ok(Outcome::Delay(DelayTier::at_least(backoff)))
         }
@@ -434,7 +435,8 @@ async fn record(
             }
             metrics::counter!("tocsin_retries_total", "reason" => "transient").increment(1);
             warn!(%detail, retries, "transient provider failure; will retry");
-            Ok(Outcome::Delay(DelayTier::at_least(jittered(Duration::from_secs(1), retries))))
+            let backoff = jittered(Duration::from_secs(1), retries).min(Duration::from_secs(120));
+            Ok(Outcome::Delay(DelayTier::at_least(backoff)))
         }
         Err(PlaceCallError::Permanent { status, code, detail }) => {
             if matches!(status, 401 | 403) {
