@@ -71,10 +71,14 @@ impl WebhookConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         crate::twilio::check_config(self)?;
         crate::telnyx::hooks(self)?;
-        if self.vonage_signature_secret.is_none() && !self.insecure_skip_signature_check {
+        let any_secret = self.vonage_signature_secret.is_some()
+            || self.twilio.twilio_auth_token.is_some()
+            || self.telnyx.telnyx_public_key.is_some();
+        if !any_secret && !self.insecure_skip_signature_check {
             anyhow::bail!(
-                "TOCSIN_VONAGE_SIGNATURE_SECRET is not set: webhooks cannot be verified \
-                 (set it, or pass --insecure-skip-signature-check for local development only)"
+                "no provider's webhook secret is set, so no event could be verified: set \
+                 TOCSIN_VONAGE_SIGNATURE_SECRET, TOCSIN_TWILIO_AUTH_TOKEN or TOCSIN_TELNYX_PUBLIC_KEY \
+                 (or pass --insecure-skip-signature-check for local development only)"
             );
         }
         Ok(())

@@ -380,3 +380,38 @@ async fn busy_calls_are_redialled_after_the_retry_delay_and_late_events_stay_out
     assert_eq!(attempts, (2, "busy".into()));
     h.cleanup().await;
 }
+
+#[tokio::test]
+async fn vonage_events_are_refused_where_vonage_has_no_secret_and_a_service_needs_one_secret() {
+    let none = webhook::config::WebhookConfig::try_parse_from(["webhook"]).unwrap();
+    let error = none.validate().unwrap_err().to_string();
+    assert!(error.contains("TOCSIN_VONAGE_SIGNATURE_SECRET") && error.contains("insecure"), "{error}");
+
+    // A Twilio-only service: a Vonage event, however it is signed, gets 401.
+    let db = TestDb::create().await;
+    let amqp_url = testing::amqp_url().await;
+    let prefix = testing::unique_prefix("hook-twilio-only");
+    let config = webhook::config::WebhookConfig::try_parse_from([
+        "webhook",
+        "--database-url",
+        db.url.expose_secret(),
+        "--amqp-url",
+        &amqp_url,
+        "--queue-prefix",
+        &prefix,
+        "--twilio-account-sid",
+        "AC00000000000000000000000000000000",
+        "--twilio-auth-token",
+        "token",
+    ])
+    .unwrap();
+    config.validate().unwrap();
+    let app = webhook::app(&config, db.pool.clone()).await.unwrap();
+    let body = event("u1", "ringing", "2026-11-22T10:00:00.000Z").to_string();
+    let token = tocsin_core::vonage::sign_webhook("anything", "app", body.as_bytes());
+    let request = event_request(CallId(uuid::Uuid::new_v4()), 1, body, Some(format!("Bearer {token}")));
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let conn = tocsin_core::queue::connect(&amqp_url, "cleanup").await.unwrap();
+    Topology::new(&prefix).delete(&conn.create_channel().await.unwrap()).await.unwrap();
+}
