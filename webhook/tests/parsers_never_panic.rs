@@ -3,6 +3,8 @@
 
 use proptest::prelude::*;
 use secrecy::SecretString;
+use tocsin_core::telnyx::{self, TelnyxWebhook};
+use tocsin_core::twilio::{self, TwilioStatus};
 use tocsin_core::vonage::{self, VonageEvent};
 
 proptest! {
@@ -43,5 +45,38 @@ proptest! {
         let secret = SecretString::from("s");
         let header = format!("Bearer {a}.{b}.{c}");
         prop_assert!(vonage::verify_webhook(Some(&header), &secret, &body).is_err());
+    }
+
+    #[test]
+    fn twilio_form_parsing_and_verification_never_panic(
+        body in proptest::collection::vec(any::<u8>(), 0..1024),
+        header in proptest::option::of(".{0,60}"),
+        url in ".{0,80}",
+    ) {
+        if let Ok(params) = twilio::parse_form(&body) {
+            if let Ok(status) = TwilioStatus::from_params(&params) {
+                let _ = (status.state(), status.dedupe_key(), status.occurred_at(), status.answered_by(), status.detail());
+            }
+            let _ = twilio::verify_signature(header.as_deref(), &SecretString::from("token"), &url, &params);
+        }
+    }
+
+    #[test]
+    fn telnyx_event_parsing_and_verification_never_panic(
+        body in proptest::collection::vec(any::<u8>(), 0..1024),
+        signature in proptest::option::of(".{0,100}"),
+        timestamp in proptest::option::of(".{0,20}"),
+        key in ".{0,50}",
+    ) {
+        if let Ok(hook) = serde_json::from_slice::<TelnyxWebhook>(&body) {
+            let e = &hook.data;
+            let _ = (e.call_id(), e.dedupe_key(), e.occurred_at(), e.state(), e.duration_secs(), e.answered_by(), e.detail());
+        }
+        let _ = telnyx::call_id_from_client_state(&key);
+        if let Ok(public) = telnyx::PublicKey::from_base64(&key) {
+            let _ = telnyx::verify_webhook(signature.as_deref(), timestamp.as_deref(), &public, &body);
+        }
+        let zero = telnyx::PublicKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+        let _ = telnyx::verify_webhook(signature.as_deref(), timestamp.as_deref(), &zero, &body);
     }
 }
