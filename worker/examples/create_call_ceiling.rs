@@ -72,6 +72,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     let ok = ok.load(Ordering::Relaxed);
-    println!("{}", serde_json::json!({ "label": "create-call-ceiling", "requests": args.requests, "ok": ok, "seconds": secs, "per_sec": ok as f64 / secs }));
+    println!(
+        "{}",
+        serde_json::json!({ "label": "create-call-ceiling", "requests": args.requests, "ok": ok, "seconds": secs, "per_sec": ok as f64 / secs })
+    );
     Ok(())
 }
