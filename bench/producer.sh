@@ -57,6 +57,13 @@ awk -v n="$ROWS" 'BEGIN {
 }' > "$CSV"
 ls -l "$CSV" | awk '{ printf "file: %.1f MB\n", $5 / 1e6 }'
 
+# CPU seconds used so far by processes named $1, counting children they have
+# reaped (PostgreSQL backends that exited), from /proc.
+cpu_s() {
+  local hz; hz=$(getconf CLK_TCK)
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v name="($1)" -v hz="$hz" '$2 == name { t += $14 + $15 + $16 + $17 } END { printf "%.1f", t / hz }'
+}
+
 rss_mb() { awk -F: '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$1"; }
 elapsed_s() { # "Elapsed (wall clock) time (h:mm:ss or m:ss): 0:41.23"
   awk '/Elapsed \(wall clock\)/ { n = split($NF, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; printf "%.2f", s }' "$1"
@@ -65,13 +72,19 @@ elapsed_s() { # "Elapsed (wall clock) time (h:mm:ss or m:ss): 0:41.23"
 # The list holds 98% new contacts: one job each. The baseline publishes as
 # many messages, first, while the broker is still empty.
 echo "== baseline: bare publish loop, $((ROWS * 98 / 100)) messages, pipelined confirms, quorum queue"
-BASE_JSON=$("$BIN/examples/publish_baseline" --count "$((ROWS * 98 / 100))")
+MQ0=$(cpu_s beam.smp)
+/usr/bin/time -v -o "$WORK/baseline.time" "$BIN/examples/publish_baseline" --count "$((ROWS * 98 / 100))" >"$WORK/baseline.json"
+BASE_JSON=$(cat "$WORK/baseline.json")
+BASE_MQ_CPU=$(awk -v a="$MQ0" -v b="$(cpu_s beam.smp)" 'BEGIN { printf "%.1f", b - a }')
 echo "$BASE_JSON"
 BASE_RATE=$(echo "$BASE_JSON" | sed -n 's/.*"per_sec":\([0-9.]*\).*/\1/p')
 
 echo "== producer enqueue (end to end)"
+PG0=$(cpu_s postgres); MQ0=$(cpu_s beam.smp)
 /usr/bin/time -v -o "$WORK/enqueue.time" "$BIN/producer" enqueue --campaign bench --contacts "$CSV" \
   --message "Benchmark alert." --from +14155550100 --json >"$WORK/enqueue.json" 2>"$WORK/enqueue.err"
+PG_CPU=$(awk -v a="$PG0" -v b="$(cpu_s postgres)" 'BEGIN { printf "%.1f", b - a }')
+MQ_CPU=$(awk -v a="$MQ0" -v b="$(cpu_s beam.smp)" 'BEGIN { printf "%.1f", b - a }')
 PUBLISHED=$(sed -n 's/.*"published": \([0-9]*\).*/\1/p' "$WORK/enqueue.json")
 OURS_S=$(elapsed_s "$WORK/enqueue.time")
 OURS_RSS=$(rss_mb "$WORK/enqueue.time")
@@ -102,6 +115,9 @@ echo "== result ($(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), 
 echo "producer:  $PUBLISHED jobs in ${OURS_S}s = $OURS_RATE contacts/s published ($ROWS_RATE rows/s read), peak RSS ${OURS_RSS} MB"
 echo "baseline:  $BASE_RATE messages/s (mean of $(echo "$BASE_JSON" | sed -n 's/.*"per_sec":\([0-9.]*\).*/\1/p') before and $BASE2_RATE after)"
 echo "ratio:     $RATIO (target >= 0.80)"
+cpu_line() { awk '/User time/ { u = $NF } /System time/ { s = $NF } END { printf "%.1f s (user %.1f, sys %.1f)", u + s, u, s }' "$1"; }
+echo "CPU, ours:     producer $(cpu_line "$WORK/enqueue.time"), PostgreSQL ${PG_CPU} s, RabbitMQ ${MQ_CPU} s"
+echo "CPU, baseline: publisher $(cpu_line "$WORK/baseline.time"), RabbitMQ ${BASE_MQ_CPU} s (first run)"
 echo "re-run:    ${RERUN_S}s, $RERUN_PUBLISHED jobs published (must be 0), peak RSS $(rss_mb "$WORK/rerun.time") MB"
 awk -v r="$RATIO" -v m="$OURS_RSS" -v p="$RERUN_PUBLISHED" 'BEGIN {
   ok = 1
