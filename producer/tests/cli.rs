@@ -215,6 +215,21 @@ async fn killed_producer_finishes_on_rerun_with_every_contact_enqueued_once() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    // A statement the killed process had sent still runs to its end in its
+    // backend; count only once nothing else is running in the database.
+    loop {
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (rows, marked): (i64, i64) = sqlx::query_as("SELECT count(*), count(enqueued_at) FROM calls")
         .fetch_one(&env.db.pool)
         .await
