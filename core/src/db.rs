@@ -18,6 +18,8 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool,
     let options: PgConnectOptions = url.expose_secret().parse()?;
     PgPoolOptions::new()
         .max_connections(max_connections)
+        // Give idle connections back soon: many processes share one server.
+        .idle_timeout(Duration::from_secs(30))
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await

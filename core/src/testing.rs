@@ -49,7 +49,7 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
         let url = replace_database(&base, &name);
         let secret = SecretString::from(url.clone());
-        let pool = crate::db::connect(&secret, 20).await.expect("connecting to the test database");
+        let pool = crate::db::connect(&secret, 5).await.expect("connecting to the test database");
         crate::db::migrate(&pool).await.expect("migrating the test database");
         Self { pool, url: secret, name }
     }
