@@ -26,14 +26,22 @@ import urllib.request
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BIN = os.path.join(ROOT, "target", "release")
 BASE_DB = os.environ.get("TOCSIN_DATABASE_URL", "postgres://localhost/tocsin")
+PROCS = []
 
 
 def sh(*cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
 
 
-def psql(db_url, sql):
-    return sh("psql", db_url, "-X", "-q", "-t", "-A", "-c", sql).strip()
+def psql(db_url, sql, attempts=10):
+    """Runs one query; retries a few times, since a busy server may refuse a connection."""
+    for i in range(attempts):
+        try:
+            return sh("psql", db_url, "-X", "-q", "-t", "-A", "-c", sql).strip()
+        except subprocess.CalledProcessError:
+            if i == attempts - 1:
+                raise
+            time.sleep(1)
 
 
 def http_json(url):
@@ -101,7 +109,7 @@ def main():
         "TOCSIN_RATE_PER_SEC": str(args.rate),
         "RUST_LOG": "warn",
     })
-    procs = []
+    procs = PROCS
 
     def start(name, cmd, port, extra_env=None):
         log = os.path.join(work, f"{name}.log")
@@ -215,4 +223,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # Never leave services of a failed run behind.
+        for proc in PROCS:
+            if proc.poll() is None:
+                proc.kill()
