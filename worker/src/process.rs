@@ -271,7 +271,17 @@ async fn campaign_gate(
         "paused" => return Ok(Some(Outcome::Delay(DelayTier::S5))),
         _ => {}
     }
-    Ok(schedule::wait_before_calling(campaign, Utc::now())
+    // Only windowed campaigns need the contact's own time zone (one more query).
+    let contact_timezone: Option<String> = if campaign.window_start.is_some() {
+        sqlx::query_scalar("SELECT timezone FROM calls WHERE id = $1")
+            .bind(job.call_id)
+            .fetch_optional(&deps.pool)
+            .await?
+            .flatten()
+    } else {
+        None
+    };
+    Ok(schedule::wait_before_calling(campaign, contact_timezone.as_deref(), Utc::now())
         .map(|wait| Outcome::Delay(DelayTier::at_least(wait))))
 }
 

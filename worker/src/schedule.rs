@@ -8,7 +8,13 @@ use chrono_tz::Tz;
 use tocsin_core::db::Campaign;
 
 /// How long to wait before this campaign may call, or `None` if it may call now.
-pub fn wait_before_calling(campaign: &Campaign, now: DateTime<Utc>) -> Option<Duration> {
+/// `contact_timezone` (the contact's own zone, if the list gave one)
+/// overrides the campaign's for the window.
+pub fn wait_before_calling(
+    campaign: &Campaign,
+    contact_timezone: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
     if let Some(start) = campaign.start_at
         && start > now
     {
@@ -17,7 +23,7 @@ pub fn wait_before_calling(campaign: &Campaign, now: DateTime<Utc>) -> Option<Du
     let (Some(open), Some(close)) = (campaign.window_start, campaign.window_end) else {
         return None;
     };
-    let tz: Tz = campaign.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let tz: Tz = contact_timezone.unwrap_or(&campaign.timezone).parse().unwrap_or(chrono_tz::UTC);
     until_window(open, close, tz, now)
 }
 

@@ -295,3 +295,32 @@ async fn paused_campaigns_wait_cancelled_ones_cancel_and_closed_windows_delay() 
     assert_eq!(h.row(&job).await.0, "cancelled");
     h.mock.verify().await;
 }
+
+#[tokio::test]
+async fn a_contacts_own_time_zone_decides_its_calling_window() {
+    let h = harness(Settings { campaign_ttl: Duration::ZERO, ..Settings::default() }).await;
+    h.mock_create(created("uuid-tz"), 1).await;
+    // The window is open now in UTC (the campaign's zone)…
+    sqlx::query(
+        "UPDATE campaigns SET timezone = 'UTC', \
+         window_start = (now() AT TIME ZONE 'UTC')::time - interval '1 hour', \
+         window_end = (now() AT TIME ZONE 'UTC')::time + interval '1 hour' WHERE id = $1",
+    )
+    .bind(h.campaign)
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    // …but closed for a contact twelve hours away.
+    let far = h.job("+14155550021").await;
+    sqlx::query("UPDATE calls SET timezone = 'Etc/GMT-12' WHERE id = $1")
+        .bind(far.call_id)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    assert!(matches!(process(&h.deps, &far).await.unwrap(), Outcome::Delay(_)));
+    assert_eq!(h.row(&far).await.0, "queued");
+    let near = h.job("+14155550022").await;
+    assert_eq!(process(&h.deps, &near).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&near).await.0, "placed");
+    h.mock.verify().await;
+}
