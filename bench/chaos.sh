@@ -8,6 +8,7 @@
 # be 0) and calls marked unknown with their reasons.
 #
 #   bench/chaos.sh            CONTACTS=2000 RATE=50 WORKERS=4 by default
+# BUILD=0 uses the release binaries already built.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,7 +16,7 @@ CONTACTS="${CONTACTS:-2000}"
 RATE="${RATE:-50}"
 WORKERS="${WORKERS:-4}"
 deploy/local/up.sh >/dev/null
-cargo build --release --quiet --bins
+[ "${BUILD:-1}" = 0 ] || cargo build --release --quiet --bins
 mkdir -p bench/results
 OUT="bench/results/chaos-$(date +%Y%m%d-%H%M%S).jsonl"
 common=(--workers "$WORKERS" --rate "$RATE" --contacts "$CONTACTS" --timeout 1200)

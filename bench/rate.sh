@@ -8,6 +8,7 @@
 #
 #   bench/rate.sh                 # everything (about 25 minutes)
 #   WORKERS="1 8" RATES="50" bench/rate.sh
+# BUILD=0 uses the release binaries already built.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,7 +16,7 @@ WORKERS="${WORKERS:-1 2 4 8}"
 RATES="${RATES:-2 50}"
 MODES="${MODES:-redis none}"
 deploy/local/up.sh >/dev/null
-cargo build --release --quiet --bins
+[ "${BUILD:-1}" = 0 ] || cargo build --release --quiet --bins
 mkdir -p bench/results
 OUT="bench/results/rate-$(date +%Y%m%d-%H%M%S).jsonl"
 for rate in $RATES; do

@@ -8,13 +8,14 @@
 # (worker/examples/create_call_ceiling.rs).
 #
 #   bench/throughput.sh       CONTACTS=20000 PREFETCH=64 by default
+# BUILD=0 uses the release binaries already built.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CONTACTS="${CONTACTS:-20000}"
 PREFETCH="${PREFETCH:-64}"
 deploy/local/up.sh >/dev/null
-cargo build --release --quiet --bins --example create_call_ceiling -p worker -p simulator -p webhook -p producer
+[ "${BUILD:-1}" = 0 ] || cargo build --release --quiet --bins --example create_call_ceiling -p worker -p simulator -p webhook -p producer
 mkdir -p bench/results
 OUT="bench/results/throughput-$(date +%Y%m%d-%H%M%S).jsonl"
 # Baseline: the simulator's create-call ceiling from a bare client loop.

@@ -6,6 +6,7 @@
 #   EVENTS=100000 CONCURRENCY=64 RATE=1000 RATE_SECS=20 bench/webhook.sh
 #
 # Prints JSON lines and a summary; BENCHMARKS.md records the results.
+# BUILD=0 uses the release binaries already built.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,7 +23,7 @@ PREFIX="bench-webhook-$RANDOM"
 
 deploy/local/up.sh >/dev/null
 echo "== building (release)"
-cargo build --release --quiet -p webhook --bin webhook --example loadgen
+[ "${BUILD:-1}" = 0 ] || cargo build --release --quiet -p webhook --bin webhook --example loadgen
 psql "$BASE_URL" -X -q -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 
 LOG="$(mktemp)"
