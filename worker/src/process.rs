@@ -344,7 +344,10 @@ async fn reconcile(
     dialing_at: DateTime<Utc>,
 ) -> Result<Outcome, ProcessError> {
     metrics::counter!("tocsin_reconciliations_total").increment(1);
-    let since = dialing_at - chrono::Duration::seconds(60);
+    // A little before the claim, for clock differences between our database
+    // and the provider; not much more, or an earlier attempt's call to the
+    // same number would be taken for this one.
+    let since = dialing_at - chrono::Duration::seconds(10);
     match client.list_calls(&job.to, since).await {
         Ok(calls) if calls.is_empty() => {
             info!("provider confirms no call exists: releasing the call for a new dial");
