@@ -336,41 +336,51 @@ pub async fn find(pool: &PgPool, name: &str) -> anyhow::Result<Campaign> {
     found.ok_or_else(|| usage(format!("no campaign named {name:?} (producer list shows them)")))
 }
 
+/// What a control command did to a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// The status changed (for `cancel`: with this many waiting calls cancelled).
+    Changed { cancelled_calls: u64 },
+    /// It already had the status asked for.
+    Unchanged,
+}
+
+/// Pauses (`paused = true`) or resumes campaign `c`; shared by the CLI and
+/// the HTTP API. A cancelled campaign can do neither (a usage error).
+pub async fn set_paused(pool: &PgPool, c: &Campaign, paused: bool) -> anyhow::Result<Control> {
+    let name = &c.name;
+    let (wanted, doing) = if paused { ("paused", "pause") } else { ("active", "resume") };
+    if c.status == "cancelled" {
+        return Err(usage(format!("campaign {name:?} is cancelled; it cannot {doing}")));
+    }
+    if c.status == wanted {
+        return Ok(Control::Unchanged);
+    }
+    set_status(pool, c, wanted).await?;
+    Ok(Control::Changed { cancelled_calls: 0 })
+}
+
 pub async fn pause(pool: &PgPool, name: &str) -> anyhow::Result<()> {
     let c = find(pool, name).await?;
-    match c.status.as_str() {
-        "cancelled" => Err(usage(format!("campaign {name:?} is cancelled; there is nothing to pause"))),
-        "paused" => {
+    match set_paused(pool, &c, true).await? {
+        Control::Unchanged => {
             say!("campaign {name:?} is already paused (producer resume {name} restarts it)");
-            Ok(())
         }
-        _ => {
-            set_status(pool, &c, "paused").await?;
-            say!(
-                "paused campaign {name:?}: workers dial no new calls from it (calls already ringing finish); \
-                 producer resume {name} restarts it"
-            );
-            Ok(())
-        }
+        Control::Changed { .. } => say!(
+            "paused campaign {name:?}: workers dial no new calls from it (calls already ringing finish); \
+             producer resume {name} restarts it"
+        ),
     }
+    Ok(())
 }
 
 pub async fn resume(pool: &PgPool, name: &str) -> anyhow::Result<()> {
     let c = find(pool, name).await?;
-    match c.status.as_str() {
-        "cancelled" => Err(usage(format!(
-            "campaign {name:?} was cancelled and cannot resume; enqueue its list under a new name"
-        ))),
-        "active" => {
-            say!("campaign {name:?} is already active");
-            Ok(())
-        }
-        _ => {
-            set_status(pool, &c, "active").await?;
-            say!("resumed campaign {name:?}");
-            Ok(())
-        }
+    match set_paused(pool, &c, false).await? {
+        Control::Unchanged => say!("campaign {name:?} is already active"),
+        Control::Changed { .. } => say!("resumed campaign {name:?}"),
     }
+    Ok(())
 }
 
 pub async fn cancel(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> {
@@ -384,6 +394,20 @@ pub async fn cancel(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> 
             "cancelling {name:?} is final: its calls not yet dialed will never be made. Pass --yes to confirm, \
              or use `producer pause {name}` to stop for now"
         )));
+    }
+    if let Control::Changed { cancelled_calls } = cancel_now(pool, &c).await? {
+        say!(
+            "cancelled campaign {name:?}: {cancelled_calls} waiting calls will not be made (calls in progress finish)"
+        );
+    }
+    Ok(())
+}
+
+/// Cancels campaign `c` for good and ends its waiting calls; shared by the
+/// CLI (after its confirmation) and the HTTP API.
+pub async fn cancel_now(pool: &PgPool, c: &Campaign) -> anyhow::Result<Control> {
+    if c.status == "cancelled" {
+        return Ok(Control::Unchanged);
     }
     let mut tx = pool.begin().await?;
     sqlx::query("UPDATE campaigns SET status = 'cancelled', updated_at = now() WHERE id = $1")
@@ -403,10 +427,7 @@ pub async fn cancel(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> 
     .context("cancelling the campaign's waiting calls")?
     .rows_affected();
     tx.commit().await?;
-    say!(
-        "cancelled campaign {name:?}: {cancelled} waiting calls will not be made (calls in progress finish)"
-    );
-    Ok(())
+    Ok(Control::Changed { cancelled_calls: cancelled })
 }
 
 async fn set_status(pool: &PgPool, c: &Campaign, status: &str) -> anyhow::Result<()> {

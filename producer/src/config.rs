@@ -83,6 +83,9 @@ pub enum Command {
     /// The do-not-call list: numbers never called by any campaign.
     #[command(subcommand)]
     Dnc(DncCommand),
+    /// Keys for the HTTP API (`/api/v1` on the webhook service).
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
     /// Apply the database migrations and exit (every command also applies them first).
     Migrate,
 }
@@ -336,6 +339,39 @@ pub enum DncCommand {
         /// Print JSON Lines instead.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApikeyCommand {
+    /// Create a key and print it once (only its SHA-256 is stored).
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  producer apikey create --name alertmanager --scope campaigns:write,campaigns:read\n",
+        "  producer apikey create --name ops-dashboard --scope campaigns:read,campaigns:control \\\n",
+        "      --campaign-prefix ops-"
+    ))]
+    Create {
+        /// A name for the key (unique), e.g. who uses it.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: campaigns:write, campaigns:read, campaigns:control.
+        #[arg(long)]
+        scope: String,
+        /// Limit the key to campaigns whose name starts with this (repeatable).
+        #[arg(long, value_name = "PREFIX")]
+        campaign_prefix: Vec<String>,
+    },
+    /// List keys (names, ids, scopes; never the keys themselves).
+    List {
+        /// Print JSON Lines instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: requests with it get 401 from then on.
+    Revoke {
+        /// The key's name.
+        name: String,
     },
 }
 

@@ -148,8 +148,35 @@ pub async fn enqueue_until(
     args: &EnqueueArgs,
     stop: CancellationToken,
 ) -> anyhow::Result<Report> {
-    let started = Instant::now();
     let source = Source::from_arg(&args.contacts);
+    let configured = args.providers.configured();
+    let (report, _) = enqueue_from(pool, args, source, &configured, Rejections::Print, stop).await?;
+    Ok(report)
+}
+
+/// What becomes of rejected contacts besides `--rejects`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejections {
+    /// The first few on standard error (the CLI).
+    Print,
+    /// Up to this many returned to the caller, nothing printed (the HTTP
+    /// API: a server must not write phone numbers to its output).
+    Collect(usize),
+}
+
+/// The pipeline behind `enqueue_until` for any `source` (the CLI's file or
+/// standard input, the HTTP API's inline list): the same validation,
+/// dedupe, do-not-call check and idempotency. `configured` is the providers
+/// a campaign may use; `args.contacts` and `args.providers` are not read.
+pub async fn enqueue_from(
+    pool: &PgPool,
+    args: &EnqueueArgs,
+    source: Source,
+    configured: &[tocsin_core::provider::Provider],
+    rejections: Rejections,
+    stop: CancellationToken,
+) -> anyhow::Result<(Report, Vec<Rejection>)> {
+    let started = Instant::now();
     let progress = Arc::new(Progress::default());
     let timezone_column = args.timezone_column.clone().unwrap_or_else(|| "timezone".into());
     let columns = Columns {
@@ -171,8 +198,7 @@ pub async fn enqueue_until(
     .context("opening the contact list")?
     .map_err(|e| Fatal::InputRejected(e.to_string()))?;
 
-    let configured = args.providers.configured();
-    let prepared = campaign::prepare(pool, args, &configured, input.has_timezone_column()).await?;
+    let prepared = campaign::prepare(pool, args, configured, input.has_timezone_column()).await?;
 
     // One run per campaign at a time: a second one would publish the first
     // one's unconfirmed rows again. Held on a connection of its own; a killed
@@ -205,22 +231,26 @@ pub async fn enqueue_until(
         campaign::write(pool, &prepared).await?;
     }
 
-    let bar = progress_bar(source.size());
-    let rejects = RejectSink::start(args.rejects.clone(), input.name().to_owned(), bar.clone())?;
+    let bar = match rejections {
+        Rejections::Print => progress_bar(source.size()),
+        Rejections::Collect(_) => ProgressBar::hidden(),
+    };
+    let rejects = RejectSink::start(args.rejects.clone(), input.name().to_owned(), bar.clone(), rejections)?;
     let result = if args.dry_run {
         let reader = ContactReader::new(input, args.default_region.clone());
         dry_run(pool, &prepared, reader, &progress, &rejects, &stop, &mut report).await
     } else {
         let reader = ContactReader::new(input, args.default_region.clone());
-        run_pipeline(pool, args, &prepared, reader, &progress, &rejects, &stop, &mut report).await
+        run_pipeline(pool, args, &source, &prepared, reader, &progress, &rejects, &stop, &mut report).await
     };
-    let shown =
+    let finished =
         tokio::task::spawn_blocking(move || rejects.finish()).await.context("writing rejected lines")?;
     bar.finish_and_clear();
     drop(lock);
     result?;
-    let hidden = report.rejected().saturating_sub(shown?);
-    if hidden > 0 {
+    let (shown, collected) = finished?;
+    let hidden = report.rejected().saturating_sub(shown);
+    if hidden > 0 && rejections == Rejections::Print {
         let hint = match &args.rejects {
             Some(p) => format!("every rejected line is in {}", p.display()),
             None => "pass --rejects FILE for the full list".into(),
@@ -229,14 +259,14 @@ pub async fn enqueue_until(
     }
     report.interrupted = stop.is_cancelled();
     report.seconds = started.elapsed().as_secs_f64();
-    if prepared.status == "paused" && !args.dry_run {
+    if prepared.status == "paused" && !args.dry_run && rejections == Rejections::Print {
         tell!(
             "note: campaign {:?} is paused; its calls wait until `producer resume {}`",
             prepared.name,
             prepared.name
         );
     }
-    Ok(report)
+    Ok((report, collected))
 }
 
 fn progress_bar(len: Option<u64>) -> ProgressBar {
@@ -343,6 +373,7 @@ struct Written {
 async fn run_pipeline(
     pool: &PgPool,
     args: &EnqueueArgs,
+    source: &Source,
     prepared: &Prepared,
     reader: ContactReader,
     progress: &Arc<Progress>,
@@ -374,7 +405,7 @@ async fn run_pipeline(
     );
     let stop_flag = Arc::new(AtomicBool::new(false));
     let name = reader.input().name().to_owned();
-    let total = Source::from_arg(&args.contacts).size();
+    let total = source.size();
     let bar = rejects.bar.clone();
 
     let produce = async {
@@ -684,12 +715,17 @@ async fn dry_run(
 /// of its own.
 pub struct RejectSink {
     tx: std::sync::mpsc::Sender<Vec<Rejection>>,
-    thread: std::thread::JoinHandle<anyhow::Result<u64>>,
+    thread: std::thread::JoinHandle<anyhow::Result<(u64, Vec<Rejection>)>>,
     bar: ProgressBar,
 }
 
 impl RejectSink {
-    fn start(path: Option<PathBuf>, source: String, bar: ProgressBar) -> anyhow::Result<Self> {
+    fn start(
+        path: Option<PathBuf>,
+        source: String,
+        bar: ProgressBar,
+        mode: Rejections,
+    ) -> anyhow::Result<Self> {
         let mut file = match &path {
             Some(p) => {
                 let f = std::fs::File::create(p)
@@ -704,9 +740,14 @@ impl RejectSink {
         let shown_bar = bar.clone();
         let thread = std::thread::spawn(move || {
             let mut shown = 0u64;
+            let mut collected = Vec::new();
             for batch in rx {
                 for r in batch {
-                    if shown < SHOWN_REJECTIONS {
+                    if let Rejections::Collect(max) = mode {
+                        if collected.len() < max {
+                            collected.push(r.clone());
+                        }
+                    } else if shown < SHOWN_REJECTIONS {
                         shown += 1;
                         let value =
                             if r.value.is_empty() { String::new() } else { format!("{:?}: ", r.value) };
@@ -727,7 +768,7 @@ impl RejectSink {
             if let Some(mut w) = file {
                 w.flush()?;
             }
-            Ok(shown)
+            Ok((shown, collected))
         });
         Ok(Self { tx, thread, bar })
     }
@@ -738,8 +779,9 @@ impl RejectSink {
         }
     }
 
-    /// Waits for the writer; returns how many rejections were shown.
-    fn finish(self) -> anyhow::Result<u64> {
+    /// Waits for the writer; returns how many rejections were shown, and
+    /// those collected.
+    fn finish(self) -> anyhow::Result<(u64, Vec<Rejection>)> {
         drop(self.tx);
         self.thread.join().map_err(|_| anyhow::anyhow!("the rejects writer panicked"))?
     }

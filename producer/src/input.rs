@@ -38,6 +38,12 @@ pub enum Format {
 pub enum Source {
     File(PathBuf),
     Stdin,
+    /// A list held in memory (the HTTP API's inline contacts), with the name
+    /// messages use for it.
+    Memory {
+        name: String,
+        data: Arc<[u8]>,
+    },
 }
 
 impl Source {
@@ -50,6 +56,7 @@ impl Source {
         match self {
             Self::File(p) => p.display().to_string(),
             Self::Stdin => "<stdin>".into(),
+            Self::Memory { name, .. } => name.clone(),
         }
     }
 
@@ -58,6 +65,7 @@ impl Source {
         match self {
             Self::File(p) => std::fs::metadata(p).ok().filter(|m| m.is_file()).map(|m| m.len()),
             Self::Stdin => None,
+            Self::Memory { data, .. } => Some(data.len() as u64),
         }
     }
 }
@@ -223,6 +231,7 @@ impl ContactInput {
                 Box::new(BufReader::with_capacity(256 * 1024, file))
             }
             Source::Stdin => Box::new(BufReader::with_capacity(256 * 1024, StdinReader)),
+            Source::Memory { data, .. } => Box::new(std::io::Cursor::new(data.clone())),
         };
         let mut lines = LineReader { inner, line: 0, bytes, at_start: true };
         let format = match format.or_else(|| format_from_name(source)) {

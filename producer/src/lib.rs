@@ -27,6 +27,7 @@ macro_rules! tell {
     }};
 }
 
+pub mod apikey;
 pub mod campaign;
 pub mod config;
 pub mod contacts;
@@ -41,7 +42,7 @@ use tocsin_core::db;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Cli, Command};
-pub use crate::enqueue::{Report, enqueue, enqueue_until};
+pub use crate::enqueue::{Rejections, Report, enqueue, enqueue_from, enqueue_until};
 
 /// Errors with their own exit code.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,7 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
         Command::Cancel(a) => campaign::cancel(&pool, &a.name, a.yes).await,
         Command::Delete(a) => campaign::delete(&pool, &a.name, a.yes).await,
         Command::Dnc(cmd) => dnc::run(&pool, cmd).await,
+        Command::Apikey(cmd) => apikey::run(&pool, cmd).await,
         Command::Migrate => {
             say!("database schema is up to date");
             Ok(())

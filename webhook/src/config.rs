@@ -61,6 +61,11 @@ pub struct WebhookConfig {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long = "max-body-bytes", env = "TOCSIN_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Largest request body the HTTP API (`/api/v1`) accepts, in bytes
+    /// (larger ones get 413); bounds a campaign's inline contact list.
+    #[arg(long = "api-max-body-bytes", env = "TOCSIN_API_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub api_max_body_bytes: usize,
 }
 
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -68,6 +73,24 @@ fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
 }
 
 impl WebhookConfig {
+    /// Providers a campaign created through the API may use: those whose
+    /// events this service can verify (all of them when checks are off).
+    pub fn api_providers(&self) -> Vec<tocsin_core::provider::Provider> {
+        use tocsin_core::provider::Provider;
+        let skip = self.insecure_skip_signature_check;
+        let mut out = Vec::new();
+        if skip || self.vonage_signature_secret.is_some() {
+            out.push(Provider::Vonage);
+        }
+        if skip || self.twilio.twilio_auth_token.is_some() {
+            out.push(Provider::Twilio);
+        }
+        if skip || self.telnyx.telnyx_public_key.is_some() {
+            out.push(Provider::Telnyx);
+        }
+        out
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         crate::twilio::check_config(self)?;
         crate::telnyx::hooks(self)?;

@@ -5,6 +5,7 @@
 //! before the 2xx goes out; when the database is unreachable the answer is
 //! 503 so the provider retries.
 
+pub mod api;
 pub mod config;
 pub mod store;
 pub mod telnyx;
@@ -100,7 +101,13 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
             config.vonage_signature_secret.clone()
         },
     };
-    Ok(router(state, config.max_body_bytes))
+    let api = Arc::new(api::ApiState {
+        hub: api::live::Hub::start(pool.clone()),
+        pool,
+        amqp: config.amqp.clone(),
+        providers: config.api_providers(),
+    });
+    Ok(router(state, config.max_body_bytes).merge(api::router(api, config.api_max_body_bytes)))
 }
 
 /// Serves on `listener` until `shutdown` is cancelled.

@@ -1,0 +1,110 @@
+//! API key authentication and authorisation: the key from
+//! `Authorization: Bearer …`, looked up by its key id, compared by SHA-256 in
+//! constant time (`producer::apikey::verify`), then checked for the scope
+//! and the campaign-name prefixes the route needs.
+
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use sqlx::PgPool;
+use tocsin_core::http::ApiError;
+
+use super::{db_unavailable, forbidden};
+
+/// A scope a route needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Write,
+    Read,
+    Control,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Write => "campaigns:write",
+            Self::Read => "campaigns:read",
+            Self::Control => "campaigns:control",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub key_id: String,
+    pub name: String,
+    pub campaign_prefixes: Vec<String>,
+}
+
+impl Caller {
+    /// Whether this key may touch campaign `name`.
+    pub fn may_touch(&self, name: &str) -> bool {
+        self.campaign_prefixes.is_empty()
+            || self.campaign_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    }
+
+    /// 403 unless this key may touch campaign `name`.
+    pub fn check_campaign(&self, name: &str) -> Result<(), ApiError> {
+        if self.may_touch(name) {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "this API key may only use campaigns whose name starts with {}",
+                self.campaign_prefixes.join(" or ")
+            )))
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    name: String,
+    hash: Vec<u8>,
+    scopes: Vec<String>,
+    campaign_prefixes: Vec<String>,
+    revoked: bool,
+    stale_last_used: bool,
+}
+
+/// The caller, if the request's key is valid and holds `scope`.
+pub async fn authenticate(pool: &PgPool, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
+    let key = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("missing API key: send Authorization: Bearer <key>"))?;
+    let unknown = || ApiError::unauthorized("unknown or revoked API key");
+    let Some(key_id) = producer::apikey::key_id(key) else {
+        return Err(unknown());
+    };
+    let row: Option<KeyRow> = sqlx::query_as(
+        "SELECT name, hash, scopes, campaign_prefixes, revoked_at IS NOT NULL AS revoked, \
+                (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') AS stale_last_used \
+         FROM api_keys WHERE key_id = $1",
+    )
+    .bind(key_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| db_unavailable(e, "reading the API key"))?;
+    // Hash even when the id is unknown, so timing says nothing about which ids exist.
+    let (stored, row) = match row {
+        Some(r) => (r.hash.clone(), Some(r)),
+        None => (vec![0u8; 32], None),
+    };
+    let matches = producer::apikey::verify(&stored, key);
+    let Some(row) = row.filter(|r| matches && !r.revoked) else {
+        return Err(unknown());
+    };
+    if !row.scopes.iter().any(|s| s == scope.as_str()) {
+        return Err(forbidden(format!("this API key lacks the scope {}", scope.as_str())));
+    }
+    if row.stale_last_used {
+        // Best effort, at most once a minute per key: a failure here must not fail the request.
+        let _ = sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE key_id = $1")
+            .bind(key_id)
+            .execute(pool)
+            .await;
+    }
+    Ok(Caller { key_id: key_id.to_owned(), name: row.name, campaign_prefixes: row.campaign_prefixes })
+}

@@ -1,0 +1,72 @@
+//! The HTTP API, `/api/v1`: campaigns created and controlled by machines
+//! (alerting systems, scripts) and watched live.
+//!
+//! Every request carries `Authorization: Bearer tocsin_…` (a key from
+//! `producer apikey create`). Errors use the standard body
+//! `{"error":{"code","message"}}`: 401 missing or unknown key, 403 scope or
+//! campaign prefix, 400 invalid body (each invalid field named), 404 unknown
+//! campaign, 409 a state that forbids the request, 413 body too large.
+//!
+//! Creating a campaign runs the producer's own pipeline
+//! (`producer::enqueue_from`): the same validation, dedupe, do-not-call
+//! check and idempotency as `producer enqueue`.
+
+pub mod auth;
+pub mod campaigns;
+pub mod live;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use sqlx::PgPool;
+use tocsin_core::config::AmqpArgs;
+use tocsin_core::http::ApiError;
+use tocsin_core::provider::Provider;
+
+/// What the API's handlers share.
+pub struct ApiState {
+    pub pool: PgPool,
+    /// Where created campaigns' jobs are published.
+    pub amqp: AmqpArgs,
+    /// Providers a campaign created here may use.
+    pub providers: Vec<Provider>,
+    /// Fan-out of committed call state changes (one LISTEN per process).
+    pub hub: live::Hub,
+}
+
+/// The `/api/v1` routes. `max_body_bytes` bounds every request body (413 above).
+pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/api/v1/campaigns", post(campaigns::create).get(campaigns::list))
+        .route("/api/v1/campaigns/{name}", get(campaigns::show))
+        .route("/api/v1/campaigns/{name}/pause", post(campaigns::pause))
+        .route("/api/v1/campaigns/{name}/resume", post(campaigns::resume))
+        .route("/api/v1/campaigns/{name}/cancel", post(campaigns::cancel))
+        .route("/api/v1/campaigns/{name}/events", get(live::events))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such API route")
+}
+
+/// 403 with the standard body.
+pub fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
+/// 409 with the standard body.
+pub fn conflict(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "conflict", message)
+}
+
+/// A database error: logged, answered 503 (the client may retry).
+pub fn db_unavailable(e: sqlx::Error, doing: &'static str) -> ApiError {
+    tracing::error!(error = %e, doing, "API request failed on the database");
+    ApiError::unavailable()
+}

@@ -1,0 +1,319 @@
+//! The `/api/v1` campaign API against the real PostgreSQL and RabbitMQ,
+//! driven through the router: every error status, scopes and prefixes,
+//! creation through the producer's pipeline (validation, dedupe,
+//! do-not-call), idempotent retries, status and control.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use clap::Parser;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use tocsin_core::queue::Topology;
+use tocsin_core::testing::{self, TestDb};
+use tower::ServiceExt;
+
+struct Harness {
+    db: TestDb,
+    app: Router,
+    prefix: String,
+    amqp_url: String,
+}
+
+async fn harness(extra: &[&str]) -> Harness {
+    tocsin_core::telemetry::install_crypto_provider();
+    tocsin_core::telemetry::metrics_handle();
+    let db = TestDb::create().await;
+    let amqp_url = testing::amqp_url().await;
+    let prefix = testing::unique_prefix("api");
+    let mut args = vec![
+        "webhook",
+        "--database-url",
+        db.url.expose_secret(),
+        "--amqp-url",
+        &amqp_url,
+        "--queue-prefix",
+        &prefix,
+        "--vonage-signature-secret",
+        "api-test-secret",
+    ];
+    args.extend_from_slice(extra);
+    let config = webhook::config::WebhookConfig::try_parse_from(args).unwrap();
+    let app = webhook::app(&config, db.pool.clone()).await.unwrap();
+    Harness { db, app, prefix, amqp_url }
+}
+
+impl Harness {
+    async fn key(&self, name: &str, scopes: &[&str], prefixes: &[&str]) -> String {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let prefixes: Vec<String> = prefixes.iter().map(|s| s.to_string()).collect();
+        producer::apikey::create(&self.db.pool, name, &scopes, &prefixes).await.unwrap()
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<String>,
+        idem: Option<&str>,
+    ) -> (StatusCode, Value, bool) {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        if let Some(i) = idem {
+            req = req.header("idempotency-key", i);
+        }
+        let response =
+            self.app.clone().oneshot(req.body(Body::from(body.unwrap_or_default())).unwrap()).await.unwrap();
+        let status = response.status();
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)));
+        (status, value, replayed)
+    }
+
+    async fn cleanup(self) {
+        let conn = tocsin_core::queue::connect(&self.amqp_url, "cleanup").await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        Topology::new(&self.prefix).delete(&channel).await.unwrap();
+    }
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("not the standard error shape: {v}"))
+}
+
+fn campaign_body(name: &str, numbers: &[&str]) -> String {
+    json!({
+        "name": name,
+        "message": "Severe storm warning.",
+        "from": "+14155550100",
+        "contacts": numbers.iter().map(|n| json!({"number": n})).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn missing_unknown_and_revoked_keys_get_401_and_scopes_and_prefixes_403() {
+    let h = harness(&[]).await;
+    let body = campaign_body("auth-1", &["+14155550101"]);
+
+    let (s, v, _) = h.call("GET", "/api/v1/campaigns", None, None, None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let (s, _, _) = h.call("GET", "/api/v1/campaigns", Some("not-a-key"), None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let forged = format!("tocsin_{}_{}", "0123456789ab", "0".repeat(64));
+    let (s, _, _) = h.call("GET", "/api/v1/campaigns", Some(&forged), None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A real key id with the wrong secret.
+    let reader = h.key("reader", &["campaigns:read"], &[]).await;
+    let wrong = format!("{}{}", &reader[..reader.len() - 4], "0000");
+    let (s, _, _) = h.call("GET", "/api/v1/campaigns", Some(&wrong), None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Scopes.
+    let (s, _, _) = h.call("GET", "/api/v1/campaigns", Some(&reader), None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&reader), Some(body.clone()), None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::FORBIDDEN, "forbidden"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("campaigns:write"), "{v}");
+    let (s, _, _) = h.call("POST", "/api/v1/campaigns/auth-1/pause", Some(&reader), None, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let writer = h.key("writer", &["campaigns:write"], &[]).await;
+    let (s, _, _) = h.call("GET", "/api/v1/campaigns/auth-1", Some(&writer), None, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Campaign-name prefixes: outside is 403, inside works, lists are filtered.
+    let ops = h.key("ops", &["campaigns:write", "campaigns:read", "campaigns:control"], &["ops-"]).await;
+    let (s, _, _) = h.call("POST", "/api/v1/campaigns", Some(&ops), Some(body.clone()), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v, _) = h
+        .call("POST", "/api/v1/campaigns", Some(&ops), Some(campaign_body("ops-1", &["+14155550102"])), None)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&writer), Some(body), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, v, _) = h.call("GET", "/api/v1/campaigns", Some(&ops), None, None).await;
+    let names: Vec<&str> =
+        v["campaigns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ops-1"]);
+    let (s, _, _) = h.call("GET", "/api/v1/campaigns/auth-1", Some(&ops), None, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = h.call("POST", "/api/v1/campaigns/auth-1/cancel", Some(&ops), None, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Revoked keys stop working at once.
+    assert!(producer::apikey::revoke(&h.db.pool, "reader").await.unwrap());
+    let (s, _, _) = h.call("GET", "/api/v1/campaigns", Some(&reader), None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn invalid_bodies_get_400_naming_every_field_and_oversize_413() {
+    let h = harness(&["--api-max-body-bytes", "2048"]).await;
+    let key = h.key("w", &["campaigns:write"], &[]).await;
+
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some("{not json".into()), None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::BAD_REQUEST, "bad_request"));
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some("{}".into()), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let m = v["error"]["message"].as_str().unwrap();
+    for field in ["name: required", "message: required", "contacts: required"] {
+        assert!(m.contains(field), "{field} not named in {m}");
+    }
+    let bad = json!({
+        "name": "bad name!",
+        "message": "",
+        "from": "12",
+        "provider": "carrier-pigeon",
+        "repeat": 11,
+        "window": "9-5",
+        "timezone": "Mars/Base",
+        "colour": "red",
+        "contacts": [{"number": "+14155550101"}, {"phone": "+1"}, 7],
+    });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(bad.to_string()), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let m = v["error"]["message"].as_str().unwrap();
+    for field in [
+        "name:",
+        "message:",
+        "from:",
+        "provider:",
+        "repeat:",
+        "window:",
+        "timezone:",
+        "colour:",
+        "contacts[1]:",
+        "contacts[2]:",
+    ] {
+        assert!(m.contains(field), "{field} not named in {m}");
+    }
+    assert!(!m.contains("contacts[0]"), "{m}");
+
+    let many: Vec<String> = (0..200).map(|i| format!("+1415555{i:04}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (s, v, _) =
+        h.call("POST", "/api/v1/campaigns", Some(&key), Some(campaign_body("big", &refs)), None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+
+    let (s, v, _) = h.call("GET", "/api/v1/nothing-here", Some(&key), None, None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn creation_uses_the_producer_pipeline_and_idempotency_key_replays_the_first_answer() {
+    let h = harness(&[]).await;
+    let key = h.key("w", &["campaigns:write", "campaigns:read"], &[]).await;
+    sqlx::query("INSERT INTO do_not_call (number, reason) VALUES ('+14155550104', 'asked')")
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    let body = campaign_body(
+        "storm",
+        &["+14155550101", "+1 415 555 0102", "not a number", "+14155550101", "+14155550104"],
+    );
+
+    let (s, first, replayed) =
+        h.call("POST", "/api/v1/campaigns", Some(&key), Some(body.clone()), Some("req-1")).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    assert!(!replayed);
+    let e = &first["enqueue"];
+    assert_eq!(e["new_contacts"], 2, "{first}");
+    assert_eq!(e["published"], 2);
+    assert_eq!(
+        (e["invalid"].as_u64(), e["duplicate"].as_u64(), e["do_not_call"].as_u64()),
+        (Some(1), Some(1), Some(1))
+    );
+    let rejected: Vec<(u64, &str)> = e["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rejected, [(2, "invalid"), (3, "duplicate"), (4, "do_not_call")]);
+    assert_eq!(first["campaign"]["states"]["queued"], 2);
+    let enqueued: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE enqueued_at IS NOT NULL")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(enqueued, 2);
+
+    // The same key and body: the first answer again, nothing enqueued twice.
+    let (s, again, replayed) =
+        h.call("POST", "/api/v1/campaigns", Some(&key), Some(body.clone()), Some("req-1")).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert!(replayed);
+    assert_eq!(again, first);
+    // The same key with another body is refused.
+    let other = campaign_body("storm", &["+14155550109"]);
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(other), Some("req-1")).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
+    // Without the key, the producer's own idempotency still holds.
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["enqueue"]["new_contacts"].as_u64(), v["enqueue"]["already_enqueued"].as_u64()),
+        (Some(0), Some(2))
+    );
+    // A changed message is refused like `producer enqueue` without --update-message.
+    let changed = json!({"name": "storm", "message": "Another text.", "from": "+14155550100",
+                         "contacts": [{"number": "+14155550101"}]});
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(changed.to_string()), None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "conflict"), "{v}");
+
+    // One job per new contact reached the work queue.
+    let conn = tocsin_core::queue::connect(&h.amqp_url, "count").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let q = channel
+        .queue_declare(
+            Topology::new(&h.prefix).work_queue().as_str().into(),
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 2);
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn status_and_control_with_404_and_409() {
+    let h = harness(&[]).await;
+    let key = h.key("all", &["campaigns:write", "campaigns:read", "campaigns:control"], &[]).await;
+    let (s, v, _) = h.call("GET", "/api/v1/campaigns/nope", Some(&key), None, None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, _, _) = h.call("POST", "/api/v1/campaigns/nope/pause", Some(&key), None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let body = campaign_body("drill", &["+14155550101", "+14155550102", "+14155550103"]);
+    let (s, _, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body), None).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v, _) = h.call("GET", "/api/v1/campaigns/drill", Some(&key), None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["status"].as_str(), v["total"].as_i64(), v["finished"].as_i64()),
+        (Some("active"), Some(3), Some(0))
+    );
+
+    let (_, v, _) = h.call("POST", "/api/v1/campaigns/drill/pause", Some(&key), None, None).await;
+    assert_eq!((v["changed"].as_bool(), v["campaign"]["status"].as_str()), (Some(true), Some("paused")));
+    let (_, v, _) = h.call("POST", "/api/v1/campaigns/drill/pause", Some(&key), None, None).await;
+    assert_eq!(v["changed"], false);
+    let (_, v, _) = h.call("POST", "/api/v1/campaigns/drill/resume", Some(&key), None, None).await;
+    assert_eq!(v["campaign"]["status"], "active");
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns/drill/cancel", Some(&key), None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["cancelled_calls"].as_u64(), v["campaign"]["states"]["cancelled"].as_i64()),
+        (Some(3), Some(3))
+    );
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns/drill/resume", Some(&key), None, None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "conflict"));
+    h.cleanup().await;
+}
