@@ -16,7 +16,9 @@
 //! commit out of order. A batch of `call` events ends with a `counts` event
 //! whose SSE `id` is that snapshot; a client reconnecting with
 //! `Last-Event-ID` gets every change after it (a batch cut short is sent
-//! again in full, so changes are at least once: dedupe on `seq`).
+//! again in full, so changes are at least once: dedupe on `seq`). Within
+//! a batch, changes are in log order (`seq`), which for any one call is the
+//! order its state moved (its row lock orders the updates).
 //! `Last-Event-ID: 0` replays the campaign from its start.
 
 use std::convert::Infallible;
@@ -231,7 +233,7 @@ impl Stream {
              WHERE campaign_id = $1 AND tx >= pg_snapshot_xmin($2::pg_snapshot) \
                AND pg_visible_in_snapshot(tx, $3::pg_snapshot) \
                AND NOT pg_visible_in_snapshot(tx, $2::pg_snapshot) \
-             ORDER BY tx, id",
+             ORDER BY id",
         )
         .bind(self.campaign)
         .bind(&self.position)
