@@ -1,12 +1,15 @@
 //! `GET /api/v1/campaigns/{name}/events`: Server-Sent Events of a
 //! campaign's call state changes and counters.
 //!
-//! Source: the `call_state_log` table, filled by a statement-level trigger on
-//! `calls` (migration `20261122300000_live_api.sql`), which also NOTIFYs
-//! `tocsin_calls` with the campaign id. A trigger rather than a NOTIFY from
-//! the event store: every writer of `calls` (workers, webhook replicas,
-//! producer cancels) is covered, and the group commit pays one INSERT …
-//! SELECT per statement, not a round trip.
+//! Source: the `call_state_log` table, filled by a trigger on `calls`
+//! (`AFTER UPDATE OF state … WHEN (OLD.state IS DISTINCT FROM NEW.state)`,
+//! migration `20261122300001`), which also NOTIFYs `tocsin_calls` with the
+//! campaign id. A trigger rather than a NOTIFY from the event store: every
+//! writer of `calls` (workers, webhook replicas, producer cancels) is
+//! covered, the log row commits atomically with the state it records, the
+//! group commit gains no round trip (one log insert per changed call inside
+//! its transaction; updates that change no state pay nothing), and NOTIFY is
+//! delivered at commit, so listeners never read ahead of what is committed.
 //!
 //! Each process holds one LISTEN connection (`Hub`) and fans notifications
 //! out to its streams; every stream then reads the log from its own
