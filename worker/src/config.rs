@@ -90,6 +90,14 @@ impl WorkerConfig {
         if !(self.rate_per_sec.is_finite() && self.rate_per_sec > 0.0) {
             anyhow::bail!("TOCSIN_RATE_PER_SEC must be a positive number, got {}", self.rate_per_sec);
         }
+        if self.dialing_lease <= self.limiter_max_wait + self.provider_timeout {
+            anyhow::bail!(
+                "TOCSIN_DIALING_LEASE ({:?}) must be longer than TOCSIN_LIMITER_MAX_WAIT + TOCSIN_PROVIDER_TIMEOUT \
+                 ({:?}): a call waits for its slot and its request while claimed",
+                self.dialing_lease,
+                self.limiter_max_wait + self.provider_timeout
+            );
+        }
         if self.expected_workers == 0 {
             anyhow::bail!("TOCSIN_EXPECTED_WORKERS must be at least 1");
         }

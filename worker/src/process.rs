@@ -186,7 +186,10 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         return Ok(Outcome::Delay(DelayTier::at_least(left)));
     }
 
-    // Reserve a slot before claiming, so the claim is fresh when the request leaves.
+    // Reserve a slot, claim the call, then send exactly on the slot: the
+    // database work happens while we wait, so nothing but the request itself
+    // stands between the slot and the provider (less jitter, no bunching).
+    let reserved_at = tokio::time::Instant::now();
     let wait = match deps.limiter.reserve(&account).await {
         Reservation::Granted(wait) => wait,
         Reservation::Refused(wait) => {
@@ -195,19 +198,26 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         }
     };
     metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
-    tokio::select! {
-        () = tokio::time::sleep(wait) => {}
-        // Shutting down: give the slot up; the job goes back unclaimed.
-        () = deps.shutdown.cancelled() => return Ok(Outcome::Delay(DelayTier::S1)),
-    }
-    // The campaign may have been paused or cancelled while we waited.
-    let campaign = campaign_fresh(deps, job).await?;
-    if let Some(outcome) = campaign_gate(deps, job, &campaign).await? {
-        return Ok(outcome);
-    }
-
+    let slot = reserved_at + wait;
     if !claim(deps, job, provider).await? {
         return decide_unclaimed(deps, job, client.as_ref()).await;
+    }
+    // Look at the campaign once more just before the slot: a pause or a
+    // cancel must stop dialing within a couple of seconds.
+    let check_at =
+        slot.checked_sub(Duration::from_millis(100)).unwrap_or(slot).max(tokio::time::Instant::now());
+    if !sleep_or_shutdown(deps, check_at).await {
+        release(deps, job, None).await?;
+        return Ok(Outcome::Delay(DelayTier::S1));
+    }
+    let campaign = campaign_fresh(deps, job).await?;
+    if campaign.status != "active" || schedule::wait_before_calling(&campaign, None, Utc::now()).is_some() {
+        release(deps, job, None).await?;
+        return Ok(campaign_gate(deps, job, &campaign).await?.unwrap_or(Outcome::Delay(DelayTier::S1)));
+    }
+    if !sleep_or_shutdown(deps, slot).await {
+        release(deps, job, None).await?;
+        return Ok(Outcome::Delay(DelayTier::S1));
     }
     let request = CallRequest {
         call_id: job.call_id,
@@ -233,6 +243,14 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         }
     }
     record(deps, job, &campaign, &account, provider, result).await
+}
+
+/// Sleeps until `until`; `false` if shutdown began first.
+async fn sleep_or_shutdown(deps: &Deps, until: tokio::time::Instant) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep_until(until) => true,
+        () = deps.shutdown.cancelled() => false,
+    }
 }
 
 async fn place(client: &dyn VoiceProvider, request: &CallRequest) -> Result<PlacedCall, PlaceCallError> {

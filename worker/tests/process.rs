@@ -324,3 +324,30 @@ async fn a_contacts_own_time_zone_decides_its_calling_window() {
     assert_eq!(h.row(&near).await.0, "placed");
     h.mock.verify().await;
 }
+
+#[tokio::test]
+async fn a_pause_while_a_job_waits_for_its_slot_stops_the_dial() {
+    let h = harness(Settings { campaign_ttl: Duration::ZERO, ..Settings::default() }).await;
+    h.mock_create(created("never"), 0).await;
+    let job = h.job("+14155550031").await;
+    // The account's next slot is 1.5 s away.
+    let account = h.deps.providers[&Provider::Vonage].account();
+    h.deps.limiter.cool_down(&account, Duration::from_millis(1500)).await;
+    let pool = h.db.pool.clone();
+    let campaign = h.campaign;
+    let pause = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        sqlx::query("UPDATE campaigns SET status = 'paused' WHERE id = $1")
+            .bind(campaign)
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Delay(DelayTier::S5));
+    pause.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The claim was given back: the call is waiting, not dialled.
+    assert_eq!(h.row(&job).await.0, "queued");
+    h.mock.verify().await;
+}
