@@ -317,3 +317,18 @@ async fn status_and_control_with_404_and_409() {
     assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "conflict"));
     h.cleanup().await;
 }
+
+#[test]
+fn openapi_file_documents_every_route() {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    for path in [
+        "/api/v1/campaigns:",
+        "/api/v1/campaigns/{name}:",
+        "/api/v1/campaigns/{name}/pause:",
+        "/api/v1/campaigns/{name}/resume:",
+        "/api/v1/campaigns/{name}/cancel:",
+        "/api/v1/campaigns/{name}/events:",
+    ] {
+        assert!(spec.contains(&format!("\n  {path}\n")), "{path} is not in webhook/openapi.yaml");
+    }
+}
