@@ -112,7 +112,7 @@ pub async fn create(
     .context("storing the API key")?;
     if inserted.rows_affected() == 0 {
         return Err(Fatal::Usage(format!(
-            "an API key named {name:?} exists already; revoke it or pick another name"
+            "an API key named {name:?} exists already (names stay taken after revoke); pick another name"
         ))
         .into());
     }

@@ -116,8 +116,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // One connection per batch writer, plus a few for answer documents and readiness.
-    let pool = db::connect(&config.database.database_url, (config.batch_writers as u32 + 3).min(64))
+    // One connection per batch writer, plus a few for answer documents and
+    // readiness, plus the live stream's LISTEN connection (held for good).
+    let pool = db::connect(&config.database.database_url, (config.batch_writers as u32 + 4).min(64))
         .await
         .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
     db::migrate(&pool).await.context("applying database migrations")?;
