@@ -304,6 +304,9 @@ on_exit() {
 }
 trap on_exit EXIT
 
+# The demo and benchmarks talk HTTP with curl; a minimal image may lack it.
+STEP=tools
+have curl || apt_install tools curl ca-certificates
 STEP=postgresql
 ensure_postgresql
 STEP=redis
