@@ -30,6 +30,10 @@ pub enum Outcome {
     DeadLetter(String),
 }
 
+/// How long a job may be held waiting for the limiter to have room before
+/// it goes back to a delay queue.
+const MAX_HOLD: Duration = Duration::from_secs(300);
+
 /// Tunables of `process`, from the worker's configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -189,12 +193,26 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     // Reserve a slot, claim the call, then send exactly on the slot: the
     // database work happens while we wait, so nothing but the request itself
     // stands between the slot and the provider (less jitter, no bunching).
-    let reserved_at = tokio::time::Instant::now();
-    let wait = match deps.limiter.reserve(&account).await {
-        Reservation::Granted(wait) => wait,
-        Reservation::Refused(wait) => {
-            metrics::counter!("tocsin_limiter_refused_total").increment(1);
-            return Ok(Outcome::Delay(DelayTier::at_least(wait)));
+    // A refusal means the account's timeline is booked beyond the maximum
+    // wait (more jobs in flight than the rate serves in that time). Hold the
+    // job and ask again when its turn is nearer, instead of bouncing it
+    // through a delay queue: a bounced job comes back late and leaves the
+    // slots it could have used empty.
+    let held_since = Instant::now();
+    let (reserved_at, wait) = loop {
+        let at = tokio::time::Instant::now();
+        match deps.limiter.reserve(&account).await {
+            Reservation::Granted(wait) => break (at, wait),
+            Reservation::Refused(wait) => {
+                metrics::counter!("tocsin_limiter_refused_total").increment(1);
+                if held_since.elapsed() >= MAX_HOLD {
+                    return Ok(Outcome::Delay(DelayTier::S5));
+                }
+                let nap = (wait / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                if !sleep_or_shutdown(deps, tokio::time::Instant::now() + nap).await {
+                    return Ok(Outcome::Delay(DelayTier::S1));
+                }
+            }
         }
     };
     metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
