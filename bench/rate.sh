@@ -24,7 +24,7 @@ for rate in $RATES; do
   for mode in $MODES; do
     for n in $WORKERS; do
       python3 bench/campaign.py --label "rate-$rate-$mode-$n" --workers "$n" --rate "$rate" \
-        --contacts "$contacts" --limiter "$mode" --timeout 1200 | tee -a "$OUT"
+        --contacts "$contacts" --limiter "$mode" --timeout "${TIMEOUT:-1200}" | tee -a "$OUT"
     done
   done
 done
