@@ -32,7 +32,7 @@ kill "$SIM"; wait "$SIM" 2>/dev/null || true
 rm -rf "$WORK"
 
 python3 bench/campaign.py --label throughput --workers 1 --rate 100000 --contacts "$CONTACTS" \
-  --prefetch "$PREFETCH" --time-scale 0.001 --timeout 1200 | tee -a "$OUT"
+  --prefetch "$PREFETCH" --worker-arg=--db-pool="${DB_POOL:-24}" --time-scale 0.001 --timeout 1200 | tee -a "$OUT"
 python3 - "$OUT" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]

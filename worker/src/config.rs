@@ -53,6 +53,11 @@ pub struct WorkerConfig {
     #[arg(long = "expected-workers", env = "TOCSIN_EXPECTED_WORKERS", default_value_t = 1)]
     pub expected_workers: u32,
 
+    /// PostgreSQL connections of this worker. Jobs hold one only for single short statements;
+    /// raise it with the prefetch for high rates, keep replicas × this under the server's limit.
+    #[arg(long = "db-pool", env = "TOCSIN_DB_POOL", default_value_t = 8)]
+    pub db_pool: u32,
+
     /// Jobs held and processed at once (RabbitMQ prefetch and in-flight bound).
     #[arg(long = "prefetch", env = "TOCSIN_PREFETCH", default_value_t = 16)]
     pub prefetch: u16,

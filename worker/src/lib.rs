@@ -37,9 +37,7 @@ use crate::process::{Deps, Outcome, Settings, process};
 
 /// Runs a worker until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // Jobs hold a connection only for single short statements: a small pool serves a
-    // large prefetch, and many worker replicas stay within the server's connection limit.
-    let pool = db::connect(&config.database.database_url, u32::from(config.prefetch).clamp(2, 6))
+    let pool = db::connect(&config.database.database_url, config.db_pool.max(2))
         .await
         .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
     db::migrate(&pool).await.context("applying database migrations")?;
