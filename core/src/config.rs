@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+/// Clap value parser for secrets: the value goes straight into a `SecretString`.
+pub fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(s.to_owned()))
 }
 

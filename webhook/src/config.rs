@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use secrecy::SecretString;
-use tocsin_core::config::{AmqpArgs, DatabaseArgs, TelemetryArgs, parse_duration};
+use tocsin_core::config::{AmqpArgs, DatabaseArgs, TelemetryArgs, parse_duration, secret};
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -66,10 +66,6 @@ pub struct WebhookConfig {
     /// (larger ones get 413); bounds a campaign's inline contact list.
     #[arg(long = "api-max-body-bytes", env = "TOCSIN_API_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub api_max_body_bytes: usize,
-}
-
-fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
-    Ok(SecretString::from(s.to_owned()))
 }
 
 impl WebhookConfig {
