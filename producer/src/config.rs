@@ -64,7 +64,17 @@ pub enum Command {
         after_help = "Examples:\n  producer status storm-warning\n  producer status storm-warning --watch --timeout 2h"
     )]
     Status(StatusArgs),
-    /// List campaigns with their status and progress.
+    /// List campaigns with their status and progress; `list import|show|delete` manage saved contact lists.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  producer list                                  # campaigns\n",
+        "  producer list import oncall oncall.csv         # save (or replace) a contact list\n",
+        "  producer list show                             # saved contact lists\n",
+        "  producer list show oncall --contacts           # one list's contacts, as JSON Lines\n",
+        "  producer list delete oncall --yes\n\n",
+        "A saved list is named by campaigns created through the HTTP API (`contact_list`)\n",
+        "and by Alertmanager routes (label `tocsin_contact_list` or `?contact_list=`)."
+    ))]
     List(ListArgs),
     /// Stop dialing a campaign (calls in progress finish); `resume` restarts it.
     #[command(after_help = "Example:\n  producer pause storm-warning")]
@@ -146,7 +156,7 @@ fn parse_delimiter(s: &str) -> Result<u8, String> {
     }
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct EnqueueArgs {
     /// Campaign name (letters, digits, '-', '_', '.').
     #[arg(long)]
@@ -285,9 +295,78 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `producer list` alone lists campaigns (as it always has); its
+/// subcommands manage saved contact lists.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ListArgs {
-    /// Print the list as JSON.
+    /// Print the campaigns as JSON Lines.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<ListCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ListCommand {
+    /// Save a contact list under NAME (replacing its contacts if it exists), validated
+    /// as `producer enqueue` validates: E.164, duplicates, do-not-call, unreadable lines.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  producer list import oncall oncall.csv --rejects rejected.csv\n",
+        "  producer list import parents parents.jsonl --default-region GB\n\n",
+        "The same formats as `producer enqueue --contacts`. The list is replaced in one\n",
+        "transaction: campaigns starting meanwhile read the old list or the new one, never\n",
+        "a mix. When every line is rejected the old list is kept and the exit code is 3."
+    ))]
+    Import(ListImportArgs),
+    /// Without NAME: every saved contact list. With NAME: that list (and its contacts with --contacts).
+    Show {
+        /// The list's name.
+        name: Option<String>,
+        /// Print the list's contacts as JSON Lines (number, timezone, other columns, line).
+        #[arg(long, requires = "name")]
+        contacts: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a saved contact list (campaigns made from it keep their calls).
+    #[command(after_help = "Example:\n  producer list delete oncall --yes")]
+    Delete {
+        /// The list's name.
+        name: String,
+        /// Confirm: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ListImportArgs {
+    /// Name of the list (letters, digits, '-', '_', '.').
+    pub name: String,
+    /// The contacts: CSV with a header row or JSON Lines, or '-' for standard input.
+    pub file: PathBuf,
+    /// Format of the file (default: from the extension, else detected).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Name of the column (or JSON key) holding the phone number.
+    #[arg(long, default_value = "number", value_name = "NAME")]
+    pub number_column: String,
+    /// Column (or JSON key) holding a contact's own IANA time zone [default: timezone].
+    #[arg(long, value_name = "NAME")]
+    pub timezone_column: Option<String>,
+    /// CSV field separator: one character, or 'tab' (default ',', tab for .tsv files).
+    #[arg(long, value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
+    /// Region (ISO 3166, e.g. US, GB) for numbers written without a country code.
+    #[arg(long, value_name = "CC")]
+    pub default_region: Option<String>,
+    /// Write every rejected line (line number, reason, value) to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+    /// Print the report as JSON on standard output.
     #[arg(long)]
     pub json: bool,
 }
@@ -435,5 +514,21 @@ mod tests {
             Cli::try_parse_from(base.iter().copied().chain(["--message", "hi", "--timezone", "Mars/Base"]))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn list_alone_lists_campaigns_and_its_subcommands_manage_contact_lists() {
+        let Command::List(args) = Cli::try_parse_from(["producer", "list", "--json"]).unwrap().command else {
+            panic!()
+        };
+        assert!(args.json && args.command.is_none());
+        let cli = Cli::try_parse_from(["producer", "list", "import", "oncall", "a.csv"]).unwrap();
+        let Command::List(ListArgs { command: Some(ListCommand::Import(import)), .. }) = cli.command else {
+            panic!()
+        };
+        assert_eq!((import.name.as_str(), import.file.to_str()), ("oncall", Some("a.csv")));
+        assert!(Cli::try_parse_from(["producer", "list", "show"]).is_ok());
+        assert!(Cli::try_parse_from(["producer", "list", "show", "--contacts"]).is_err());
+        assert!(Cli::try_parse_from(["producer", "list", "--json", "delete", "x"]).is_err());
     }
 }

@@ -720,7 +720,7 @@ pub struct RejectSink {
 }
 
 impl RejectSink {
-    fn start(
+    pub(crate) fn start(
         path: Option<PathBuf>,
         source: String,
         bar: ProgressBar,
@@ -773,7 +773,7 @@ impl RejectSink {
         Ok(Self { tx, thread, bar })
     }
 
-    fn send(&self, rejections: &[Rejection]) {
+    pub(crate) fn send(&self, rejections: &[Rejection]) {
         if !rejections.is_empty() {
             let _ = self.tx.send(rejections.to_vec());
         }
@@ -781,7 +781,7 @@ impl RejectSink {
 
     /// Waits for the writer; returns how many rejections were shown, and
     /// those collected.
-    fn finish(self) -> anyhow::Result<(u64, Vec<Rejection>)> {
+    pub(crate) fn finish(self) -> anyhow::Result<(u64, Vec<Rejection>)> {
         drop(self.tx);
         self.thread.join().map_err(|_| anyhow::anyhow!("the rejects writer panicked"))?
     }

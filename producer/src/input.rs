@@ -44,6 +44,32 @@ pub enum Source {
         name: String,
         data: Arc<[u8]>,
     },
+    /// A list produced while it is read (a saved contact list streamed out
+    /// of PostgreSQL, see `lists`). It can be opened once.
+    Stream {
+        name: String,
+        reader: SharedReader,
+    },
+}
+
+/// A reader handed to whichever clone of a `Source` opens it first.
+#[derive(Clone)]
+pub struct SharedReader(Arc<std::sync::Mutex<Option<Box<dyn Read + Send>>>>);
+
+impl SharedReader {
+    pub fn new(reader: impl Read + Send + 'static) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(Box::new(reader)))))
+    }
+
+    fn take(&self) -> Option<Box<dyn Read + Send>> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl std::fmt::Debug for SharedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedReader")
+    }
 }
 
 impl Source {
@@ -56,7 +82,7 @@ impl Source {
         match self {
             Self::File(p) => p.display().to_string(),
             Self::Stdin => "<stdin>".into(),
-            Self::Memory { name, .. } => name.clone(),
+            Self::Memory { name, .. } | Self::Stream { name, .. } => name.clone(),
         }
     }
 
@@ -64,7 +90,7 @@ impl Source {
     pub fn size(&self) -> Option<u64> {
         match self {
             Self::File(p) => std::fs::metadata(p).ok().filter(|m| m.is_file()).map(|m| m.len()),
-            Self::Stdin => None,
+            Self::Stdin | Self::Stream { .. } => None,
             Self::Memory { data, .. } => Some(data.len() as u64),
         }
     }
@@ -232,6 +258,13 @@ impl ContactInput {
             }
             Source::Stdin => Box::new(BufReader::with_capacity(256 * 1024, StdinReader)),
             Source::Memory { data, .. } => Box::new(std::io::Cursor::new(data.clone())),
+            Source::Stream { reader, .. } => {
+                let reader = reader.take().ok_or_else(|| OpenError::Io {
+                    name: name.clone(),
+                    source: std::io::Error::other("this list was already read"),
+                })?;
+                Box::new(BufReader::with_capacity(64 * 1024, reader))
+            }
         };
         let mut lines = LineReader { inner, line: 0, bytes, at_start: true };
         let format = match format.or_else(|| format_from_name(source)) {

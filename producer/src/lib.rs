@@ -1,6 +1,7 @@
 //! The producer: the operator's CLI. It enqueues campaigns from contact
 //! lists (`enqueue`), reports on them (`status`, `list`), controls them
-//! (`pause`, `resume`, `cancel`, `delete`) and keeps the do-not-call list
+//! (`pause`, `resume`, `cancel`, `delete`), keeps saved contact lists
+//! (`list import|show|delete`, module `lists`) and the do-not-call list
 //! (`dnc`). See `enqueue` for the pipeline and its guarantees.
 
 /// `println!` that never panics: output to a closed pipe (`producer list | head`) is dropped.
@@ -34,6 +35,7 @@ pub mod contacts;
 pub mod dnc;
 pub mod enqueue;
 pub mod input;
+pub mod lists;
 pub mod publish;
 pub mod status;
 
@@ -98,7 +100,10 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
             check_report(&report, &args.contacts.display().to_string())
         }
         Command::Status(args) => status::status(&pool, &args, stop).await,
-        Command::List(args) => campaign::list(&pool, args.json).await,
+        Command::List(args) => match args.command {
+            None => campaign::list(&pool, args.json).await,
+            Some(cmd) => lists::run(&pool, cmd, stop).await,
+        },
         Command::Pause(a) => campaign::pause(&pool, &a.name).await,
         Command::Resume(a) => campaign::resume(&pool, &a.name).await,
         Command::Cancel(a) => campaign::cancel(&pool, &a.name, a.yes).await,
