@@ -10,6 +10,7 @@ pub mod config;
 pub mod store;
 pub mod telnyx;
 pub mod twilio;
+pub mod ui;
 pub mod vonage;
 
 use std::sync::Arc;
@@ -107,7 +108,9 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
         amqp: config.amqp.clone(),
         providers: config.api_providers(),
     });
-    Ok(router(state, config.max_body_bytes).merge(api::router(api, config.api_max_body_bytes)))
+    Ok(router(state, config.max_body_bytes)
+        .merge(api::router(api, config.api_max_body_bytes))
+        .merge(ui::router()))
 }
 
 /// Serves on `listener` until `shutdown` is cancelled.

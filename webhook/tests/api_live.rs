@@ -218,3 +218,87 @@ async fn stream_resumes_from_last_event_id_without_gaps() {
     let channel = conn.create_channel().await.unwrap();
     Topology::new(&h.prefix).delete(&channel).await.unwrap();
 }
+
+/// Every `call` event (seq, call id, state) of a stream until `n` have
+/// arrived and their batch has ended.
+async fn collect(s: &mut Stream, n: usize) -> Vec<(i64, String, String)> {
+    let mut got = Vec::new();
+    loop {
+        let (event, data, _) = s.next().await;
+        if event == "counts" && got.len() >= n {
+            return got;
+        }
+        if event == "call" {
+            got.push((
+                data["seq"].as_i64().unwrap(),
+                data["call_id"].as_str().unwrap().to_owned(),
+                data["state"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+}
+
+/// Many streams of one campaign share one reader: each gets every change,
+/// in log order, including a stream that joined late from `Last-Event-ID`
+/// and one that stopped reading for longer than the shared buffer holds.
+#[tokio::test]
+async fn many_streams_share_one_reader_and_each_gets_every_change() {
+    let h = harness().await;
+    let numbers = ["+14155550201", "+14155550202", "+14155550203"];
+    let body = json!({
+        "name": "live-2", "message": "Test.", "from": "+14155550100",
+        "contacts": numbers.iter().map(|n| json!({"number": n})).collect::<Vec<_>>(),
+    });
+    let req = Request::post("/api/v1/campaigns")
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    assert_eq!(h.app.clone().oneshot(req).await.unwrap().status(), StatusCode::CREATED);
+
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut s = h.open("live-2", None).await.unwrap();
+        s.batch().await;
+        streams.push(s);
+    }
+    let mut slow = h.open("live-2", None).await.unwrap();
+    let (_, _, joined) = slow.batch().await;
+
+    // 150 changes, one transaction each, so the feed sends many batches: more
+    // than the 64 it buffers for a stream that does not read.
+    const CHANGES: usize = 150;
+    let states = ["dialing", "placed"];
+    let mut late = None;
+    for i in 0..CHANGES {
+        h.set_state(numbers[i % 3], states[(i / 3) % 2]).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        if i == CHANGES / 2 {
+            late = Some(h.open("live-2", Some(&joined)).await.unwrap());
+        }
+    }
+    let log: Vec<(i64, uuid::Uuid, String)> =
+        sqlx::query_as("SELECT id, call_id, state FROM call_state_log ORDER BY id")
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    let want: Vec<(i64, String, String)> = log.into_iter().map(|(s, c, st)| (s, c.to_string(), st)).collect();
+    assert_eq!(want.len(), CHANGES);
+    for (i, s) in streams.iter_mut().enumerate() {
+        assert_eq!(collect(s, CHANGES).await, want, "stream {i}");
+    }
+    assert_eq!(collect(late.as_mut().unwrap(), CHANGES).await, want, "the stream resumed mid-way");
+    assert_eq!(collect(&mut slow, CHANGES).await, want, "the stream that fell behind");
+
+    // Still live for all of them after the slow one caught up.
+    h.set_state(numbers[0], "completed").await;
+    let (calls, counts, _) = slow.batch().await;
+    assert_eq!(calls, [(h.call_id(numbers[0]).await, "completed".to_owned())]);
+    assert_eq!(counts["finished"], 1);
+    let (calls, _, _) = streams[7].batch().await;
+    assert_eq!(calls.len(), 1);
+    drop(streams);
+
+    let conn = tocsin_core::queue::connect(&h.amqp_url, "cleanup").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    Topology::new(&h.prefix).delete(&channel).await.unwrap();
+}

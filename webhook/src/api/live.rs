@@ -11,36 +11,48 @@
 //! its transaction; updates that change no state pay nothing), and NOTIFY is
 //! delivered at commit, so listeners never read ahead of what is committed.
 //!
-//! Each process holds one LISTEN connection (`Hub`) and fans notifications
-//! out to its streams; every stream then reads the log from its own
-//! position. The position is a `pg_snapshot`: the rows of transactions
-//! visible in the new snapshot but not in the previous one are exactly
-//! those committed in between, so nothing is skipped even when sequence ids
-//! commit out of order. A batch of `call` events ends with a `counts` event
-//! whose SSE `id` is that snapshot; a client reconnecting with
-//! `Last-Event-ID` gets every change after it (a batch cut short is sent
-//! again in full, so changes are at least once: dedupe on `seq`). Within
-//! a batch, changes are in log order (`seq`), which for any one call is the
-//! order its state moved (its row lock orders the updates).
+//! Fan-out: each process holds one LISTEN connection (`Hub`), and one
+//! reader task per watched campaign (`Feed`). On a notification the feed
+//! reads the log once — the rows of the transactions visible in the current
+//! `pg_snapshot` but not in the feed's previous one, i.e. exactly those
+//! committed in between, even when sequence ids commit out of order — and
+//! the campaign's counters once, renders the SSE text once, and broadcasts
+//! it (an `Arc`, not a copy) to every stream of that campaign. So a change
+//! costs two queries per campaign however many listeners there are (the
+//! first design read per stream: with 1,000 listeners, 3,000 queries per
+//! change batch). A feed exists while its campaign has listeners.
+//!
+//! A batch of `call` events ends with a `counts` event whose SSE `id` is
+//! the snapshot it reaches. Every stream keeps its own position: a batch
+//! that starts where the stream stands is forwarded as it is; otherwise
+//! (a stream that just joined from `Last-Event-ID`, or one that fell behind
+//! the broadcast buffer) the stream reads the gap itself, from its position
+//! to the batch's end, and is back in step. A client reconnecting with
+//! `Last-Event-ID` therefore gets every change after it (a batch cut short
+//! is sent again in full, and a position from another replica may be
+//! ahead of this one's, so changes are at least once: dedupe on `seq`).
+//! Within a batch, changes are in log order (`seq`), which for any one call
+//! is the order its state moved (its row lock orders the updates).
 //! `Last-Event-ID: 0` replays the campaign from its start.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tocsin_core::CampaignId;
 use tocsin_core::http::ApiError;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
@@ -50,39 +62,177 @@ use super::{ApiState, db_unavailable};
 
 /// The NOTIFY channel the triggers use.
 const CHANNEL: &str = "tocsin_calls";
-/// A stream re-reads the log this often even without a notification (a
+/// A feed re-reads the log this often even without a notification (a
 /// LISTEN connection that dropped and came back may have missed some).
 const POLL: Duration = Duration::from_secs(5);
-/// The snapshot before any transaction: replays everything.
-const BEGINNING: &str = "3:3:";
+/// A stream with nothing to say sends an SSE comment this often, so
+/// proxies and clients see a live connection.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Batches a feed holds for its slowest stream; a stream further behind
+/// reads the gap itself.
+const BUFFER: usize = 64;
 
-/// One LISTEN connection per process, fanned out to every stream.
-/// `Uuid::nil()` means "everyone re-read" (the connection was re-made).
+/// A `pg_snapshot` (`xmin:xmax:xip,…`), parsed with PostgreSQL's own rules,
+/// so a stream's position is checked without a round trip.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    xmin: u64,
+    xmax: u64,
+    /// In progress when the snapshot was taken; ascending, no duplicates.
+    xip: Vec<u64>,
+}
+
+impl Snapshot {
+    /// The snapshot before any transaction: replays everything.
+    fn beginning() -> Self {
+        Self { xmin: 3, xmax: 3, xip: Vec::new() }
+    }
+
+    /// Parses the text form; `None` for anything PostgreSQL would refuse.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.trim().splitn(3, ':');
+        let xmin: u64 = parts.next()?.parse().ok()?;
+        let xmax: u64 = parts.next()?.parse().ok()?;
+        let list = parts.next()?;
+        if xmin == 0 || xmax < xmin {
+            return None;
+        }
+        let mut xip: Vec<u64> = Vec::new();
+        if !list.is_empty() {
+            for x in list.split(',') {
+                let x: u64 = x.parse().ok()?;
+                if x < xmin || x >= xmax || xip.last().is_some_and(|&l| x < l) {
+                    return None;
+                }
+                if xip.last() != Some(&x) {
+                    xip.push(x);
+                }
+            }
+        }
+        Some(Self { xmin, xmax, xip })
+    }
+
+    /// Whether transaction `xid`'s rows are visible in this snapshot.
+    pub fn visible(&self, xid: u64) -> bool {
+        xid < self.xmin || (xid < self.xmax && self.xip.binary_search(&xid).is_err())
+    }
+}
+
+impl std::fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:", self.xmin, self.xmax)?;
+        for (i, x) in self.xip.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One LISTEN connection per process, and a feed per watched campaign.
 #[derive(Clone)]
 pub struct Hub {
-    tx: broadcast::Sender<Uuid>,
+    inner: Arc<HubInner>,
     _stop: Arc<DropGuard>,
 }
 
+struct HubInner {
+    pool: PgPool,
+    feeds: Mutex<HashMap<Uuid, Arc<Feed>>>,
+    stop: CancellationToken,
+}
+
+/// A campaign's shared reader: its position, the broadcast of its batches,
+/// and the wake-up its notifications ring.
+struct Feed {
+    campaign: CampaignId,
+    name: String,
+    wake: Notify,
+    state: Mutex<FeedState>,
+}
+
+struct FeedState {
+    /// Where the last batch ended; only the feed's task moves it.
+    position: Snapshot,
+    /// The last counters sent, so an unchanged quiet poll sends nothing.
+    counts: Option<Value>,
+    tx: broadcast::Sender<Arc<Batch>>,
+}
+
+/// The changes between two snapshots, rendered once for every stream.
+struct Batch {
+    from: Snapshot,
+    to: Snapshot,
+    sse: Bytes,
+}
+
+/// A poisoned lock only means a panic elsewhere; the map and positions stay valid.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Hub {
-    /// Starts the listener task; it stops when the last clone is dropped.
+    /// Starts the listener task; it and every feed stop when the last clone is dropped.
     pub fn start(pool: PgPool) -> Self {
-        let (tx, _) = broadcast::channel(4096);
         let stop = CancellationToken::new();
-        tokio::spawn(listen(pool, tx.clone(), stop.clone()));
-        Self { tx, _stop: Arc::new(stop.drop_guard()) }
+        let inner = Arc::new(HubInner { pool, feeds: Mutex::new(HashMap::new()), stop: stop.clone() });
+        tokio::spawn(listen(Arc::clone(&inner)));
+        Self { inner, _stop: Arc::new(stop.drop_guard()) }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
-        self.tx.subscribe()
+    /// Joins campaign `name`'s feed (starting it if nobody watches yet):
+    /// a receiver of its batches and the position the next batch starts
+    /// from, taken together under the feed's lock so nothing falls between.
+    /// `start` is the position for a feed this call creates.
+    fn join(
+        &self,
+        name: &str,
+        start: impl FnOnce() -> Snapshot,
+    ) -> (broadcast::Receiver<Arc<Batch>>, Snapshot) {
+        let campaign = CampaignId::from_name(name);
+        // The map's lock is held while subscribing, so a feed retiring for
+        // want of listeners (which takes the same lock) cannot lose this one.
+        let mut feeds = lock(&self.inner.feeds);
+        if let Some(feed) = feeds.get(&campaign.0) {
+            let state = lock(&feed.state);
+            return (state.tx.subscribe(), state.position.clone());
+        }
+        let (tx, rx) = broadcast::channel(BUFFER);
+        let position = start();
+        let feed = Arc::new(Feed {
+            campaign,
+            name: name.to_owned(),
+            wake: Notify::new(),
+            state: Mutex::new(FeedState { position: position.clone(), counts: None, tx }),
+        });
+        feeds.insert(campaign.0, Arc::clone(&feed));
+        tokio::spawn(run_feed(Arc::clone(&self.inner), feed));
+        (rx, position)
     }
 }
 
-async fn listen(pool: PgPool, tx: broadcast::Sender<Uuid>, stop: CancellationToken) {
+/// Rings the feed of the notified campaign; all of them after a reconnect
+/// (notifications in between are lost).
+fn wake(inner: &HubInner, campaign: Option<Uuid>) {
+    let feeds = lock(&inner.feeds);
+    match campaign {
+        Some(id) => {
+            if let Some(f) = feeds.get(&id) {
+                f.wake.notify_one();
+            }
+        }
+        None => feeds.values().for_each(|f| f.wake.notify_one()),
+    }
+}
+
+async fn listen(inner: Arc<HubInner>) {
+    let stop = inner.stop.clone();
     let mut delay = Duration::from_millis(200);
     while !stop.is_cancelled() {
         let connected = async {
-            let mut l = PgListener::connect_with(&pool).await?;
+            let mut l = PgListener::connect_with(&inner.pool).await?;
             l.listen(CHANNEL).await?;
             Ok::<_, sqlx::Error>(l)
         };
@@ -96,23 +246,20 @@ async fn listen(pool: PgPool, tx: broadcast::Sender<Uuid>, stop: CancellationTok
             }
         };
         delay = Duration::from_millis(200);
-        let _ = tx.send(Uuid::nil());
+        wake(&inner, None);
         loop {
             let next = tokio::select! { n = listener.try_recv() => n, () = stop.cancelled() => return };
             match next {
                 Ok(Some(n)) => {
                     if let Ok(id) = n.payload().parse::<Uuid>() {
-                        let _ = tx.send(id);
+                        wake(&inner, Some(id));
                     }
                 }
-                // The connection was lost; sqlx reconnects on the next call, and
-                // notifications in between are lost: everyone re-reads.
-                Ok(None) => {
-                    let _ = tx.send(Uuid::nil());
-                }
+                // The connection was lost; sqlx reconnects on the next call.
+                Ok(None) => wake(&inner, None),
                 Err(e) => {
                     tracing::warn!(error = %e, "live events connection failed; reconnecting");
-                    let _ = tx.send(Uuid::nil());
+                    wake(&inner, None);
                     break;
                 }
             }
@@ -120,10 +267,54 @@ async fn listen(pool: PgPool, tx: broadcast::Sender<Uuid>, stop: CancellationTok
     }
 }
 
-#[derive(Deserialize)]
-pub struct EventsQuery {
-    /// For clients that cannot set headers (`EventSource` on a first connect).
-    last_event_id: Option<String>,
+/// A feed's task: on each wake-up (or poll), one read for every listener.
+async fn run_feed(hub: Arc<HubInner>, feed: Arc<Feed>) {
+    loop {
+        tokio::select! {
+            () = feed.wake.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
+            () = hub.stop.cancelled() => return,
+        }
+        if retire_if_unwatched(&hub, &feed) {
+            return;
+        }
+        let (from, last_counts) = {
+            let s = lock(&feed.state);
+            (s.position.clone(), s.counts.clone())
+        };
+        match read(&hub.pool, &feed.campaign, &feed.name, &from, None).await {
+            Ok((to, changes, counts)) => {
+                if changes.is_empty() && last_counts.is_some() && counts == last_counts {
+                    // Nothing to say: keep the position, the next read covers the span.
+                    continue;
+                }
+                let sse = render(&changes, counts.as_ref(), &to);
+                let mut s = lock(&feed.state);
+                s.position = to.clone();
+                s.counts = counts;
+                // No receivers is not an error: the next round retires the feed.
+                let _ = s.tx.send(Arc::new(Batch { from, to, sse }));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, campaign = %feed.name, "reading live events failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = hub.stop.cancelled() => return,
+                }
+                feed.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Removes the feed when no stream listens to it any more.
+fn retire_if_unwatched(hub: &HubInner, feed: &Feed) -> bool {
+    let mut feeds = lock(&hub.feeds);
+    if lock(&feed.state).tx.receiver_count() > 0 {
+        return false;
+    }
+    feeds.remove(&feed.campaign.0);
+    true
 }
 
 #[derive(sqlx::FromRow)]
@@ -132,6 +323,66 @@ struct Change {
     call_id: Uuid,
     state: String,
     at: DateTime<Utc>,
+}
+
+/// The log rows committed between `from` and `to` (the current snapshot
+/// when `None`), and the counters (`None`: the campaign was deleted).
+async fn read(
+    pool: &PgPool,
+    campaign: &CampaignId,
+    name: &str,
+    from: &Snapshot,
+    to: Option<&Snapshot>,
+) -> Result<(Snapshot, Vec<Change>, Option<Value>), sqlx::Error> {
+    let to = match to {
+        Some(t) => t.clone(),
+        None => {
+            let now: String =
+                sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(pool).await?;
+            Snapshot::parse(&now)
+                .ok_or_else(|| sqlx::Error::Protocol(format!("unparsable snapshot {now}")))?
+        }
+    };
+    let (from_text, to_text) = (from.to_string(), to.to_string());
+    let changes: Vec<Change> = sqlx::query_as(
+        "SELECT id AS seq, call_id, state, at FROM call_state_log \
+         WHERE campaign_id = $1 AND tx >= pg_snapshot_xmin($2::pg_snapshot) \
+           AND pg_visible_in_snapshot(tx, $3::pg_snapshot) \
+           AND NOT pg_visible_in_snapshot(tx, $2::pg_snapshot) \
+         ORDER BY id",
+    )
+    .bind(campaign)
+    .bind(&from_text)
+    .bind(&to_text)
+    .fetch_all(pool)
+    .await?;
+    let counts = campaign_status(pool, name).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
+    Ok((to, changes, counts))
+}
+
+/// The SSE text of a batch: `call` events, then `counts` (or `deleted`)
+/// carrying the position as its id.
+fn render(changes: &[Change], counts: Option<&Value>, to: &Snapshot) -> Bytes {
+    let mut out = String::with_capacity(changes.len() * 160 + 400);
+    for c in changes {
+        let data = json!({ "seq": c.seq, "call_id": c.call_id, "state": c.state, "at": c.at });
+        let _ = write!(out, "event: call\ndata: {data}\n\n");
+    }
+    match counts {
+        Some(v) => {
+            let _ = write!(out, "event: counts\ndata: {v}\nid: {to}\n\n");
+        }
+        None => {
+            let _ = write!(out, "event: deleted\ndata: {{}}\nid: {to}\n\n");
+        }
+    }
+    Bytes::from(out)
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    /// For clients that cannot set headers (`EventSource` on a first connect).
+    last_event_id: Option<String>,
 }
 
 /// `GET /api/v1/campaigns/{name}/events`.
@@ -146,115 +397,127 @@ pub async fn events(
     if campaign_status(&state.pool, &name).await?.is_none() {
         return Err(ApiError::not_found(format!("no campaign named {name:?}")));
     }
-    // Subscribe before reading the starting position, so no notification
-    // between the two is missed.
-    let notifications = state.hub.subscribe();
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or(query.last_event_id)
         .map(|s| s.trim().to_owned());
-    let position: String = match resume.as_deref() {
-        Some("0") => BEGINNING.to_owned(),
-        Some(s) => sqlx::query_scalar("SELECT $1::pg_snapshot::text")
-            .bind(s)
-            .fetch_one(&state.pool)
-            .await
-            .map_err(|_| ApiError::bad_request("Last-Event-ID: not an event id from this stream"))?,
-        None => sqlx::query_scalar("SELECT pg_current_snapshot()::text")
-            .fetch_one(&state.pool)
-            .await
-            .map_err(|e| db_unavailable(e, "reading the current snapshot"))?,
+    let resume = match resume.as_deref() {
+        None => None,
+        Some("0") => Some(Snapshot::beginning()),
+        Some(s) => Some(
+            Snapshot::parse(s)
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID: not an event id from this stream"))?,
+        ),
     };
-    let stream = Stream {
+    // A feed that is not running yet starts at the current snapshot.
+    let now: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(&state.pool)
+        .await
+        .map_err(|e| db_unavailable(e, "reading the current snapshot"))?;
+    let now = Snapshot::parse(&now).ok_or_else(ApiError::unavailable)?;
+    let (rx, joined_at) = state.hub.join(&name, || now);
+    let stream = Listener {
         pool: state.pool.clone(),
         campaign: CampaignId::from_name(&name),
         name,
-        position,
-        notifications,
-        first: true,
+        // A fresh stream starts where the feed stands; a resumed one where it left off.
+        position: resume.unwrap_or_else(|| joined_at.clone()),
+        first: Some(joined_at),
+        rx,
     };
-    let events = futures::stream::unfold(stream, |mut s| async move {
-        let batch = s.next_batch().await;
-        Some((futures::stream::iter(batch.into_iter().map(Ok::<_, Infallible>)), s))
-    })
-    .flatten();
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    let body = futures::stream::unfold(stream, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), s))
+    });
+    let mut response = Body::from_stream(body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Reverse proxies (nginx) must not buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
 }
 
-struct Stream {
+/// One stream's state: its position and its receiver of the feed's batches.
+struct Listener {
     pool: PgPool,
     campaign: CampaignId,
     name: String,
-    position: String,
-    notifications: broadcast::Receiver<Uuid>,
-    first: bool,
+    position: Snapshot,
+    /// Where the feed stood when the stream joined: the first chunk brings
+    /// the stream there (the gap from `Last-Event-ID`, and the counters).
+    first: Option<Snapshot>,
+    rx: broadcast::Receiver<Arc<Batch>>,
 }
 
-impl Stream {
-    /// Waits for a change to this campaign (or the poll interval), then
-    /// returns the events since the stream's position and moves it on.
-    async fn next_batch(&mut self) -> Vec<Event> {
-        if !self.first {
-            self.wait().await;
+impl Listener {
+    /// The next SSE text to send; `None` ends the stream (the hub stopped).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(to) = self.first.take() {
+            return Some(self.catch_up(&to).await);
         }
-        self.first = false;
-        match self.read().await {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::warn!(error = %e, campaign = %self.name, "reading live events failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                self.first = true;
-                Vec::new()
+        loop {
+            let batch = match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
+                Err(_) => return Some(Bytes::from_static(b":\n\n")),
+                Ok(Ok(b)) => b,
+                // Fell behind the buffer: the next batch received is not in
+                // step, and `catch_up` reads the gap.
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            };
+            if batch.from == self.position {
+                self.position = batch.to.clone();
+                return Some(batch.sse.clone());
             }
+            return Some(self.catch_up(&batch.to).await);
         }
     }
 
-    async fn wait(&mut self) {
-        let campaign = self.campaign.0;
-        let woken = async {
-            loop {
-                match self.notifications.recv().await {
-                    Ok(id) if id == campaign || id.is_nil() => return,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+    /// Reads the changes from the stream's position to `to` on its own.
+    async fn catch_up(&mut self, to: &Snapshot) -> Bytes {
+        loop {
+            let read = if self.position == *to {
+                // Nothing in between: only the counters.
+                campaign_status(&self.pool, &self.name)
+                    .await
+                    .map(|counts| (to.clone(), Vec::new(), counts))
+                    .map_err(|_| sqlx::Error::PoolTimedOut)
+            } else {
+                read(&self.pool, &self.campaign, &self.name, &self.position, Some(to)).await
+            };
+            match read {
+                Ok((to, changes, counts)) => {
+                    let sse = render(&changes, counts.as_ref(), &to);
+                    self.position = to;
+                    return sse;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, campaign = %self.name, "reading live events failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-        };
-        let _ = tokio::time::timeout(POLL, woken).await;
-        // Changes that arrive together are read together.
-        while self.notifications.try_recv().is_ok() {}
-    }
-
-    async fn read(&mut self) -> Result<Vec<Event>, sqlx::Error> {
-        let now: String =
-            sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&self.pool).await?;
-        let changes: Vec<Change> = sqlx::query_as(
-            "SELECT id AS seq, call_id, state, at FROM call_state_log \
-             WHERE campaign_id = $1 AND tx >= pg_snapshot_xmin($2::pg_snapshot) \
-               AND pg_visible_in_snapshot(tx, $3::pg_snapshot) \
-               AND NOT pg_visible_in_snapshot(tx, $2::pg_snapshot) \
-             ORDER BY id",
-        )
-        .bind(self.campaign)
-        .bind(&self.position)
-        .bind(&now)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut events = Vec::with_capacity(changes.len() + 1);
-        for c in &changes {
-            let data = json!({ "seq": c.seq, "call_id": c.call_id, "state": c.state, "at": c.at });
-            events.push(Event::default().event("call").data(data.to_string()));
         }
-        let counts = match campaign_status(&self.pool, &self.name).await {
-            Ok(Some(status)) => Event::default().event("counts").data(status.to_string()),
-            Ok(None) => Event::default().event("deleted").data("{}"),
-            Err(_) => return Err(sqlx::Error::PoolTimedOut),
-        };
-        events.push(counts.id(now.clone()));
-        self.position = now;
-        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Snapshot;
+
+    #[test]
+    fn snapshots_parse_like_postgresql() {
+        let s = Snapshot::parse("10:20:12,15").unwrap();
+        assert_eq!(s.to_string(), "10:20:12,15");
+        assert!(s.visible(9) && s.visible(11) && s.visible(19));
+        assert!(!s.visible(12) && !s.visible(15) && !s.visible(20) && !s.visible(25));
+        assert_eq!(Snapshot::parse("3:3:"), Some(Snapshot::beginning()));
+        assert_eq!(Snapshot::parse("10:20:12,12").unwrap().to_string(), "10:20:12");
+        for bad in
+            ["garbage", "", "0:5:", "5:4:", "10:20:9", "10:20:20", "10:20:15,12", "1:2", "a:b:", "10:20:x"]
+        {
+            assert_eq!(Snapshot::parse(bad), None, "{bad:?}");
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! check and idempotency as `producer enqueue`.
 
 pub mod auth;
+pub mod calls;
 pub mod campaigns;
 pub mod live;
 
@@ -46,6 +47,8 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/campaigns/{name}/resume", post(campaigns::resume))
         .route("/api/v1/campaigns/{name}/cancel", post(campaigns::cancel))
         .route("/api/v1/campaigns/{name}/events", get(live::events))
+        .route("/api/v1/campaigns/{name}/calls", get(calls::list))
+        .route("/api/v1/campaigns/{name}/calls/{id}", get(calls::show))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

@@ -1,0 +1,234 @@
+//! `GET /api/v1/campaigns/{name}/calls` (a page of a campaign's calls) and
+//! `GET /api/v1/campaigns/{name}/calls/{id}` (one call with its timeline),
+//! for the dashboard and for scripts. Scope `campaigns:read`.
+//!
+//! Pages are keyset-paginated on the number (unique within a campaign):
+//! `?after=<last number of the previous page>&limit=N` (N ≤ 500), so a page
+//! costs an index range scan however deep it is, and `?state=` narrows to
+//! one state. A call's timeline is its state history (`call_state_log`,
+//! what the live stream sends) and the provider events stored for it (the
+//! `call_timeline` view), each bounded.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tocsin_core::CampaignId;
+use tocsin_core::http::ApiError;
+use uuid::Uuid;
+
+use super::auth::{Scope, authenticate};
+use super::{ApiState, db_unavailable};
+
+/// Calls on one page unless `limit` says otherwise, and the most it may say.
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 500;
+/// Rows of a call's timeline (state changes, provider events) returned at most.
+const TIMELINE_LIMIT: i64 = 1000;
+
+#[derive(Deserialize)]
+pub struct CallsQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+    state: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CallRow {
+    id: Uuid,
+    number: String,
+    state: String,
+    attempt: i32,
+    provider_call_id: Option<String>,
+    source_line: Option<i32>,
+    dialing_at: Option<DateTime<Utc>>,
+    placed_at: Option<DateTime<Utc>>,
+    answered_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    answered_by: Option<String>,
+    duration_secs: Option<i32>,
+    error_code: Option<String>,
+    error_detail: Option<String>,
+    updated_at: DateTime<Utc>,
+}
+
+fn call_json(c: &CallRow) -> Value {
+    json!({
+        "id": c.id,
+        "number": c.number,
+        "state": c.state,
+        "attempt": c.attempt,
+        "provider_call_id": c.provider_call_id,
+        "source_line": c.source_line,
+        "dialing_at": c.dialing_at,
+        "placed_at": c.placed_at,
+        "answered_at": c.answered_at,
+        "ended_at": c.ended_at,
+        "answered_by": c.answered_by,
+        "duration_secs": c.duration_secs,
+        "error_code": c.error_code,
+        "error_detail": c.error_detail,
+        "updated_at": c.updated_at,
+    })
+}
+
+/// The columns of `CallRow`, as a macro so statements stay `&'static str` literals.
+macro_rules! call_columns {
+    () => {
+        "id, number, state, attempt, provider_call_id, source_line, dialing_at, placed_at, \
+         answered_at, ended_at, answered_by, duration_secs, error_code, error_detail, updated_at"
+    };
+}
+
+/// Every value of `calls.state` (the schema's CHECK), for `?state=`.
+const STATES: [&str; 14] = [
+    "queued",
+    "retry_wait",
+    "dialing",
+    "placed",
+    "ringing",
+    "answered",
+    "completed",
+    "busy",
+    "no_answer",
+    "rejected",
+    "failed",
+    "cancelled",
+    "skipped",
+    "unknown",
+];
+
+/// 404 unless the campaign exists (after the caller's prefix check).
+async fn campaign_exists(state: &ApiState, name: &str) -> Result<CampaignId, ApiError> {
+    let id = CampaignId::from_name(name);
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM campaigns WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(|e| db_unavailable(e, "reading the campaign"))?;
+    found.map(|_| id).ok_or_else(|| ApiError::not_found(format!("no campaign named {name:?}")))
+}
+
+/// `GET /api/v1/campaigns/{name}/calls?after=&limit=&state=`.
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<CallsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authenticate(&state.pool, &headers, Scope::Read).await?;
+    caller.check_campaign(&name)?;
+    let limit = match query.limit {
+        None => DEFAULT_LIMIT,
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::bad_request(format!("limit: must be an integer from 1 to {MAX_LIMIT}")));
+        }
+    };
+    if let Some(s) = &query.state
+        && !STATES.contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(format!("state: not a call state: {s:?}")));
+    }
+    let campaign = campaign_exists(&state, &name).await?;
+    // One more row than asked tells whether there is a next page.
+    let mut rows: Vec<CallRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        call_columns!(),
+        " FROM calls \
+         WHERE campaign_id = $1 AND ($2::text IS NULL OR number > $2) AND ($3::text IS NULL OR state = $3) \
+         ORDER BY number LIMIT $4"
+    ))
+    .bind(campaign)
+    .bind(&query.after)
+    .bind(&query.state)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| db_unavailable(e, "listing calls"))?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more { rows.last().map(|r| r.number.clone()) } else { None };
+    Ok(Json(json!({
+        "calls": rows.iter().map(call_json).collect::<Vec<_>>(),
+        "next_after": next,
+    })))
+}
+
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    seq: i64,
+    state: String,
+    at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    attempt: Option<i32>,
+    seq: i64,
+    provider: String,
+    provider_status: String,
+    state: Option<String>,
+    occurred_at: Option<DateTime<Utc>>,
+    received_at: DateTime<Utc>,
+}
+
+/// `GET /api/v1/campaigns/{name}/calls/{id}`: the call, its state changes
+/// and its provider events.
+pub async fn show(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authenticate(&state.pool, &headers, Scope::Read).await?;
+    caller.check_campaign(&name)?;
+    let id: Uuid = id.parse().map_err(|_| ApiError::bad_request("call id: not a UUID"))?;
+    let campaign = campaign_exists(&state, &name).await?;
+    let call: Option<CallRow> =
+        sqlx::query_as(concat!("SELECT ", call_columns!(), " FROM calls WHERE id = $1 AND campaign_id = $2"))
+            .bind(id)
+            .bind(campaign)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|e| db_unavailable(e, "reading the call"))?;
+    let Some(call) = call else {
+        return Err(ApiError::not_found(format!("campaign {name:?} has no call {id}")));
+    };
+    let states: Vec<StateRow> = sqlx::query_as(
+        "SELECT id AS seq, state, at FROM call_state_log WHERE campaign_id = $1 AND call_id = $2 \
+         ORDER BY id LIMIT $3",
+    )
+    .bind(campaign)
+    .bind(id)
+    .bind(TIMELINE_LIMIT)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| db_unavailable(e, "reading the call's state changes"))?;
+    let events: Vec<EventRow> = sqlx::query_as(
+        "SELECT attempt, seq, provider, provider_status, state, occurred_at, received_at \
+         FROM call_timeline WHERE call_id = $1 AND campaign = $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(id)
+    .bind(&name)
+    .bind(TIMELINE_LIMIT)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| db_unavailable(e, "reading the call's events"))?;
+    Ok(Json(json!({
+        "call": call_json(&call),
+        "states": states.iter().map(|s| json!({"seq": s.seq, "state": s.state, "at": s.at})).collect::<Vec<_>>(),
+        "events": events.iter().map(|e| json!({
+            "seq": e.seq,
+            "attempt": e.attempt,
+            "provider": e.provider,
+            "provider_status": e.provider_status,
+            "state": e.state,
+            "occurred_at": e.occurred_at,
+            "received_at": e.received_at,
+        })).collect::<Vec<_>>(),
+    })))
+}

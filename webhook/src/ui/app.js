@@ -1,0 +1,361 @@
+// Tocsin dashboard: the campaigns page and the campaign page.
+// Vanilla JS, no build step. Data comes from /api/v1 with the API key the
+// user entered (sessionStorage, or localStorage when asked to remember),
+// sent as `Authorization: Bearer`. The live stream is read with fetch() and
+// a streaming reader, because EventSource cannot send that header and a key
+// in a URL would land in access logs.
+"use strict";
+
+const KEY = "tocsin.apiKey";
+const OUTCOMES = ["completed", "busy", "no_answer", "rejected", "failed", "unknown", "cancelled", "skipped"];
+const ACTIVE = ["dialing", "placed", "ringing", "answered"];
+const WAITING = ["queued", "retry_wait"];
+const LABELS = { no_answer: "no answer", retry_wait: "retry wait" };
+const MAX_LIVE = 4; // browsers allow six connections per host over HTTP/1.1
+
+const $ = (sel) => document.querySelector(sel);
+const label = (s) => LABELS[s] || s;
+
+function el(tag, props, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("data-")) e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  for (const c of children) if (c != null) e.append(c);
+  return e;
+}
+
+function getKey() {
+  return sessionStorage.getItem(KEY) || localStorage.getItem(KEY);
+}
+
+function forgetKey() {
+  sessionStorage.removeItem(KEY);
+  localStorage.removeItem(KEY);
+}
+
+class AuthError extends Error {}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { ...(options.headers || {}), Authorization: `Bearer ${getKey()}`, Accept: "application/json" },
+  });
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 401) throw new AuthError(body.error ? body.error.message : "unauthorized");
+  if (!response.ok) throw new Error(body.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${response.status}`);
+  return body;
+}
+
+function showError(e) {
+  if (e instanceof AuthError) {
+    forgetKey();
+    askForKey(e.message);
+    return;
+  }
+  const box = $("#error");
+  box.textContent = String(e.message || e);
+  box.hidden = false;
+}
+
+function askForKey(message) {
+  for (const id of ["#campaigns", "#campaign", "#forget-key"]) $(id).hidden = true;
+  $("#login").hidden = false;
+  const err = $("#login-error");
+  err.hidden = !message;
+  err.textContent = message ? `That key was refused: ${message}` : "";
+  $("#key").focus();
+}
+
+// ---- live stream: SSE over fetch ------------------------------------------
+
+// Calls onEvent(type, data) for every event of the campaign's stream and
+// reconnects with Last-Event-ID after a drop, so nothing is missed.
+function watch(name, onEvent) {
+  let lastId = null;
+  let stopped = false;
+  const controller = new AbortController();
+  const state = $("#stream-state");
+  const setState = (s) => {
+    state.hidden = false;
+    state.textContent = s;
+    state.className = `pill ${s}`;
+  };
+  async function run() {
+    let delay = 500;
+    while (!stopped) {
+      try {
+        const headers = { Authorization: `Bearer ${getKey()}`, Accept: "text/event-stream" };
+        if (lastId) headers["Last-Event-ID"] = lastId;
+        const response = await fetch(`/api/v1/campaigns/${encodeURIComponent(name)}/events`, {
+          headers,
+          signal: controller.signal,
+          cache: "no-store",
+        });
+        if (response.status === 401) throw new AuthError("unauthorized");
+        if (!response.ok || !response.body) throw new Error(`stream: HTTP ${response.status}`);
+        setState("live");
+        delay = 500;
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value;
+          let end;
+          while ((end = buffer.indexOf("\n\n")) >= 0) {
+            const frame = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            let type = "message";
+            let data = "";
+            let id = null;
+            for (const line of frame.split("\n")) {
+              if (line.startsWith(":")) continue;
+              const colon = line.indexOf(":");
+              const field = colon < 0 ? line : line.slice(0, colon);
+              const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+              if (field === "event") type = val;
+              else if (field === "data") data += val;
+              else if (field === "id") id = val;
+            }
+            if (!data) continue;
+            if (id !== null) lastId = id;
+            onEvent(type, JSON.parse(data));
+          }
+        }
+      } catch (e) {
+        if (stopped || e.name === "AbortError") return;
+        if (e instanceof AuthError) return showError(e);
+      }
+      if (stopped) return;
+      setState("reconnecting");
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 10000);
+    }
+  }
+  run();
+  return () => {
+    stopped = true;
+    controller.abort();
+  };
+}
+
+// ---- shared rendering -------------------------------------------------------
+
+function summary(c) {
+  const s = c.states || {};
+  const sum = (list) => list.reduce((n, k) => n + (s[k] || 0), 0);
+  const waiting = sum(WAITING);
+  const active = sum(ACTIVE);
+  const neverDialled = (s.cancelled || 0) + (s.skipped || 0);
+  return { total: c.total, finished: c.finished, waiting, active, started: c.total - waiting - neverDialled };
+}
+
+// A bar of the outcome breakdown: each finished state, then calls in progress.
+function progress(c) {
+  const box = el("div", { class: "progress" });
+  const total = Math.max(c.total, 1);
+  const bar = el("div", { class: "bar", title: `${c.finished} of ${c.total} finished` });
+  const legend = el("ul", { class: "legend" });
+  const parts = OUTCOMES.map((k) => [k, (c.states || {})[k] || 0]);
+  parts.push(["active", summary(c).active]);
+  for (const [k, n] of parts) {
+    if (!n) continue;
+    const seg = el("span", { class: `s-${k}`, title: `${label(k)}: ${n}` });
+    seg.style.width = `${(100 * n) / total}%`;
+    bar.append(seg);
+    legend.append(el("li", {}, el("i", { class: `s-${k}` }), `${label(k === "active" ? "in progress" : k)} ${n}`));
+  }
+  const pct = Math.floor((100 * c.finished) / total);
+  box.append(
+    bar,
+    el("div", { class: "note", text: `${c.finished} of ${c.total} finished (${pct}%)`, "data-finished": String(c.finished) }),
+    legend,
+  );
+  return box;
+}
+
+// ---- campaigns page ---------------------------------------------------------
+
+async function campaignsPage() {
+  $("#campaigns").hidden = false;
+  const list = $("#campaign-list");
+  const cards = new Map();
+  const live = new Map();
+  const card = (c) => {
+    const node = el(
+      "div",
+      { class: "card", "data-campaign": c.name },
+      el(
+        "h2",
+        {},
+        el("a", { href: `/ui/campaigns/${encodeURIComponent(c.name)}`, text: c.name }),
+        " ",
+        el("span", { class: `pill ${c.status}`, text: c.status }),
+        " ",
+        el("span", { class: "note", text: c.provider }),
+      ),
+      progress(c),
+    );
+    const old = cards.get(c.name);
+    if (old) old.replaceWith(node);
+    else list.append(node);
+    cards.set(c.name, node);
+  };
+  async function refresh() {
+    const { campaigns } = await api("/api/v1/campaigns");
+    if (!campaigns.length) list.replaceChildren(el("p", { class: "note", text: "No campaigns yet." }));
+    for (const c of campaigns) {
+      if (!live.has(c.name)) card(c);
+      const running = c.status !== "cancelled" && c.finished < c.total;
+      if (running && !live.has(c.name) && live.size < MAX_LIVE) {
+        live.set(
+          c.name,
+          watch(c.name, (type, data) => {
+            if (type === "counts") card(data);
+          }),
+        );
+      }
+    }
+  }
+  await refresh();
+  setInterval(() => refresh().catch(showError), 15000);
+}
+
+// ---- campaign page ----------------------------------------------------------
+
+async function campaignPage(name) {
+  $("#campaign").hidden = false;
+  const enc = encodeURIComponent(name);
+  const rows = new Map();
+  let chosen = null;
+
+  function showCounts(c) {
+    const status = $("#campaign-status");
+    status.textContent = c.status;
+    status.className = `pill ${c.status}`;
+    $("#campaign-progress").replaceChildren(progress(c));
+    const s = summary(c);
+    $("#count-total").textContent = s.total;
+    $("#count-started").textContent = s.started;
+    $("#count-active").textContent = s.active;
+    $("#count-finished").textContent = s.finished;
+    $("#count-waiting").textContent = s.waiting;
+    $("#pause").disabled = c.status !== "active";
+    $("#resume").disabled = c.status !== "paused";
+    $("#cancel").disabled = c.status === "cancelled";
+  }
+
+  function row(call) {
+    const tr = el(
+      "tr",
+      { "data-call": call.id },
+      el("td", { text: call.number }),
+      el("td", { class: "state", text: label(call.state) }),
+      el("td", { class: "attempt", text: String(call.attempt) }),
+      el("td", { class: "updated", text: new Date(call.updated_at).toLocaleTimeString() }),
+    );
+    tr.addEventListener("click", () => timeline(call.id, tr));
+    rows.set(call.id, tr);
+    return tr;
+  }
+
+  let after = null;
+  async function moreCalls() {
+    const q = after ? `?limit=100&after=${encodeURIComponent(after)}` : "?limit=100";
+    const page = await api(`/api/v1/campaigns/${enc}/calls${q}`);
+    $("#calls tbody").append(...page.calls.map(row));
+    after = page.next_after;
+    $("#more-calls").hidden = !after;
+  }
+
+  async function timeline(id, tr) {
+    if (chosen) chosen.classList.remove("chosen");
+    chosen = tr;
+    tr.classList.add("chosen");
+    const t = await api(`/api/v1/campaigns/${enc}/calls/${id}`);
+    const c = t.call;
+    const body = $("#timeline-body");
+    const states = el("ol", {}, ...t.states.map((s) => el("li", { text: `${new Date(s.at).toLocaleTimeString()} — ${label(s.state)}` })));
+    const events = el(
+      "ol",
+      {},
+      ...t.events.map((e) =>
+        el("li", {
+          text: `${new Date(e.occurred_at || e.received_at).toLocaleTimeString()} — ${e.provider} ${e.provider_status}` +
+            (e.state ? ` → ${label(e.state)}` : "") + (e.attempt ? ` (attempt ${e.attempt})` : ""),
+        }),
+      ),
+    );
+    const facts = [`number ${c.number}`, `state ${label(c.state)}`, `attempt ${c.attempt}`];
+    if (c.duration_secs != null) facts.push(`talked ${c.duration_secs} s`);
+    if (c.error_code) facts.push(`error ${c.error_code}${c.error_detail ? `: ${c.error_detail}` : ""}`);
+    body.replaceChildren(
+      el("p", { text: facts.join(" · ") }),
+      el("h3", { text: "States" }),
+      t.states.length ? states : el("p", { class: "note", text: "No state changes yet." }),
+      el("h3", { text: "Provider events" }),
+      t.events.length ? events : el("p", { class: "note", text: "No provider events yet." }),
+    );
+  }
+
+  async function control(action) {
+    if (action === "cancel" && !confirm(`Cancel every call of ${name} not yet placed?`)) return;
+    const result = $("#control-result");
+    result.textContent = `${action}…`;
+    try {
+      const r = await api(`/api/v1/campaigns/${enc}/${action}`, { method: "POST" });
+      showCounts(r.campaign);
+      result.textContent = r.changed ? `${action}: done` : `${action}: nothing to change`;
+    } catch (e) {
+      result.textContent = "";
+      showError(e);
+    }
+  }
+  for (const action of ["pause", "resume", "cancel"]) $(`#${action}`).addEventListener("click", () => control(action));
+  $("#more-calls").addEventListener("click", () => moreCalls().catch(showError));
+
+  showCounts(await api(`/api/v1/campaigns/${enc}`));
+  await moreCalls();
+  watch(name, (type, data) => {
+    if (type === "counts") showCounts(data);
+    else if (type === "deleted") showError(new Error("this campaign was deleted"));
+    else if (type === "call") {
+      const tr = rows.get(data.call_id);
+      if (!tr) return;
+      tr.querySelector(".state").textContent = label(data.state);
+      tr.querySelector(".updated").textContent = new Date(data.at).toLocaleTimeString();
+      tr.classList.remove("flash");
+      void tr.offsetWidth; // restart the highlight
+      tr.classList.add("flash");
+      if (tr === chosen) timeline(data.call_id, tr).catch(showError);
+    }
+  });
+}
+
+// ---- start ------------------------------------------------------------------
+
+function start() {
+  $("#login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const key = $("#key").value.trim();
+    if (!key) return;
+    forgetKey();
+    ($("#remember").checked ? localStorage : sessionStorage).setItem(KEY, key);
+    location.reload();
+  });
+  $("#forget-key").addEventListener("click", () => {
+    forgetKey();
+    location.reload();
+  });
+  if (!getKey()) return askForKey();
+  $("#forget-key").hidden = false;
+  const page = document.body.dataset.page;
+  const run = page === "campaign" ? campaignPage(document.body.dataset.campaign) : campaignsPage();
+  run.catch(showError);
+}
+
+start();
