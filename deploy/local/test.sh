@@ -16,4 +16,12 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace --locked
+# The browser test runs on its own below, after everything else passed.
+cargo test --workspace --locked -- --skip browser_dashboard
+
+# The dashboard in headless Chromium while a simulated campaign runs. It
+# fails (never skips) when /usr/bin/chromium or e2e/browser/node_modules is
+# missing; up.sh installed both through deploy/local/browser-deps.sh.
+echo "== browser test (e2e/tests/ui_dashboard.rs, screenshots in target/ui-e2e/)"
+[[ -x /usr/bin/chromium ]] || { echo "test.sh: /usr/bin/chromium is missing; run deploy/local/browser-deps.sh" >&2; exit 1; }
+cargo test -p tocsin-e2e --test ui_dashboard --locked -- --nocapture

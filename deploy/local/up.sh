@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare Tocsin's local stack on one Debian/Ubuntu machine, without systemd:
 # PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379, RabbitMQ on
-# 127.0.0.1:5672, and the database $TOCSIN_DB_NAME (default tocsin).
+# 127.0.0.1:5672, the database $TOCSIN_DB_NAME (default tocsin), and the
+# dashboard browser test's chromium and playwright-core (browser-deps.sh).
 #
 # Idempotent: a service that already answers is used as it is; one that is
 # missing is installed with apt-get; one that is down is started and waited
@@ -15,7 +16,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 case "${1:-}" in
 '') ;;
 -h | --help)
-    sed -n '2,8s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
     exit 0
     ;;
 *)
@@ -315,5 +316,8 @@ STEP=rabbitmq
 ensure_rabbitmq
 STEP=database
 ensure_database
+# The dashboard's browser test: Debian chromium and playwright-core (npm ci).
+STEP=browser
+"$HERE/browser-deps.sh"
 elapsed_ms=$(((${EPOCHREALTIME//[!0-9]/} - START_US) / 1000))
 say "up.sh: local stack ready in $((elapsed_ms / 1000)).$((elapsed_ms % 1000 / 100))s"

@@ -23,6 +23,7 @@ use axum::routing::get;
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("app.js");
 const STYLE: &str = include_str!("app.css");
+const ICON: &str = include_str!("favicon.svg");
 
 /// Only this origin; no inline code, no framing, no plugins.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
@@ -36,6 +37,7 @@ pub fn router() -> Router {
         .route("/ui/campaigns/{name}", get(campaign))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        .route("/ui/favicon.svg", get(|| async { asset("image/svg+xml", ICON) }))
         .layer(map_response(security_headers))
 }
 
