@@ -31,7 +31,7 @@ use super::{ApiState, conflict, db_unavailable};
 const LISTED_REJECTIONS: usize = 1000;
 
 /// The body as bytes, with over-size as 413 in the standard shape.
-fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
@@ -44,8 +44,15 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 /// A create request, checked field by field; `errors` names every bad field.
 struct CreateRequest {
     args: EnqueueArgs,
-    contacts: Vec<u8>,
-    count: usize,
+    contacts: Contacts,
+}
+
+/// Where a create request's contacts come from.
+enum Contacts {
+    /// Inline, as JSON Lines for the producer's reader (line N is `contacts[N-1]`).
+    Inline { jsonl: Vec<u8>, count: usize },
+    /// A saved contact list (`producer list import`), by name.
+    Saved(String),
 }
 
 fn field_str(obj: &Map<String, Value>, key: &str, errors: &mut Vec<String>) -> Option<String> {
@@ -77,7 +84,7 @@ fn field_int(
     }
 }
 
-const KNOWN_FIELDS: [&str; 15] = [
+const KNOWN_FIELDS: [&str; 16] = [
     "name",
     "message",
     "from",
@@ -93,6 +100,7 @@ const KNOWN_FIELDS: [&str; 15] = [
     "timezone",
     "default_region",
     "contacts",
+    "contact_list",
 ];
 
 /// Parses and checks a create body into the producer's arguments and an
@@ -131,24 +139,8 @@ fn parse_create(bytes: &[u8], state: &ApiState) -> Result<CreateRequest, ApiErro
     {
         errors.push("from: not a phone number in E.164 form (e.g. +14155550100)".into());
     }
-    let provider = match field_str(&obj, "provider", &mut errors).as_deref() {
-        None => None,
-        Some(p) => match p.parse::<Provider>() {
-            Ok(p) if state.providers.contains(&p) => Some(match p {
-                Provider::Vonage => ProviderArg::Vonage,
-                Provider::Twilio => ProviderArg::Twilio,
-                Provider::Telnyx => ProviderArg::Telnyx,
-            }),
-            Ok(p) => {
-                errors.push(format!("provider: {p} is not configured on this service"));
-                None
-            }
-            Err(_) => {
-                errors.push("provider: must be vonage, twilio or telnyx".into());
-                None
-            }
-        },
-    };
+    let provider = field_str(&obj, "provider", &mut errors)
+        .and_then(|p| parse_provider(&p, state).map_err(|e| errors.push(format!("provider: {e}"))).ok());
     let language = field_str(&obj, "language", &mut errors);
     let voice = field_str(&obj, "voice", &mut errors);
     let repeat = field_int(&obj, "repeat", 1..=10, &mut errors);
@@ -182,7 +174,18 @@ fn parse_create(bytes: &[u8], state: &ApiState) -> Result<CreateRequest, ApiErro
     // Contacts become JSON Lines for the producer's reader: line N is contacts[N-1].
     let mut contacts = Vec::new();
     let mut count = 0;
+    let saved = field_str(&obj, "contact_list", &mut errors);
+    if let Some(list) = &saved
+        && !campaign::valid_name(list)
+    {
+        errors.push("contact_list: must be the name of a saved contact list (producer list import)".into());
+    }
+    let has_list = obj.get("contact_list").is_some_and(|v| !v.is_null());
     match obj.get("contacts") {
+        Some(_) if has_list => {
+            errors.push("contacts: give either contacts or contact_list, not both".into());
+        }
+        None if has_list => {}
         Some(Value::Array(list)) if !list.is_empty() => {
             for (i, c) in list.iter().enumerate() {
                 let ok = match c {
@@ -201,32 +204,69 @@ fn parse_create(bytes: &[u8], state: &ApiState) -> Result<CreateRequest, ApiErro
         }
         Some(Value::Array(_)) => errors.push("contacts: must not be empty".into()),
         Some(_) => errors.push("contacts: must be an array of {\"number\": …} objects".into()),
-        None => errors.push("contacts: required".into()),
+        None => errors.push("contacts: required (or contact_list, the name of a saved contact list)".into()),
     }
     if !errors.is_empty() {
         return Err(ApiError::bad_request(format!("invalid fields: {}", errors.join("; "))));
     }
-    let args = EnqueueArgs {
-        campaign: name.unwrap_or_default(),
+    let mut args = api_args(state, name.unwrap_or_default(), message.unwrap_or_default());
+    args.from = from;
+    args.provider = provider;
+    args.language = language;
+    args.voice = voice;
+    args.repeat = repeat.map(|n| n as i32);
+    args.start_at = start_at;
+    args.window = window;
+    args.timezone = timezone;
+    args.max_attempts = max_attempts.map(|n| n as i32);
+    args.retry_delay = retry_delay.map(|n| Duration::from_secs(n as u64));
+    args.machine_detection = machine_detection;
+    args.default_region = default_region;
+    let contacts = match saved {
+        Some(list) => Contacts::Saved(list),
+        None => Contacts::Inline { jsonl: contacts, count },
+    };
+    Ok(CreateRequest { args, contacts })
+}
+
+/// A configured provider by name, for the `provider` field (or parameter).
+pub(crate) fn parse_provider(p: &str, state: &ApiState) -> Result<ProviderArg, String> {
+    match p.parse::<Provider>() {
+        Ok(p) if state.providers.contains(&p) => Ok(match p {
+            Provider::Vonage => ProviderArg::Vonage,
+            Provider::Twilio => ProviderArg::Twilio,
+            Provider::Telnyx => ProviderArg::Telnyx,
+        }),
+        Ok(p) => Err(format!("{p} is not configured on this service")),
+        Err(_) => Err("must be vonage, twilio or telnyx".into()),
+    }
+}
+
+/// The producer's arguments for a campaign created through the API, with
+/// every optional setting at its default (the producer's, for a new
+/// campaign; unchanged, for an existing one).
+pub(crate) fn api_args(state: &ApiState, campaign: String, message: String) -> EnqueueArgs {
+    EnqueueArgs {
+        campaign,
         contacts: "-".into(),
         format: Some(Format::Jsonl),
-        message,
+        message: Some(message),
         message_file: None,
-        from,
-        provider,
-        language,
-        voice,
-        repeat: repeat.map(|n| n as i32),
-        start_at,
-        window,
-        timezone,
+        from: None,
+        provider: None,
+        language: None,
+        voice: None,
+        repeat: None,
+        start_at: None,
+        window: None,
+        timezone: None,
         timezone_column: None,
-        max_attempts: max_attempts.map(|n| n as i32),
-        retry_delay: retry_delay.map(|n| Duration::from_secs(n as u64)),
-        machine_detection,
+        max_attempts: None,
+        retry_delay: None,
+        machine_detection: None,
         number_column: "number".into(),
         delimiter: None,
-        default_region,
+        default_region: None,
         rejects: None,
         dry_run: false,
         json: false,
@@ -254,8 +294,7 @@ fn parse_create(bytes: &[u8], state: &ApiState) -> Result<CreateRequest, ApiErro
                 telnyx_public_key: None,
             },
         },
-    };
-    Ok(CreateRequest { args, contacts, count })
+    }
 }
 
 /// `POST /api/v1/campaigns`.
@@ -356,19 +395,76 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
         .await
         .map_err(|e| db_unavailable(e, "reading the campaign"))?
         .is_some();
-    let source = Source::Memory { name: "contacts".into(), data: request.contacts.into() };
-    let result = producer::enqueue_from(
-        &state.pool,
-        &request.args,
-        source,
-        &state.providers,
-        Rejections::Collect(LISTED_REJECTIONS),
-        CancellationToken::new(),
-    )
-    .await;
-    let (report, rejected) = result.map_err(|e| match e.downcast_ref::<Fatal>() {
+    let rejections = Rejections::Collect(LISTED_REJECTIONS);
+    let (result, count, field) = match request.contacts {
+        Contacts::Inline { jsonl, count } => {
+            let source = Source::Memory { name: "contacts".into(), data: jsonl.into() };
+            let result = producer::enqueue_from(
+                &state.pool,
+                &request.args,
+                source,
+                &state.providers,
+                rejections,
+                CancellationToken::new(),
+            )
+            .await;
+            (result, Some(count), "contacts")
+        }
+        Contacts::Saved(list) => {
+            let result = producer::lists::enqueue_list(
+                &state.pool,
+                request.args,
+                &list,
+                &state.providers,
+                rejections,
+                CancellationToken::new(),
+            )
+            .await;
+            (result, None, "contact_list")
+        }
+    };
+    let (report, rejected) = result.map_err(|e| enqueue_error(&e, &name, field))?;
+    let inline = count.is_some();
+    let rejected: Vec<Value> = rejected
+        .iter()
+        .map(|r| {
+            // Inline contacts are named by index; a saved list's by the line of its imported file.
+            let (key, at) = if inline { ("index", r.line.saturating_sub(1)) } else { ("line", r.line) };
+            json!({
+                key: at,
+                "number": r.value,
+                "reason": r.reason.keyword(),
+                "detail": r.reason.to_string(),
+            })
+        })
+        .collect();
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let campaign = campaign_json(&state.pool, &name).await?;
+    Ok((
+        status,
+        json!({
+            "campaign": campaign,
+            "enqueue": {
+                "contacts": count.unwrap_or(report.read as usize),
+                "new_contacts": report.new_contacts,
+                "already_enqueued": report.already_enqueued,
+                "published": report.published,
+                "invalid": report.invalid,
+                "duplicate": report.duplicate,
+                "do_not_call": report.do_not_call,
+                "malformed": report.malformed,
+                "changes": report.changes,
+                "rejected": rejected,
+            }
+        }),
+    ))
+}
+
+/// The API's answer to a failed enqueue; `field` names where the contacts came from.
+pub(crate) fn enqueue_error(e: &anyhow::Error, name: &str, field: &str) -> ApiError {
+    match e.downcast_ref::<Fatal>() {
         Some(Fatal::Usage(m)) => conflict(m.clone()),
-        Some(Fatal::InputRejected(m)) => ApiError::bad_request(format!("contacts: {m}")),
+        Some(Fatal::InputRejected(m)) => ApiError::bad_request(format!("{field}: {m}")),
         Some(Fatal::Unreachable { service, .. }) => {
             tracing::error!(error = %e, "enqueue through the API failed");
             ApiError::new(
@@ -385,38 +481,7 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
                 "enqueueing failed; see the service log",
             )
         }
-    })?;
-    let rejected: Vec<Value> = rejected
-        .iter()
-        .map(|r| {
-            json!({
-                "index": r.line.saturating_sub(1),
-                "number": r.value,
-                "reason": r.reason.keyword(),
-                "detail": r.reason.to_string(),
-            })
-        })
-        .collect();
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    let campaign = campaign_json(&state.pool, &name).await?;
-    Ok((
-        status,
-        json!({
-            "campaign": campaign,
-            "enqueue": {
-                "contacts": request.count,
-                "new_contacts": report.new_contacts,
-                "already_enqueued": report.already_enqueued,
-                "published": report.published,
-                "invalid": report.invalid,
-                "duplicate": report.duplicate,
-                "do_not_call": report.do_not_call,
-                "malformed": report.malformed,
-                "changes": report.changes,
-                "rejected": rejected,
-            }
-        }),
-    ))
+    }
 }
 
 #[derive(sqlx::FromRow)]

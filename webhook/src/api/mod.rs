@@ -9,8 +9,12 @@
 //!
 //! Creating a campaign runs the producer's own pipeline
 //! (`producer::enqueue_from`): the same validation, dedupe, do-not-call
-//! check and idempotency as `producer enqueue`.
+//! check and idempotency as `producer enqueue`, on inline contacts or a
+//! saved contact list (`producer::lists::enqueue_list`). `alertmanager`
+//! receives Prometheus Alertmanager notifications and starts one broadcast
+//! per alert group and firing period.
 
+pub mod alertmanager;
 pub mod auth;
 pub mod calls;
 pub mod campaigns;
@@ -47,6 +51,7 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/campaigns/{name}/resume", post(campaigns::resume))
         .route("/api/v1/campaigns/{name}/cancel", post(campaigns::cancel))
         .route("/api/v1/campaigns/{name}/events", get(live::events))
+        .route("/api/v1/alertmanager", post(alertmanager::receive))
         .route("/api/v1/campaigns/{name}/calls", get(calls::list))
         .route("/api/v1/campaigns/{name}/calls/{id}", get(calls::show))
         .fallback(not_found)
