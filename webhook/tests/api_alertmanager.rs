@@ -244,6 +244,28 @@ async fn one_broadcast_per_group_and_firing_period() {
 }
 
 #[tokio::test]
+async fn concurrent_deliveries_of_one_group_start_one_broadcast() {
+    let h = harness().await;
+    let key = h.key("alertmanager", &["campaigns:write"], &[]).await;
+    let numbers: Vec<String> = (0..300).map(|i| format!("+1415555{i:04}")).collect();
+    let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    h.save_list("oncall", &refs).await;
+    // Two Alertmanager HA peers (or a retry after a timeout) deliver the same
+    // notification at once; the second waits for the first's enqueue.
+    let body = notification("firing", &[("aaa", "firing", "2026-11-22T10:00:00Z")], &[]);
+    let ((s1, v1), (s2, v2)) =
+        tokio::join!(h.post(ROUTE, Some(&key), body.clone()), h.post(ROUTE, Some(&key), body.clone()));
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{v1} {v2}");
+    let mut actions = [v1["action"].as_str().unwrap(), v2["action"].as_str().unwrap()];
+    actions.sort_unstable();
+    assert_eq!(actions, ["repeated", "started"]);
+    assert_eq!(v1["campaign"], v2["campaign"]);
+    assert_eq!(h.scalar("SELECT count(*) FROM campaigns").await, 1);
+    assert_eq!(h.jobs_queued().await, 300);
+    h.cleanup().await;
+}
+
+#[tokio::test]
 async fn resolved_without_cancel_is_recorded_and_leaves_the_calls() {
     let h = harness().await;
     let key = h.key("alertmanager", &["campaigns:write"], &[]).await;

@@ -11,9 +11,11 @@
 //! alerts overlap the group's latest period belongs to it (an alert that
 //! joins a firing group does not call anyone again). A group that resolves
 //! and fires again has new `startsAt` values, so a new period and a new
-//! broadcast, even if the resolved notification never arrived. Claims are
-//! serialised per group key by a transaction-scoped advisory lock, so
-//! concurrent deliveries to several replicas decide once.
+//! broadcast, even if the resolved notification never arrived. Deliveries
+//! of one group key are serialised by an advisory lock held from the claim
+//! to the end of the enqueue, so concurrent deliveries (Alertmanager HA
+//! peers, several webhook replicas) decide once and the later ones find the
+//! broadcast done.
 //!
 //! The campaign name is derived from the group key and the period's first
 //! `startsAt`, and the enqueue is the producer's own (idempotent); a period
@@ -518,8 +520,8 @@ async fn firing(
     let derived = n.campaign_name(&route.campaign_prefix, start);
     caller.check_campaign(&derived)?;
 
-    let mut tx = state.pool.begin().await.map_err(|e| db_unavailable(e, "starting the claim"))?;
-    lock_group(&mut tx, &n.group_key).await?;
+    let mut lock = GroupLock::take(&state.pool, &n.group_key).await?;
+    let mut tx = lock.begin().await?;
     let latest: Option<Period> = sqlx::query_as(
         "SELECT id, campaign, contact_list, instances, enqueued_at, resolved_at FROM alert_periods \
          WHERE group_key = $1 ORDER BY id DESC LIMIT 1",
@@ -585,6 +587,7 @@ async fn firing(
         "contact_list": list,
     });
     if action != "started" && action != "resumed" {
+        lock.release().await;
         answer["broadcast"] = campaign_status(&state.pool, &campaign_name).await?.unwrap_or(Value::Null);
         return Ok(Json(answer));
     }
@@ -619,6 +622,7 @@ async fn firing(
         .execute(&state.pool)
         .await
         .map_err(|e| db_unavailable(e, "recording the broadcast"))?;
+    lock.release().await;
     tracing::info!(
         campaign = %campaign_name,
         new_contacts = report.new_contacts,
@@ -654,8 +658,8 @@ async fn resolved(
         None => route.cancel_on_resolve,
     };
     let instances: Vec<String> = n.alerts.iter().map(Alert::instance).collect();
-    let mut tx = state.pool.begin().await.map_err(|e| db_unavailable(e, "starting the claim"))?;
-    lock_group(&mut tx, &n.group_key).await?;
+    let mut lock = GroupLock::take(&state.pool, &n.group_key).await?;
+    let mut tx = lock.begin().await?;
     // The period these alerts fired in; a late resolved notification of an
     // older period does not end the current one.
     let period: Option<Period> = sqlx::query_as(
@@ -670,6 +674,7 @@ async fn resolved(
     let Some(period) = period else {
         record(&mut tx, caller, n, None, "no_period", payload).await?;
         tx.commit().await.map_err(|e| db_unavailable(e, "recording the notification"))?;
+        lock.release().await;
         return Ok(Json(json!({ "status": "resolved", "action": "no_period", "campaign": null })));
     };
     if cancel {
@@ -705,6 +710,7 @@ async fn resolved(
                 .map_err(|e| db_unavailable(e, "recording the cancelled calls"))?;
         }
     }
+    lock.release().await;
     Ok(Json(json!({
         "status": "resolved",
         "action": action,
@@ -714,14 +720,40 @@ async fn resolved(
     })))
 }
 
-/// Serialises claims on one alert group until the transaction ends.
-async fn lock_group(tx: &mut sqlx::PgConnection, group_key: &str) -> Result<(), ApiError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 8))")
-        .bind(group_key)
-        .execute(tx)
-        .await
-        .map_err(|e| db_unavailable(e, "locking the alert group"))?;
-    Ok(())
+/// One alert group's advisory lock, held on a connection of its own from
+/// the claim until the enqueue (or the cancel) is done, so a second delivery
+/// of the same group (an Alertmanager HA peer, a retry after a timeout)
+/// waits and then finds the broadcast finished instead of racing it. The
+/// connection is detached from the pool: if the request is dropped midway
+/// (the client gave up), closing it releases the lock.
+struct GroupLock {
+    conn: sqlx::PgConnection,
+    key: String,
+}
+
+impl GroupLock {
+    async fn take(pool: &sqlx::PgPool, group_key: &str) -> Result<Self, ApiError> {
+        let mut conn =
+            pool.acquire().await.map_err(|e| db_unavailable(e, "connecting for the claim"))?.detach();
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 8))")
+            .bind(group_key)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| db_unavailable(e, "locking the alert group"))?;
+        Ok(Self { conn, key: group_key.to_owned() })
+    }
+
+    async fn begin(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, ApiError> {
+        sqlx::Connection::begin(&mut self.conn).await.map_err(|e| db_unavailable(e, "starting the claim"))
+    }
+
+    async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 8))")
+            .bind(&self.key)
+            .execute(&mut self.conn)
+            .await;
+        let _ = sqlx::Connection::close(self.conn).await;
+    }
 }
 
 async fn record(
