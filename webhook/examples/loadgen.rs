@@ -33,6 +33,10 @@ struct Args {
     /// Campaign name for the generated calls.
     #[arg(long, default_value = "bench-webhook")]
     campaign: String,
+    /// Write the signed requests to this file (one `path<TAB>authorization<TAB>body`
+    /// line each, for `bench/webhook.lua`) instead of sending them.
+    #[arg(long)]
+    emit: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -97,6 +101,17 @@ async fn main() -> anyhow::Result<()> {
     order.sort_by_key(|&k| (k % 4, k / 4));
     let requests: Arc<Vec<(String, String, String)>> =
         Arc::new(order.into_iter().map(|k| requests[k].clone()).collect());
+    if let Some(path) = &args.emit {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for (url, auth, body) in requests.iter() {
+            let path = url.strip_prefix(&args.url).unwrap_or(url);
+            writeln!(out, "{path}\t{auth}\t{body}")?;
+        }
+        out.flush()?;
+        println!("{}", serde_json::json!({ "emitted": requests.len(), "stored_before": before }));
+        return Ok(());
+    }
 
     let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let started = Instant::now();
