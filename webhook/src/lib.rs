@@ -125,7 +125,8 @@ pub async fn run(
         .await
         .context("connecting to PostgreSQL (TOCSIN_DATABASE_URL)")?;
     db::migrate(&pool).await.context("applying database migrations")?;
-    let app = app(&config, pool.clone()).await?;
+    let app =
+        app(&config, pool.clone()).await?.layer(axum::Extension(api::live::EndStreams(shutdown.clone())));
     info!(addr = %listener.local_addr()?, "webhook listening");
     http::serve(listener, app, shutdown.cancelled_owned()).await.context("serving HTTP")?;
     pool.close().await;

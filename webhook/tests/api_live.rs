@@ -302,3 +302,57 @@ async fn many_streams_share_one_reader_and_each_gets_every_change() {
     let channel = conn.create_channel().await.unwrap();
     Topology::new(&h.prefix).delete(&channel).await.unwrap();
 }
+
+/// A graceful shutdown ends open streams instead of waiting for them
+/// forever (a dashboard left open must not hold a SIGTERM).
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let h = harness().await;
+    let body = json!({"name": "live-3", "message": "Test.", "from": "+14155550100", "contacts": [{"number": "+14155550301"}]});
+    let req = Request::post("/api/v1/campaigns")
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    assert_eq!(h.app.clone().oneshot(req).await.unwrap().status(), StatusCode::CREATED);
+
+    let config = webhook::config::WebhookConfig::try_parse_from([
+        "webhook",
+        "--database-url",
+        h.db.url.expose_secret(),
+        "--amqp-url",
+        &h.amqp_url,
+        "--queue-prefix",
+        &h.prefix,
+        "--vonage-signature-secret",
+        "live-test-secret",
+    ])
+    .unwrap();
+    let (listener, addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(webhook::run(config, listener, shutdown.clone()));
+    let mut response = reqwest::Client::new()
+        .get(format!("http://{addr}/api/v1/campaigns/live-3/events"))
+        .bearer_auth(&h.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let first = response.chunk().await.unwrap().expect("the first batch");
+    assert!(String::from_utf8_lossy(&first).contains("event: counts"));
+
+    shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while response.chunk().await.ok().flatten().is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream was still open 10 s after shutdown began");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the service did not stop within 10 s of shutdown with a stream open")
+        .unwrap()
+        .unwrap();
+
+    let conn = tocsin_core::queue::connect(&h.amqp_url, "cleanup").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    Topology::new(&h.prefix).delete(&channel).await.unwrap();
+}

@@ -41,6 +41,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -379,6 +380,13 @@ fn render(changes: &[Change], counts: Option<&Value>, to: &Snapshot) -> Bytes {
     Bytes::from(out)
 }
 
+/// Ends every open stream when cancelled: installed by `webhook::run` as a
+/// request extension with its shutdown token, because a graceful shutdown
+/// waits for responses to finish, and a stream never would. (Clients
+/// reconnect to another replica with `Last-Event-ID`.)
+#[derive(Clone)]
+pub struct EndStreams(pub CancellationToken);
+
 #[derive(Deserialize)]
 pub struct EventsQuery {
     /// For clients that cannot set headers (`EventSource` on a first connect).
@@ -388,6 +396,7 @@ pub struct EventsQuery {
 /// `GET /api/v1/campaigns/{name}/events`.
 pub async fn events(
     State(state): State<Arc<ApiState>>,
+    end: Option<Extension<EndStreams>>,
     headers: HeaderMap,
     Path(name): Path<String>,
     Query(query): Query<EventsQuery>,
@@ -427,9 +436,13 @@ pub async fn events(
         first: Some(joined_at),
         rx,
     };
-    let body = futures::stream::unfold(stream, |mut s| async move {
-        let chunk = s.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), s))
+    let end = end.map_or_else(CancellationToken::new, |Extension(e)| e.0);
+    let body = futures::stream::unfold((stream, end), |(mut s, end)| async move {
+        let chunk = tokio::select! {
+            c = s.next_chunk() => c?,
+            () = end.cancelled() => return None,
+        };
+        Some((Ok::<_, Infallible>(chunk), (s, end)))
     });
     let mut response = Body::from_stream(body).into_response();
     let h = response.headers_mut();
