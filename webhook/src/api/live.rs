@@ -3,17 +3,19 @@
 //!
 //! Source: the `call_state_log` table, filled by a trigger on `calls`
 //! (`AFTER UPDATE OF state … WHEN (OLD.state IS DISTINCT FROM NEW.state)`,
-//! migration `20261122300001`), which also NOTIFYs `tocsin_calls` with the
-//! campaign id. A trigger rather than a NOTIFY from the event store: every
-//! writer of `calls` (workers, webhook replicas, producer cancels) is
-//! covered, the log row commits atomically with the state it records, the
-//! group commit gains no round trip (one log insert per changed call inside
-//! its transaction; updates that change no state pay nothing), and NOTIFY is
-//! delivered at commit, so listeners never read ahead of what is committed.
+//! migrations `20261122300001` and `20261122500000`). A trigger rather than
+//! a write from the event store: every writer of `calls` (workers, webhook
+//! replicas, producer cancels) is covered, the log row commits atomically
+//! with the state it records, and updates that change no state pay nothing.
+//! The trigger does not NOTIFY: PostgreSQL serialises the commits of all
+//! notifying transactions through the WAL flush, which capped the workers
+//! at ~500 calls/s. Feeds poll the log instead (`POLL`, an indexed read per
+//! watched campaign); new calls and campaign status changes still NOTIFY
+//! `tocsin_calls` and wake their feed at once.
 //!
 //! Fan-out: each process holds one LISTEN connection (`Hub`), and one
-//! reader task per watched campaign (`Feed`). On a notification the feed
-//! reads the log once — the rows of the transactions visible in the current
+//! reader task per watched campaign (`Feed`). On a poll or a notification
+//! the feed reads the log once — the rows of the transactions visible in the current
 //! `pg_snapshot` but not in the feed's previous one, i.e. exactly those
 //! committed in between, even when sequence ids commit out of order — and
 //! the campaign's counters once, renders the SSE text once, and broadcasts
@@ -61,11 +63,12 @@ use super::auth::{Scope, authenticate};
 use super::campaigns::campaign_status;
 use super::{ApiState, db_unavailable};
 
-/// The NOTIFY channel the triggers use.
+/// The NOTIFY channel of new calls and campaign status changes.
 const CHANNEL: &str = "tocsin_calls";
-/// A feed re-reads the log this often even without a notification (a
-/// LISTEN connection that dropped and came back may have missed some).
-const POLL: Duration = Duration::from_secs(5);
+/// A feed reads the log this often (state changes do not notify). The
+/// counters are read only when the log moved or a notification came, so a
+/// quiet poll is one indexed query that returns nothing.
+const POLL: Duration = Duration::from_millis(100);
 /// A stream with nothing to say sends an SSE comment this often, so
 /// proxies and clients see a live connection.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -271,11 +274,11 @@ async fn listen(inner: Arc<HubInner>) {
 /// A feed's task: on each wake-up (or poll), one read for every listener.
 async fn run_feed(hub: Arc<HubInner>, feed: Arc<Feed>) {
     loop {
-        tokio::select! {
-            () = feed.wake.notified() => {}
-            () = tokio::time::sleep(POLL) => {}
+        let notified = tokio::select! {
+            () = feed.wake.notified() => true,
+            () = tokio::time::sleep(POLL) => false,
             () = hub.stop.cancelled() => return,
-        }
+        };
         if retire_if_unwatched(&hub, &feed) {
             return;
         }
@@ -283,8 +286,11 @@ async fn run_feed(hub: Arc<HubInner>, feed: Arc<Feed>) {
             let s = lock(&feed.state);
             (s.position.clone(), s.counts.clone())
         };
-        match read(&hub.pool, &feed.campaign, &feed.name, &from, None).await {
+        let counts_needed = notified || last_counts.is_none();
+        match read(&hub.pool, &feed.campaign, &feed.name, &from, None, counts_needed).await {
             Ok((to, changes, counts)) => {
+                // A quiet poll did not read the counters: they are as last sent.
+                let counts = if changes.is_empty() && !counts_needed { last_counts.clone() } else { counts };
                 if changes.is_empty() && last_counts.is_some() && counts == last_counts {
                     // Nothing to say: keep the position, the next read covers the span.
                     continue;
@@ -334,6 +340,7 @@ async fn read(
     name: &str,
     from: &Snapshot,
     to: Option<&Snapshot>,
+    counts_if_unchanged: bool,
 ) -> Result<(Snapshot, Vec<Change>, Option<Value>), sqlx::Error> {
     let to = match to {
         Some(t) => t.clone(),
@@ -357,6 +364,9 @@ async fn read(
     .bind(&to_text)
     .fetch_all(pool)
     .await?;
+    if changes.is_empty() && !counts_if_unchanged {
+        return Ok((to, changes, None));
+    }
     let counts = campaign_status(pool, name).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
     Ok((to, changes, counts))
 }
@@ -498,7 +508,7 @@ impl Listener {
                     .map(|counts| (to.clone(), Vec::new(), counts))
                     .map_err(|_| sqlx::Error::PoolTimedOut)
             } else {
-                read(&self.pool, &self.campaign, &self.name, &self.position, Some(to)).await
+                read(&self.pool, &self.campaign, &self.name, &self.position, Some(to), true).await
             };
             match read {
                 Ok((to, changes, counts)) => {
