@@ -621,14 +621,35 @@ async fn mark_stage(pool: &PgPool, mut rx: mpsc::Receiver<Vec<uuid::Uuid>>) -> a
                 Err(_) => break,
             }
         }
-        sqlx::query("UPDATE calls SET enqueued_at = now() WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(pool)
-            .await
-            .map_err(|e| db_error(e, "marking calls enqueued"))?;
+        mark(pool, &ids).await.map_err(|e| db_error(e, "marking calls enqueued"))?;
         marked += ids.len() as u64;
     }
     Ok(marked)
+}
+
+/// Sets `enqueued_at` on `ids`. Workers and the webhook update the same rows
+/// while a campaign is being enqueued, so the rows are locked in id order
+/// (the order the webhook's group commit uses) and a deadlock that happens
+/// anyway (PostgreSQL aborts one side) is retried a few times.
+async fn mark(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<(), sqlx::Error> {
+    let mut tries = 0;
+    loop {
+        let result = sqlx::query(
+            "UPDATE calls k SET enqueued_at = now() \
+             FROM (SELECT id FROM calls WHERE id = ANY($1) ORDER BY id FOR UPDATE) l WHERE k.id = l.id",
+        )
+        .bind(ids)
+        .execute(pool)
+        .await;
+        match result {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("40P01") && tries < 5 => {
+                tries += 1;
+                tracing::warn!(tries, "marking calls enqueued hit a deadlock; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+            }
+            other => return other.map(|_| ()),
+        }
+    }
 }
 
 /// A lost database mid-run is "a service unreachable"; other errors keep their text.

@@ -57,6 +57,9 @@ pub enum Stored {
 pub enum StoreError {
     #[error("database: {0}")]
     Database(String),
+    /// PostgreSQL aborted the batch to break a deadlock: worth another try.
+    #[error("database deadlock: {0}")]
+    Deadlock(String),
     #[error("publishing a redial: {0}")]
     Publish(String),
     #[error("the event store is shutting down")]
@@ -154,7 +157,14 @@ async fn write_batch(pool: &PgPool, redials: Option<&RedialPublisher>, batch: Ve
     let started = Instant::now();
     metrics::histogram!("tocsin_webhook_batch_size").record(batch.len() as f64);
     let events: Vec<&StoredEvent> = batch.iter().map(|p| &p.event).collect();
-    let result = store_batch(pool, redials, &events).await;
+    let mut result = store_batch(pool, redials, &events).await;
+    // A producer marking rows or another writer can deadlock with a batch;
+    // the aborted batch changed nothing, so it is simply written again.
+    for attempt in 1..=3 {
+        let Err(StoreError::Deadlock(e)) = &result else { break };
+        warn!(error = %e, attempt, events = events.len(), "event batch hit a deadlock; retrying");
+        result = store_batch(pool, redials, &events).await;
+    }
     metrics::histogram!("tocsin_webhook_store_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Ok(outcomes) => {
@@ -177,7 +187,12 @@ pub async fn store_batch(
     redials: Option<&RedialPublisher>,
     events: &[&StoredEvent],
 ) -> Result<Vec<Stored>, StoreError> {
-    let db = |e: sqlx::Error| StoreError::Database(e.to_string());
+    let db = |e: sqlx::Error| match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("40P01") => {
+            StoreError::Deadlock(e.to_string())
+        }
+        _ => StoreError::Database(e.to_string()),
+    };
     let mut tx = pool.begin().await.map_err(db)?;
 
     let call_ids: Vec<Option<uuid::Uuid>> = events.iter().map(|e| e.call_id.map(|c| c.0)).collect();
