@@ -66,6 +66,24 @@ def wait_ready(url, proc, name, log, timeout=60):
     sys.exit(f"{name} did not become ready; see {log}")
 
 
+SERVICES = {"postgres": "postgres", "rabbitmq": "beam.smp", "redis": "redis-server"}
+
+
+def service_cpu_seconds(name):
+    """CPU time of the live processes of a local service, by command name."""
+    comm = SERVICES[name]
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == comm:
+                        total += cpu_seconds(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return total
+
+
 def cpu_seconds(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -152,6 +170,7 @@ def main():
         for i in range(args.contacts):
             # Last digit 0-6 (answered) so every call completes on the first attempt.
             f.write(f"+1{4155000000 + (i // 7) * 10 + i % 7}\n")
+    services_cpu0 = {u: service_cpu_seconds(u) for u in SERVICES}
     t_enqueue = time.time()
     sh(os.path.join(BIN, "producer"), "enqueue", "--campaign", run, "--contacts", contacts,
        "--message", "Benchmark broadcast.", "--from", "+14155550100", env=env)
@@ -185,6 +204,14 @@ def main():
     elapsed = time.time() - t_enqueue
     cpu = cpu_done + sum(cpu_seconds(w.pid) for w in workers.values())
     stats = http_json(f"http://127.0.0.1:{sim_port}/_sim/stats")
+    # Where the CPU went, per call (services: their live processes' growth
+    # over the run; PostgreSQL backends that exited meanwhile are missed).
+    per_call = 1000 / max(stats["calls"], 1)
+    cpu_by_process = {
+        "worker": cpu, "simulator": cpu_seconds(sim.pid), "webhook": cpu_seconds(hook.pid),
+        **{u: service_cpu_seconds(u) - services_cpu0[u] for u in SERVICES},
+    }
+    cpu_ms_per_call_by_process = {k: round(v * per_call, 3) for k, v in cpu_by_process.items()}
     states = dict(line.split("|") for line in psql(db_url, "SELECT state, count(*) FROM calls GROUP BY state").splitlines() if line)
     unknown = psql(db_url, "SELECT coalesce(string_agg(DISTINCT error_code || ': ' || left(error_detail, 80), '; '), '') FROM calls WHERE state = 'unknown'")
     not_finished = int(psql(db_url, "SELECT count(*) FROM calls WHERE call_state_rank(state) < 5"))
@@ -223,6 +250,7 @@ def main():
         "worker_cpu_seconds": round(cpu, 2),
         "cpu_ms_per_call": round(1000 * cpu / max(stats["calls"], 1), 3),
         "calls_per_sec_end_to_end": round(stats["calls"] / elapsed, 1) if elapsed else 0,
+        "cpu_ms_per_call_by_process": cpu_ms_per_call_by_process,
     }))
 
 

@@ -43,5 +43,8 @@ print(f"create-call requests/s at the simulator: {span_rate:.0f} (target >= 1500
 print(f"baseline, bare client loop against the same simulator: {ceiling['per_sec']:.0f}/s; worker / baseline = {span_rate / ceiling['per_sec']:.2f}")
 print(f"end to end (enqueue to every call finished, events stored): {r['calls_per_sec_end_to_end']:.0f} calls/s over {r['seconds']:.1f} s")
 print(f"worker CPU: {r['worker_cpu_seconds']:.1f} s, {r['cpu_ms_per_call']:.3f} ms per call")
+by = r.get('cpu_ms_per_call_by_process', {})
+print("CPU ms per call, by process: " + ", ".join(f"{k} {v:.3f}" for k, v in by.items())
+      + f" (total {sum(by.values()):.3f}; 2 cores give {2000 / max(sum(by.values()), 1e-9):.0f} calls/s at most)")
 PY
 echo "results: $OUT"

@@ -432,6 +432,8 @@ fn openapi_file_documents_every_route() {
         "/api/v1/campaigns/{name}/resume:",
         "/api/v1/campaigns/{name}/cancel:",
         "/api/v1/campaigns/{name}/events:",
+        "/api/v1/campaigns/{name}/calls:",
+        "/api/v1/campaigns/{name}/calls/{id}:",
         "/api/v1/alertmanager:",
     ] {
         assert!(spec.contains(&format!("\n  {path}\n")), "{path} is not in webhook/openapi.yaml");
