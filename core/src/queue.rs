@@ -194,6 +194,20 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     Connection::connect(url, props).await
 }
 
+/// How long a polite close may take before the connection is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes `conn` with the AMQP handshake, giving up after `CLOSE_TIMEOUT`.
+/// lapin 4's close can wait forever for a close-ok once the socket is gone
+/// (seen in CI: a producer run that had finished its work hung here, and
+/// the broker logged "client unexpectedly closed TCP connection"); the work
+/// is done by then, so dropping the connection is the right fallback.
+pub async fn close(conn: &Connection, reason: &str) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, reason.into())).await.is_err() {
+        tracing::warn!(reason, "closing the RabbitMQ connection timed out; dropping it");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("broker error while publishing: {0}")]

@@ -81,7 +81,7 @@ pub async fn amqp_url() -> String {
     let url = test_env::amqp_url();
     match crate::queue::connect(&url, "tocsin-test-probe").await {
         Ok(conn) => {
-            let _ = conn.close(200, "probe".into()).await;
+            crate::queue::close(&conn, "probe").await;
             url
         }
         Err(e) => {

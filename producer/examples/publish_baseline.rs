@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
-    let _ = conn.close(200, "done".into()).await;
+    tocsin_core::queue::close(&conn, "done").await;
     println!(
         "{{\"messages\":{},\"seconds\":{secs:.3},\"per_sec\":{:.0},\"nacked\":{nacked}}}",
         args.count,

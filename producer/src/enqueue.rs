@@ -425,7 +425,7 @@ async fn run_pipeline(
             tokio::join!(relay_stop(stop, &stop_flag), show_progress(progress, &bar, &name, total));
         } => unreachable!("progress never ends"),
     };
-    let _ = amqp.close(200, "done".into()).await;
+    queue::close(&amqp, "done").await;
     report.read = counts.read;
     report.new_contacts = counts.new;
     report.already_enqueued = counts.already;

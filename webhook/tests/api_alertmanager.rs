@@ -107,7 +107,7 @@ impl Harness {
             )
             .await
             .unwrap();
-        let _ = conn.close(200, "done".into()).await;
+        tocsin_core::queue::close(&conn, "done").await;
         q.message_count()
     }
 

@@ -201,8 +201,12 @@ async fn session(
         let _ = consume_channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
         // In-flight jobs still need this connection to ack and to publish delays.
         let _ = tokio::time::timeout(config.shutdown_grace, wait_idle(in_flight, config.prefetch)).await;
-        let _ = consume_channel.close(200, "worker stopping".into()).await;
-        let _ = amqp.close(200, "worker stopping".into()).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            consume_channel.close(200, "worker stopping".into()),
+        )
+        .await;
+        queue::close(&amqp, "worker stopping").await;
     }
     result
 }

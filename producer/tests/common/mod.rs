@@ -116,7 +116,7 @@ impl Env {
             )
             .await
             .unwrap();
-        let _ = conn.close(200, "done".into()).await;
+        tocsin_core::queue::close(&conn, "done").await;
         q.message_count()
     }
 
@@ -145,7 +145,7 @@ impl Env {
             assert_eq!(job.attempt, 1);
             *seen.entry(job.call_id.to_string()).or_default() += 1;
         }
-        let _ = conn.close(200, "done".into()).await;
+        tocsin_core::queue::close(&conn, "done").await;
         seen
     }
 
@@ -157,7 +157,7 @@ impl Env {
         let declare = conn.create_channel().await.unwrap();
         topology.declare(&declare).await.unwrap();
         topology.delete(&channel).await.unwrap();
-        let _ = conn.close(200, "done".into()).await;
+        tocsin_core::queue::close(&conn, "done").await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
