@@ -628,19 +628,16 @@ async fn mark_stage(pool: &PgPool, mut rx: mpsc::Receiver<Vec<uuid::Uuid>>) -> a
 }
 
 /// Sets `enqueued_at` on `ids`. Workers and the webhook update the same rows
-/// while a campaign is being enqueued, so the rows are locked in id order
-/// (the order the webhook's group commit uses) and a deadlock that happens
-/// anyway (PostgreSQL aborts one side) is retried a few times.
+/// while a campaign is being enqueued, and PostgreSQL may pick this
+/// statement to break a deadlock with a webhook batch: it is retried a few
+/// times (it is idempotent).
 async fn mark(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<(), sqlx::Error> {
     let mut tries = 0;
     loop {
-        let result = sqlx::query(
-            "UPDATE calls k SET enqueued_at = now() \
-             FROM (SELECT id FROM calls WHERE id = ANY($1) ORDER BY id FOR UPDATE) l WHERE k.id = l.id",
-        )
-        .bind(ids)
-        .execute(pool)
-        .await;
+        let result = sqlx::query("UPDATE calls SET enqueued_at = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(pool)
+            .await;
         match result {
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("40P01") && tries < 5 => {
                 tries += 1;
