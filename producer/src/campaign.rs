@@ -461,6 +461,15 @@ pub async fn delete(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> 
     .execute(&mut *tx)
     .await
     .context("deleting the campaign's events")?;
+    // The live stream's log has no foreign key (it is written by a trigger on
+    // every state change and must stay cheap); without this, a campaign
+    // created again under the same name (the same id) would replay the old
+    // one's changes to a stream resumed from the start.
+    sqlx::query("DELETE FROM call_state_log WHERE campaign_id = (SELECT id FROM campaigns WHERE name = $1)")
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .context("deleting the campaign's state log")?;
     let deleted = sqlx::query("DELETE FROM campaigns WHERE name = $1")
         .bind(name)
         .execute(&mut *tx)

@@ -121,8 +121,16 @@ async fn pause_resume_cancel_list_and_status() {
 
     let o = env.run_bin(&["list"]);
     assert!(stdout(&o).lines().any(|l| l.starts_with("ctl") && l.contains("cancelled")), "{}", stdout(&o));
+    let log = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM call_state_log")
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(log().await, 5, "the cancels are in the live stream's log");
     assert!(env.run_bin(&["delete", "ctl", "--yes"]).status.success());
     assert!(!stdout(&env.run_bin(&["list"])).contains("ctl"));
+    assert_eq!(log().await, 0, "deleting a campaign deletes its state log");
     env.cleanup().await;
 }
 
