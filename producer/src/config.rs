@@ -49,10 +49,12 @@ pub enum Command {
         "      --message 'Severe storm warning for your area tonight.' --from +14155550100\n",
         "  producer enqueue --campaign school-closed --contacts parents.jsonl --message-file msg.txt \\\n",
         "      --from +442079460000 --default-region GB --window 08:00-20:00 --timezone Europe/London\n",
-        "  cat list.csv | producer enqueue --campaign outage --contacts - --message '...' --from +1... --dry-run\n\n",
+        "  cat list.csv | producer enqueue --campaign outage --contacts - --message '...' --from +1... --dry-run\n",
+        "  producer enqueue --campaign dc-outage --list oncall --message '...' --from +14155550100\n\n",
         "Contact lists: CSV with a header row (the number column is `number`, see --number-column;\n",
         "the other columns are kept with each contact) or JSON Lines (one object per line). The\n",
-        "format comes from the extension (.csv .tsv .txt / .jsonl .ndjson) or --format.\n\n",
+        "format comes from the extension (.csv .tsv .txt / .jsonl .ndjson) or --format. --list NAME\n",
+        "calls a saved list instead (`producer list import`), re-checked against do-not-call.\n\n",
         "Safe to re-run: contacts already in the campaign are counted as 'already enqueued' and\n",
         "never enqueued twice; new contacts are added; a run that was killed is finished.\n",
         "An existing campaign's message changes only with --update-message, its other settings\n",
@@ -163,8 +165,12 @@ pub struct EnqueueArgs {
     pub campaign: String,
 
     /// Contact list: a CSV or JSON Lines file, or '-' for standard input.
-    #[arg(long)]
-    pub contacts: PathBuf,
+    #[arg(long, required_unless_present = "list", conflicts_with = "list")]
+    pub contacts: Option<PathBuf>,
+
+    /// A saved contact list (`producer list import`) instead of a file.
+    #[arg(long, value_name = "NAME")]
+    pub list: Option<String>,
 
     /// Format of the contact list (default: from the extension, else detected).
     #[arg(long, value_enum)]
@@ -514,6 +520,18 @@ mod tests {
             Cli::try_parse_from(base.iter().copied().chain(["--message", "hi", "--timezone", "Mars/Base"]))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn enqueue_takes_a_file_or_a_saved_list_not_both_nor_neither() {
+        let base = ["producer", "enqueue", "--campaign", "c", "--message", "hi"];
+        let with =
+            |extra: &[&'static str]| Cli::try_parse_from(base.iter().copied().chain(extra.iter().copied()));
+        let Command::Enqueue(args) = with(&["--list", "oncall"]).unwrap().command else { panic!() };
+        assert_eq!((args.list.as_deref(), args.contacts), (Some("oncall"), None));
+        assert!(with(&["--contacts", "a.csv"]).is_ok());
+        assert!(with(&["--contacts", "a.csv", "--list", "oncall"]).is_err());
+        assert!(with(&[]).is_err());
     }
 
     #[test]

@@ -135,8 +135,9 @@ struct Progress {
     published: Arc<AtomicU64>,
 }
 
-/// Enqueues `args.contacts` into campaign `args.campaign`, with no
-/// provider check beyond the arguments' own and no interruption.
+/// Enqueues `args.contacts` (or the saved list `args.list`) into campaign
+/// `args.campaign`, with no provider check beyond the arguments' own and no
+/// interruption.
 pub async fn enqueue(pool: &PgPool, args: &EnqueueArgs) -> anyhow::Result<Report> {
     enqueue_until(pool, args, CancellationToken::new()).await
 }
@@ -148,9 +149,18 @@ pub async fn enqueue_until(
     args: &EnqueueArgs,
     stop: CancellationToken,
 ) -> anyhow::Result<Report> {
-    let source = Source::from_arg(&args.contacts);
     let configured = args.providers.configured();
-    let (report, _) = enqueue_from(pool, args, source, &configured, Rejections::Print, stop).await?;
+    let (report, _) = match (&args.list, &args.contacts) {
+        (Some(list), _) => {
+            crate::lists::enqueue_list(pool, args.clone(), list, &configured, Rejections::Print, stop).await?
+        }
+        (None, Some(contacts)) => {
+            enqueue_from(pool, args, Source::from_arg(contacts), &configured, Rejections::Print, stop).await?
+        }
+        (None, None) => {
+            return Err(Fatal::Usage("give --contacts FILE or --list NAME".into()).into());
+        }
+    };
     Ok(report)
 }
 

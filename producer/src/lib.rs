@@ -97,7 +97,13 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
             } else {
                 report.print();
             }
-            check_report(&report, &args.contacts.display().to_string())
+            let input = match (&args.list, &args.contacts) {
+                (Some(list), _) => format!("list {list}"),
+                (None, contacts) => {
+                    contacts.as_deref().unwrap_or(std::path::Path::new("-")).display().to_string()
+                }
+            };
+            check_report(&report, &input)
         }
         Command::Status(args) => status::status(&pool, &args, stop).await,
         Command::List(args) => match args.command {

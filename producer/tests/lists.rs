@@ -212,6 +212,28 @@ async fn list_commands_from_the_binary() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["number"], us_number(0));
     assert_eq!(lines[0]["line"], 2);
+    // `enqueue --list` calls a saved list: every contact once, a re-run nobody.
+    let enqueue_list = |campaign: &str, list: &str| {
+        let mut argv: Vec<String> = env.enqueue_argv(campaign, &file, &["--json"]);
+        let at = argv.iter().position(|a| a == "--contacts").unwrap();
+        argv.splice(at..at + 2, ["--list".to_owned(), list.to_owned()]);
+        env.run_bin(&argv[1..].iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = enqueue_list("from-list", "team");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((report["new_contacts"].as_u64(), report["published"].as_u64()), (Some(3), Some(3)));
+    let o = enqueue_list("from-list", "team");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((report["already_enqueued"].as_u64(), report["published"].as_u64()), (Some(3), Some(0)));
+    let o = enqueue_list("from-nothing", "nope");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no saved contact list"), "{}", stderr(&o));
+    let mut argv = env.enqueue_argv("y", &file, &[]);
+    argv.extend(["--list".to_owned(), "team".to_owned()]);
+    let o = env.run_bin(&argv[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2), "--contacts and --list together is bad usage");
+
     let o = env.run_bin(&["list", "delete", "team"]);
     assert_eq!(o.status.code(), Some(2), "delete needs --yes");
     assert!(env.run_bin(&["list", "delete", "team", "--yes"]).status.success());

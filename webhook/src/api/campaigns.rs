@@ -248,7 +248,8 @@ pub(crate) fn parse_provider(p: &str, state: &ApiState) -> Result<ProviderArg, S
 pub(crate) fn api_args(state: &ApiState, campaign: String, message: String) -> EnqueueArgs {
     EnqueueArgs {
         campaign,
-        contacts: "-".into(),
+        contacts: Some("-".into()),
+        list: None,
         format: Some(Format::Jsonl),
         message: Some(message),
         message_file: None,
