@@ -13,7 +13,10 @@ use crate::config::LogFormat;
 pub fn init(format: LogFormat) {
     install_crypto_provider();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    // Logs go to standard error: standard output is the CLI's own (the
+    // producer's `--json` reports, `dnc list` CSV), and Kubernetes collects both.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.compact().try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

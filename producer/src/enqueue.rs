@@ -256,7 +256,11 @@ pub async fn enqueue_from(
     let finished =
         tokio::task::spawn_blocking(move || rejects.finish()).await.context("writing rejected lines")?;
     bar.finish_and_clear();
-    drop(lock);
+    // Released explicitly: a dropped connection's lock lingers until the
+    // server notices the closed socket, and a re-run started right after this
+    // one would be refused as "another producer is enqueueing".
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut lock).await;
+    let _ = sqlx::Connection::close(lock).await;
     result?;
     let (shown, collected) = finished?;
     let hidden = report.rejected().saturating_sub(shown);
@@ -397,6 +401,7 @@ async fn run_pipeline(
     let topology = Topology::new(&args.amqp.queue_prefix);
     let setup = amqp.create_channel().await.context("opening a RabbitMQ channel")?;
     topology.declare(&setup).await.context("declaring the queue topology")?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), setup.close(200, "topology declared".into())).await;
     let channel = amqp.create_channel().await.context("opening the publish channel")?;
     channel.confirm_select(Default::default()).await.context("enabling publisher confirms")?;
 

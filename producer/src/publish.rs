@@ -127,6 +127,9 @@ impl Stage {
                 },
             }
         }
+        // Closed here, every confirm in: a channel left to its drop is still
+        // closing when the connection closes, and lapin logs that as an error.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.channel.close(200, "done".into())).await;
         Ok(self.done)
     }
 

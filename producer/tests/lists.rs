@@ -224,6 +224,7 @@ async fn list_commands_from_the_binary() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((report["new_contacts"].as_u64(), report["published"].as_u64()), (Some(3), Some(3)));
     let o = enqueue_list("from-list", "team");
+    assert!(o.status.success(), "a re-run right after: {}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((report["already_enqueued"].as_u64(), report["published"].as_u64()), (Some(3), Some(0)));
     let o = enqueue_list("from-nothing", "nope");
