@@ -5,52 +5,22 @@
 //! asked, a new firing after a resolve starting a new broadcast, and every
 //! error status.
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use clap::Parser;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tocsin_core::queue::Topology;
-use tocsin_core::testing::{self, TestDb};
+use tocsin_core::testing::{self};
 use tower::ServiceExt;
 
-struct Harness {
-    db: TestDb,
-    app: Router,
-    prefix: String,
-    amqp_url: String,
-}
+mod common;
+
+type Harness = common::App;
 
 async fn harness() -> Harness {
-    tocsin_core::telemetry::install_crypto_provider();
-    tocsin_core::telemetry::metrics_handle();
-    let db = TestDb::create().await;
-    let amqp_url = testing::amqp_url().await;
-    let prefix = testing::unique_prefix("am");
-    let config = webhook::config::WebhookConfig::try_parse_from([
-        "webhook",
-        "--database-url",
-        db.url.expose_secret(),
-        "--amqp-url",
-        &amqp_url,
-        "--queue-prefix",
-        &prefix,
-        "--vonage-signature-secret",
-        "am-test-secret",
-    ])
-    .unwrap();
-    let app = webhook::app(&config, db.pool.clone()).await.unwrap();
-    Harness { db, app, prefix, amqp_url }
+    common::App::start("am", &[]).await
 }
 
 impl Harness {
-    async fn key(&self, name: &str, scopes: &[&str], prefixes: &[&str]) -> String {
-        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        let prefixes: Vec<String> = prefixes.iter().map(|s| s.to_string()).collect();
-        producer::apikey::create(&self.db.pool, name, &scopes, &prefixes).await.unwrap()
-    }
-
     async fn post(&self, uri: &str, key: Option<&str>, body: String) -> (StatusCode, Value) {
         let mut req = Request::builder().method("POST").uri(uri).header("content-type", "application/json");
         if let Some(k) = key {
@@ -113,12 +83,6 @@ impl Harness {
 
     async fn scalar(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.db.pool).await.unwrap()
-    }
-
-    async fn cleanup(self) {
-        let conn = tocsin_core::queue::connect(&self.amqp_url, "cleanup").await.unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        Topology::new(&self.prefix).delete(&channel).await.unwrap();
     }
 }
 

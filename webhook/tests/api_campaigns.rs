@@ -3,53 +3,22 @@
 //! creation through the producer's pipeline (validation, dedupe,
 //! do-not-call), idempotent retries, status and control.
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use clap::Parser;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tocsin_core::queue::Topology;
-use tocsin_core::testing::{self, TestDb};
+use tocsin_core::testing::{self};
 use tower::ServiceExt;
 
-struct Harness {
-    db: TestDb,
-    app: Router,
-    prefix: String,
-    amqp_url: String,
-}
+mod common;
+
+type Harness = common::App;
 
 async fn harness(extra: &[&str]) -> Harness {
-    tocsin_core::telemetry::install_crypto_provider();
-    tocsin_core::telemetry::metrics_handle();
-    let db = TestDb::create().await;
-    let amqp_url = testing::amqp_url().await;
-    let prefix = testing::unique_prefix("api");
-    let mut args = vec![
-        "webhook",
-        "--database-url",
-        db.url.expose_secret(),
-        "--amqp-url",
-        &amqp_url,
-        "--queue-prefix",
-        &prefix,
-        "--vonage-signature-secret",
-        "api-test-secret",
-    ];
-    args.extend_from_slice(extra);
-    let config = webhook::config::WebhookConfig::try_parse_from(args).unwrap();
-    let app = webhook::app(&config, db.pool.clone()).await.unwrap();
-    Harness { db, app, prefix, amqp_url }
+    common::App::start("api", extra).await
 }
 
 impl Harness {
-    async fn key(&self, name: &str, scopes: &[&str], prefixes: &[&str]) -> String {
-        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        let prefixes: Vec<String> = prefixes.iter().map(|s| s.to_string()).collect();
-        producer::apikey::create(&self.db.pool, name, &scopes, &prefixes).await.unwrap()
-    }
-
     async fn call(
         &self,
         method: &str,
@@ -73,12 +42,6 @@ impl Harness {
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)));
         (status, value, replayed)
-    }
-
-    async fn cleanup(self) {
-        let conn = tocsin_core::queue::connect(&self.amqp_url, "cleanup").await.unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        Topology::new(&self.prefix).delete(&channel).await.unwrap();
     }
 }
 

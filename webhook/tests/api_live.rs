@@ -6,47 +6,33 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::{Body, BodyDataStream};
 use axum::http::{Request, StatusCode};
 use clap::Parser;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use tocsin_core::queue::Topology;
-use tocsin_core::testing::{self, TestDb};
 use tower::ServiceExt;
 
+mod common;
+
+/// The shared harness and a key with `campaigns:write` and `campaigns:read`.
 struct Harness {
-    db: TestDb,
-    app: Router,
-    prefix: String,
-    amqp_url: String,
+    base: common::App,
     key: String,
 }
 
+impl std::ops::Deref for Harness {
+    type Target = common::App;
+    fn deref(&self) -> &common::App {
+        &self.base
+    }
+}
+
 async fn harness() -> Harness {
-    tocsin_core::telemetry::install_crypto_provider();
-    tocsin_core::telemetry::metrics_handle();
-    let db = TestDb::create().await;
-    let amqp_url = testing::amqp_url().await;
-    let prefix = testing::unique_prefix("live");
-    let args = [
-        "webhook",
-        "--database-url",
-        db.url.expose_secret(),
-        "--amqp-url",
-        &amqp_url,
-        "--queue-prefix",
-        &prefix,
-        "--vonage-signature-secret",
-        "live-test-secret",
-    ];
-    let config = webhook::config::WebhookConfig::try_parse_from(args).unwrap();
-    let app = webhook::app(&config, db.pool.clone()).await.unwrap();
-    let scopes = ["campaigns:write".to_owned(), "campaigns:read".to_owned()];
-    let key = producer::apikey::create(&db.pool, "live", &scopes, &[]).await.unwrap();
-    Harness { db, app, prefix, amqp_url, key }
+    let base = common::App::start("live", &[]).await;
+    let key = base.key("live", &["campaigns:write", "campaigns:read"], &[]).await;
+    Harness { base, key }
 }
 
 /// One SSE event: (event, data, id).
@@ -228,9 +214,7 @@ async fn stream_resumes_from_last_event_id_without_gaps() {
     let (status, _) = h.open("nope", None).await.err().unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let conn = tocsin_core::queue::connect(&h.amqp_url, "cleanup").await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    Topology::new(&h.prefix).delete(&channel).await.unwrap();
+    h.cleanup().await;
 }
 
 /// Every `call` event (seq, call id, state) of a stream until `n` have
@@ -312,9 +296,7 @@ async fn many_streams_share_one_reader_and_each_gets_every_change() {
     assert_eq!(calls.len(), 1);
     drop(streams);
 
-    let conn = tocsin_core::queue::connect(&h.amqp_url, "cleanup").await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    Topology::new(&h.prefix).delete(&channel).await.unwrap();
+    h.cleanup().await;
 }
 
 /// A graceful shutdown ends open streams instead of waiting for them
@@ -366,7 +348,5 @@ async fn shutdown_ends_open_streams() {
         .unwrap()
         .unwrap();
 
-    let conn = tocsin_core::queue::connect(&h.amqp_url, "cleanup").await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    Topology::new(&h.prefix).delete(&channel).await.unwrap();
+    h.cleanup().await;
 }

@@ -3,46 +3,30 @@
 //! the real PostgreSQL. The pages' behaviour in a browser is tested by
 //! `e2e/tests/ui_dashboard.rs`.
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use clap::Parser;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use tocsin_core::queue::Topology;
-use tocsin_core::testing::{self, TestDb};
 use tower::ServiceExt;
 
+mod common;
+
+/// The shared harness and a key with `campaigns:write` and `campaigns:read`.
 struct Harness {
-    db: TestDb,
-    app: Router,
-    prefix: String,
-    amqp_url: String,
+    base: common::App,
     key: String,
 }
 
+impl std::ops::Deref for Harness {
+    type Target = common::App;
+    fn deref(&self) -> &common::App {
+        &self.base
+    }
+}
+
 async fn harness() -> Harness {
-    tocsin_core::telemetry::install_crypto_provider();
-    tocsin_core::telemetry::metrics_handle();
-    let db = TestDb::create().await;
-    let amqp_url = testing::amqp_url().await;
-    let prefix = testing::unique_prefix("ui");
-    let args = [
-        "webhook",
-        "--database-url",
-        db.url.expose_secret(),
-        "--amqp-url",
-        &amqp_url,
-        "--queue-prefix",
-        &prefix,
-        "--vonage-signature-secret",
-        "ui-test-secret",
-    ];
-    let config = webhook::config::WebhookConfig::try_parse_from(args).unwrap();
-    let app = webhook::app(&config, db.pool.clone()).await.unwrap();
-    let scopes = ["campaigns:write".to_owned(), "campaigns:read".to_owned()];
-    let key = producer::apikey::create(&db.pool, "ui", &scopes, &[]).await.unwrap();
-    Harness { db, app, prefix, amqp_url, key }
+    let base = common::App::start("ui", &[]).await;
+    let key = base.key("ui", &["campaigns:write", "campaigns:read"], &[]).await;
+    Harness { base, key }
 }
 
 impl Harness {
@@ -60,12 +44,6 @@ impl Harness {
     async fn json(&self, path: &str) -> (StatusCode, Value) {
         let (status, _, body) = self.get(path, Some(&self.key)).await;
         (status, serde_json::from_slice(&body).unwrap())
-    }
-
-    async fn cleanup(&self) {
-        let conn = tocsin_core::queue::connect(&self.amqp_url, "cleanup").await.unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        Topology::new(&self.prefix).delete(&channel).await.unwrap();
     }
 }
 
