@@ -1,17 +1,18 @@
 //! `producer enqueue`: the streaming pipeline from contact list to queue.
 //!
 //! ```text
-//! reader thread ──batches of rows──► write stage ──new rows──► publish stage ──confirmed ids──► mark stage
-//! (parse, E.164,                    (DNC filter + multi-row   (pipelined confirms,            (UPDATE calls SET
-//!  dedupe)                           INSERT … ON CONFLICT,      bounded window)                  enqueued_at)
+//! reader thread ──batches of rows──► write stage ──new rows──► publish stage ──confirmed──► mark stage
+//! (parse, E.164,                    (DNC filter + multi-row   (pipelined confirms,        (INSERT INTO
+//!  dedupe)                           INSERT … ON CONFLICT,      bounded window)              enqueue_batches:
+//!                                    one batch id each,                                      a row per batch)
 //!                                    two batches in flight)
 //! ```
 //!
 //! The stages run at once over bounded channels, so parsing, database writes
 //! and publishing overlap and memory stays flat. A run first publishes rows
-//! an earlier, interrupted run wrote but never saw confirmed (`enqueued_at
-//! IS NULL`), then streams the list; rows already in the campaign are
-//! counted, never published again. Call ids are derived from campaign and
+//! an earlier, interrupted run wrote but never saw confirmed (queued calls
+//! whose `enqueue_batch` is not in `enqueue_batches`), then streams the
+//! list; rows already in the campaign are counted, never published again. Call ids are derived from campaign and
 //! number, so every run names the same call for the same contact. One run
 //! per campaign at a time (a PostgreSQL advisory lock).
 
@@ -406,7 +407,7 @@ async fn run_pipeline(
     channel.confirm_select(Default::default()).await.context("enabling publisher confirms")?;
 
     let (publish_tx, publish_rx) = mpsc::channel::<Batch>(8);
-    let (mark_tx, mark_rx) = mpsc::channel::<Vec<uuid::Uuid>>(8);
+    let (mark_tx, mark_rx) = mpsc::channel::<Vec<i64>>(8);
     let counter = progress.published.clone();
     let stage = publish::Stage::new(
         channel,
@@ -433,7 +434,8 @@ async fn run_pipeline(
         read_result.with_context(|| format!("{name}: reading failed"))?;
         anyhow::Ok((resumed, counts))
     };
-    let work = async { tokio::try_join!(produce, stage.run(publish_rx), mark_stage(pool, mark_rx)) };
+    let work =
+        async { tokio::try_join!(produce, stage.run(publish_rx), mark_stage(pool, prepared.id, mark_rx)) };
     let ((resumed, counts), published, _marked) = tokio::select! {
         r = work => r?,
         () = async {
@@ -454,36 +456,47 @@ async fn run_pipeline(
     Ok(())
 }
 
-/// Publishes rows an earlier run wrote but never saw confirmed.
+/// Publishes rows an earlier run wrote but never saw confirmed, one publish
+/// batch per unconfirmed enqueue batch (so each is confirmed once all of its
+/// waiting rows are). Rows a worker has taken already are not waiting.
 async fn resume_unconfirmed(
     pool: &PgPool,
     campaign: CampaignId,
     publish: &mpsc::Sender<Batch>,
     stop: &CancellationToken,
 ) -> anyhow::Result<u64> {
-    let mut rows = sqlx::query_as::<_, (CallId, String)>(
-        "SELECT id, number FROM calls WHERE campaign_id = $1 AND enqueued_at IS NULL AND state = 'queued'",
+    let mut rows = sqlx::query_as::<_, (CallId, String, i64)>(
+        "SELECT c.id, c.number, c.enqueue_batch FROM calls c \
+         WHERE c.campaign_id = $1 AND c.state = 'queued' AND c.enqueue_batch IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM enqueue_batches b WHERE b.id = c.enqueue_batch) \
+         ORDER BY c.enqueue_batch",
     )
     .bind(campaign)
     .fetch(pool);
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Batch::default();
     let mut count = 0;
-    while let Some((id, number)) = rows.try_next().await.context("reading unconfirmed calls")? {
+    while let Some((id, number, enqueue_batch)) =
+        rows.try_next().await.context("reading unconfirmed calls")?
+    {
         if stop.is_cancelled() {
-            break;
+            // Only whole batches count as confirmed: the one being gathered is dropped.
+            return Ok(count);
+        }
+        if batch.confirms.last() != Some(&enqueue_batch) {
+            if batch.jobs.len() >= BATCH {
+                count += batch.jobs.len() as u64;
+                if publish.send(std::mem::take(&mut batch)).await.is_err() {
+                    return Ok(count);
+                }
+            }
+            batch.confirms.push(enqueue_batch);
         }
         if let Ok(n) = PhoneNumber::from_e164(&number) {
-            batch.push((id, n));
-        }
-        if batch.len() == BATCH {
-            count += batch.len() as u64;
-            if publish.send(std::mem::take(&mut batch)).await.is_err() {
-                return Ok(count);
-            }
+            batch.jobs.push((id, n));
         }
     }
-    count += batch.len() as u64;
-    if !batch.is_empty() {
+    count += batch.jobs.len() as u64;
+    if !batch.confirms.is_empty() {
         let _ = publish.send(batch).await;
     }
     if count > 0 {
@@ -503,13 +516,13 @@ struct Counts {
 impl Counts {
     fn add(&mut self, w: &Written, rejects: &RejectSink, progress: &Progress) {
         self.read += w.read;
-        self.new += w.new.len() as u64;
+        self.new += w.new.jobs.len() as u64;
         self.already += w.already;
         for r in &w.rejections {
             self.report.count(&r.reason);
         }
         progress.read.fetch_add(w.read, Ordering::Relaxed);
-        progress.written.fetch_add(w.new.len() as u64, Ordering::Relaxed);
+        progress.written.fetch_add(w.new.jobs.len() as u64, Ordering::Relaxed);
         progress.rejected.fetch_add(w.rejections.len() as u64, Ordering::Relaxed);
         rejects.send(&w.rejections);
     }
@@ -530,7 +543,7 @@ async fn write_stage(
     while let Some(w) = written.next().await {
         let w = w?;
         counts.add(&w, rejects, progress);
-        if !w.new.is_empty() && publish.send(w.new).await.is_err() {
+        if !w.new.jobs.is_empty() && publish.send(w.new).await.is_err() {
             break;
         }
     }
@@ -564,11 +577,15 @@ async fn write_batch(
 ) -> anyhow::Result<Written> {
     let (read, contacts, mut rejections) = split(batch);
     if contacts.is_empty() {
-        return Ok(Written { read, new: Vec::new(), already: 0, rejections });
+        return Ok(Written { read, new: Batch::default(), already: 0, rejections });
     }
     if !prepared.exists {
         created.get_or_try_init(|| campaign::write(pool, prepared)).await?;
     }
+    let enqueue_batch: i64 = sqlx::query_scalar("SELECT nextval('enqueue_batch_id')")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| db_error(e, "numbering a batch of calls"))?;
     let ids: Vec<uuid::Uuid> = contacts.iter().map(|c| CallId::derive(prepared.id, &c.number).0).collect();
     let numbers: Vec<&str> = contacts.iter().map(|c| c.number.as_str()).collect();
     let lines: Vec<i32> = contacts.iter().map(|c| i32::try_from(c.line).unwrap_or(i32::MAX)).collect();
@@ -581,8 +598,8 @@ async fn write_batch(
          ), blocked AS ( \
              SELECT i.line FROM input i JOIN do_not_call d ON d.number = i.number \
          ), inserted AS ( \
-             INSERT INTO calls (id, campaign_id, number, source_line, attributes, timezone) \
-             SELECT i.id, $6, i.number, i.line, i.attrs::jsonb, i.tz FROM input i \
+             INSERT INTO calls (id, campaign_id, number, source_line, attributes, timezone, enqueue_batch) \
+             SELECT i.id, $6, i.number, i.line, i.attrs::jsonb, i.tz, $7 FROM input i \
              WHERE NOT EXISTS (SELECT 1 FROM do_not_call d WHERE d.number = i.number) \
              ON CONFLICT (campaign_id, number) DO NOTHING \
              RETURNING source_line \
@@ -595,6 +612,7 @@ async fn write_batch(
     .bind(&attributes)
     .bind(&zones)
     .bind(prepared.id)
+    .bind(enqueue_batch)
     .fetch_all(pool)
     .await
     .map_err(|e| db_error(e, "writing calls"))?;
@@ -616,52 +634,43 @@ async fn write_batch(
     new_lines.sort_unstable();
     let blocked = rejections.iter().filter(|r| r.reason == Reason::DoNotCall).count();
     let already = (contacts.len() - new_lines.len() - blocked) as u64;
-    let new = contacts
+    let jobs: Vec<_> = contacts
         .into_iter()
         .zip(ids)
         .filter(|(c, _)| new_lines.binary_search(&i32::try_from(c.line).unwrap_or(i32::MAX)).is_ok())
         .map(|(c, id)| (CallId(id), c.number))
         .collect();
+    // A batch that wrote no row has nothing to confirm.
+    let confirms = if jobs.is_empty() { Vec::new() } else { vec![enqueue_batch] };
+    let new = Batch { confirms, jobs };
     rejections.sort_by_key(|r| r.line);
     Ok(Written { read, new, already, rejections })
 }
 
-/// Marks confirmed rows `enqueued_at`, many batches per statement.
-async fn mark_stage(pool: &PgPool, mut rx: mpsc::Receiver<Vec<uuid::Uuid>>) -> anyhow::Result<u64> {
+/// Records confirmed enqueue batches, as many as are waiting per statement.
+/// It touches no `calls` row, so it never waits on (or deadlocks with) the
+/// workers and the webhook updating calls of a campaign still being enqueued.
+async fn mark_stage(
+    pool: &PgPool,
+    campaign: CampaignId,
+    mut rx: mpsc::Receiver<Vec<i64>>,
+) -> anyhow::Result<u64> {
     let mut marked = 0;
     while let Some(mut ids) = rx.recv().await {
-        while ids.len() < 20 * BATCH {
-            match rx.try_recv() {
-                Ok(more) => ids.extend(more),
-                Err(_) => break,
-            }
+        while let Ok(more) = rx.try_recv() {
+            ids.extend(more);
         }
-        mark(pool, &ids).await.map_err(|e| db_error(e, "marking calls enqueued"))?;
+        sqlx::query(
+            "INSERT INTO enqueue_batches (id, campaign_id) SELECT unnest($1::int8[]), $2 ON CONFLICT DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(campaign)
+        .execute(pool)
+        .await
+        .map_err(|e| db_error(e, "recording confirmed jobs"))?;
         marked += ids.len() as u64;
     }
     Ok(marked)
-}
-
-/// Sets `enqueued_at` on `ids`. Workers and the webhook update the same rows
-/// while a campaign is being enqueued, and PostgreSQL may pick this
-/// statement to break a deadlock with a webhook batch: it is retried a few
-/// times (it is idempotent).
-async fn mark(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<(), sqlx::Error> {
-    let mut tries = 0;
-    loop {
-        let result = sqlx::query("UPDATE calls SET enqueued_at = now() WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(pool)
-            .await;
-        match result {
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("40P01") && tries < 5 => {
-                tries += 1;
-                tracing::warn!(tries, "marking calls enqueued hit a deadlock; retrying");
-                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
-            }
-            other => return other.map(|_| ()),
-        }
-    }
 }
 
 /// A lost database mid-run is "a service unreachable"; other errors keep their text.
@@ -721,7 +730,7 @@ async fn dry_run(
             }
             rejections.sort_by_key(|r| r.line);
             // `new` carries only a count here; nothing is published.
-            let w = Written { read, new: Vec::new(), already, rejections };
+            let w = Written { read, new: Batch::default(), already, rejections };
             counts.add(&w, rejects, progress);
             counts.new += new;
         }

@@ -1,10 +1,11 @@
 //! Publishing call jobs with pipelined publisher confirms.
 //!
-//! Up to `window` jobs are in flight at once; each batch's ids go on to be
-//! marked `enqueued_at` as soon as every job of the batch is confirmed. A
-//! job the broker refuses (nack) is published again after a short pause, a
-//! few times, and then fails the run: its row stays unmarked, so the next
-//! run publishes it. Nothing is dropped silently.
+//! Up to `window` jobs are in flight at once; each batch's enqueue-batch ids
+//! go on to be recorded as confirmed (`enqueue_batches`) as soon as every job
+//! of the batch is confirmed. A job the broker refuses (nack) is published
+//! again after a short pause, a few times, and then fails the run: its batch
+//! stays unconfirmed, so the next run publishes it. Nothing is dropped
+//! silently.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -24,13 +25,20 @@ use crate::Fatal;
 /// How often a refused job is published again before the run gives up.
 const MAX_TRIES: u32 = 4;
 
-/// Jobs to publish: the new rows of one database batch.
-pub type Batch = Vec<(CallId, PhoneNumber)>;
+/// Jobs to publish, and the enqueue batches (`calls.enqueue_batch`) they
+/// complete: the new rows of one database batch, or the rows an interrupted
+/// run left unconfirmed.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Recorded as confirmed once every job below is.
+    pub confirms: Vec<i64>,
+    pub jobs: Vec<(CallId, PhoneNumber)>,
+}
 
 type InFlight = Pin<Box<dyn Future<Output = (u64, usize, u32, lapin::Result<Confirmation>)> + Send>>;
 
 struct Pending {
-    ids: Vec<uuid::Uuid>,
+    confirms: Vec<i64>,
     jobs: Vec<CallJob>,
     remaining: usize,
 }
@@ -52,7 +60,7 @@ pub struct Stage {
     in_flight: FuturesUnordered<InFlight>,
     pending: HashMap<u64, Pending>,
     next_seq: u64,
-    marks: mpsc::Sender<Vec<uuid::Uuid>>,
+    marks: mpsc::Sender<Vec<i64>>,
     done: Published,
     on_confirm: Box<dyn Fn(u64) + Send>,
 }
@@ -85,7 +93,8 @@ fn broker_lost(e: &lapin::Error) -> anyhow::Error {
     Fatal::Unreachable {
         service: "RabbitMQ (TOCSIN_AMQP_URL)",
         detail: format!(
-            "{e}; rows whose jobs were not confirmed stay unmarked, and re-running the same command publishes them"
+            "{e}; contacts whose jobs were not confirmed stay unconfirmed, and re-running the same command \
+             publishes them"
         ),
     }
     .into()
@@ -97,7 +106,7 @@ impl Stage {
         topology: &Topology,
         campaign: CampaignId,
         window: usize,
-        marks: mpsc::Sender<Vec<uuid::Uuid>>,
+        marks: mpsc::Sender<Vec<i64>>,
         on_confirm: Box<dyn Fn(u64) + Send>,
     ) -> Self {
         Self {
@@ -134,17 +143,21 @@ impl Stage {
     }
 
     async fn publish(&mut self, batch: Batch) -> anyhow::Result<()> {
-        if batch.is_empty() {
+        if batch.jobs.is_empty() {
+            // Nothing to wait for (every row was already there or blocked).
+            if !batch.confirms.is_empty() {
+                let _ = self.marks.send(batch.confirms).await;
+            }
             return Ok(());
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let ids = batch.iter().map(|(id, _)| id.0).collect();
-        let jobs: Vec<CallJob> = batch.into_iter().map(|(_, n)| CallJob::new(self.campaign, n, 1)).collect();
+        let jobs: Vec<CallJob> =
+            batch.jobs.into_iter().map(|(_, n)| CallJob::new(self.campaign, n, 1)).collect();
         let count = jobs.len();
         // Registered before the first publish: confirms may arrive while the
         // rest of the batch is still being sent.
-        self.pending.insert(seq, Pending { ids, remaining: count, jobs });
+        self.pending.insert(seq, Pending { confirms: batch.confirms, remaining: count, jobs });
         for idx in 0..count {
             while self.in_flight.len() >= self.window {
                 if let Some(done) = self.in_flight.next().await {
@@ -182,7 +195,7 @@ impl Stage {
                 if tries >= MAX_TRIES {
                     return Err(anyhow::anyhow!(
                         "RabbitMQ refused the job for call {} {tries} times (is the broker short of memory or \
-                         disk?); the run stops here. Contacts whose jobs were not confirmed stay unmarked and \
+                         disk?); the run stops here. Contacts whose jobs were not confirmed stay unconfirmed and \
                          re-running the same command publishes them",
                         job.call_id
                     ));
@@ -214,7 +227,7 @@ impl Stage {
         };
         if finished && let Some(p) = self.pending.remove(&seq) {
             // The mark stage stopping means the run is failing; its error wins.
-            let _ = self.marks.send(p.ids).await;
+            let _ = self.marks.send(p.confirms).await;
         }
         Ok(())
     }

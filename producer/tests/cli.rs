@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 use common::{Env, csv_of, stderr, stdout, us_number};
 
+/// Calls whose job the broker confirmed (their enqueue batch is recorded).
+const CONFIRMED: &str = "SELECT count(*) FROM calls c JOIN enqueue_batches b ON b.id = c.enqueue_batch";
+/// All calls, and those confirmed.
+const ROWS_AND_CONFIRMED: &str = "SELECT count(*), count(b.id) FROM calls c \
+                                  LEFT JOIN enqueue_batches b ON b.id = c.enqueue_batch";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_and_messages_for_bad_input_and_usage() {
     let env = Env::new("producer-exit").await;
@@ -185,9 +191,10 @@ async fn do_not_call_list_skips_numbers_and_waiting_calls() {
 }
 
 /// SIGKILL a producer in the middle of a run, run it again: every contact
-/// ends up with exactly one row, marked enqueued, and at least one job in the
-/// queue; the only second copies are jobs confirmed but not yet marked when
-/// the process died (the worker's claim makes those a no-op).
+/// ends up with exactly one row, its batch confirmed, and at least one job in
+/// the queue; the only second copies are jobs confirmed before their batch
+/// was recorded as confirmed when the process died (the worker's claim makes
+/// those a no-op).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_producer_finishes_on_rerun_with_every_contact_enqueued_once() {
     const N: usize = 40_000;
@@ -207,10 +214,7 @@ async fn killed_producer_finishes_on_rerun_with_every_contact_enqueued_once() {
     // Wait until some jobs are confirmed, then kill it without warning.
     let started = Instant::now();
     loop {
-        let marked: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE enqueued_at IS NOT NULL")
-            .fetch_one(&env.db.pool)
-            .await
-            .unwrap();
+        let marked: i64 = sqlx::query_scalar(CONFIRMED).fetch_one(&env.db.pool).await.unwrap();
         if marked >= 3000 {
             break;
         }
@@ -238,10 +242,8 @@ async fn killed_producer_finishes_on_rerun_with_every_contact_enqueued_once() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (rows, marked): (i64, i64) = sqlx::query_as("SELECT count(*), count(enqueued_at) FROM calls")
-        .fetch_one(&env.db.pool)
-        .await
-        .unwrap();
+    let (rows, marked): (i64, i64) =
+        sqlx::query_as(ROWS_AND_CONFIRMED).fetch_one(&env.db.pool).await.unwrap();
     assert!((marked as usize) < N, "killed after it finished ({marked} marked)");
 
     let report = env.enqueue("killed", &list, &["--in-flight", IN_FLIGHT]).await.unwrap();
@@ -251,17 +253,14 @@ async fn killed_producer_finishes_on_rerun_with_every_contact_enqueued_once() {
     assert_eq!(report.resumed, (rows - marked) as u64, "rows left unconfirmed are published again");
     assert_eq!(report.published, report.new_contacts + report.resumed);
 
-    let (rows, unmarked): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(*) - count(enqueued_at) FROM calls")
-            .fetch_one(&env.db.pool)
-            .await
-            .unwrap();
-    assert_eq!((rows, unmarked), (N as i64, 0));
+    let (rows, marked): (i64, i64) =
+        sqlx::query_as(ROWS_AND_CONFIRMED).fetch_one(&env.db.pool).await.unwrap();
+    assert_eq!((rows, marked), (N as i64, N as i64));
     let jobs = env.drain().await;
     assert_eq!(jobs.len(), N, "every contact has a job");
     let copies: u32 = jobs.values().map(|n| n - 1).sum();
-    // Second copies only for jobs confirmed but not yet marked at the kill:
-    // bounded by the confirm window plus the batches waiting to be marked.
+    // Second copies only for jobs confirmed whose batch was not yet recorded
+    // at the kill: bounded by the confirm window plus the batches waiting.
     assert!(copies as usize <= 256 + 10 * 1000, "{copies} second copies");
     // And a run after that publishes nothing at all.
     let again = env.enqueue("killed", &list, &[]).await.unwrap();

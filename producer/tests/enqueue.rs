@@ -55,7 +55,9 @@ async fn csv_with_every_rejection_reason_is_reported_by_line() {
     assert!(rejected.contains("duplicate of line 2"), "{rejected}");
 
     let rows: Vec<(String, i32, serde_json::Value, Option<String>, bool)> = sqlx::query_as(
-        "SELECT number, source_line, attributes, timezone, enqueued_at IS NOT NULL FROM calls ORDER BY source_line",
+        "SELECT number, source_line, attributes, timezone, \
+                EXISTS (SELECT 1 FROM enqueue_batches b WHERE b.id = c.enqueue_batch) \
+         FROM calls c ORDER BY source_line",
     )
     .fetch_all(&env.db.pool)
     .await
@@ -67,7 +69,7 @@ async fn csv_with_every_rejection_reason_is_reported_by_line() {
     assert_eq!(rows[0].3.as_deref(), Some("America/New_York"));
     assert_eq!((rows[1].0.as_str(), rows[1].1), ("+442079460958", 11));
     assert_eq!(rows[1].2, serde_json::json!({"name": "Hal, Jr"}));
-    assert!(rows.iter().all(|r| r.4), "every published row is marked enqueued");
+    assert!(rows.iter().all(|r| r.4), "every published row's batch is confirmed");
 
     // One job per new contact, naming the deterministic call id.
     let jobs = env.drain().await;
@@ -156,11 +158,13 @@ async fn rerun_publishes_nothing_and_a_longer_list_adds_only_new_contacts() {
     let jobs = env.drain().await;
     assert_eq!(jobs.len(), 3000);
     assert!(jobs.values().all(|n| *n == 1), "no contact was published twice");
-    let unmarked: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE enqueued_at IS NULL")
-        .fetch_one(&env.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(unmarked, 0);
+    let unconfirmed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM calls c WHERE NOT EXISTS (SELECT 1 FROM enqueue_batches b WHERE b.id = c.enqueue_batch)",
+    )
+    .fetch_one(&env.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(unconfirmed, 0);
     env.cleanup().await;
 }
 

@@ -201,10 +201,11 @@ async fn creation_uses_the_producer_pipeline_and_idempotency_key_replays_the_fir
         .collect();
     assert_eq!(rejected, [(2, "invalid"), (3, "duplicate"), (4, "do_not_call")]);
     assert_eq!(first["campaign"]["states"]["queued"], 2);
-    let enqueued: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE enqueued_at IS NOT NULL")
-        .fetch_one(&h.db.pool)
-        .await
-        .unwrap();
+    let enqueued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM calls c JOIN enqueue_batches b ON b.id = c.enqueue_batch")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
     assert_eq!(enqueued, 2);
 
     // The same key and body: the first answer again, nothing enqueued twice.
