@@ -6,6 +6,7 @@
 # broker. Then the same file again (must publish nothing).
 #
 # Usage: bench/producer.sh [ROWS]        (default 1000000; release build)
+#        BUILD=0 reuses the release binaries; PRODUCER=path runs another producer build.
 # Needs PostgreSQL and RabbitMQ (deploy/local/up.sh). Uses its own database
 # (tocsin_bench_producer, dropped at the end) and a unique queue prefix that
 # no worker consumes; the queues are deleted at the end.
@@ -30,9 +31,13 @@ if [ ! -x /usr/bin/time ]; then
   if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq time >/dev/null; else sudo apt-get install -y -qq time >/dev/null; fi
 fi
 
-echo "== building (release)"
-cargo build --release --quiet -p producer --bin producer --example publish_baseline
+if [ "${BUILD:-1}" != 0 ]; then
+  echo "== building (release)"
+  cargo build --release --quiet -p producer --bin producer --example publish_baseline
+fi
 BIN="$ROOT/target/release"
+# PRODUCER=path measures another build of the producer (an A/B of two commits).
+PRODUCER="${PRODUCER:-$BIN/producer}"
 
 cleanup() {
   "$BIN/examples/publish_baseline" --cleanup "$PREFIX" >/dev/null 2>&1 || true
@@ -43,7 +48,7 @@ trap cleanup EXIT
 
 psql "$BASE_URL" -Xq -c "DROP DATABASE IF EXISTS $DB" >/dev/null
 psql "$BASE_URL" -Xq -c "CREATE DATABASE $DB" >/dev/null
-"$BIN/producer" migrate >/dev/null
+"$PRODUCER" migrate >/dev/null
 
 echo "== generating $ROWS contacts (1% invalid, 1% duplicate)"
 CSV="$WORK/contacts.csv"
@@ -81,7 +86,7 @@ BASE_RATE=$(echo "$BASE_JSON" | sed -n 's/.*"per_sec":\([0-9.]*\).*/\1/p')
 
 echo "== producer enqueue (end to end)"
 PG0=$(cpu_s postgres); MQ0=$(cpu_s beam.smp)
-/usr/bin/time -v -o "$WORK/enqueue.time" "$BIN/producer" enqueue --campaign bench --contacts "$CSV" \
+/usr/bin/time -v -o "$WORK/enqueue.time" "$PRODUCER" enqueue --campaign bench --contacts "$CSV" \
   --message "Benchmark alert." --from +14155550100 --json >"$WORK/enqueue.json" 2>"$WORK/enqueue.err"
 PG_CPU=$(awk -v a="$PG0" -v b="$(cpu_s postgres)" 'BEGIN { printf "%.1f", b - a }')
 MQ_CPU=$(awk -v a="$MQ0" -v b="$(cpu_s beam.smp)" 'BEGIN { printf "%.1f", b - a }')
@@ -94,7 +99,7 @@ grep -E '"(read|new_contacts|invalid|duplicate|published)"' "$WORK/enqueue.json"
 "$BIN/examples/publish_baseline" --cleanup "$PREFIX" >/dev/null
 
 echo "== the same file again"
-/usr/bin/time -v -o "$WORK/rerun.time" "$BIN/producer" enqueue --campaign bench --contacts "$CSV" \
+/usr/bin/time -v -o "$WORK/rerun.time" "$PRODUCER" enqueue --campaign bench --contacts "$CSV" \
   --message "Benchmark alert." --from +14155550100 --json >"$WORK/rerun.json" 2>"$WORK/rerun.err"
 RERUN_S=$(elapsed_s "$WORK/rerun.time")
 RERUN_PUBLISHED=$(sed -n 's/.*"published": \([0-9]*\).*/\1/p' "$WORK/rerun.json")
