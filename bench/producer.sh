@@ -66,7 +66,7 @@ ls -l "$CSV" | awk '{ printf "file: %.1f MB\n", $5 / 1e6 }'
 # reaped (PostgreSQL backends that exited), from /proc.
 cpu_s() {
   local hz; hz=$(getconf CLK_TCK)
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v name="($1)" -v hz="$hz" '$2 == name { t += $14 + $15 + $16 + $17 } END { printf "%.1f", t / hz }'
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v name="($1)" -v hz="$hz" '$2 == name { t += $14 + $15 + $16 + $17 } END { printf "%.1f", t / hz }'
 }
 
 rss_mb() { awk -F: '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$1"; }
