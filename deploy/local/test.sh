@@ -24,4 +24,6 @@ cargo test --workspace --locked -- --skip browser_dashboard
 # missing; up.sh installed both through deploy/local/browser-deps.sh.
 echo "== browser test (e2e/tests/ui_dashboard.rs, screenshots in target/ui-e2e/)"
 [[ -x /usr/bin/chromium ]] || { echo "test.sh: /usr/bin/chromium is missing; run deploy/local/browser-deps.sh" >&2; exit 1; }
-cargo test -p tocsin-e2e --test ui_dashboard --locked -- --nocapture
+# The same --workspace build as above (-p alone would unify features
+# differently and rebuild the crates), filtered to the one test.
+cargo test --workspace --locked -- --nocapture --exact browser_dashboard_shows_live_progress_and_pause_stops_dialling

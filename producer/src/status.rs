@@ -12,31 +12,13 @@ use chrono_tz::Tz;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sqlx::PgPool;
+use tocsin_core::CallState;
 use tocsin_core::db::Campaign;
 use tokio_util::sync::CancellationToken;
 
 use crate::Fatal;
 use crate::campaign;
 use crate::config::StatusArgs;
-
-/// States in the order a call moves through them.
-const STATES: [&str; 14] = [
-    "queued",
-    "retry_wait",
-    "dialing",
-    "placed",
-    "ringing",
-    "answered",
-    "completed",
-    "busy",
-    "no_answer",
-    "rejected",
-    "failed",
-    "cancelled",
-    "skipped",
-    "unknown",
-];
-const TERMINAL_FROM: usize = 6;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -130,14 +112,17 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
     .fetch_one(pool)
     .await
     .context("reading the calling rate")?;
-    let mut states: BTreeMap<&'static str, i64> = STATES.iter().map(|s| (*s, 0)).collect();
+    let mut states: BTreeMap<&'static str, i64> = CallState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    let mut finished = 0;
     for (state, n) in counts {
-        if let Some(k) = STATES.iter().find(|s| **s == state) {
-            states.insert(k, n);
+        if let Ok(s) = state.parse::<CallState>() {
+            states.insert(s.as_str(), n);
+            if s.is_terminal() {
+                finished += n;
+            }
         }
     }
     let total: i64 = states.values().sum();
-    let finished: i64 = STATES[TERMINAL_FROM..].iter().map(|s| states[s]).sum();
     let calls_per_sec = recent as f64 / 60.0;
     let pending = total - finished;
     let eta_secs = (calls_per_sec > 0.0 && pending > 0).then(|| (pending as f64 / calls_per_sec) as u64);

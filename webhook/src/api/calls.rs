@@ -17,8 +17,8 @@ use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tocsin_core::CampaignId;
 use tocsin_core::http::ApiError;
+use tocsin_core::{CallState, CampaignId};
 use uuid::Uuid;
 
 use super::auth::{Scope, authenticate};
@@ -84,24 +84,6 @@ macro_rules! call_columns {
     };
 }
 
-/// Every value of `calls.state` (the schema's CHECK), for `?state=`.
-const STATES: [&str; 14] = [
-    "queued",
-    "retry_wait",
-    "dialing",
-    "placed",
-    "ringing",
-    "answered",
-    "completed",
-    "busy",
-    "no_answer",
-    "rejected",
-    "failed",
-    "cancelled",
-    "skipped",
-    "unknown",
-];
-
 /// 404 unless the campaign exists (after the caller's prefix check).
 async fn campaign_exists(state: &ApiState, name: &str) -> Result<CampaignId, ApiError> {
     let id = CampaignId::from_name(name);
@@ -130,7 +112,7 @@ pub async fn list(
         }
     };
     if let Some(s) = &query.state
-        && !STATES.contains(&s.as_str())
+        && s.parse::<CallState>().is_err()
     {
         return Err(ApiError::bad_request(format!("state: not a call state: {s:?}")));
     }

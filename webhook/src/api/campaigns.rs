@@ -21,7 +21,7 @@ use sqlx::PgPool;
 use tocsin_core::config::{ProviderArgs, TelnyxArgs, TwilioArgs, VonageArgs};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
-use tocsin_core::{CampaignId, db};
+use tocsin_core::{CallState, CampaignId, db};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Caller, Scope, authenticate};
@@ -494,34 +494,21 @@ struct CampaignRow {
     counts: Value,
 }
 
-const STATES: [&str; 14] = [
-    "queued",
-    "retry_wait",
-    "dialing",
-    "placed",
-    "ringing",
-    "answered",
-    "completed",
-    "busy",
-    "no_answer",
-    "rejected",
-    "failed",
-    "cancelled",
-    "skipped",
-    "unknown",
-];
-
 fn render(row: CampaignRow) -> Value {
-    let mut states: BTreeMap<&str, i64> = STATES.iter().map(|s| (*s, 0)).collect();
+    let mut states: BTreeMap<&str, i64> = CallState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    let mut finished = 0;
     if let Value::Object(m) = &row.counts {
         for (k, v) in m {
-            if let Some(slot) = STATES.iter().find(|s| *s == k) {
-                states.insert(slot, v.as_i64().unwrap_or(0));
+            if let Ok(s) = k.parse::<CallState>() {
+                let n = v.as_i64().unwrap_or(0);
+                states.insert(s.as_str(), n);
+                if s.is_terminal() {
+                    finished += n;
+                }
             }
         }
     }
     let total: i64 = states.values().sum();
-    let finished: i64 = STATES[6..].iter().map(|s| states[s]).sum();
     json!({
         "name": row.name,
         "status": row.status,
