@@ -7,278 +7,44 @@
 //! start with the variable named. Runs against the real PostgreSQL,
 //! RabbitMQ and Redis.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
+use common::{Credentials, Options, Stack, TELNYX_CONNECTION, TELNYX_KEY, TWILIO_SID, VONAGE_APP};
 use secrecy::ExposeSecret;
 use tocsin_core::queue::Topology;
 use tocsin_core::testing::{self, TestDb};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const MESSAGE: &str = "Provider test: the dam <gate> & \"spillway\" are open.";
-const VONAGE_SECRET: &str = "e2e-vonage-secret";
-const VONAGE_APP: &str = "e2e-app";
-const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
-const TWILIO_TOKEN: &str = "e2e-twilio-token";
-const TELNYX_KEY: &str = "KEYe2e";
-const TELNYX_CONNECTION: &str = "e2e-connection";
 
-/// Keys and files every provider needs, made fresh per test.
-struct Keys {
-    dir: PathBuf,
-    telnyx_public_key: String,
-}
-
-fn keys(prefix: &str) -> Keys {
-    let dir = std::env::temp_dir().join(prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let vonage = simulator::keygen::generate().unwrap();
-    std::fs::write(dir.join("private.pem"), &vonage.private_pem).unwrap();
-    std::fs::write(dir.join("public.pem"), &vonage.public_pem).unwrap();
-    // A second Vonage key pair: the "wrong key" a misconfigured worker signs with.
-    let other = simulator::keygen::generate().unwrap();
-    std::fs::write(dir.join("other.pem"), &other.private_pem).unwrap();
-    simulator::keygen::write_telnyx_keys(&dir).unwrap();
-    let telnyx_public_key = std::fs::read_to_string(dir.join("telnyx_public_key")).unwrap();
-    Keys { dir, telnyx_public_key }
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-struct Stack {
-    db: TestDb,
-    amqp_url: String,
-    prefix: String,
-    keys: Keys,
-    sim_addr: std::net::SocketAddr,
-    hook_addr: std::net::SocketAddr,
-    stop: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-}
-
-/// Worker credentials: the right ones, or deliberately wrong ones.
-#[derive(Clone, Copy, PartialEq)]
-enum Credentials {
-    Right,
-    Wrong,
-}
-
+/// The stack with the simulator's outcomes pinned by last digit.
 async fn start(credentials: Credentials, sim_extra: &[&str], worker_extra: &[&str]) -> Stack {
-    tocsin_core::telemetry::install_crypto_provider();
-    let db = TestDb::create().await;
-    let amqp_url = testing::amqp_url().await;
-    let redis_url = testing::redis_url().await;
-    let prefix = testing::unique_prefix("prov");
-    let keys = keys(&prefix);
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-
-    let mut sim_args = vec![
-        "simulator".to_owned(),
-        "serve".into(),
-        "--vonage-public-key-path".into(),
-        path(&keys.dir.join("public.pem")).into(),
-        "--vonage-application-id".into(),
-        VONAGE_APP.into(),
-        "--vonage-signature-secret".into(),
-        VONAGE_SECRET.into(),
-        "--vonage-rate".into(),
-        "50".into(),
-        "--twilio-account-sid".into(),
-        TWILIO_SID.into(),
-        "--twilio-auth-token".into(),
-        TWILIO_TOKEN.into(),
-        "--twilio-cps".into(),
-        "50".into(),
-        "--telnyx-api-key".into(),
-        TELNYX_KEY.into(),
-        "--telnyx-connection-id".into(),
-        TELNYX_CONNECTION.into(),
-        "--telnyx-signing-seed-path".into(),
-        path(&keys.dir.join("telnyx_seed")).into(),
-        "--telnyx-dials-per-window".into(),
-        "250".into(),
-        "--time-scale".into(),
-        "0.02".into(),
-        "--pin".into(),
-        "7=busy,8=no_answer,9=failed,6=machine".into(),
-    ];
-    sim_args.extend(sim_extra.iter().map(|s| (*s).to_owned()));
-    let simulator::config::Command::Serve(sim_config) =
-        simulator::config::Cli::try_parse_from(sim_args).unwrap().command
-    else {
-        unreachable!()
-    };
-    let (sim_listener, sim_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    tasks.push(tokio::spawn(simulator::run(sim_config, sim_listener, stop.clone())));
-
-    let (hook_listener, hook_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let hook_config = webhook::config::WebhookConfig::try_parse_from([
-        "webhook",
-        "--database-url",
-        db.url.expose_secret(),
-        "--amqp-url",
-        &amqp_url,
-        "--queue-prefix",
-        &prefix,
-        "--public-url",
-        &format!("http://{hook_addr}"),
-        "--vonage-signature-secret",
-        VONAGE_SECRET,
-        "--twilio-account-sid",
-        TWILIO_SID,
-        "--twilio-auth-token",
-        TWILIO_TOKEN,
-        "--telnyx-api-url",
-        &format!("http://{sim_addr}"),
-        "--telnyx-api-key",
-        TELNYX_KEY,
-        "--telnyx-connection-id",
-        TELNYX_CONNECTION,
-        "--telnyx-public-key",
-        &keys.telnyx_public_key,
-    ])
-    .unwrap();
-    hook_config.validate().unwrap();
-    tasks.push(tokio::spawn(webhook::run(hook_config, hook_listener, stop.clone())));
-
-    let hook_url = format!("http://{hook_addr}");
-    let sim_url = format!("http://{sim_addr}");
-    let (vonage_key, twilio_token, telnyx_key) = match credentials {
-        Credentials::Right => (keys.dir.join("private.pem"), TWILIO_TOKEN, TELNYX_KEY),
-        Credentials::Wrong => (keys.dir.join("other.pem"), "not-the-token", "KEYwrong"),
-    };
-    for _ in 0..2 {
-        let mut args = vec![
-            "worker",
-            "--database-url",
-            db.url.expose_secret(),
-            "--amqp-url",
-            &amqp_url,
-            "--queue-prefix",
-            &prefix,
-            "--redis-url",
-            &redis_url,
-            "--redis-prefix",
-            &prefix,
-            "--rate-per-sec",
-            "50",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--public-url",
-            &hook_url,
-            "--vonage-api-url",
-            &sim_url,
-            "--vonage-application-id",
-            VONAGE_APP,
-            "--vonage-private-key-path",
-            path(&vonage_key),
-            "--twilio-api-url",
-            &sim_url,
-            "--twilio-account-sid",
-            TWILIO_SID,
-            "--twilio-auth-token",
-            twilio_token,
-            "--telnyx-api-url",
-            &sim_url,
-            "--telnyx-api-key",
-            telnyx_key,
-            "--telnyx-connection-id",
-            TELNYX_CONNECTION,
-        ];
-        args.extend(worker_extra);
-        let config = worker::config::WorkerConfig::try_parse_from(args).unwrap();
-        tasks.push(tokio::spawn(worker::run(config, stop.clone())));
-    }
-    Stack { db, amqp_url, prefix, keys, sim_addr, hook_addr, stop, tasks }
+    let mut sim = vec!["--pin", "7=busy,8=no_answer,9=failed,6=machine"];
+    sim.extend(sim_extra);
+    common::start(Options {
+        credentials,
+        sim_extra: sim.into_iter().map(str::to_owned).collect(),
+        worker_extra: worker_extra.iter().map(|s| (*s).to_owned()).collect(),
+        ..Options::default()
+    })
+    .await
 }
 
-impl Stack {
-    /// Enqueues `numbers` as campaign `name` through `provider`.
-    async fn enqueue(&self, name: &str, provider: &str, numbers: &[String]) {
-        let mut csv = String::from("number\n");
-        for n in numbers {
-            csv.push_str(n);
-            csv.push('\n');
-        }
-        let contacts = self.keys.dir.join(format!("{name}.csv"));
-        std::fs::write(&contacts, csv).unwrap();
-        let cli = producer::config::Cli::try_parse_from([
-            "producer",
-            "--database-url",
-            self.db.url.expose_secret(),
-            "enqueue",
-            "--amqp-url",
-            &self.amqp_url,
-            "--queue-prefix",
-            &self.prefix,
-            "--campaign",
-            name,
-            "--contacts",
-            path(&contacts),
-            "--message",
-            MESSAGE,
-            "--from",
-            "+14155550100",
-            "--provider",
-            provider,
-            "--machine-detection",
-            "--vonage-application-id",
-            VONAGE_APP,
-            "--twilio-account-sid",
-            TWILIO_SID,
-            "--telnyx-connection-id",
-            TELNYX_CONNECTION,
-        ])
-        .unwrap();
-        let producer::config::Command::Enqueue(args) = cli.command else { unreachable!() };
-        let report = producer::enqueue(&self.db.pool, &args).await.unwrap();
-        assert_eq!(report.published, numbers.len() as u64, "{name}");
+/// Enqueues `numbers` as campaign `name` through `provider`.
+async fn enqueue(stack: &Stack, name: &str, provider: &str, numbers: &[String]) {
+    let mut csv = String::from("number\n");
+    for n in numbers {
+        csv.push_str(n);
+        csv.push('\n');
     }
-
-    /// Waits until every call of `campaign` is terminal.
-    async fn wait_terminal(&self, campaign: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let open: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM calls k JOIN campaigns c ON c.id = k.campaign_id \
-                 WHERE c.name = $1 AND call_state_rank(k.state) < 5",
-            )
-            .bind(campaign)
-            .fetch_one(&self.db.pool)
-            .await
-            .unwrap();
-            if open == 0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{campaign}: {open} calls still not terminal after 120 s");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn sim_calls(&self) -> Vec<serde_json::Value> {
-        reqwest::get(format!("http://{}/_sim/calls", self.sim_addr)).await.unwrap().json().await.unwrap()
-    }
-
-    async fn sim_stats(&self) -> serde_json::Value {
-        reqwest::get(format!("http://{}/_sim/stats", self.sim_addr)).await.unwrap().json().await.unwrap()
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        for task in self.tasks {
-            task.await.unwrap().unwrap();
-        }
-        let conn = tocsin_core::queue::connect(&self.amqp_url, "e2e-cleanup").await.unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        Topology::new(&self.prefix).delete(&channel).await.unwrap();
-        let _ = std::fs::remove_dir_all(&self.keys.dir);
-    }
+    let extra = ["--message", MESSAGE, "--provider", provider, "--machine-detection"];
+    let args = stack.enqueue_args(name, &csv, &extra);
+    let report = producer::enqueue(&stack.db.pool, &args).await.unwrap();
+    assert_eq!(report.published, numbers.len() as u64, "{name}");
 }
 
 /// Numbers ending in every digit (twice), distinct per campaign.
@@ -303,7 +69,7 @@ async fn every_provider_completes_a_campaign_with_every_event_stored() {
     let stack = start(Credentials::Right, &[], &[]).await;
     for (i, provider) in ["vonage", "twilio", "telnyx"].into_iter().enumerate() {
         let numbers = numbers(3000 + 100 * i as u32);
-        stack.enqueue(provider, provider, &numbers).await;
+        enqueue(&stack, provider, provider, &numbers).await;
         stack.wait_terminal(provider).await;
     }
     // The last events of each call land just after its terminal state.
@@ -393,7 +159,7 @@ async fn wrong_credentials_fail_each_call_once_without_a_retry_loop() {
     for (i, provider) in ["vonage", "twilio", "telnyx"].into_iter().enumerate() {
         // Two calls: fewer than the worker's consecutive-401 pause threshold.
         let numbers: Vec<String> = (0..2).map(|n| format!("+1415555{:04}", 4000 + 100 * i + n)).collect();
-        stack.enqueue(provider, provider, &numbers).await;
+        enqueue(&stack, provider, provider, &numbers).await;
         stack.wait_terminal(provider).await;
         let rows: Vec<(String, i32, Option<String>, Option<String>)> = sqlx::query_as(
             "SELECT k.state, k.attempt, k.error_code, k.error_detail \
@@ -505,7 +271,7 @@ async fn faults_never_call_anyone_twice_and_every_call_still_ends_right() {
     )
     .await;
     for (i, provider) in ["vonage", "twilio", "telnyx"].into_iter().enumerate() {
-        stack.enqueue(provider, provider, &numbers(5000 + 100 * i as u32)).await;
+        enqueue(&stack, provider, provider, &numbers(5000 + 100 * i as u32)).await;
     }
     for provider in ["vonage", "twilio", "telnyx"] {
         stack.wait_terminal(provider).await;

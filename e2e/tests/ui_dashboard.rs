@@ -10,18 +10,14 @@
 //! (`deploy/local/browser-deps.sh`, which `deploy/local/up.sh` runs); fails
 //! with that advice when either is missing.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use clap::Parser;
-use secrecy::ExposeSecret;
-use tocsin_core::queue::Topology;
-use tocsin_core::testing::{self, TestDb};
-use tokio_util::sync::CancellationToken;
+use common::Options;
 
-const SECRET: &str = "ui-e2e-signature-secret";
-const APP: &str = "ui-e2e-app";
 const CAMPAIGN: &str = "ui-e2e";
 const CONTACTS: usize = 400;
 const HOW_TO_INSTALL: &str = "install the browser test's dependencies with deploy/local/browser-deps.sh \
@@ -40,119 +36,21 @@ async fn browser_dashboard_shows_live_progress_and_pause_stops_dialling() {
         "e2e/browser/node_modules/playwright-core is missing: {HOW_TO_INSTALL}"
     );
 
-    tocsin_core::telemetry::install_crypto_provider();
-    let db = TestDb::create().await;
-    let amqp_url = testing::amqp_url().await;
-    let redis_url = testing::redis_url().await;
-    let prefix = testing::unique_prefix("uie2e");
-    let dir = std::env::temp_dir().join(&prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let keys = simulator::keygen::generate().unwrap();
-    std::fs::write(dir.join("private.pem"), &keys.private_pem).unwrap();
-    std::fs::write(dir.join("public.pem"), &keys.public_pem).unwrap();
-    let stop = CancellationToken::new();
-
-    // Simulator: Vonage, time compressed fifty-fold so calls end quickly.
-    let sim_config = match simulator::config::Cli::try_parse_from([
-        "simulator",
-        "serve",
-        "--vonage-public-key-path",
-        dir.join("public.pem").to_str().unwrap(),
-        "--vonage-application-id",
-        APP,
-        "--vonage-signature-secret",
-        SECRET,
-        "--vonage-rate",
-        "20",
-        "--time-scale",
-        "0.02",
-    ])
-    .unwrap()
-    .command
-    {
-        simulator::config::Command::Serve(c) => c,
-        simulator::config::Command::Keygen { .. } => unreachable!(),
-    };
-    let (sim_listener, sim_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let sim = tokio::spawn(simulator::run(sim_config, sim_listener, stop.clone()));
-
-    let hook_config = webhook::config::WebhookConfig::try_parse_from([
-        "webhook",
-        "--database-url",
-        db.url.expose_secret(),
-        "--amqp-url",
-        &amqp_url,
-        "--queue-prefix",
-        &prefix,
-        "--vonage-signature-secret",
-        SECRET,
-    ])
-    .unwrap();
-    let (hook_listener, hook_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let hook_stop = CancellationToken::new();
-    let hook = tokio::spawn(webhook::run(hook_config, hook_listener, hook_stop.clone()));
-
-    // One worker at 10 calls/s: 400 contacts take 40 s, longer than the test needs.
-    let worker_config = worker::config::WorkerConfig::try_parse_from([
-        "worker",
-        "--database-url",
-        db.url.expose_secret(),
-        "--amqp-url",
-        &amqp_url,
-        "--queue-prefix",
-        &prefix,
-        "--redis-url",
-        &redis_url,
-        "--redis-prefix",
-        &prefix,
-        "--rate-per-sec",
-        "10",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--public-url",
-        &format!("http://{hook_addr}"),
-        "--vonage-api-url",
-        &format!("http://{sim_addr}"),
-        "--vonage-application-id",
-        APP,
-        "--vonage-private-key-path",
-        dir.join("private.pem").to_str().unwrap(),
-    ])
-    .unwrap();
-    let worker = tokio::spawn(worker::run(worker_config, stop.clone()));
+    // One worker at 10 calls/s (the simulator allows 20): 400 contacts take
+    // 40 s, longer than the test needs.
+    let stack =
+        common::start(Options { workers: 1, rate: 20, worker_rate: Some(10), ..Options::default() }).await;
+    let hook_addr = stack.hook_addr;
 
     let mut csv = String::from("number\n");
     for i in 0..CONTACTS {
         csv.push_str(&format!("+1415556{:04}\n", 1000 + i));
     }
-    let contacts = dir.join("contacts.csv");
-    std::fs::write(&contacts, csv).unwrap();
-    let cli = producer::config::Cli::try_parse_from([
-        "producer",
-        "--database-url",
-        db.url.expose_secret(),
-        "enqueue",
-        "--amqp-url",
-        &amqp_url,
-        "--queue-prefix",
-        &prefix,
-        "--campaign",
-        CAMPAIGN,
-        "--contacts",
-        contacts.to_str().unwrap(),
-        "--message",
-        "Browser test.",
-        "--from",
-        "+14155550100",
-        "--vonage-application-id",
-        APP,
-    ])
-    .unwrap();
-    let producer::config::Command::Enqueue(args) = cli.command else { unreachable!() };
-    let report = producer::enqueue(&db.pool, &args).await.unwrap();
+    let args = stack.enqueue_args(CAMPAIGN, &csv, &["--message", "Browser test."]);
+    let report = producer::enqueue(&stack.db.pool, &args).await.unwrap();
     assert_eq!(report.published as usize, CONTACTS);
     let scopes = ["campaigns:read".to_owned(), "campaigns:control".to_owned()];
-    let key = producer::apikey::create(&db.pool, "browser", &scopes, &[]).await.unwrap();
+    let key = producer::apikey::create(&stack.db.pool, "browser", &scopes, &[]).await.unwrap();
 
     let shots = root.join("target/ui-e2e");
     let run = tokio::process::Command::new("node")
@@ -182,7 +80,7 @@ async fn browser_dashboard_shows_live_progress_and_pause_stops_dialling() {
     // the paused window, calls were placed again after resume, and the
     // campaign ended cancelled.
     let placed = |from: i64, to: i64| {
-        let pool = db.pool.clone();
+        let pool = stack.db.pool.clone();
         async move {
             sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM calls \
@@ -203,23 +101,12 @@ async fn browser_dashboard_shows_live_progress_and_pause_stops_dialling() {
     assert!(placed(at("resumed_at"), at("cancelled_at")).await > 0, "no call placed after resume: {timings}");
     let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE name = $1")
         .bind(CAMPAIGN)
-        .fetch_one(&db.pool)
+        .fetch_one(&stack.db.pool)
         .await
         .unwrap();
     assert_eq!(status, "cancelled");
     assert!(shots.join("dashboard.png").is_file() && shots.join("campaigns.png").is_file());
 
     // The browser is gone, so no stream holds the webhook's graceful shutdown.
-    hook_stop.cancel();
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(20), async {
-        let _ = worker.await;
-        let _ = hook.await;
-        let _ = sim.await;
-    })
-    .await;
-    let conn = tocsin_core::queue::connect(&amqp_url, "cleanup").await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    Topology::new(&prefix).delete(&channel).await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    stack.stop().await;
 }
