@@ -36,7 +36,7 @@ if ! command -v wrk >/dev/null; then
 fi
 # "total idle" jiffies of the whole machine.
 machine_cpu() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat; }
-pid_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+pid_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 cpu_s() { # CPU seconds of processes named $1, with the children they reaped
   { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v name="($1)" -v hz="$(getconf CLK_TCK)" \
     '$2 == name { t += $14 + $15 + $16 + $17 } END { printf "%.2f", t / hz }'
