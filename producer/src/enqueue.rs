@@ -12,9 +12,10 @@
 //! and publishing overlap and memory stays flat. A run first publishes rows
 //! an earlier, interrupted run wrote but never saw confirmed (queued calls
 //! whose `enqueue_batch` is not in `enqueue_batches`), then streams the
-//! list; rows already in the campaign are counted, never published again. Call ids are derived from campaign and
-//! number, so every run names the same call for the same contact. One run
-//! per campaign at a time (a PostgreSQL advisory lock).
+//! list; rows already in the campaign are counted, never published again.
+//! Call ids are derived from campaign and number, so every run names the
+//! same call for the same contact. One run per campaign at a time (a
+//! PostgreSQL advisory lock).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -158,7 +158,8 @@ async fn write_batch(pool: &PgPool, redials: Option<&RedialPublisher>, batch: Ve
     metrics::histogram!("tocsin_webhook_batch_size").record(batch.len() as f64);
     let events: Vec<&StoredEvent> = batch.iter().map(|p| &p.event).collect();
     let mut result = store_batch(pool, redials, &events).await;
-    // A producer marking rows or another writer can deadlock with a batch;
+    // Another statement updating many of the same calls (`producer cancel`,
+    // `dnc add`, a cancel on a resolved alert) can deadlock with a batch;
     // the aborted batch changed nothing, so it is simply written again.
     for attempt in 1..=3 {
         let Err(StoreError::Deadlock(e)) = &result else { break };
