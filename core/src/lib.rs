@@ -27,4 +27,4 @@ pub mod vonage;
 pub use ids::{CallId, CampaignId};
 pub use job::CallJob;
 pub use phone::PhoneNumber;
-pub use state::CallState;
+pub use state::{CallState, StateCounts};

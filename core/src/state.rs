@@ -2,6 +2,7 @@
 //! and an update applies only when it raises the rank (the same rule is
 //! enforced in SQL by `call_state_rank`, see the migrations).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -77,6 +78,35 @@ impl CallState {
     }
 }
 
+/// Calls of a campaign by state: every state listed (zeros included), the
+/// total, and how many have finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateCounts {
+    pub by_state: BTreeMap<&'static str, i64>,
+    pub total: i64,
+    pub finished: i64,
+}
+
+impl StateCounts {
+    /// Tallies `(state, count)` pairs as read from the database; names that
+    /// are not a call state are ignored.
+    pub fn tally<S: AsRef<str>>(pairs: impl IntoIterator<Item = (S, i64)>) -> Self {
+        let mut by_state: BTreeMap<&'static str, i64> =
+            CallState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let (mut total, mut finished) = (0, 0);
+        for (name, n) in pairs {
+            if let Ok(state) = name.as_ref().parse::<CallState>() {
+                by_state.insert(state.as_str(), n);
+                total += n;
+                if state.is_terminal() {
+                    finished += n;
+                }
+            }
+        }
+        Self { by_state, total, finished }
+    }
+}
+
 impl fmt::Display for CallState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -97,6 +127,14 @@ impl FromStr for CallState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_list_every_state_and_count_the_finished() {
+        let c = StateCounts::tally([("queued", 3), ("completed", 2), ("busy", 1), ("nonsense", 9)]);
+        assert_eq!(c.by_state.len(), CallState::ALL.len());
+        assert_eq!((c.by_state["queued"], c.by_state["dialing"], c.by_state["busy"]), (3, 0, 1));
+        assert_eq!((c.total, c.finished), (6, 3));
+    }
 
     #[test]
     fn names_round_trip_and_order_is_forward_only() {

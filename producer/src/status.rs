@@ -12,7 +12,7 @@ use chrono_tz::Tz;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sqlx::PgPool;
-use tocsin_core::CallState;
+use tocsin_core::StateCounts;
 use tocsin_core::db::Campaign;
 use tokio_util::sync::CancellationToken;
 
@@ -112,17 +112,7 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
     .fetch_one(pool)
     .await
     .context("reading the calling rate")?;
-    let mut states: BTreeMap<&'static str, i64> = CallState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-    let mut finished = 0;
-    for (state, n) in counts {
-        if let Ok(s) = state.parse::<CallState>() {
-            states.insert(s.as_str(), n);
-            if s.is_terminal() {
-                finished += n;
-            }
-        }
-    }
-    let total: i64 = states.values().sum();
+    let StateCounts { by_state: states, total, finished } = StateCounts::tally(counts);
     let calls_per_sec = recent as f64 / 60.0;
     let pending = total - finished;
     let eta_secs = (calls_per_sec > 0.0 && pending > 0).then(|| (pending as f64 / calls_per_sec) as u64);

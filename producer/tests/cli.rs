@@ -8,12 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::{Env, csv_of, stderr, stdout, us_number};
 
-/// Calls whose job the broker confirmed (their enqueue batch is recorded).
-const CONFIRMED: &str = "SELECT count(*) FROM calls c JOIN enqueue_batches b ON b.id = c.enqueue_batch";
-/// All calls, and those confirmed.
-const ROWS_AND_CONFIRMED: &str = "SELECT count(*), count(b.id) FROM calls c \
-                                  LEFT JOIN enqueue_batches b ON b.id = c.enqueue_batch";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_and_messages_for_bad_input_and_usage() {
     let env = Env::new("producer-exit").await;
@@ -214,7 +208,7 @@ async fn killed_producer_finishes_on_rerun_with_every_contact_enqueued_once() {
     // Wait until some jobs are confirmed, then kill it without warning.
     let started = Instant::now();
     loop {
-        let marked: i64 = sqlx::query_scalar(CONFIRMED).fetch_one(&env.db.pool).await.unwrap();
+        let (_, marked) = env.rows_and_confirmed().await;
         if marked >= 3000 {
             break;
         }
@@ -242,8 +236,7 @@ async fn killed_producer_finishes_on_rerun_with_every_contact_enqueued_once() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (rows, marked): (i64, i64) =
-        sqlx::query_as(ROWS_AND_CONFIRMED).fetch_one(&env.db.pool).await.unwrap();
+    let (rows, marked) = env.rows_and_confirmed().await;
     assert!((marked as usize) < N, "killed after it finished ({marked} marked)");
 
     let report = env.enqueue("killed", &list, &["--in-flight", IN_FLIGHT]).await.unwrap();
@@ -253,9 +246,7 @@ async fn killed_producer_finishes_on_rerun_with_every_contact_enqueued_once() {
     assert_eq!(report.resumed, (rows - marked) as u64, "rows left unconfirmed are published again");
     assert_eq!(report.published, report.new_contacts + report.resumed);
 
-    let (rows, marked): (i64, i64) =
-        sqlx::query_as(ROWS_AND_CONFIRMED).fetch_one(&env.db.pool).await.unwrap();
-    assert_eq!((rows, marked), (N as i64, N as i64));
+    assert_eq!(env.rows_and_confirmed().await, (N as i64, N as i64));
     let jobs = env.drain().await;
     assert_eq!(jobs.len(), N, "every contact has a job");
     let copies: u32 = jobs.values().map(|n| n - 1).sum();

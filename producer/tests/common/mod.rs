@@ -104,6 +104,17 @@ impl Env {
         cmd
     }
 
+    /// Calls in the database, and those whose job the broker confirmed
+    /// (their enqueue batch is recorded).
+    pub async fn rows_and_confirmed(&self) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT count(*), count(b.id) FROM calls c LEFT JOIN enqueue_batches b ON b.id = c.enqueue_batch",
+        )
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap()
+    }
+
     /// Messages waiting in the work queue.
     pub async fn queued(&self) -> u32 {
         let conn = tocsin_core::queue::connect(&self.amqp_url, "producer-test").await.unwrap();

@@ -1,7 +1,6 @@
 //! `POST|GET /api/v1/campaigns`, `GET /api/v1/campaigns/{name}` and
 //! `POST /api/v1/campaigns/{name}/pause|resume|cancel`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use sqlx::PgPool;
 use tocsin_core::config::{ProviderArgs, TelnyxArgs, TwilioArgs, VonageArgs};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
-use tocsin_core::{CallState, CampaignId, db};
+use tocsin_core::{CampaignId, StateCounts, db};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Caller, Scope, authenticate};
@@ -495,20 +494,11 @@ struct CampaignRow {
 }
 
 fn render(row: CampaignRow) -> Value {
-    let mut states: BTreeMap<&str, i64> = CallState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-    let mut finished = 0;
-    if let Value::Object(m) = &row.counts {
-        for (k, v) in m {
-            if let Ok(s) = k.parse::<CallState>() {
-                let n = v.as_i64().unwrap_or(0);
-                states.insert(s.as_str(), n);
-                if s.is_terminal() {
-                    finished += n;
-                }
-            }
-        }
-    }
-    let total: i64 = states.values().sum();
+    let pairs = match &row.counts {
+        Value::Object(m) => m.iter().map(|(k, v)| (k.as_str(), v.as_i64().unwrap_or(0))).collect(),
+        _ => Vec::new(),
+    };
+    let StateCounts { by_state: states, total, finished } = StateCounts::tally(pairs);
     json!({
         "name": row.name,
         "status": row.status,
