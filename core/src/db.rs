@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::{CallId, CallState, CampaignId};
+use crate::{CallId, CampaignId};
 
 /// The schema, from `migrations/`, compiled into every binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -76,22 +76,4 @@ pub async fn campaign_of_call(pool: &PgPool, call: CallId) -> Result<Option<Camp
         .bind(call)
         .fetch_optional(pool)
         .await
-}
-
-/// Moves a call forward to `state` when that raises its rank (states never
-/// move back). Returns whether the row changed.
-pub async fn advance_state(
-    executor: impl sqlx::PgExecutor<'_>,
-    call: CallId,
-    state: CallState,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE calls SET state = $2, updated_at = now() \
-         WHERE id = $1 AND call_state_rank(state) < call_state_rank($2)",
-    )
-    .bind(call)
-    .bind(state.as_str())
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }

@@ -44,16 +44,25 @@ async fn metrics() -> Response {
 
 /// The standard error answer: `{"error":{"code":"…","message":"…"}}`.
 /// Messages are for clients; internal details go to the log, not here.
+/// `details`, when present, are more members of the `error` object (e.g.
+/// the list of rejected contacts), for clients that act on them.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), details: None }
+    }
+
+    /// Adds a member to the `error` object.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.details.get_or_insert_with(serde_json::Map::new).insert(key.to_owned(), value);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -76,7 +85,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), self.code.into());
+        error.insert("message".into(), self.message.into());
+        error.extend(self.details.unwrap_or_default());
+        let body = json!({ "error": error });
         (self.status, Json(body)).into_response()
     }
 }

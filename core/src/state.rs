@@ -1,6 +1,7 @@
-//! The call state machine. States only move forward: each state has a rank
-//! and an update applies only when it raises the rank (the same rule is
-//! enforced in SQL by `call_state_rank`, see the migrations).
+//! The call state machine's vocabulary: the states, their forward-only
+//! rank and the rule that moves a call (`CallState::advance`, mirrored by
+//! the SQL functions `call_state_rank` and `call_state_advance`). Every
+//! write of a call's state goes through `crate::calls`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -75,6 +76,20 @@ impl CallState {
 
     pub fn is_terminal(self) -> bool {
         self.rank() == 5
+    }
+
+    /// The state after `next` is reported for a call now in `self`: the
+    /// forward-only rule. `answered` says whether the call was seen
+    /// answered (now or by the report). A `completed` call nobody saw
+    /// answered may still be refined by a specific failure, since some
+    /// providers send `completed` before the event that says why the call
+    /// ended. The SQL function `call_state_advance` states the same rule
+    /// (migrations); `core/tests/calls.rs` checks that they agree.
+    pub fn advance(self, next: CallState, answered: bool) -> CallState {
+        let refines = self == Self::Completed
+            && !answered
+            && matches!(next, Self::Busy | Self::NoAnswer | Self::Rejected | Self::Failed);
+        if next.rank() > self.rank() || refines { next } else { self }
     }
 }
 

@@ -417,15 +417,9 @@ pub async fn cancel_now(pool: &PgPool, c: &Campaign) -> anyhow::Result<Control> 
         .context("cancelling the campaign")?;
     // Calls not yet claimed by a worker end now, so status shows it at once;
     // workers would otherwise do the same as each job arrives.
-    let cancelled = sqlx::query(
-        "UPDATE calls SET state = 'cancelled', ended_at = now(), updated_at = now() \
-         WHERE campaign_id = $1 AND state IN ('queued', 'retry_wait')",
-    )
-    .bind(c.id)
-    .execute(&mut *tx)
-    .await
-    .context("cancelling the campaign's waiting calls")?
-    .rows_affected();
+    let cancelled = tocsin_core::calls::cancel_campaign_waiting(&mut *tx, c.id)
+        .await
+        .context("cancelling the campaign's waiting calls")?;
     tx.commit().await?;
     Ok(Control::Changed { cancelled_calls: cancelled })
 }

@@ -72,16 +72,9 @@ pub async fn add(pool: &PgPool, numbers: &[String], reason: Option<&str>) -> any
     .context("adding numbers to the do-not-call list")?
     .rows_affected();
     // Calls not yet claimed by a worker never happen; one being dialed now finishes.
-    let skipped = sqlx::query(
-        "UPDATE calls SET state = 'skipped', error_code = 'do_not_call', \
-         error_detail = 'on the do-not-call list', ended_at = now(), updated_at = now() \
-         WHERE number = ANY($1) AND state IN ('queued', 'retry_wait')",
-    )
-    .bind(numbers)
-    .execute(&mut *tx)
-    .await
-    .context("skipping waiting calls to do-not-call numbers")?
-    .rows_affected();
+    let skipped = tocsin_core::calls::skip_do_not_call(&mut *tx, numbers)
+        .await
+        .context("skipping waiting calls to do-not-call numbers")?;
     tx.commit().await?;
     Ok((added, skipped))
 }

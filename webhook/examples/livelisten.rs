@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::json;
 use sqlx::PgPool;
-use tocsin_core::CampaignId;
+use tocsin_core::{CallState, CampaignId};
 
 #[derive(Parser)]
 struct Args {
@@ -211,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Drive: every call dialing, placed, completed, `batch` changes per
     // transaction, paced to `rate` changes per second.
-    let ids: Vec<uuid::Uuid> =
+    let ids: Vec<tocsin_core::CallId> =
         sqlx::query_scalar("SELECT id FROM calls WHERE campaign_id = $1 ORDER BY number")
             .bind(campaign)
             .fetch_all(&pool)
@@ -222,15 +222,10 @@ async fn main() -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rss_peak = rss_listening;
-    for state in ["dialing", "placed", "completed"] {
+    for state in [CallState::Dialing, CallState::Placed, CallState::Completed] {
         for chunk in ids.chunks(per_tx) {
             ticker.tick().await;
-            sqlx::query("UPDATE calls SET state = $2, updated_at = now() WHERE id = ANY($1)")
-                .bind(chunk)
-                .bind(state)
-                .execute(&pool)
-                .await
-                .context("changing call states")?;
+            tocsin_core::calls::stage(&pool, chunk, state).await.context("changing call states")?;
         }
         rss_peak = rss_peak.max(rss_kib(args.webhook_pid)?);
     }

@@ -3,43 +3,36 @@
 //! Handlers hand each event to the `EventStore` and wait. A batcher gathers
 //! the events that arrive within a few milliseconds (up to a maximum batch)
 //! and a writer stores the whole batch in one transaction: one multi-row
-//! INSERT (deduplicated on the provider's event identity), one UPDATE that
-//! moves every affected call forward, the redials the batch triggers
-//! (published with confirms before the commit), then COMMIT. Only then does
+//! INSERT (deduplicated on the provider's event identity), then
+//! `calls::apply_events` — one UPDATE that moves every affected call
+//! forward, and the redials the call-state module's policy picks — the
+//! redial jobs published with confirms, then COMMIT. Only then does
 //! each handler answer 2xx. A failed batch answers every one of its requests
 //! 503, so the provider retries; nothing is half-stored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use tocsin_core::calls;
 use tocsin_core::queue::{self, DelayTier, Publisher, Topology};
-use tocsin_core::{CallId, CallJob, CallState, CampaignId, PhoneNumber};
+use tocsin_core::{CallJob, CallState};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use tracing::{error, info, warn};
 
-/// A provider event in the form every provider's payload converts to.
+/// A provider event in the form every provider's payload converts to: its
+/// identity and raw payload (stored as they are) and what it says about its
+/// call (applied by `calls::apply_events`).
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
-    pub call_id: Option<CallId>,
-    /// The attempt named in the event URL, when the provider echoes it.
-    pub attempt: Option<i32>,
     pub provider: &'static str,
     pub dedupe_key: String,
-    pub provider_call_id: Option<String>,
     /// The provider's own status word.
     pub status: String,
-    /// The call state it maps to, if any.
-    pub state: Option<CallState>,
-    pub occurred_at: Option<DateTime<Utc>>,
-    pub duration_secs: Option<i32>,
-    pub price: Option<f64>,
-    /// `human` or `machine`, from answering-machine detection.
-    pub answered_by: Option<String>,
-    pub detail: Option<String>,
     pub payload: serde_json::Value,
+    pub call: calls::Event,
 }
 
 /// What storing did.
@@ -65,10 +58,6 @@ pub enum StoreError {
     #[error("the event store is shutting down")]
     Closed,
 }
-
-/// Failure details of a provider `failed` event that make a redial worthwhile.
-const TRANSIENT_FAILURES: [&str; 5] =
-    ["internal_error", "carrier_timeout", "unavailable", "network_error", "timeout"];
 
 /// Group-commit tuning.
 #[derive(Clone, Debug)]
@@ -196,14 +185,15 @@ pub async fn store_batch(
     };
     let mut tx = pool.begin().await.map_err(db)?;
 
-    let call_ids: Vec<Option<uuid::Uuid>> = events.iter().map(|e| e.call_id.map(|c| c.0)).collect();
-    let attempts: Vec<Option<i32>> = events.iter().map(|e| e.attempt).collect();
+    let call_ids: Vec<Option<uuid::Uuid>> = events.iter().map(|e| e.call.call_id.map(|c| c.0)).collect();
+    let attempts: Vec<Option<i32>> = events.iter().map(|e| e.call.attempt).collect();
     let providers: Vec<&str> = events.iter().map(|e| e.provider).collect();
     let keys: Vec<&str> = events.iter().map(|e| e.dedupe_key.as_str()).collect();
-    let provider_call_ids: Vec<Option<&str>> = events.iter().map(|e| e.provider_call_id.as_deref()).collect();
+    let provider_call_ids: Vec<Option<&str>> =
+        events.iter().map(|e| e.call.provider_call_id.as_deref()).collect();
     let statuses: Vec<&str> = events.iter().map(|e| e.status.as_str()).collect();
-    let states: Vec<Option<&str>> = events.iter().map(|e| e.state.map(CallState::as_str)).collect();
-    let occurred: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.occurred_at).collect();
+    let states: Vec<Option<&str>> = events.iter().map(|e| e.call.state.map(CallState::as_str)).collect();
+    let occurred: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.call.occurred_at).collect();
     let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
     let inserted: Vec<(String, bool)> = sqlx::query_as(
         "INSERT INTO call_events (call_id, attempt, provider, dedupe_key, provider_call_id, status, state, \
@@ -233,212 +223,31 @@ pub async fn store_batch(
     // later ones with the same key in this batch are duplicates.
     let mut fresh: HashMap<&str, bool> = inserted.iter().map(|(k, unknown)| (k.as_str(), *unknown)).collect();
     let mut outcomes = Vec::with_capacity(events.len());
-    let mut applied: Vec<&StoredEvent> = Vec::new();
+    let mut applied: Vec<&calls::Event> = Vec::new();
     for event in events {
         match fresh.remove(event.dedupe_key.as_str()) {
             Some(true) => outcomes.push(Stored::UnknownCall),
             Some(false) => {
                 outcomes.push(Stored::Applied);
-                applied.push(event);
+                applied.push(&event.call);
             }
             None => outcomes.push(Stored::Duplicate),
         }
     }
 
-    let updates = fold(&applied);
-    if !updates.is_empty() {
-        apply(&mut tx, &updates).await.map_err(db)?;
-        let candidates: Vec<uuid::Uuid> =
-            updates.iter().filter(|u| u.wants_redial()).map(|u| u.call_id.0).collect();
-        if !candidates.is_empty() {
-            redial(&mut tx, redials, &candidates).await?;
+    // The calls move on, and the redials the batch triggers are published
+    // before the commit: a failed commit leaves at most a job whose claim
+    // will fail, never a redial without a job.
+    let redial_jobs = calls::apply_events(&mut tx, &applied, redials.is_some()).await.map_err(db)?;
+    if let Some(publisher) = redials {
+        for (tier, jobs) in redial_jobs {
+            publisher.publish(&jobs, tier).await?;
+            metrics::counter!("tocsin_redials_total").increment(jobs.len() as u64);
+            info!(count = jobs.len(), tier = tier.name(), "redials scheduled");
         }
     }
     tx.commit().await.map_err(db)?;
     Ok(outcomes)
-}
-
-/// Everything a batch does to one call.
-#[derive(Debug)]
-struct CallUpdate {
-    call_id: CallId,
-    attempt: Option<i32>,
-    state: Option<CallState>,
-    provider_call_id: Option<String>,
-    answered_at: Option<DateTime<Utc>>,
-    ended_at: Option<DateTime<Utc>>,
-    duration_secs: Option<i32>,
-    price: Option<f64>,
-    answered_by: Option<String>,
-    detail: Option<String>,
-}
-
-impl CallUpdate {
-    fn wants_redial(&self) -> bool {
-        match self.state {
-            Some(CallState::Busy | CallState::NoAnswer) => true,
-            Some(CallState::Failed) => {
-                self.detail.as_deref().is_some_and(|d| TRANSIENT_FAILURES.contains(&d))
-            }
-            _ => false,
-        }
-    }
-}
-
-fn is_specific_failure(s: CallState) -> bool {
-    matches!(s, CallState::Busy | CallState::NoAnswer | CallState::Rejected | CallState::Failed)
-}
-
-/// Folds a batch's events into one update per call, in event order, with
-/// the same forward-only rule the SQL applies against the stored state.
-fn fold(events: &[&StoredEvent]) -> Vec<CallUpdate> {
-    let mut by_call: BTreeMap<uuid::Uuid, Vec<&StoredEvent>> = BTreeMap::new();
-    for e in events {
-        if let Some(id) = e.call_id {
-            by_call.entry(id.0).or_default().push(e);
-        }
-    }
-    let mut out = Vec::with_capacity(by_call.len());
-    for (id, mut evs) in by_call {
-        // Only the newest attempt in the batch counts.
-        let attempt = evs.iter().filter_map(|e| e.attempt).max();
-        evs.retain(|e| e.attempt.is_none() || e.attempt == attempt);
-        evs.sort_by_key(|e| e.occurred_at);
-        let mut u = CallUpdate {
-            call_id: CallId(id),
-            attempt,
-            state: None,
-            provider_call_id: None,
-            answered_at: None,
-            ended_at: None,
-            duration_secs: None,
-            price: None,
-            answered_by: None,
-            detail: None,
-        };
-        for e in evs {
-            let now = e.occurred_at.unwrap_or_else(Utc::now);
-            if let Some(s) = e.state {
-                let replace = match u.state {
-                    None => true,
-                    Some(cur) => {
-                        s.rank() > cur.rank()
-                            || (cur == CallState::Completed
-                                && u.answered_at.is_none()
-                                && is_specific_failure(s))
-                    }
-                };
-                if replace {
-                    u.state = Some(s);
-                }
-                if s == CallState::Answered && u.answered_at.is_none() {
-                    u.answered_at = Some(now);
-                }
-                if s.is_terminal() && u.ended_at.is_none() {
-                    u.ended_at = Some(now);
-                }
-            }
-            u.provider_call_id = u.provider_call_id.take().or_else(|| e.provider_call_id.clone());
-            u.duration_secs = e.duration_secs.or(u.duration_secs);
-            u.price = e.price.or(u.price);
-            u.answered_by = e.answered_by.clone().or(u.answered_by.take());
-            u.detail = e.detail.clone().or(u.detail.take());
-        }
-        out.push(u);
-    }
-    out
-}
-
-/// One UPDATE for the whole batch; rows are visited in call-id order, so
-/// concurrent batches lock rows in the same order and cannot deadlock.
-async fn apply(tx: &mut sqlx::PgConnection, updates: &[CallUpdate]) -> Result<(), sqlx::Error> {
-    let ids: Vec<uuid::Uuid> = updates.iter().map(|u| u.call_id.0).collect();
-    let attempts: Vec<Option<i32>> = updates.iter().map(|u| u.attempt).collect();
-    let states: Vec<Option<&str>> = updates.iter().map(|u| u.state.map(CallState::as_str)).collect();
-    let pcids: Vec<Option<&str>> = updates.iter().map(|u| u.provider_call_id.as_deref()).collect();
-    let answered: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.answered_at).collect();
-    let ended: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.ended_at).collect();
-    let durations: Vec<Option<i32>> = updates.iter().map(|u| u.duration_secs).collect();
-    let prices: Vec<Option<f64>> = updates.iter().map(|u| u.price).collect();
-    let by: Vec<Option<&str>> = updates.iter().map(|u| u.answered_by.as_deref()).collect();
-    let details: Vec<Option<&str>> = updates.iter().map(|u| u.detail.as_deref()).collect();
-    sqlx::query(
-        "UPDATE calls k SET \
-            state = CASE \
-                WHEN call_state_rank(u.state) > call_state_rank(k.state) THEN u.state \
-                WHEN k.state = 'completed' AND k.answered_at IS NULL AND u.answered_at IS NULL \
-                     AND u.state IN ('busy', 'no_answer', 'rejected', 'failed') THEN u.state \
-                ELSE k.state END, \
-            provider_call_id = coalesce(k.provider_call_id, u.pcid), \
-            answered_at = coalesce(k.answered_at, u.answered_at), \
-            ended_at = CASE WHEN call_state_rank(u.state) = 5 THEN coalesce(k.ended_at, u.ended_at) \
-                            ELSE k.ended_at END, \
-            duration_secs = coalesce(u.duration, k.duration_secs), \
-            price = CASE WHEN u.price IS NULL THEN k.price ELSE coalesce(k.price, 0) + u.price::numeric END, \
-            answered_by = coalesce(u.answered_by, k.answered_by), \
-            error_detail = CASE WHEN u.state IN ('failed', 'rejected') THEN coalesce(u.detail, k.error_detail) \
-                                ELSE k.error_detail END, \
-            updated_at = now() \
-         FROM (SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::timestamptz[], \
-                                    $6::timestamptz[], $7::int4[], $8::float8[], $9::text[], $10::text[]) \
-               AS t(id, attempt, state, pcid, answered_at, ended_at, duration, price, answered_by, detail) \
-               ORDER BY id) AS u \
-         WHERE k.id = u.id AND k.state <> 'retry_wait' AND (u.attempt IS NULL OR u.attempt = k.attempt)",
-    )
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&states)
-    .bind(&pcids)
-    .bind(&answered)
-    .bind(&ended)
-    .bind(&durations)
-    .bind(&prices)
-    .bind(&by)
-    .bind(&details)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Moves calls that ended busy / unanswered / failed transiently to
-/// `retry_wait` when their campaign allows another attempt, and publishes
-/// the next attempt to the delay tier nearest the campaign's retry delay.
-/// Published before the commit: a failed commit leaves at most a job whose
-/// claim will fail, never a redial without a job.
-async fn redial(
-    tx: &mut sqlx::PgConnection,
-    redials: Option<&RedialPublisher>,
-    candidates: &[uuid::Uuid],
-) -> Result<(), StoreError> {
-    let Some(publisher) = redials else { return Ok(()) };
-    let rows: Vec<(CallId, CampaignId, String, i32, i32)> = sqlx::query_as(
-        "UPDATE calls k SET state = 'retry_wait', updated_at = now() \
-         FROM campaigns c \
-         WHERE k.id = ANY($1) AND c.id = k.campaign_id AND c.status = 'active' \
-           AND k.attempt < c.max_attempts \
-           AND (k.state IN ('busy', 'no_answer') \
-                OR (k.state = 'failed' AND k.error_detail = ANY($2))) \
-         RETURNING k.id, k.campaign_id, k.number, k.attempt, c.retry_delay_secs",
-    )
-    .bind(candidates)
-    .bind(TRANSIENT_FAILURES.as_slice())
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(|e| StoreError::Database(e.to_string()))?;
-    let mut by_tier: HashMap<&'static str, (DelayTier, Vec<CallJob>)> = HashMap::new();
-    for (call_id, campaign_id, number, attempt, delay) in rows {
-        let Ok(to) = PhoneNumber::from_e164(&number) else { continue };
-        let next = u32::try_from(attempt).unwrap_or(0) + 1;
-        let job = CallJob { v: tocsin_core::job::JOB_VERSION, call_id, campaign_id, to, attempt: next };
-        let tier = DelayTier::nearest(Duration::from_secs(u64::try_from(delay).unwrap_or(0)));
-        by_tier.entry(tier.name()).or_insert_with(|| (tier, Vec::new())).1.push(job);
-    }
-    for (tier, jobs) in by_tier.into_values() {
-        publisher.publish(&jobs, tier).await?;
-        metrics::counter!("tocsin_redials_total").increment(jobs.len() as u64);
-        info!(count = jobs.len(), tier = tier.name(), "redials scheduled");
-    }
-    Ok(())
 }
 
 /// Publishes redial jobs, connecting (and reconnecting) to RabbitMQ as needed.

@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 use crate::AppState;
 use crate::config::WebhookConfig;
 use crate::store::StoredEvent;
+use tocsin_core::calls;
 
 /// What the webhook needs to verify Telnyx events and command calls.
 #[derive(Clone)]
@@ -118,19 +119,21 @@ pub async fn events(
     let failed =
         matches!(state_change, Some(tocsin_core::CallState::Failed | tocsin_core::CallState::Rejected));
     let stored = StoredEvent {
-        call_id,
-        attempt: crate::twilio::attempt(&query),
         provider: "telnyx",
         dedupe_key: event.dedupe_key(),
-        provider_call_id: event.payload.call_control_id.clone(),
         status: event.event_type.clone(),
-        state: state_change,
-        occurred_at: event.occurred_at(),
-        duration_secs: event.duration_secs(),
-        price: None,
-        answered_by: event.answered_by(),
-        detail: if failed { event.detail() } else { None },
         payload,
+        call: calls::Event {
+            call_id,
+            attempt: crate::twilio::attempt(&query),
+            provider_call_id: event.payload.call_control_id.clone(),
+            state: state_change,
+            occurred_at: event.occurred_at(),
+            duration_secs: event.duration_secs(),
+            price: None,
+            answered_by: event.answered_by(),
+            detail: if failed { event.detail() } else { None },
+        },
     };
     if let Err(response) = crate::twilio::store_event(&state, stored).await {
         return response;

@@ -22,6 +22,7 @@ use tracing::{error, warn};
 use crate::AppState;
 use crate::config::WebhookConfig;
 use crate::store::{Stored, StoredEvent};
+use tocsin_core::calls;
 
 /// Start-up check: an account SID without its auth token cannot verify
 /// anything Twilio sends.
@@ -131,19 +132,21 @@ pub async fn status(
     let payload: serde_json::Map<String, serde_json::Value> =
         params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
     let event = StoredEvent {
-        call_id: call_id(&query),
-        attempt: attempt(&query),
         provider: "twilio",
         dedupe_key: callback.dedupe_key(),
-        provider_call_id: Some(callback.call_sid.clone()),
         status: callback.call_status.clone(),
-        state: callback.state(),
-        occurred_at: callback.occurred_at(),
-        duration_secs: callback.call_duration,
-        price: None,
-        answered_by: callback.answered_by(),
-        detail: callback.detail(),
         payload: serde_json::Value::Object(payload),
+        call: calls::Event {
+            call_id: call_id(&query),
+            attempt: attempt(&query),
+            provider_call_id: Some(callback.call_sid.clone()),
+            state: callback.state(),
+            occurred_at: callback.occurred_at(),
+            duration_secs: callback.call_duration,
+            price: None,
+            answered_by: callback.answered_by(),
+            detail: callback.detail(),
+        },
     };
     store(&state, event).await
 }

@@ -17,6 +17,7 @@ use tracing::{error, warn};
 
 use crate::AppState;
 use crate::store::{Stored, StoredEvent};
+use tocsin_core::calls;
 
 fn call_id(query: &HashMap<String, String>) -> Option<CallId> {
     query.get("call_id")?.parse().ok()
@@ -84,19 +85,21 @@ pub async fn events(
         _ => None,
     };
     let stored = StoredEvent {
-        call_id: call_id(&query),
-        attempt: query.get("attempt").and_then(|a| a.parse().ok()),
         provider: "vonage",
         dedupe_key: event.dedupe_key(),
-        provider_call_id: event.call_uuid().map(str::to_owned),
         status: event.status.clone(),
-        state: event.state(),
-        occurred_at,
-        duration_secs: event.duration_secs(),
-        price: event.price(),
-        answered_by,
-        detail: event.detail.clone(),
         payload,
+        call: calls::Event {
+            call_id: call_id(&query),
+            attempt: query.get("attempt").and_then(|a| a.parse().ok()),
+            provider_call_id: event.call_uuid().map(str::to_owned),
+            state: event.state(),
+            occurred_at,
+            duration_secs: event.duration_secs(),
+            price: event.price(),
+            answered_by,
+            detail: event.detail.clone(),
+        },
     };
     let dedupe_key = stored.dedupe_key.clone();
     match state.store.store(stored).await {

@@ -170,6 +170,31 @@ async fn invalid_bodies_get_400_naming_every_field_and_oversize_413() {
 }
 
 #[tokio::test]
+async fn a_campaign_whose_every_contact_is_rejected_answers_422_naming_each_and_creates_nothing() {
+    let h = harness(&[]).await;
+    let key = h.key("w", &["campaigns:write", "campaigns:read"], &[]).await;
+    // A UK number with one digit too many, and a duplicate of it.
+    let body = campaign_body("all-bad", &["+4420794600001", "not a number"]);
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body), None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "contacts_rejected"), "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("contacts[0]: invalid") && m.contains("contacts[1]: invalid"), "{m}");
+    let rejected: Vec<(u64, &str)> = v["error"]["rejected"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rejected list: {v}"))
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rejected, [(0, "invalid"), (1, "invalid")]);
+    let campaigns: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM campaigns").fetch_one(&h.db.pool).await.unwrap();
+    assert_eq!(campaigns, 0, "nothing may be created");
+    let (s, v, _) = h.call("GET", "/api/v1/campaigns/all-bad", Some(&key), None, None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    h.cleanup().await;
+}
+
+#[tokio::test]
 async fn creation_uses_the_producer_pipeline_and_idempotency_key_replays_the_first_answer() {
     let h = harness(&[]).await;
     let key = h.key("w", &["campaigns:write", "campaigns:read"], &[]).await;

@@ -12,6 +12,8 @@ use clap::Parser;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
+use tocsin_core::CallState;
+use tocsin_core::calls;
 use tower::ServiceExt;
 
 mod common;
@@ -130,12 +132,8 @@ impl Harness {
     }
 
     async fn set_state(&self, number: &str, state: &str) {
-        sqlx::query("UPDATE calls SET state = $2 WHERE number = $1")
-            .bind(number)
-            .bind(state)
-            .execute(&self.db.pool)
-            .await
-            .unwrap();
+        let id: tocsin_core::CallId = self.call_id(number).await.parse().unwrap();
+        calls::stage(&self.db.pool, &[id], state.parse().unwrap()).await.unwrap();
     }
 }
 
@@ -171,11 +169,8 @@ async fn stream_resumes_from_last_event_id_without_gaps() {
     // While nobody listens: two more changes, and a transaction that took its
     // log id first but commits last.
     let mut slow = h.db.pool.begin().await.unwrap();
-    sqlx::query("UPDATE calls SET state = 'dialing' WHERE number = $1")
-        .bind(numbers[3])
-        .execute(&mut *slow)
-        .await
-        .unwrap();
+    let slow_id: tocsin_core::CallId = h.call_id(numbers[3]).await.parse().unwrap();
+    calls::stage(&mut *slow, &[slow_id], CallState::Dialing).await.unwrap();
     h.set_state(numbers[0], "placed").await;
     h.set_state(numbers[1], "dialing").await;
 

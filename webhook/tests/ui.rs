@@ -6,6 +6,8 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
+use tocsin_core::calls;
+use tocsin_core::{CallId, CallState};
 use tower::ServiceExt;
 
 mod common;
@@ -114,16 +116,13 @@ async fn calls_are_listed_by_page_and_shown_with_their_timeline() {
     assert_eq!(seen, numbers);
 
     // A call moves; the state filter and the timeline see it.
-    sqlx::query("UPDATE calls SET state = 'dialing', attempt = 1 WHERE number = $1")
+    let moved: CallId = sqlx::query_scalar("SELECT id FROM calls WHERE number = $1")
         .bind(&numbers[1])
-        .execute(&h.db.pool)
+        .fetch_one(&h.db.pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE calls SET state = 'placed' WHERE number = $1")
-        .bind(&numbers[1])
-        .execute(&h.db.pool)
-        .await
-        .unwrap();
+    calls::stage(&h.db.pool, &[moved], CallState::Dialing).await.unwrap();
+    calls::stage(&h.db.pool, &[moved], CallState::Placed).await.unwrap();
     let (_, page) = h.json("/api/v1/campaigns/ui-1/calls?state=placed").await;
     let calls = page["calls"].as_array().unwrap();
     assert_eq!(calls.len(), 1);

@@ -12,6 +12,8 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use secrecy::ExposeSecret;
+use tocsin_core::calls;
+use tocsin_core::provider::Provider;
 use tocsin_core::queue::Topology;
 use tocsin_core::testing::{self, TestDb};
 use tocsin_core::{CallId, CallJob, CampaignId, PhoneNumber};
@@ -365,11 +367,9 @@ async fn busy_calls_are_redialled_after_the_retry_delay_and_late_events_stay_out
     assert_eq!((job.call_id, job.attempt), (id, 2));
 
     // With max_attempts reached, a second busy is final.
-    sqlx::query("UPDATE calls SET state = 'placed', attempt = 2 WHERE id = $1")
-        .bind(id)
-        .execute(&h.db.pool)
-        .await
-        .unwrap();
+    // A worker claims attempt 2 and places it.
+    assert!(calls::claim(&h.db.pool, id, 2, Provider::Vonage).await.unwrap());
+    calls::record_placed(&h.db.pool, id, "u2").await.unwrap();
     assert_eq!(h.post(id, 2, event("u2", "busy", "2026-11-22T10:01:00.000Z")).await, StatusCode::NO_CONTENT);
     assert_eq!(h.state(id).await.0, "busy");
     let attempts: (i32, String) =

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sqlx::PgPool;
+use tocsin_core::calls::{self, Count, Failing};
 use tocsin_core::db::{self, Campaign};
 use tocsin_core::limiter::{Limiter, Reservation};
 use tocsin_core::provider::{CallRequest, PlaceCallError, PlacedCall, Provider, VoiceProvider};
 use tocsin_core::queue::DelayTier;
-use tocsin_core::{CallJob, CampaignId, PhoneNumber};
+use tocsin_core::{CallJob, CallState, CampaignId, PhoneNumber};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -170,7 +171,8 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         warn!("campaign no longer exists, dropping job");
         return Ok(Outcome::Ack);
     };
-    if let Some(outcome) = campaign_gate(deps, job, &campaign).await? {
+    let contact_zone = contact_timezone(deps, job, &campaign).await?;
+    if let Some(outcome) = campaign_gate(deps, job, &campaign, contact_zone.as_deref()).await? {
         return Ok(outcome);
     }
     let provider: Provider = match campaign.provider.parse() {
@@ -217,7 +219,7 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     };
     metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
     let slot = reserved_at + wait;
-    if !claim(deps, job, provider).await? {
+    if !calls::claim(&deps.pool, job.call_id, job.attempt, provider).await? {
         return decide_unclaimed(deps, job, client.as_ref()).await;
     }
     // Look at the campaign once more just before the slot: a pause or a
@@ -229,9 +231,14 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         return Ok(Outcome::Delay(DelayTier::S1));
     }
     let campaign = campaign_fresh(deps, job).await?;
-    if campaign.status != "active" || schedule::wait_before_calling(&campaign, None, Utc::now()).is_some() {
+    // The contact's own zone, as at the gate: with the campaign's zone here a
+    // contact whose window is open while the campaign's is closed would loop.
+    if campaign.status != "active"
+        || schedule::wait_before_calling(&campaign, contact_zone.as_deref(), Utc::now()).is_some()
+    {
         release(deps, job, None).await?;
-        return Ok(campaign_gate(deps, job, &campaign).await?.unwrap_or(Outcome::Delay(DelayTier::S1)));
+        let gate = campaign_gate(deps, job, &campaign, contact_zone.as_deref()).await?;
+        return Ok(gate.unwrap_or(Outcome::Delay(DelayTier::S1)));
     }
     if !sleep_or_shutdown(deps, slot).await {
         release(deps, job, None).await?;
@@ -292,51 +299,31 @@ async fn campaign_gate(
     deps: &Deps,
     job: &CallJob,
     campaign: &Campaign,
+    contact_timezone: Option<&str>,
 ) -> Result<Option<Outcome>, sqlx::Error> {
     match campaign.status.as_str() {
         "cancelled" => {
-            sqlx::query(
-                "UPDATE calls SET state = 'cancelled', ended_at = now(), updated_at = now() \
-                 WHERE id = $1 AND state IN ('queued', 'retry_wait')",
-            )
-            .bind(job.call_id)
-            .execute(&deps.pool)
-            .await?;
+            calls::cancel_waiting(&deps.pool, job.call_id).await?;
             return Ok(Some(Outcome::Ack));
         }
         "paused" => return Ok(Some(Outcome::Delay(DelayTier::S5))),
         _ => {}
     }
-    // Only windowed campaigns need the contact's own time zone (one more query).
-    let contact_timezone: Option<String> = if campaign.window_start.is_some() {
-        sqlx::query_scalar("SELECT timezone FROM calls WHERE id = $1")
-            .bind(job.call_id)
-            .fetch_optional(&deps.pool)
-            .await?
-            .flatten()
-    } else {
-        None
-    };
-    Ok(schedule::wait_before_calling(campaign, contact_timezone.as_deref(), Utc::now())
+    Ok(schedule::wait_before_calling(campaign, contact_timezone, Utc::now())
         .map(|wait| Outcome::Delay(DelayTier::at_least(wait))))
 }
 
-/// Claims the call for this attempt: one conditional UPDATE, so of all the
-/// workers holding a copy of the job exactly one proceeds to dial.
-async fn claim(deps: &Deps, job: &CallJob, provider: Provider) -> Result<bool, sqlx::Error> {
-    let claimed = sqlx::query(
-        "UPDATE calls SET state = 'dialing', attempt = $2, provider = $3, dialing_at = now(), \
-                updated_at = now(), provider_call_id = NULL, placed_at = NULL, answered_at = NULL, \
-                ended_at = NULL, answered_by = NULL, duration_secs = NULL, error_code = NULL, \
-                error_detail = NULL \
-         WHERE id = $1 AND state IN ('queued', 'retry_wait') AND attempt < $2",
-    )
-    .bind(job.call_id)
-    .bind(i32::try_from(job.attempt).unwrap_or(i32::MAX))
-    .bind(provider.as_str())
-    .execute(&deps.pool)
-    .await?;
-    Ok(claimed.rows_affected() == 1)
+/// The contact's own time zone, when the list gave one. Only windowed
+/// campaigns need it (one more query).
+async fn contact_timezone(
+    deps: &Deps,
+    job: &CallJob,
+    campaign: &Campaign,
+) -> Result<Option<String>, sqlx::Error> {
+    if campaign.window_start.is_none() {
+        return Ok(None);
+    }
+    calls::contact_timezone(&deps.pool, job.call_id).await
 }
 
 /// The claim failed: the call was handled already, is in flight elsewhere,
@@ -346,27 +333,20 @@ async fn decide_unclaimed(
     job: &CallJob,
     client: &dyn VoiceProvider,
 ) -> Result<Outcome, ProcessError> {
-    /// state, attempt, dialing_at, the database's now()
-    type CallRow = (String, i32, Option<DateTime<Utc>>, DateTime<Utc>);
-    let row: Option<CallRow> =
-        sqlx::query_as("SELECT state, attempt, dialing_at, now() FROM calls WHERE id = $1")
-            .bind(job.call_id)
-            .fetch_optional(&deps.pool)
-            .await?;
-    let Some((state, attempt, dialing_at, now)) = row else {
+    let Some(standing) = calls::standing(&deps.pool, job.call_id).await? else {
         warn!("call no longer exists, dropping job");
         return Ok(Outcome::Ack);
     };
-    if state != "dialing" || i64::from(attempt) != i64::from(job.attempt) {
-        info!(%state, "call already handled for this attempt, dropping duplicate job");
+    if standing.state != CallState::Dialing || standing.attempt != job.attempt {
+        info!(state = %standing.state, "call already handled for this attempt, dropping duplicate job");
         return Ok(Outcome::Ack);
     }
-    let dialing_at = dialing_at.unwrap_or(now);
-    let dialing_for = (now - dialing_at).to_std().unwrap_or_default();
+    let dialing_for = standing.dialing_for();
     if dialing_for < deps.settings.dialing_lease {
         // Another worker may be dialing right now: look again later.
         return Ok(Outcome::Delay(DelayTier::at_least(deps.settings.dialing_lease - dialing_for)));
     }
+    let dialing_at = standing.dialing_at.unwrap_or(standing.now);
     reconcile(deps, job, client, dialing_at).await
 }
 
@@ -394,31 +374,13 @@ async fn reconcile(
         Ok(calls) => {
             let found = &calls[calls.len() - 1];
             info!(provider_call_id = %found.provider_call_id, status = %found.status, "provider has the call: recording it");
-            sqlx::query(
-                "UPDATE calls SET provider_call_id = coalesce(provider_call_id, $2), placed_at = coalesce(placed_at, now()), \
-                        error_code = NULL, error_detail = NULL, updated_at = now(), \
-                        state = CASE WHEN call_state_rank(state) < call_state_rank('placed') THEN 'placed' ELSE state END \
-                 WHERE id = $1",
-            )
-            .bind(job.call_id)
-            .bind(&found.provider_call_id)
-            .execute(&deps.pool)
-            .await?;
+            calls::record_placed(&deps.pool, job.call_id, &found.provider_call_id).await?;
             Ok(Outcome::Ack)
         }
         Err(e) => {
             warn!(error = %e, "cannot ask the provider about an interrupted call; marking unknown for the operator");
             let detail = format!("interrupted while dialing and the provider could not be asked: {e}");
-            sqlx::query(
-                "UPDATE calls SET state = 'unknown', error_code = 'interrupted', error_detail = $3, \
-                        ended_at = now(), updated_at = now() \
-                 WHERE id = $1 AND state = 'dialing' AND attempt = $2",
-            )
-            .bind(job.call_id)
-            .bind(i32::try_from(job.attempt).unwrap_or(i32::MAX))
-            .bind(detail)
-            .execute(&deps.pool)
-            .await?;
+            calls::record_unknown(&deps.pool, job.call_id, job.attempt, &detail).await?;
             metrics::counter!("tocsin_calls_unknown_total").increment(1);
             Ok(Outcome::Ack)
         }
@@ -449,18 +411,8 @@ async fn record(
     match result {
         Ok(placed) => {
             deps.auth_ok(account);
-            // An event may already have moved the call further: keep the higher state.
-            sqlx::query(
-                "UPDATE calls SET provider_call_id = $2, placed_at = now(), updated_at = now(), \
-                        error_code = NULL, error_detail = NULL, \
-                        state = CASE WHEN call_state_rank(state) < call_state_rank('placed') \
-                                     THEN 'placed' ELSE state END \
-                 WHERE id = $1",
-            )
-            .bind(job.call_id)
-            .bind(&placed.provider_call_id)
-            .execute(&deps.pool)
-            .await?;
+            // An event may already have moved the call further: it keeps the higher state.
+            calls::record_placed(&deps.pool, job.call_id, &placed.provider_call_id).await?;
             info!(campaign = %campaign.name, provider_call_id = %placed.provider_call_id, "call placed");
             Ok(Outcome::Ack)
         }
@@ -468,7 +420,7 @@ async fn record(
             // Not an attempt: give the claim back and slow every worker down.
             let pause = retry_after.unwrap_or(Duration::from_secs(1));
             deps.limiter.cool_down(account, pause).await;
-            let count = release(deps, job, Some(Counter::RateLimited)).await?;
+            let count = release(deps, job, Some(Count::RateLimited)).await?;
             metrics::counter!("tocsin_retries_total", "reason" => "rate_limited").increment(1);
             // Capped: a long outage of the provider's patience should not park a contact for an hour.
             let backoff = jittered(Duration::from_secs(1), count).min(Duration::from_secs(30)).max(pause);
@@ -476,7 +428,7 @@ async fn record(
             Ok(Outcome::Delay(DelayTier::at_least(backoff)))
         }
         Err(PlaceCallError::Transient(detail)) => {
-            let retries = release(deps, job, Some(Counter::Transient(&detail))).await?;
+            let retries = release(deps, job, Some(Count::Transient(&detail))).await?;
             if retries > deps.settings.max_transient_retries {
                 finish_failed(deps, job, "transient_exhausted", &detail).await?;
                 warn!(%detail, retries, "transient failures exhausted; call failed");
@@ -498,14 +450,7 @@ async fn record(
         Err(PlaceCallError::Ambiguous(detail)) => {
             // The call may exist: never dial blind. Leave it `dialing`; when
             // the job comes back after the lease, the provider is asked.
-            sqlx::query(
-                "UPDATE calls SET error_code = 'ambiguous', error_detail = $2, updated_at = now() \
-                 WHERE id = $1 AND state = 'dialing'",
-            )
-            .bind(job.call_id)
-            .bind(&detail)
-            .execute(&deps.pool)
-            .await?;
+            calls::record_ambiguous(&deps.pool, job.call_id, &detail).await?;
             metrics::counter!("tocsin_retries_total", "reason" => "ambiguous").increment(1);
             warn!(%detail, "create-call answer lost; will ask the provider after the dialing lease");
             Ok(Outcome::Delay(DelayTier::at_least(deps.settings.dialing_lease)))
@@ -520,52 +465,13 @@ pub fn jittered(base: Duration, n: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=millis)).max(base)
 }
 
-/// What a released claim counts.
-enum Counter<'a> {
-    RateLimited,
-    Transient(&'a str),
-}
-
-/// Gives a claimed call back (the attempt did not happen) and returns the
-/// updated count of the given kind (0 when nothing is counted).
-async fn release(deps: &Deps, job: &CallJob, counter: Option<Counter<'_>>) -> Result<u32, sqlx::Error> {
-    let (transient, rate_limited, detail) = match counter {
-        None => (0, 0, None),
-        Some(Counter::RateLimited) => (0, 1, None),
-        Some(Counter::Transient(d)) => (1, 0, Some(d)),
-    };
-    let counts: Option<(i32, i32)> = sqlx::query_as(
-        "UPDATE calls SET state = CASE WHEN attempt <= 1 THEN 'queued' ELSE 'retry_wait' END, \
-                attempt = attempt - 1, \
-                transient_failures = transient_failures + $2, \
-                rate_limited = rate_limited + $3, \
-                error_detail = coalesce($4, error_detail), updated_at = now() \
-         WHERE id = $1 AND state = 'dialing' \
-         RETURNING transient_failures, rate_limited",
-    )
-    .bind(job.call_id)
-    .bind(transient)
-    .bind(rate_limited)
-    .bind(detail)
-    .fetch_optional(&deps.pool)
-    .await?;
-    let (t, r) = counts.unwrap_or((0, 0));
-    let n = if rate_limited > 0 { r } else { t };
-    Ok(u32::try_from(n).unwrap_or(0))
+/// Gives a claimed call back; see `calls::release`.
+async fn release(deps: &Deps, job: &CallJob, count: Option<Count<'_>>) -> Result<u32, sqlx::Error> {
+    calls::release(&deps.pool, job.call_id, count).await
 }
 
 async fn finish_failed(deps: &Deps, job: &CallJob, code: &str, detail: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE calls SET state = 'failed', error_code = $2, error_detail = $3, ended_at = now(), \
-                updated_at = now() \
-         WHERE id = $1 AND call_state_rank(state) < 5",
-    )
-    .bind(job.call_id)
-    .bind(code)
-    .bind(detail)
-    .execute(&deps.pool)
-    .await?;
-    Ok(())
+    calls::record_failed(&deps.pool, job.call_id, Failing::Claimed, code, detail).await
 }
 
 /// A call that cannot be placed for a reason of configuration: failed
@@ -577,15 +483,6 @@ async fn fail_unclaimed(
     detail: &str,
 ) -> Result<Outcome, ProcessError> {
     warn!(%code, %detail, "call cannot be placed");
-    sqlx::query(
-        "UPDATE calls SET state = 'failed', error_code = $2, error_detail = $3, ended_at = now(), \
-                updated_at = now() \
-         WHERE id = $1 AND state IN ('queued', 'retry_wait')",
-    )
-    .bind(job.call_id)
-    .bind(code)
-    .bind(detail)
-    .execute(&deps.pool)
-    .await?;
+    calls::record_failed(&deps.pool, job.call_id, Failing::Waiting, code, detail).await?;
     Ok(Outcome::Ack)
 }

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use tocsin_core::calls;
 use tocsin_core::config::VonageCredentials;
 use tocsin_core::limiter::{Limiter, RedisLimiter};
 use tocsin_core::provider::{Provider, VoiceProvider};
 use tocsin_core::queue::DelayTier;
 use tocsin_core::testing::{self, TestDb};
-use tocsin_core::{CallJob, CampaignId, PhoneNumber, vonage};
+use tocsin_core::{CallJob, CallState, CampaignId, PhoneNumber, vonage};
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -59,12 +60,18 @@ async fn harness(settings: Settings) -> Harness {
 
 impl Harness {
     async fn job(&self, number: &str) -> CallJob {
+        self.job_in_zone(number, None).await
+    }
+
+    /// A contact with its own time zone (as a list's time zone column gives).
+    async fn job_in_zone(&self, number: &str, zone: Option<&str>) -> CallJob {
         let to = PhoneNumber::from_e164(number).unwrap();
         let job = CallJob::new(self.campaign, to, 1);
-        sqlx::query("INSERT INTO calls (id, campaign_id, number) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO calls (id, campaign_id, number, timezone) VALUES ($1, $2, $3, $4)")
             .bind(job.call_id)
             .bind(self.campaign)
             .bind(number)
+            .bind(zone)
             .execute(&self.db.pool)
             .await
             .unwrap();
@@ -219,11 +226,7 @@ async fn an_interrupted_dial_is_redialled_only_when_the_provider_has_no_call() {
     let h = harness(Settings { dialing_lease: Duration::ZERO, ..Settings::default() }).await;
     let job = h.job("+14155550006").await;
     // A worker claimed the call and died before recording anything.
-    sqlx::query("UPDATE calls SET state = 'dialing', attempt = 1, dialing_at = now() WHERE id = $1")
-        .bind(job.call_id)
-        .execute(&h.db.pool)
-        .await
-        .unwrap();
+    calls::stage(&h.db.pool, &[job.call_id], CallState::Dialing).await.unwrap();
     Mock::given(method("GET"))
         .and(path("/v1/calls"))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
@@ -245,11 +248,7 @@ async fn an_interrupted_dial_is_redialled_only_when_the_provider_has_no_call() {
 async fn an_interrupted_dial_becomes_unknown_when_the_provider_cannot_be_asked() {
     let h = harness(Settings { dialing_lease: Duration::ZERO, ..Settings::default() }).await;
     let job = h.job("+14155550007").await;
-    sqlx::query("UPDATE calls SET state = 'dialing', attempt = 1, dialing_at = now() WHERE id = $1")
-        .bind(job.call_id)
-        .execute(&h.db.pool)
-        .await
-        .unwrap();
+    calls::stage(&h.db.pool, &[job.call_id], CallState::Dialing).await.unwrap();
     Mock::given(method("GET"))
         .and(path("/v1/calls"))
         .respond_with(ResponseTemplate::new(500))
@@ -265,11 +264,7 @@ async fn an_interrupted_dial_becomes_unknown_when_the_provider_cannot_be_asked()
 async fn a_call_dialing_elsewhere_within_its_lease_is_left_alone() {
     let h = harness(Settings::default()).await;
     let job = h.job("+14155550008").await;
-    sqlx::query("UPDATE calls SET state = 'dialing', attempt = 1, dialing_at = now() WHERE id = $1")
-        .bind(job.call_id)
-        .execute(&h.db.pool)
-        .await
-        .unwrap();
+    calls::stage(&h.db.pool, &[job.call_id], CallState::Dialing).await.unwrap();
     h.mock_create(created("never"), 0).await;
     assert!(matches!(process(&h.deps, &job).await.unwrap(), Outcome::Delay(_)));
     assert_eq!(h.row(&job).await.0, "dialing");
@@ -311,17 +306,34 @@ async fn a_contacts_own_time_zone_decides_its_calling_window() {
     .await
     .unwrap();
     // …but closed for a contact twelve hours away.
-    let far = h.job("+14155550021").await;
-    sqlx::query("UPDATE calls SET timezone = 'Etc/GMT-12' WHERE id = $1")
-        .bind(far.call_id)
-        .execute(&h.db.pool)
-        .await
-        .unwrap();
+    let far = h.job_in_zone("+14155550021", Some("Etc/GMT-12")).await;
     assert!(matches!(process(&h.deps, &far).await.unwrap(), Outcome::Delay(_)));
     assert_eq!(h.row(&far).await.0, "queued");
     let near = h.job("+14155550022").await;
     assert_eq!(process(&h.deps, &near).await.unwrap(), Outcome::Ack);
     assert_eq!(h.row(&near).await.0, "placed");
+    h.mock.verify().await;
+}
+
+#[tokio::test]
+async fn a_contact_whose_own_window_is_open_is_called_while_the_campaigns_is_closed() {
+    let h = harness(Settings { campaign_ttl: Duration::ZERO, ..Settings::default() }).await;
+    h.mock_create(created("uuid-own-window"), 1).await;
+    // The window is closed now in UTC (the campaign's zone)…
+    sqlx::query(
+        "UPDATE campaigns SET timezone = 'UTC', \
+         window_start = (now() AT TIME ZONE 'Etc/GMT-12')::time - interval '1 hour', \
+         window_end = (now() AT TIME ZONE 'Etc/GMT-12')::time + interval '1 hour' WHERE id = $1",
+    )
+    .bind(h.campaign)
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    // …but open for a contact twelve hours away: the last check before the
+    // slot must use the contact's zone too, or the job loops forever.
+    let far = h.job_in_zone("+14155550023", Some("Etc/GMT-12")).await;
+    assert_eq!(process(&h.deps, &far).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&far).await.0, "placed");
     h.mock.verify().await;
 }
 

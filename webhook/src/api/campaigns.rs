@@ -438,6 +438,31 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
             })
         })
         .collect();
+    if report.new_contacts + report.already_enqueued == 0 {
+        // Nothing could be enqueued: the campaign was not created (or not
+        // extended). Say why, contact by contact, as the CLI does with exit 3.
+        let named: Vec<String> = rejected
+            .iter()
+            .take(20)
+            .map(|r| match (r.get("index"), r.get("line")) {
+                (Some(i), _) => format!("{field}[{i}]: {}", r["detail"].as_str().unwrap_or_default()),
+                (None, l) => format!(
+                    "line {}: {}",
+                    l.unwrap_or(&Value::Null),
+                    r["detail"].as_str().unwrap_or_default()
+                ),
+            })
+            .collect();
+        let more = rejected.len().saturating_sub(named.len());
+        let more = if more > 0 { format!("; … and {more} more") } else { String::new() };
+        let message = if named.is_empty() {
+            format!("{field}: no contacts")
+        } else {
+            format!("every contact was rejected, nothing was created: {}{more}", named.join("; "))
+        };
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "contacts_rejected", message)
+            .with("rejected", Value::Array(rejected)));
+    }
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     let campaign = campaign_json(&state.pool, &name).await?;
     Ok((

@@ -1,0 +1,493 @@
+//! A call's state, owned once: every write to `calls` after the producer
+//! inserts the rows goes through this module — the worker's claim, release
+//! and create-call results, the webhook's batches of provider events, the
+//! redial policy, and the operator's cancel and do-not-call skips.
+//!
+//! The forward-only rule is `CallState::advance` in Rust and the SQL
+//! function `call_state_advance` (migrations); every statement here that
+//! moves a call on a report uses the SQL one, `fold` uses the Rust one, and
+//! `core/tests/calls.rs` proves they agree for every pair of states. State
+//! names appear as literals only here and in `state.rs`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor, PgPool};
+
+use crate::job::JOB_VERSION;
+use crate::provider::Provider;
+use crate::queue::DelayTier;
+use crate::{CallId, CallJob, CallState, CampaignId, PhoneNumber};
+
+fn attempt_i32(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
+}
+
+// ---------------------------------------------------------------------------
+// The worker's side: claim, release, and the create-call result.
+// ---------------------------------------------------------------------------
+
+/// Claims the call for `attempt`: one conditional UPDATE, so of all the
+/// workers holding a copy of the job exactly one proceeds to dial. Clears
+/// what an earlier attempt recorded.
+pub async fn claim(
+    pool: &PgPool,
+    call: CallId,
+    attempt: u32,
+    provider: Provider,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "UPDATE calls SET state = 'dialing', attempt = $2, provider = $3, dialing_at = now(), \
+                updated_at = now(), provider_call_id = NULL, placed_at = NULL, answered_at = NULL, \
+                ended_at = NULL, answered_by = NULL, duration_secs = NULL, error_code = NULL, \
+                error_detail = NULL \
+         WHERE id = $1 AND state IN ('queued', 'retry_wait') AND attempt < $2",
+    )
+    .bind(call)
+    .bind(attempt_i32(attempt))
+    .bind(provider.as_str())
+    .execute(pool)
+    .await?;
+    Ok(claimed.rows_affected() == 1)
+}
+
+/// Where a call stands, as a worker whose claim failed needs to know.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    pub state: CallState,
+    pub attempt: u32,
+    pub dialing_at: Option<DateTime<Utc>>,
+    /// The database's clock when read (the lease is measured on it).
+    pub now: DateTime<Utc>,
+}
+
+impl Standing {
+    /// How long the call has been `dialing` by the database's clock.
+    pub fn dialing_for(&self) -> Duration {
+        (self.now - self.dialing_at.unwrap_or(self.now)).to_std().unwrap_or_default()
+    }
+}
+
+/// The call's state, attempt and dialing time; `None` when it no longer exists.
+pub async fn standing(pool: &PgPool, call: CallId) -> Result<Option<Standing>, sqlx::Error> {
+    type Row = (String, i32, Option<DateTime<Utc>>, DateTime<Utc>);
+    let row: Option<Row> =
+        sqlx::query_as("SELECT state, attempt, dialing_at, now() FROM calls WHERE id = $1")
+            .bind(call)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(state, attempt, dialing_at, now)| Standing {
+        // The column's CHECK lists exactly `CallState::ALL`.
+        state: state.parse().unwrap_or(CallState::Unknown),
+        attempt: u32::try_from(attempt).unwrap_or(0),
+        dialing_at,
+        now,
+    }))
+}
+
+/// The contact's own IANA time zone, if its list gave one.
+pub async fn contact_timezone(pool: &PgPool, call: CallId) -> Result<Option<String>, sqlx::Error> {
+    let zone: Option<Option<String>> = sqlx::query_scalar("SELECT timezone FROM calls WHERE id = $1")
+        .bind(call)
+        .fetch_optional(pool)
+        .await?;
+    Ok(zone.flatten())
+}
+
+/// What a released claim counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Count<'a> {
+    /// The provider answered 429: not an attempt.
+    RateLimited,
+    /// A 5xx or connection error, with its detail.
+    Transient(&'a str),
+}
+
+/// Gives a claimed call back (the attempt did not happen) and returns the
+/// updated count of the given kind (0 when nothing is counted).
+pub async fn release(pool: &PgPool, call: CallId, count: Option<Count<'_>>) -> Result<u32, sqlx::Error> {
+    let (transient, rate_limited, detail) = match count {
+        None => (0, 0, None),
+        Some(Count::RateLimited) => (0, 1, None),
+        Some(Count::Transient(d)) => (1, 0, Some(d)),
+    };
+    let counts: Option<(i32, i32)> = sqlx::query_as(
+        "UPDATE calls SET state = CASE WHEN attempt <= 1 THEN 'queued' ELSE 'retry_wait' END, \
+                attempt = attempt - 1, \
+                transient_failures = transient_failures + $2, \
+                rate_limited = rate_limited + $3, \
+                error_detail = coalesce($4, error_detail), updated_at = now() \
+         WHERE id = $1 AND state = 'dialing' \
+         RETURNING transient_failures, rate_limited",
+    )
+    .bind(call)
+    .bind(transient)
+    .bind(rate_limited)
+    .bind(detail)
+    .fetch_optional(pool)
+    .await?;
+    let (t, r) = counts.unwrap_or((0, 0));
+    let n = if rate_limited > 0 { r } else { t };
+    Ok(u32::try_from(n).unwrap_or(0))
+}
+
+/// The provider has the call (its create-call answer, or found when
+/// reconciling): record its id and move to `placed` unless an event has
+/// already moved the call further.
+pub async fn record_placed(pool: &PgPool, call: CallId, provider_call_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calls SET provider_call_id = coalesce(provider_call_id, $2), \
+                placed_at = coalesce(placed_at, now()), updated_at = now(), \
+                error_code = NULL, error_detail = NULL, \
+                state = call_state_advance(state, answered_at IS NOT NULL, 'placed', false) \
+         WHERE id = $1",
+    )
+    .bind(call)
+    .bind(provider_call_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The create-call answer was lost: the call stays `dialing` (it may
+/// exist) with the reason, until reconciliation after the lease.
+pub async fn record_ambiguous(pool: &PgPool, call: CallId, detail: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calls SET error_code = 'ambiguous', error_detail = $2, updated_at = now() \
+         WHERE id = $1 AND state = 'dialing'",
+    )
+    .bind(call)
+    .bind(detail)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Interrupted while dialing and the provider cannot say whether the call
+/// exists: `unknown`, for the operator (never dialled again blind).
+pub async fn record_unknown(
+    pool: &PgPool,
+    call: CallId,
+    attempt: u32,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calls SET state = 'unknown', error_code = 'interrupted', error_detail = $3, \
+                ended_at = now(), updated_at = now() \
+         WHERE id = $1 AND state = 'dialing' AND attempt = $2",
+    )
+    .bind(call)
+    .bind(attempt_i32(attempt))
+    .bind(detail)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Which calls `record_failed` may fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failing {
+    /// A call this worker claimed (any state not yet final).
+    Claimed,
+    /// A call not yet claimed, failed for a reason of configuration.
+    Waiting,
+}
+
+/// Ends the call `failed` with the provider's (or our) code and detail.
+pub async fn record_failed(
+    pool: &PgPool,
+    call: CallId,
+    which: Failing,
+    code: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    let query = match which {
+        Failing::Claimed => {
+            "UPDATE calls SET state = 'failed', error_code = $2, error_detail = $3, ended_at = now(), \
+                    updated_at = now() \
+             WHERE id = $1 AND NOT call_state_terminal(state)"
+        }
+        Failing::Waiting => {
+            "UPDATE calls SET state = 'failed', error_code = $2, error_detail = $3, ended_at = now(), \
+                    updated_at = now() \
+             WHERE id = $1 AND state IN ('queued', 'retry_wait')"
+        }
+    };
+    sqlx::query(query).bind(call).bind(code).bind(detail).execute(pool).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The operator's side: cancel and do-not-call.
+// ---------------------------------------------------------------------------
+
+/// Cancels one waiting call (its campaign was cancelled); a call being
+/// dialled or in progress is left to finish.
+pub async fn cancel_waiting(pool: &PgPool, call: CallId) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calls SET state = 'cancelled', ended_at = now(), updated_at = now() \
+         WHERE id = $1 AND state IN ('queued', 'retry_wait')",
+    )
+    .bind(call)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Cancels every waiting call of a campaign; returns how many.
+pub async fn cancel_campaign_waiting(
+    db: impl PgExecutor<'_>,
+    campaign: CampaignId,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE calls SET state = 'cancelled', ended_at = now(), updated_at = now() \
+         WHERE campaign_id = $1 AND state IN ('queued', 'retry_wait')",
+    )
+    .bind(campaign)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Skips every waiting call, in any campaign, to these numbers (they were
+/// put on the do-not-call list); returns how many. Calls being dialled finish.
+pub async fn skip_do_not_call(db: impl PgExecutor<'_>, numbers: &[String]) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE calls SET state = 'skipped', error_code = 'do_not_call', \
+         error_detail = 'on the do-not-call list', ended_at = now(), updated_at = now() \
+         WHERE number = ANY($1) AND state IN ('queued', 'retry_wait')",
+    )
+    .bind(numbers)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Sets calls to `state` without any rule: for tests and benchmarks that
+/// stage calls in a given state. No service calls it.
+pub async fn stage(db: impl PgExecutor<'_>, calls: &[CallId], state: CallState) -> Result<u64, sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = calls.iter().map(|c| c.0).collect();
+    let done = sqlx::query(
+        "UPDATE calls SET state = $2, updated_at = now(), \
+                dialing_at = CASE WHEN $2 = 'dialing' THEN now() ELSE dialing_at END, \
+                attempt = CASE WHEN $2 = 'dialing' THEN greatest(attempt, 1) ELSE attempt END \
+         WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .bind(state.as_str())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+// ---------------------------------------------------------------------------
+// The webhook's side: provider events, folded and applied per batch.
+// ---------------------------------------------------------------------------
+
+/// What one provider event says about its call, in every provider's terms.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub call_id: Option<CallId>,
+    /// The attempt named in the event URL, when the provider echoes it.
+    pub attempt: Option<i32>,
+    /// The call state the provider's status maps to, if any.
+    pub state: Option<CallState>,
+    pub provider_call_id: Option<String>,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub duration_secs: Option<i32>,
+    pub price: Option<f64>,
+    /// `human` or `machine`, from answering-machine detection.
+    pub answered_by: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Everything a batch of events does to one call.
+#[derive(Debug)]
+pub struct CallUpdate {
+    pub call_id: CallId,
+    pub attempt: Option<i32>,
+    pub state: Option<CallState>,
+    pub provider_call_id: Option<String>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub duration_secs: Option<i32>,
+    pub price: Option<f64>,
+    pub answered_by: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Folds a batch's events into one update per call, in event order, with
+/// the forward-only rule (`CallState::advance`); the SQL applies the same
+/// rule against the stored state.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<CallUpdate> {
+    let mut by_call: BTreeMap<uuid::Uuid, Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        if let Some(id) = e.call_id {
+            by_call.entry(id.0).or_default().push(e);
+        }
+    }
+    let mut out = Vec::with_capacity(by_call.len());
+    for (id, mut evs) in by_call {
+        // Only the newest attempt in the batch counts.
+        let attempt = evs.iter().filter_map(|e| e.attempt).max();
+        evs.retain(|e| e.attempt.is_none() || e.attempt == attempt);
+        evs.sort_by_key(|e| e.occurred_at);
+        let mut u = CallUpdate {
+            call_id: CallId(id),
+            attempt,
+            state: None,
+            provider_call_id: None,
+            answered_at: None,
+            ended_at: None,
+            duration_secs: None,
+            price: None,
+            answered_by: None,
+            detail: None,
+        };
+        for e in evs {
+            let now = e.occurred_at.unwrap_or_else(Utc::now);
+            if let Some(s) = e.state {
+                let answered = u.answered_at.is_some() || s == CallState::Answered;
+                u.state = Some(u.state.map_or(s, |cur| cur.advance(s, answered)));
+                if s == CallState::Answered && u.answered_at.is_none() {
+                    u.answered_at = Some(now);
+                }
+                if s.is_terminal() && u.ended_at.is_none() {
+                    u.ended_at = Some(now);
+                }
+            }
+            u.provider_call_id = u.provider_call_id.take().or_else(|| e.provider_call_id.clone());
+            u.duration_secs = e.duration_secs.or(u.duration_secs);
+            u.price = e.price.or(u.price);
+            u.answered_by = e.answered_by.clone().or(u.answered_by.take());
+            u.detail = e.detail.clone().or(u.detail.take());
+        }
+        out.push(u);
+    }
+    out
+}
+
+/// Applies a batch's events to their calls inside the caller's transaction
+/// and, when `schedule_redials`, moves the calls the redial policy picks to
+/// `retry_wait` and returns their next jobs by delay tier (for the caller to
+/// publish before it commits).
+pub async fn apply_events(
+    tx: &mut PgConnection,
+    events: &[&Event],
+    schedule_redials: bool,
+) -> Result<Vec<(DelayTier, Vec<CallJob>)>, sqlx::Error> {
+    let updates = fold(events.iter().copied());
+    if updates.is_empty() {
+        return Ok(Vec::new());
+    }
+    apply(tx, &updates).await?;
+    let candidates: Vec<uuid::Uuid> = updates
+        .iter()
+        .filter(|u| redial::wanted(u.state, u.detail.as_deref()))
+        .map(|u| u.call_id.0)
+        .collect();
+    if !schedule_redials || candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    redial::schedule(tx, &candidates).await
+}
+
+/// One UPDATE for the whole batch; rows are visited in call-id order, so
+/// concurrent batches lock rows in the same order and cannot deadlock.
+async fn apply(tx: &mut PgConnection, updates: &[CallUpdate]) -> Result<(), sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = updates.iter().map(|u| u.call_id.0).collect();
+    let attempts: Vec<Option<i32>> = updates.iter().map(|u| u.attempt).collect();
+    let states: Vec<Option<&str>> = updates.iter().map(|u| u.state.map(CallState::as_str)).collect();
+    let pcids: Vec<Option<&str>> = updates.iter().map(|u| u.provider_call_id.as_deref()).collect();
+    let answered: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.answered_at).collect();
+    let ended: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.ended_at).collect();
+    let durations: Vec<Option<i32>> = updates.iter().map(|u| u.duration_secs).collect();
+    let prices: Vec<Option<f64>> = updates.iter().map(|u| u.price).collect();
+    let by: Vec<Option<&str>> = updates.iter().map(|u| u.answered_by.as_deref()).collect();
+    let details: Vec<Option<&str>> = updates.iter().map(|u| u.detail.as_deref()).collect();
+    sqlx::query(
+        "UPDATE calls k SET \
+            state = call_state_advance(k.state, k.answered_at IS NOT NULL, u.state, u.answered_at IS NOT NULL), \
+            provider_call_id = coalesce(k.provider_call_id, u.pcid), \
+            answered_at = coalesce(k.answered_at, u.answered_at), \
+            ended_at = CASE WHEN call_state_terminal(u.state) THEN coalesce(k.ended_at, u.ended_at) \
+                            ELSE k.ended_at END, \
+            duration_secs = coalesce(u.duration, k.duration_secs), \
+            price = CASE WHEN u.price IS NULL THEN k.price ELSE coalesce(k.price, 0) + u.price::numeric END, \
+            answered_by = coalesce(u.answered_by, k.answered_by), \
+            error_detail = CASE WHEN u.state IN ('failed', 'rejected') THEN coalesce(u.detail, k.error_detail) \
+                                ELSE k.error_detail END, \
+            updated_at = now() \
+         FROM (SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::timestamptz[], \
+                                    $6::timestamptz[], $7::int4[], $8::float8[], $9::text[], $10::text[]) \
+               AS t(id, attempt, state, pcid, answered_at, ended_at, duration, price, answered_by, detail) \
+               ORDER BY id) AS u \
+         WHERE k.id = u.id AND k.state <> 'retry_wait' AND (u.attempt IS NULL OR u.attempt = k.attempt)",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&states)
+    .bind(&pcids)
+    .bind(&answered)
+    .bind(&ended)
+    .bind(&durations)
+    .bind(&prices)
+    .bind(&by)
+    .bind(&details)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The redial policy: which outcomes are dialled again, how many times and
+/// after how long. The campaign decides the attempts and the delay; the
+/// worker's create-call retries (429, 5xx) are not redials.
+pub mod redial {
+    use super::*;
+
+    /// Failure details of a provider `failed` event that make a redial worthwhile.
+    pub const TRANSIENT_FAILURES: [&str; 5] =
+        ["internal_error", "carrier_timeout", "unavailable", "network_error", "timeout"];
+
+    /// Whether a call that ended in `state` (with the provider's `detail`)
+    /// is worth another attempt, if its campaign allows one.
+    pub fn wanted(state: Option<CallState>, detail: Option<&str>) -> bool {
+        match state {
+            Some(CallState::Busy | CallState::NoAnswer) => true,
+            Some(CallState::Failed) => detail.is_some_and(|d| TRANSIENT_FAILURES.contains(&d)),
+            _ => false,
+        }
+    }
+
+    /// Moves the candidates whose campaign is active and allows another
+    /// attempt to `retry_wait`, and returns their next jobs grouped by the
+    /// delay tier nearest the campaign's retry delay.
+    pub(super) async fn schedule(
+        tx: &mut PgConnection,
+        candidates: &[uuid::Uuid],
+    ) -> Result<Vec<(DelayTier, Vec<CallJob>)>, sqlx::Error> {
+        let rows: Vec<(CallId, CampaignId, String, i32, i32)> = sqlx::query_as(
+            "UPDATE calls k SET state = 'retry_wait', updated_at = now() \
+             FROM campaigns c \
+             WHERE k.id = ANY($1) AND c.id = k.campaign_id AND c.status = 'active' \
+               AND k.attempt < c.max_attempts \
+               AND (k.state IN ('busy', 'no_answer') \
+                    OR (k.state = 'failed' AND k.error_detail = ANY($2))) \
+             RETURNING k.id, k.campaign_id, k.number, k.attempt, c.retry_delay_secs",
+        )
+        .bind(candidates)
+        .bind(TRANSIENT_FAILURES.as_slice())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut by_tier: HashMap<&'static str, (DelayTier, Vec<CallJob>)> = HashMap::new();
+        for (call_id, campaign_id, number, attempt, delay) in rows {
+            let Ok(to) = PhoneNumber::from_e164(&number) else { continue };
+            let next = u32::try_from(attempt).unwrap_or(0) + 1;
+            let job = CallJob { v: JOB_VERSION, call_id, campaign_id, to, attempt: next };
+            let tier = DelayTier::nearest(Duration::from_secs(u64::try_from(delay).unwrap_or(0)));
+            by_tier.entry(tier.name()).or_insert_with(|| (tier, Vec::new())).1.push(job);
+        }
+        Ok(by_tier.into_values().collect())
+    }
+}
