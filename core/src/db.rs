@@ -7,6 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+use crate::campaign::Campaign;
 use crate::{CallId, CampaignId};
 
 /// The schema, from `migrations/`, compiled into every binary.
@@ -29,27 +30,6 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool,
 /// sqlx's advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
-}
-
-/// A campaign as workers and the webhook read it.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct Campaign {
-    pub id: CampaignId,
-    pub name: String,
-    pub message: String,
-    pub language: String,
-    pub provider: String,
-    pub from_number: String,
-    pub status: String,
-    pub repeat: i32,
-    pub max_attempts: i32,
-    pub retry_delay_secs: i32,
-    pub voice: Option<String>,
-    pub machine_detection: bool,
-    pub start_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub window_start: Option<chrono::NaiveTime>,
-    pub window_end: Option<chrono::NaiveTime>,
-    pub timezone: String,
 }
 
 /// `SELECT <every Campaign column> FROM campaigns c <rest>`, as a static

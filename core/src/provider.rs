@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use crate::{CallId, PhoneNumber};
 
-/// The voice providers Tocsin can place calls through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The voice providers Tocsin can place calls through (also a command-line
+/// value: `--provider twilio`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Provider {
     Vonage,
     Twilio,

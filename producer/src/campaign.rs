@@ -3,81 +3,16 @@
 //! every job, so a change here applies to jobs already queued.
 
 use anyhow::Context;
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use tocsin_core::db::{self, Campaign};
+use tocsin_core::campaign::{Campaign, CampaignStatus, Changes, FieldError, Settings, check_name};
+use tocsin_core::db;
 use tocsin_core::provider::Provider;
 use tocsin_core::{CampaignId, PhoneNumber};
 
 use crate::Fatal;
 use crate::config::EnqueueArgs;
-
-/// Every setting of a campaign row that `enqueue` controls.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub message: String,
-    pub language: String,
-    pub voice: Option<String>,
-    pub provider: String,
-    pub from_number: String,
-    pub repeat: i32,
-    pub max_attempts: i32,
-    pub retry_delay_secs: i32,
-    pub machine_detection: bool,
-    pub start_at: Option<DateTime<Utc>>,
-    pub window_start: Option<NaiveTime>,
-    pub window_end: Option<NaiveTime>,
-    pub timezone: String,
-}
-
-impl Settings {
-    fn of(c: &Campaign) -> Self {
-        Self {
-            message: c.message.clone(),
-            language: c.language.clone(),
-            voice: c.voice.clone(),
-            provider: c.provider.clone(),
-            from_number: c.from_number.clone(),
-            repeat: c.repeat,
-            max_attempts: c.max_attempts,
-            retry_delay_secs: c.retry_delay_secs,
-            machine_detection: c.machine_detection,
-            start_at: c.start_at,
-            window_start: c.window_start,
-            window_end: c.window_end,
-            timezone: c.timezone.clone(),
-        }
-    }
-
-    /// Human-readable differences from `old`, message excluded.
-    fn changes_from(&self, old: &Settings) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut diff = |name: &str, a: String, b: String| {
-            if a != b {
-                out.push(format!("{name}: {a} → {b}"));
-            }
-        };
-        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(default)".into());
-        let time = |t: Option<DateTime<Utc>>| t.map_or("(none)".into(), |t| t.to_rfc3339());
-        let window = |s: &Settings| match (s.window_start, s.window_end) {
-            (Some(a), Some(b)) => format!("{}-{}", a.format("%H:%M"), b.format("%H:%M")),
-            _ => "(any time)".into(),
-        };
-        diff("provider", old.provider.clone(), self.provider.clone());
-        diff("from", old.from_number.clone(), self.from_number.clone());
-        diff("language", old.language.clone(), self.language.clone());
-        diff("voice", opt(&old.voice), opt(&self.voice));
-        diff("repeat", old.repeat.to_string(), self.repeat.to_string());
-        diff("max attempts", old.max_attempts.to_string(), self.max_attempts.to_string());
-        diff("retry delay", format!("{}s", old.retry_delay_secs), format!("{}s", self.retry_delay_secs));
-        diff("machine detection", old.machine_detection.to_string(), self.machine_detection.to_string());
-        diff("start at", time(old.start_at), time(self.start_at));
-        diff("window", window(old), window(self));
-        diff("time zone", old.timezone.clone(), self.timezone.clone());
-        out
-    }
-}
 
 /// The campaign an enqueue run writes to, checked against any existing row.
 #[derive(Clone, Debug)]
@@ -89,39 +24,64 @@ pub struct Prepared {
     pub exists: bool,
     /// The existing row's settings differ and the user allowed the change.
     pub update: bool,
-    pub status: String,
+    pub status: CampaignStatus,
     /// What this run changes, for the report.
     pub changes: Vec<String>,
 }
 
+/// Whether `name` can name a campaign or a saved list (the rule is the
+/// campaign type's).
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 200
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    check_name("name", name).is_ok()
 }
 
 fn usage(msg: String) -> anyhow::Error {
     Fatal::Usage(msg).into()
 }
 
-/// Reads the message from `--message` or `--message-file`.
+/// Every bad setting at once, each named by its flag.
+fn bad_flags(errors: Vec<FieldError>) -> anyhow::Error {
+    usage(errors.iter().map(FieldError::as_flag).collect::<Vec<_>>().join("; "))
+}
+
+/// Reads the message from `--message` or `--message-file` (checked with
+/// the other settings).
 pub fn message(args: &EnqueueArgs) -> anyhow::Result<String> {
-    let text = match (&args.message, &args.message_file) {
-        (Some(m), _) => m.clone(),
+    match (&args.message, &args.message_file) {
+        (Some(m), _) => Ok(m.clone()),
         (None, Some(path)) => {
             let bytes = std::fs::read(path)
                 .map_err(|e| usage(format!("--message-file {}: cannot read: {e}", path.display())))?;
             String::from_utf8(bytes)
-                .map_err(|_| usage(format!("--message-file {}: not valid UTF-8 text", path.display())))?
+                .map_err(|_| usage(format!("--message-file {}: not valid UTF-8 text", path.display())))
         }
-        (None, None) => return Err(usage("give the message with --message or --message-file".into())),
-    };
-    let text = text.trim().to_owned();
-    let chars = text.chars().count();
-    if chars == 0 || chars > 1500 {
-        return Err(usage(format!("the message must be 1 to 1500 characters (it is {chars})")));
+        (None, None) => Err(usage("give the message with --message or --message-file".into())),
     }
-    Ok(text)
+}
+
+/// The settings the arguments ask for; `None` fields keep what is there.
+fn requested(args: &EnqueueArgs) -> anyhow::Result<Changes> {
+    let from = match &args.from {
+        Some(f) => Some(
+            PhoneNumber::parse(f, None)
+                .map_err(|e| usage(format!("--from {f:?}: {e} (write it as +CC..., e.g. +14155550100)")))?,
+        ),
+        None => None,
+    };
+    Ok(Changes {
+        message: Some(message(args)?),
+        language: args.language.clone(),
+        voice: args.voice.clone(),
+        provider: args.provider,
+        from,
+        repeat: args.repeat,
+        max_attempts: args.max_attempts,
+        retry_delay_secs: args.retry_delay.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        machine_detection: args.machine_detection,
+        start_at: args.start_at,
+        window: args.window,
+        timezone: args.timezone,
+    })
 }
 
 /// Works out the campaign's settings from the arguments and any existing
@@ -132,101 +92,34 @@ pub async fn prepare(
     configured: &[Provider],
     has_timezone_column: bool,
 ) -> anyhow::Result<Prepared> {
-    if !valid_name(&args.campaign) {
-        return Err(usage(format!(
-            "campaign name {:?} must be 1-200 letters, digits, '-', '_' or '.'",
-            args.campaign
-        )));
-    }
-    let message = message(args)?;
-    let from = match &args.from {
-        Some(f) => Some(
-            PhoneNumber::parse(f, None)
-                .map_err(|e| usage(format!("--from {f:?}: {e} (write it as +CC..., e.g. +14155550100)")))?,
-        ),
-        None => None,
-    };
+    check_name("name", &args.campaign)
+        .map_err(|e| usage(format!("campaign name {:?} {}", args.campaign, e.message)))?;
+    let requested = requested(args)?;
     if let Some(region) = &args.default_region
         && let Err(e @ tocsin_core::phone::PhoneNumberError::UnknownRegion(_)) =
             PhoneNumber::parse("+14155552671", Some(region))
     {
         return Err(usage(format!("--default-region: {e}")));
     }
-    let retry_delay_secs = match args.retry_delay {
-        Some(d) => Some(i32::try_from(d.as_secs()).map_err(|_| usage("--retry-delay is too long".into()))?),
-        None => None,
-    };
 
     let id = CampaignId::from_name(&args.campaign);
     let existing = db::campaign(pool, id).await.context("reading the campaign")?;
-    let base = match &existing {
-        Some(c) => Settings::of(c),
-        None => Settings {
-            message: message.clone(),
-            language: "en-US".into(),
-            voice: None,
-            provider: "vonage".into(),
-            from_number: String::new(),
-            repeat: 1,
-            max_attempts: 1,
-            retry_delay_secs: 300,
-            machine_detection: false,
-            start_at: None,
-            window_start: None,
-            window_end: None,
-            timezone: "UTC".into(),
-        },
+    let s = match &existing {
+        Some(c) => c.settings.apply(requested).map_err(bad_flags)?,
+        None => Settings::new(requested).map_err(bad_flags)?,
     };
-    let mut s = base.clone();
-    s.message = message;
-    if let Some(v) = &args.language {
-        s.language = v.clone();
-    }
-    if let Some(v) = &args.voice {
-        s.voice = Some(v.clone());
-    }
-    if let Some(v) = args.provider {
-        s.provider = v.as_str().into();
-    }
-    if let Some(f) = &from {
-        s.from_number = f.as_str().into();
-    }
-    if let Some(v) = args.repeat {
-        s.repeat = v;
-    }
-    if let Some(v) = args.max_attempts {
-        s.max_attempts = v;
-    }
-    if let Some(v) = retry_delay_secs {
-        s.retry_delay_secs = v;
-    }
-    if let Some(v) = args.machine_detection {
-        s.machine_detection = v;
-    }
-    if let Some(v) = args.start_at {
-        s.start_at = Some(v.with_timezone(&Utc));
-    }
-    if let Some(w) = args.window {
-        s.window_start = Some(w.start);
-        s.window_end = Some(w.end);
-    }
-    if let Some(tz) = args.timezone {
-        s.timezone = tz.name().into();
-    }
-
-    if s.from_number.is_empty() {
-        return Err(usage(
-            "--from is required for a new campaign: the caller id, in E.164 form (e.g. +14155550100)".into(),
-        ));
-    }
-    if args.window.is_some() && args.timezone.is_none() && !has_timezone_column && s.timezone == "UTC" {
+    if args.window.is_some()
+        && args.timezone.is_none()
+        && !has_timezone_column
+        && s.timezone == chrono_tz::UTC
+    {
         return Err(usage(
             "--window is local time: give --timezone (e.g. --timezone America/New_York) or a time zone \
              column in the contact list, so nobody is called at night"
                 .into(),
         ));
     }
-    let provider: Provider = s.provider.parse().map_err(|e| usage(format!("{e}")))?;
+    let provider = s.provider;
     if !configured.contains(&provider) {
         let variable = match provider {
             Provider::Vonage => "TOCSIN_VONAGE_APPLICATION_ID",
@@ -251,17 +144,18 @@ pub async fn prepare(
             settings: s,
             exists: false,
             update: false,
-            status: "active".into(),
+            status: CampaignStatus::Active,
             changes: Vec::new(),
         });
     };
-    if existing.status == "cancelled" {
+    if existing.status == CampaignStatus::Cancelled {
         return Err(usage(format!(
             "campaign {:?} was cancelled and takes no new contacts; pick another name, or delete it first \
              (producer delete {} --yes)",
             args.campaign, args.campaign
         )));
     }
+    let base = &existing.settings;
     let mut changes = Vec::new();
     if s.message != base.message {
         if !args.update_message {
@@ -273,7 +167,7 @@ pub async fn prepare(
         }
         changes.push("message".to_owned());
     }
-    let other = s.changes_from(&base);
+    let other = s.changes_from(base);
     if !other.is_empty() && !args.update_settings {
         return Err(usage(format!(
             "campaign {:?} already exists with other settings ({}); pass --update-settings to change them",
@@ -314,16 +208,16 @@ pub async fn write(pool: &PgPool, p: &Prepared) -> anyhow::Result<()> {
         .bind(&s.message)
         .bind(&s.language)
         .bind(&s.voice)
-        .bind(&s.provider)
-        .bind(&s.from_number)
+        .bind(s.provider.as_str())
+        .bind(s.from.as_str())
         .bind(s.repeat)
         .bind(s.max_attempts)
         .bind(s.retry_delay_secs)
         .bind(s.machine_detection)
         .bind(s.start_at)
-        .bind(s.window_start)
-        .bind(s.window_end)
-        .bind(&s.timezone)
+        .bind(s.window.map(|w| w.open))
+        .bind(s.window.map(|w| w.close))
+        .bind(s.timezone.name())
         .execute(pool)
         .await
         .context("writing the campaign")?;
@@ -349,8 +243,9 @@ pub enum Control {
 /// the HTTP API. A cancelled campaign can do neither (a usage error).
 pub async fn set_paused(pool: &PgPool, c: &Campaign, paused: bool) -> anyhow::Result<Control> {
     let name = &c.name;
-    let (wanted, doing) = if paused { ("paused", "pause") } else { ("active", "resume") };
-    if c.status == "cancelled" {
+    let (wanted, doing) =
+        if paused { (CampaignStatus::Paused, "pause") } else { (CampaignStatus::Active, "resume") };
+    if c.status == CampaignStatus::Cancelled {
         return Err(usage(format!("campaign {name:?} is cancelled; it cannot {doing}")));
     }
     if c.status == wanted {
@@ -385,7 +280,7 @@ pub async fn resume(pool: &PgPool, name: &str) -> anyhow::Result<()> {
 
 pub async fn cancel(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> {
     let c = find(pool, name).await?;
-    if c.status == "cancelled" {
+    if c.status == CampaignStatus::Cancelled {
         say!("campaign {name:?} is already cancelled");
         return Ok(());
     }
@@ -406,12 +301,13 @@ pub async fn cancel(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> 
 /// Cancels campaign `c` for good and ends its waiting calls; shared by the
 /// CLI (after its confirmation) and the HTTP API.
 pub async fn cancel_now(pool: &PgPool, c: &Campaign) -> anyhow::Result<Control> {
-    if c.status == "cancelled" {
+    if c.status == CampaignStatus::Cancelled {
         return Ok(Control::Unchanged);
     }
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE campaigns SET status = 'cancelled', updated_at = now() WHERE id = $1")
+    sqlx::query("UPDATE campaigns SET status = $2, updated_at = now() WHERE id = $1")
         .bind(c.id)
+        .bind(CampaignStatus::Cancelled.as_str())
         .execute(&mut *tx)
         .await
         .context("cancelling the campaign")?;
@@ -424,16 +320,16 @@ pub async fn cancel_now(pool: &PgPool, c: &Campaign) -> anyhow::Result<Control> 
     Ok(Control::Changed { cancelled_calls: cancelled })
 }
 
-async fn set_status(pool: &PgPool, c: &Campaign, status: &str) -> anyhow::Result<()> {
+async fn set_status(pool: &PgPool, c: &Campaign, status: CampaignStatus) -> anyhow::Result<()> {
     // Never revive a campaign cancelled in the meantime.
-    let done = sqlx::query(
-        "UPDATE campaigns SET status = $2, updated_at = now() WHERE id = $1 AND status <> 'cancelled'",
-    )
-    .bind(c.id)
-    .bind(status)
-    .execute(pool)
-    .await
-    .context("updating the campaign's status")?;
+    let done =
+        sqlx::query("UPDATE campaigns SET status = $2, updated_at = now() WHERE id = $1 AND status <> $3")
+            .bind(c.id)
+            .bind(status.as_str())
+            .bind(CampaignStatus::Cancelled.as_str())
+            .execute(pool)
+            .await
+            .context("updating the campaign's status")?;
     if done.rows_affected() == 0 {
         return Err(usage(format!("campaign {:?} was cancelled meanwhile", c.name)));
     }

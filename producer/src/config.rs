@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, NaiveTime};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use tocsin_core::config::{AmqpArgs, DatabaseArgs, ProviderArgs, TelemetryArgs, parse_duration};
+use tocsin_core::provider::Provider;
 
 use crate::input::Format;
 
@@ -102,52 +103,11 @@ pub enum Command {
     Migrate,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProviderArg {
-    Vonage,
-    Twilio,
-    Telnyx,
-}
-
-impl ProviderArg {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Vonage => "vonage",
-            Self::Twilio => "twilio",
-            Self::Telnyx => "telnyx",
-        }
-    }
-}
-
-/// A daily calling window in local time, e.g. `09:00-20:00` (may span midnight).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    pub start: NaiveTime,
-    pub end: NaiveTime,
-}
+/// Parsers shared with the HTTP API; the rules live with the campaign type.
+pub use tocsin_core::campaign::{CallingWindow as Window, parse_start_at, parse_timezone};
 
 pub fn parse_window(s: &str) -> Result<Window, String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("{s:?} is not a window; write it as HH:MM-HH:MM, e.g. 09:00-20:00"))?;
-    let time = |t: &str| {
-        NaiveTime::parse_from_str(t.trim(), "%H:%M")
-            .map_err(|_| format!("{t:?} is not a time of day (HH:MM, 24-hour)"))
-    };
-    let window = Window { start: time(a)?, end: time(b)? };
-    if window.start == window.end {
-        return Err("the window opens and closes at the same time".into());
-    }
-    Ok(window)
-}
-
-pub fn parse_timezone(s: &str) -> Result<Tz, String> {
-    s.parse::<Tz>().map_err(|_| format!("unknown time zone {s:?} (use an IANA name such as Europe/London)"))
-}
-
-pub fn parse_start_at(s: &str) -> Result<DateTime<FixedOffset>, String> {
-    DateTime::parse_from_rfc3339(s)
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); e.g. 2026-11-22T18:00:00+01:00"))
+    Window::parse(s)
 }
 
 fn parse_delimiter(s: &str) -> Result<u8, String> {
@@ -191,7 +151,7 @@ pub struct EnqueueArgs {
     /// Voice provider to place the calls through (default vonage); it must be configured
     /// with the same variables the workers read (e.g. TOCSIN_VONAGE_APPLICATION_ID).
     #[arg(long, value_enum)]
-    pub provider: Option<ProviderArg>,
+    pub provider: Option<Provider>,
 
     /// Language of the spoken message, BCP-47 (default en-US).
     #[arg(long)]
@@ -202,12 +162,12 @@ pub struct EnqueueArgs {
     pub voice: Option<String>,
 
     /// Times the message is spoken on each answered call (1-10, default 1).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10))]
-    pub repeat: Option<i32>,
+    #[arg(long)]
+    pub repeat: Option<i64>,
 
     /// Do not call before this time (RFC 3339, e.g. 2026-11-22T18:00:00Z).
     #[arg(long, value_parser = parse_start_at, value_name = "TIME")]
-    pub start_at: Option<DateTime<FixedOffset>>,
+    pub start_at: Option<DateTime<Utc>>,
 
     /// Call only within this daily window, local time, e.g. 09:00-20:00 (needs --timezone
     /// or a per-contact time zone column).
@@ -225,8 +185,8 @@ pub struct EnqueueArgs {
     pub timezone_column: Option<String>,
 
     /// Attempts per contact in all, redialing busy / no-answer outcomes (1-10, default 1).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10))]
-    pub max_attempts: Option<i32>,
+    #[arg(long)]
+    pub max_attempts: Option<i64>,
 
     /// Pause before a redial, e.g. 5m (default 5m).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -488,17 +448,6 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn windows_parse() {
-        let w = parse_window("09:00-20:00").unwrap();
-        assert_eq!(w.start, NaiveTime::from_hms_opt(9, 0, 0).unwrap());
-        assert_eq!(w.end, NaiveTime::from_hms_opt(20, 0, 0).unwrap());
-        assert!(parse_window("22:00-06:30").is_ok());
-        assert!(parse_window("9-20").is_err());
-        assert!(parse_window("09:00-09:00").is_err());
-        assert!(parse_window("25:00-26:00").is_err());
     }
 
     #[test]

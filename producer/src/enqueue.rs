@@ -275,7 +275,10 @@ pub async fn enqueue_from(
     }
     report.interrupted = stop.is_cancelled();
     report.seconds = started.elapsed().as_secs_f64();
-    if prepared.status == "paused" && !args.dry_run && rejections == Rejections::Print {
+    if prepared.status == tocsin_core::campaign::CampaignStatus::Paused
+        && !args.dry_run
+        && rejections == Rejections::Print
+    {
         tell!(
             "note: campaign {:?} is paused; its calls wait until `producer resume {}`",
             prepared.name,

@@ -7,13 +7,12 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
+use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sqlx::PgPool;
-use tocsin_core::StateCounts;
-use tocsin_core::db::Campaign;
+use tocsin_core::campaign::{Campaign, CampaignStatus};
+use tocsin_core::{CallState, StateCounts};
 use tokio_util::sync::CancellationToken;
 
 use crate::Fatal;
@@ -23,7 +22,7 @@ use crate::config::StatusArgs;
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub campaign: String,
-    pub status: String,
+    pub status: CampaignStatus,
     pub provider: String,
     pub total: i64,
     pub finished: i64,
@@ -49,13 +48,13 @@ impl Status {
     }
 
     fn lines(&self) -> Vec<String> {
-        let s = |k| self.states.get(k).copied().unwrap_or(0);
+        let s = |k: CallState| self.states.get(k.as_str()).copied().unwrap_or(0);
         let pct = |n: i64| if self.total > 0 { 100.0 * n as f64 / self.total as f64 } else { 0.0 };
         let answer = self.answer_rate_pct.map_or("-".into(), |p| format!("{p:.1}%"));
         let eta = match (self.eta_secs, self.done()) {
             (_, true) => "done".to_owned(),
             (Some(secs), _) => human(secs),
-            (None, _) if self.status == "paused" => "paused".to_owned(),
+            (None, _) if self.status == CampaignStatus::Paused => "paused".to_owned(),
             (None, _) => "- (no calls in the last minute)".to_owned(),
         };
         vec![
@@ -64,20 +63,20 @@ impl Status {
                 "  finished  {:>9} ({:.1}%)  answered {}  busy {}  no answer {}  failed {}  cancelled {}  skipped {}  unknown {}",
                 self.finished,
                 pct(self.finished),
-                s("completed"),
-                s("busy"),
-                s("no_answer"),
-                s("failed") + s("rejected"),
-                s("cancelled"),
-                s("skipped"),
-                s("unknown")
+                s(CallState::Completed),
+                s(CallState::Busy),
+                s(CallState::NoAnswer),
+                s(CallState::Failed) + s(CallState::Rejected),
+                s(CallState::Cancelled),
+                s(CallState::Skipped),
+                s(CallState::Unknown)
             ),
             format!(
                 "  pending   {:>9}  queued {}  waiting to redial {}  in progress {}",
                 self.pending(),
-                s("queued"),
-                s("retry_wait"),
-                s("dialing") + s("placed") + s("ringing") + s("answered")
+                s(CallState::Queued),
+                s(CallState::RetryWait),
+                s(CallState::Dialing) + s(CallState::Placed) + s(CallState::Ringing) + s(CallState::Answered)
             ),
             format!(
                 "  rate      {:.1} calls/s (last minute)  answer rate {answer}  ETA {eta}",
@@ -118,8 +117,8 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
     let eta_secs = (calls_per_sec > 0.0 && pending > 0).then(|| (pending as f64 / calls_per_sec) as u64);
     Ok(Status {
         campaign: c.name.clone(),
-        status: c.status.clone(),
-        provider: c.provider.clone(),
+        status: c.status,
+        provider: c.settings.provider.to_string(),
         total,
         finished,
         states,
@@ -127,38 +126,8 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
         answer_rate_pct: (finished > 0).then(|| 100.0 * answered as f64 / finished as f64),
         calls_per_sec,
         eta_secs,
-        schedule: schedule(c, Utc::now()),
+        schedule: c.schedule(Utc::now()),
     })
-}
-
-/// The campaign's schedule in words, with whether it may call right now.
-pub fn schedule(c: &Campaign, now: DateTime<Utc>) -> String {
-    let mut parts = Vec::new();
-    match c.start_at {
-        Some(t) if t > now => parts.push(format!(
-            "starts {} (in {})",
-            t.to_rfc3339(),
-            human((t - now).num_seconds().max(0) as u64)
-        )),
-        Some(t) => parts.push(format!("started {}", t.to_rfc3339())),
-        None => {}
-    }
-    match (c.window_start, c.window_end) {
-        (Some(open), Some(close)) => {
-            let tz: Tz = c.timezone.parse().unwrap_or(chrono_tz::UTC);
-            let t = now.with_timezone(&tz).time();
-            let inside = if open <= close { t >= open && t < close } else { t >= open || t < close };
-            parts.push(format!(
-                "window {}-{} {} ({} there now; contacts with their own time zone follow theirs)",
-                open.format("%H:%M"),
-                close.format("%H:%M"),
-                c.timezone,
-                if inside { "open" } else { "closed" }
-            ));
-        }
-        _ => parts.push("any time of day".into()),
-    }
-    parts.join("; ")
 }
 
 pub async fn status(pool: &PgPool, args: &StatusArgs, stop: CancellationToken) -> anyhow::Result<()> {

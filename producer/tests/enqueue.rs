@@ -219,12 +219,12 @@ async fn campaign_settings_are_written_and_changed_only_on_purpose() {
     .await
     .unwrap();
     let c = tocsin_core::db::campaign(&env.db.pool, CampaignId::from_name("sched")).await.unwrap().unwrap();
-    assert_eq!(c.start_at.unwrap().to_rfc3339(), "2030-01-02T08:00:00+00:00");
-    assert_eq!(c.window_start.unwrap().to_string(), "09:00:00");
-    assert_eq!(c.window_end.unwrap().to_string(), "20:00:00");
-    assert_eq!((c.timezone.as_str(), c.max_attempts, c.retry_delay_secs), ("Europe/Berlin", 3, 120));
-    assert!(c.machine_detection);
-    assert_eq!((c.voice.as_deref(), c.language.as_str(), c.repeat), (Some("female"), "de-DE", 2));
+    let s = &c.settings;
+    assert_eq!(s.start_at.unwrap().to_rfc3339(), "2030-01-02T08:00:00+00:00");
+    assert_eq!(s.window.unwrap().to_string(), "09:00-20:00");
+    assert_eq!((s.timezone, s.max_attempts, s.retry_delay_secs), (chrono_tz::Europe::Berlin, 3, 120));
+    assert!(s.machine_detection);
+    assert_eq!((s.voice.as_deref(), s.language.as_str(), s.repeat), (Some("female"), "de-DE", 2));
 
     // The same list again with the same options: nothing changes, nothing published.
     let again = env.enqueue("sched", &list, &["--max-attempts", "3"]).await.unwrap();

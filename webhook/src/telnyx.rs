@@ -167,11 +167,11 @@ async fn command(
             match campaign {
                 Some(campaign) => {
                     // Telnyx's speak has no loop: say the message as often as the campaign asks.
-                    let times = usize::try_from(campaign.repeat).unwrap_or(1).clamp(1, 10);
+                    let times = usize::try_from(campaign.settings.repeat).unwrap_or(1).clamp(1, 10);
                     let speak = Speak {
-                        payload: vec![campaign.message.as_str(); times].join(" "),
-                        voice: campaign.voice.clone().unwrap_or_else(|| "female".into()),
-                        language: campaign.language.clone(),
+                        payload: vec![campaign.settings.message.as_str(); times].join(" "),
+                        voice: campaign.settings.voice.clone().unwrap_or_else(|| "female".into()),
+                        language: campaign.settings.language.clone(),
                         command_id: telnyx::call_command_id(leg, "speak"),
                     };
                     hooks.client.speak(leg, &speak).await.map(|()| "speak")

@@ -97,8 +97,13 @@ pub async fn twiml(
     };
     let document = match db::campaign_of_call(&state.pool, id).await {
         Ok(Some(campaign)) => {
-            let repeat = u32::try_from(campaign.repeat).unwrap_or(1);
-            twilio::twiml(&campaign.message, &campaign.language, repeat, campaign.voice.as_deref())
+            let repeat = u32::try_from(campaign.settings.repeat).unwrap_or(1);
+            twilio::twiml(
+                &campaign.settings.message,
+                &campaign.settings.language,
+                repeat,
+                campaign.settings.voice.as_deref(),
+            )
         }
         Ok(None) => {
             // Hang up rather than let Twilio play its application-error message.

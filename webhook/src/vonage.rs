@@ -33,8 +33,9 @@ pub async fn answer(
     };
     match db::campaign_of_call(&state.pool, id).await {
         Ok(Some(campaign)) => {
-            let repeat = u32::try_from(campaign.repeat).unwrap_or(1);
-            Json(vonage::ncco(&campaign.message, &campaign.language, repeat)).into_response()
+            let repeat = u32::try_from(campaign.settings.repeat).unwrap_or(1);
+            Json(vonage::ncco(&campaign.settings.message, &campaign.settings.language, repeat))
+                .into_response()
         }
         Ok(None) => ApiError::not_found("no such call").into_response(),
         Err(e) => {

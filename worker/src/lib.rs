@@ -9,7 +9,6 @@
 
 pub mod config;
 pub mod process;
-pub mod schedule;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -7,18 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use rand::Rng;
 use sqlx::PgPool;
 use tocsin_core::calls::{self, Count, Failing};
-use tocsin_core::db::{self, Campaign};
+use tocsin_core::campaign::{Campaign, CampaignStatus};
+use tocsin_core::db;
 use tocsin_core::limiter::{Limiter, Reservation};
 use tocsin_core::provider::{CallRequest, PlaceCallError, PlacedCall, Provider, VoiceProvider};
 use tocsin_core::queue::DelayTier;
-use tocsin_core::{CallJob, CallState, CampaignId, PhoneNumber};
+use tocsin_core::{CallJob, CallState, CampaignId};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-
-use crate::schedule;
 
 /// What the consume loop does with the job once `process` returns.
 #[derive(Debug, PartialEq, Eq)]
@@ -171,21 +171,14 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         warn!("campaign no longer exists, dropping job");
         return Ok(Outcome::Ack);
     };
-    let contact_zone = contact_timezone(deps, job, &campaign).await?;
-    if let Some(outcome) = campaign_gate(deps, job, &campaign, contact_zone.as_deref()).await? {
+    let contact_zone = contact_zone(deps, job, &campaign).await?;
+    if let Some(outcome) = campaign_gate(deps, job, &campaign, contact_zone).await? {
         return Ok(outcome);
     }
-    let provider: Provider = match campaign.provider.parse() {
-        Ok(p) => p,
-        Err(e) => return fail_unclaimed(deps, job, "provider", &e.to_string()).await,
-    };
+    let provider = campaign.settings.provider;
     let Some(client) = deps.providers.get(&provider).cloned() else {
         let detail = format!("provider {provider} is not configured on this worker");
         return fail_unclaimed(deps, job, "provider_not_configured", &detail).await;
-    };
-    let from = match PhoneNumber::from_e164(&campaign.from_number) {
-        Ok(n) => n,
-        Err(e) => return fail_unclaimed(deps, job, "bad_from_number", &e.to_string()).await,
     };
     let account = client.account();
     if let Some(left) = deps.account_paused(&account) {
@@ -233,11 +226,11 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     let campaign = campaign_fresh(deps, job).await?;
     // The contact's own zone, as at the gate: with the campaign's zone here a
     // contact whose window is open while the campaign's is closed would loop.
-    if campaign.status != "active"
-        || schedule::wait_before_calling(&campaign, contact_zone.as_deref(), Utc::now()).is_some()
+    if campaign.status != CampaignStatus::Active
+        || campaign.wait_before_calling(contact_zone, Utc::now()).is_some()
     {
         release(deps, job, None).await?;
-        let gate = campaign_gate(deps, job, &campaign, contact_zone.as_deref()).await?;
+        let gate = campaign_gate(deps, job, &campaign, contact_zone).await?;
         return Ok(gate.unwrap_or(Outcome::Delay(DelayTier::S1)));
     }
     if !sleep_or_shutdown(deps, slot).await {
@@ -248,10 +241,10 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         call_id: job.call_id,
         attempt: job.attempt,
         to: job.to.clone(),
-        from,
+        from: campaign.settings.from.clone(),
         webhook_base: deps.settings.public_url.clone(),
         ringing_timeout_secs: deps.settings.ringing_timeout_secs,
-        machine_detection: campaign.machine_detection,
+        machine_detection: campaign.settings.machine_detection,
     };
     let mut result = place(client.as_ref(), &request).await;
     // A lost answer from an idempotent provider: the same request again is safe.
@@ -299,31 +292,29 @@ async fn campaign_gate(
     deps: &Deps,
     job: &CallJob,
     campaign: &Campaign,
-    contact_timezone: Option<&str>,
+    contact_zone: Option<Tz>,
 ) -> Result<Option<Outcome>, sqlx::Error> {
-    match campaign.status.as_str() {
-        "cancelled" => {
+    match campaign.status {
+        CampaignStatus::Cancelled => {
             calls::cancel_waiting(&deps.pool, job.call_id).await?;
             return Ok(Some(Outcome::Ack));
         }
-        "paused" => return Ok(Some(Outcome::Delay(DelayTier::S5))),
-        _ => {}
+        CampaignStatus::Paused => return Ok(Some(Outcome::Delay(DelayTier::S5))),
+        CampaignStatus::Active => {}
     }
-    Ok(schedule::wait_before_calling(campaign, contact_timezone, Utc::now())
+    Ok(campaign
+        .wait_before_calling(contact_zone, Utc::now())
         .map(|wait| Outcome::Delay(DelayTier::at_least(wait))))
 }
 
-/// The contact's own time zone, when the list gave one. Only windowed
-/// campaigns need it (one more query).
-async fn contact_timezone(
-    deps: &Deps,
-    job: &CallJob,
-    campaign: &Campaign,
-) -> Result<Option<String>, sqlx::Error> {
-    if campaign.window_start.is_none() {
+/// The zone the contact's calling window is read in: its own, when the
+/// list gave one. Only windowed campaigns need it (one more query).
+async fn contact_zone(deps: &Deps, job: &CallJob, campaign: &Campaign) -> Result<Option<Tz>, sqlx::Error> {
+    if campaign.settings.window.is_none() {
         return Ok(None);
     }
-    calls::contact_timezone(&deps.pool, job.call_id).await
+    let zone = calls::contact_timezone(&deps.pool, job.call_id).await?;
+    Ok(Some(campaign.zone_for(zone.as_deref())))
 }
 
 /// The claim failed: the call was handled already, is in flight elsewhere,

@@ -40,9 +40,9 @@ use axum::http::HeaderMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use producer::Rejections;
 use producer::campaign::{self, Control};
-use producer::config::ProviderArg;
 use serde_json::{Map, Value, json};
 use tocsin_core::http::ApiError;
+use tocsin_core::provider::Provider;
 use tocsin_core::{CampaignId, db};
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,7 @@ const DEFAULT_PREFIX: &str = "alert-";
 struct Route {
     contact_list: Option<String>,
     from: Option<String>,
-    provider: Option<ProviderArg>,
+    provider: Option<Provider>,
     language: Option<String>,
     voice: Option<String>,
     repeat: Option<i32>,
@@ -597,14 +597,14 @@ async fn firing(
     let existing = db::campaign(&state.pool, CampaignId::from_name(&campaign_name))
         .await
         .map_err(|e| db_unavailable(e, "reading the campaign"))?;
-    let message = existing.map_or_else(|| n.message(), |c| c.message);
+    let message = existing.map_or_else(|| n.message(), |c| c.settings.message);
     let mut args = api_args(state, campaign_name.clone(), message);
     args.from = Some(from);
     args.provider = route.provider;
     args.language = route.language.clone();
     args.voice = route.voice.clone();
-    args.repeat = route.repeat;
-    args.max_attempts = route.max_attempts;
+    args.repeat = route.repeat.map(i64::from);
+    args.max_attempts = route.max_attempts.map(i64::from);
     args.retry_delay = route.retry_delay_secs.map(Duration::from_secs);
     args.machine_detection = route.machine_detection;
     let (report, _) = producer::lists::enqueue_list(

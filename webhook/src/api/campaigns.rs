@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use producer::campaign::{self, Control};
-use producer::config::{EnqueueArgs, ProviderArg};
+use producer::config::EnqueueArgs;
 use producer::input::{Format, Source};
 use producer::{Fatal, Rejections};
 use serde_json::{Map, Value, json};
@@ -213,11 +213,11 @@ fn parse_create(bytes: &[u8], state: &ApiState) -> Result<CreateRequest, ApiErro
     args.provider = provider;
     args.language = language;
     args.voice = voice;
-    args.repeat = repeat.map(|n| n as i32);
+    args.repeat = repeat;
     args.start_at = start_at;
     args.window = window;
     args.timezone = timezone;
-    args.max_attempts = max_attempts.map(|n| n as i32);
+    args.max_attempts = max_attempts;
     args.retry_delay = retry_delay.map(|n| Duration::from_secs(n as u64));
     args.machine_detection = machine_detection;
     args.default_region = default_region;
@@ -229,13 +229,9 @@ fn parse_create(bytes: &[u8], state: &ApiState) -> Result<CreateRequest, ApiErro
 }
 
 /// A configured provider by name, for the `provider` field (or parameter).
-pub(crate) fn parse_provider(p: &str, state: &ApiState) -> Result<ProviderArg, String> {
+pub(crate) fn parse_provider(p: &str, state: &ApiState) -> Result<Provider, String> {
     match p.parse::<Provider>() {
-        Ok(p) if state.providers.contains(&p) => Ok(match p {
-            Provider::Vonage => ProviderArg::Vonage,
-            Provider::Twilio => ProviderArg::Twilio,
-            Provider::Telnyx => ProviderArg::Telnyx,
-        }),
+        Ok(p) if state.providers.contains(&p) => Ok(p),
         Ok(p) => Err(format!("{p} is not configured on this service")),
         Err(_) => Err("must be vonage, twilio or telnyx".into()),
     }

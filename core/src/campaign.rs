@@ -1,0 +1,550 @@
+//! A campaign, typed: its status and provider as enums, its time zone and
+//! caller id parsed, its calling window one type with one `is_open` /
+//! `opens_in`. Workers, `producer status` and the API read campaigns as
+//! this type (`db::campaign`); a row that does not parse is an error, never
+//! a silent default.
+//!
+//! The rules for what an operator may set live here too, once: `Settings`
+//! is built only by `Settings::new` and changed only by `Settings::apply`,
+//! which check every range and name each bad field, so the CLI, the API
+//! and the Alertmanager route share them. The SQL `CHECK`s stay as the last
+//! line of defence.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, Row};
+
+use crate::provider::Provider;
+use crate::{CampaignId, PhoneNumber};
+
+/// Whether a campaign dials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignStatus {
+    Active,
+    /// Dials nothing new until resumed; calls in progress finish.
+    Paused,
+    /// For good: waiting calls are cancelled, no new contacts are taken.
+    Cancelled,
+}
+
+impl CampaignStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Paused => "paused",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for CampaignStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CampaignStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Active, Self::Paused, Self::Cancelled]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown campaign status {s:?}"))
+    }
+}
+
+/// A daily calling window in local time, `[open, close)`; a window whose
+/// close is before its open spans midnight (e.g. 20:00–08:00).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallingWindow {
+    pub open: NaiveTime,
+    pub close: NaiveTime,
+}
+
+impl CallingWindow {
+    pub fn new(open: NaiveTime, close: NaiveTime) -> Result<Self, String> {
+        if open == close {
+            return Err("the window opens and closes at the same time".into());
+        }
+        Ok(Self { open, close })
+    }
+
+    /// `HH:MM-HH:MM`, e.g. `09:00-20:00`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not a window; write it as HH:MM-HH:MM, e.g. 09:00-20:00"))?;
+        let time = |t: &str| {
+            NaiveTime::parse_from_str(t.trim(), "%H:%M")
+                .map_err(|_| format!("{t:?} is not a time of day (HH:MM, 24-hour)"))
+        };
+        Self::new(time(a)?, time(b)?)
+    }
+
+    /// Whether `at` falls inside the window, in local time in `tz`.
+    pub fn is_open(&self, at: DateTime<Utc>, tz: Tz) -> bool {
+        let t = at.with_timezone(&tz).time();
+        if self.open <= self.close {
+            t >= self.open && t < self.close
+        } else {
+            t >= self.open || t < self.close
+        }
+    }
+
+    /// Time until the window next opens in `tz`, or `None` if it is open at `at`.
+    pub fn opens_in(&self, at: DateTime<Utc>, tz: Tz) -> Option<Duration> {
+        if self.is_open(at, tz) {
+            return None;
+        }
+        let local = at.with_timezone(&tz);
+        // The next local date on which `open` lies ahead.
+        let mut date = local.date_naive();
+        if local.time() >= self.open {
+            date = date.succ_opt()?;
+        }
+        // A DST gap can skip `open`; look a few days ahead at most.
+        for _ in 0..3 {
+            if let Some(next) = tz.from_local_datetime(&date.and_time(self.open)).earliest()
+                && next > local
+            {
+                return (next.with_timezone(&Utc) - at).to_std().ok();
+            }
+            date = date.succ_opt()?;
+        }
+        Some(Duration::from_secs(3600))
+    }
+}
+
+impl fmt::Display for CallingWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.open.format("%H:%M"), self.close.format("%H:%M"))
+    }
+}
+
+/// An IANA time zone name, e.g. `Europe/London`.
+pub fn parse_timezone(s: &str) -> Result<Tz, String> {
+    s.parse::<Tz>().map_err(|_| format!("unknown time zone {s:?} (use an IANA name such as Europe/London)"))
+}
+
+/// An RFC 3339 time, e.g. `2026-11-22T18:00:00+01:00`.
+pub fn parse_start_at(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); e.g. 2026-11-22T18:00:00+01:00"))
+}
+
+/// The ranges an operator's settings must fall in (the SQL `CHECK`s agree).
+pub mod limits {
+    use super::RangeInclusive;
+    pub const MESSAGE_CHARS: RangeInclusive<usize> = 1..=1500;
+    pub const REPEAT: RangeInclusive<i64> = 1..=10;
+    pub const MAX_ATTEMPTS: RangeInclusive<i64> = 1..=10;
+    pub const RETRY_DELAY_SECS: RangeInclusive<i64> = 0..=86_400;
+    pub const NAME_CHARS: usize = 200;
+}
+
+/// A bad setting, named by its field (`repeat`, `from` …); the CLI shows
+/// it as its flag (`--repeat`), the API as the JSON field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self { field, message: message.into() }
+    }
+
+    /// The same message naming the command-line flag instead (`--max-attempts: …`).
+    pub fn as_flag(&self) -> String {
+        format!("--{}: {}", self.field.replace('_', "-"), self.message)
+    }
+}
+
+/// Whether `name` can name a campaign or a saved contact list: 1–200
+/// letters, digits, '-', '_' or '.'.
+pub fn check_name(field: &'static str, name: &str) -> Result<(), FieldError> {
+    let ok = !name.is_empty()
+        && name.len() <= limits::NAME_CHARS
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(()) } else { Err(FieldError::new(field, "must be 1-200 letters, digits, '-', '_' or '.'")) }
+}
+
+/// Every setting of a campaign an operator controls, valid by construction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub message: String,
+    pub language: String,
+    pub voice: Option<String>,
+    pub provider: Provider,
+    pub from: PhoneNumber,
+    pub repeat: i32,
+    pub max_attempts: i32,
+    pub retry_delay_secs: i32,
+    pub machine_detection: bool,
+    pub start_at: Option<DateTime<Utc>>,
+    pub window: Option<CallingWindow>,
+    pub timezone: Tz,
+}
+
+/// Requested changes to `Settings`: `None` keeps the current value. Values
+/// arrive parsed as far as their type allows; ranges are checked by `apply`.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    pub message: Option<String>,
+    pub language: Option<String>,
+    pub voice: Option<String>,
+    pub provider: Option<Provider>,
+    pub from: Option<PhoneNumber>,
+    pub repeat: Option<i64>,
+    pub max_attempts: Option<i64>,
+    pub retry_delay_secs: Option<i64>,
+    pub machine_detection: Option<bool>,
+    pub start_at: Option<DateTime<Utc>>,
+    pub window: Option<CallingWindow>,
+    pub timezone: Option<Tz>,
+}
+
+fn in_range(
+    field: &'static str,
+    v: i64,
+    range: RangeInclusive<i64>,
+    errors: &mut Vec<FieldError>,
+) -> Option<i32> {
+    if range.contains(&v) {
+        i32::try_from(v).ok()
+    } else {
+        errors.push(FieldError::new(field, format!("must be from {} to {}", range.start(), range.end())));
+        None
+    }
+}
+
+/// The message as spoken: trimmed, 1–1500 characters.
+pub fn check_message(text: &str) -> Result<String, FieldError> {
+    let text = text.trim();
+    let chars = text.chars().count();
+    if limits::MESSAGE_CHARS.contains(&chars) {
+        Ok(text.to_owned())
+    } else {
+        Err(FieldError::new("message", format!("must be 1 to 1500 characters (it is {chars})")))
+    }
+}
+
+impl Settings {
+    /// A new campaign's settings: the defaults with `changes` applied. The
+    /// message and the caller id are required.
+    pub fn new(changes: Changes) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if changes.message.is_none() {
+            errors.push(FieldError::new("message", "required"));
+        }
+        if changes.from.is_none() {
+            errors.push(FieldError::new(
+                "from",
+                "required for a new campaign: the caller id, in E.164 form (e.g. +14155550100)",
+            ));
+        }
+        let (Some(_), Some(from)) = (&changes.message, changes.from.clone()) else {
+            // Still name every other bad field at once.
+            if let Err(more) = Self::placeholder().apply(changes) {
+                errors.extend(more);
+            }
+            return Err(errors);
+        };
+        let base = Self { from, ..Self::placeholder() };
+        base.apply(changes)
+    }
+
+    fn placeholder() -> Self {
+        Self {
+            message: "-".into(),
+            language: "en-US".into(),
+            voice: None,
+            provider: Provider::Vonage,
+            from: PhoneNumber::from_e164("+10000000000").unwrap_or_else(|_| unreachable!()),
+            repeat: 1,
+            max_attempts: 1,
+            retry_delay_secs: 300,
+            machine_detection: false,
+            start_at: None,
+            window: None,
+            timezone: chrono_tz::UTC,
+        }
+    }
+
+    /// These settings with `changes` applied, every range checked; the
+    /// errors name every bad field, not just the first.
+    pub fn apply(&self, changes: Changes) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut s = self.clone();
+        if let Some(m) = changes.message {
+            match check_message(&m) {
+                Ok(m) => s.message = m,
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(l) = changes.language {
+            if l.trim().is_empty() || l.len() > 35 {
+                errors.push(FieldError::new("language", "must be a BCP-47 language tag, e.g. en-US"));
+            } else {
+                s.language = l.trim().to_owned();
+            }
+        }
+        if let Some(v) = changes.voice {
+            s.voice = Some(v);
+        }
+        if let Some(p) = changes.provider {
+            s.provider = p;
+        }
+        if let Some(f) = changes.from {
+            s.from = f;
+        }
+        if let Some(v) = changes.repeat.and_then(|v| in_range("repeat", v, limits::REPEAT, &mut errors)) {
+            s.repeat = v;
+        }
+        if let Some(v) =
+            changes.max_attempts.and_then(|v| in_range("max_attempts", v, limits::MAX_ATTEMPTS, &mut errors))
+        {
+            s.max_attempts = v;
+        }
+        if let Some(v) = changes
+            .retry_delay_secs
+            .and_then(|v| in_range("retry_delay_secs", v, limits::RETRY_DELAY_SECS, &mut errors))
+        {
+            s.retry_delay_secs = v;
+        }
+        if let Some(v) = changes.machine_detection {
+            s.machine_detection = v;
+        }
+        if let Some(v) = changes.start_at {
+            s.start_at = Some(v);
+        }
+        if let Some(w) = changes.window {
+            s.window = Some(w);
+        }
+        if let Some(tz) = changes.timezone {
+            s.timezone = tz;
+        }
+        if errors.is_empty() { Ok(s) } else { Err(errors) }
+    }
+
+    /// Human-readable differences from `old`, message excluded.
+    pub fn changes_from(&self, old: &Settings) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut diff = |name: &str, a: String, b: String| {
+            if a != b {
+                out.push(format!("{name}: {a} → {b}"));
+            }
+        };
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(default)".into());
+        let time = |t: Option<DateTime<Utc>>| t.map_or("(none)".into(), |t| t.to_rfc3339());
+        let window = |w: Option<CallingWindow>| w.map_or("(any time)".into(), |w| w.to_string());
+        diff("provider", old.provider.to_string(), self.provider.to_string());
+        diff("from", old.from.to_string(), self.from.to_string());
+        diff("language", old.language.clone(), self.language.clone());
+        diff("voice", opt(&old.voice), opt(&self.voice));
+        diff("repeat", old.repeat.to_string(), self.repeat.to_string());
+        diff("max attempts", old.max_attempts.to_string(), self.max_attempts.to_string());
+        diff("retry delay", format!("{}s", old.retry_delay_secs), format!("{}s", self.retry_delay_secs));
+        diff("machine detection", old.machine_detection.to_string(), self.machine_detection.to_string());
+        diff("start at", time(old.start_at), time(self.start_at));
+        diff("window", window(old.window), window(self.window));
+        diff("time zone", old.timezone.name().to_owned(), self.timezone.name().to_owned());
+        out
+    }
+}
+
+/// A campaign as stored: its identity, status and settings.
+#[derive(Clone, Debug)]
+pub struct Campaign {
+    pub id: CampaignId,
+    pub name: String,
+    pub status: CampaignStatus,
+    pub settings: Settings,
+}
+
+impl Campaign {
+    /// How long to wait before this campaign may call a contact whose own
+    /// time zone is `contact_zone` (else the campaign's), or `None` if it
+    /// may call now: not before `start_at`, and only inside the window.
+    pub fn wait_before_calling(&self, contact_zone: Option<Tz>, now: DateTime<Utc>) -> Option<Duration> {
+        if let Some(start) = self.settings.start_at
+            && start > now
+        {
+            return (start - now).to_std().ok();
+        }
+        let window = self.settings.window?;
+        window.opens_in(now, contact_zone.unwrap_or(self.settings.timezone))
+    }
+
+    /// The zone a contact's window is read in: its own when the list gave a
+    /// valid one (the producer checked it), else the campaign's.
+    pub fn zone_for(&self, contact_zone: Option<&str>) -> Tz {
+        contact_zone.and_then(|z| z.parse().ok()).unwrap_or(self.settings.timezone)
+    }
+
+    /// The schedule in words, with whether the window is open now.
+    pub fn schedule(&self, now: DateTime<Utc>) -> String {
+        let mut parts = Vec::new();
+        match self.settings.start_at {
+            Some(t) if t > now => parts.push(format!(
+                "starts {} (in {})",
+                t.to_rfc3339(),
+                humantime::format_duration(Duration::from_secs((t - now).num_seconds().max(0) as u64))
+            )),
+            Some(t) => parts.push(format!("started {}", t.to_rfc3339())),
+            None => {}
+        }
+        match self.settings.window {
+            Some(w) => parts.push(format!(
+                "window {w} {} ({} there now; contacts with their own time zone follow theirs)",
+                self.settings.timezone.name(),
+                if w.is_open(now, self.settings.timezone) { "open" } else { "closed" }
+            )),
+            None => parts.push("any time of day".into()),
+        }
+        parts.join("; ")
+    }
+}
+
+fn decode_err(column: &str, message: String) -> sqlx::Error {
+    sqlx::Error::ColumnDecode { index: column.to_owned(), source: message.into() }
+}
+
+/// A campaign row parses or fails naming its bad column: a bad zone is an
+/// error, never silently UTC.
+impl<'r> FromRow<'r, PgRow> for Campaign {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let provider: String = row.try_get("provider")?;
+        let from: String = row.try_get("from_number")?;
+        let status: String = row.try_get("status")?;
+        let timezone: String = row.try_get("timezone")?;
+        let window = match (row.try_get("window_start")?, row.try_get("window_end")?) {
+            (Some(open), Some(close)) => {
+                Some(CallingWindow::new(open, close).map_err(|e| decode_err("window_end", e))?)
+            }
+            _ => None,
+        };
+        let settings = Settings {
+            message: row.try_get("message")?,
+            language: row.try_get("language")?,
+            voice: row.try_get("voice")?,
+            provider: provider.parse().map_err(|e| decode_err("provider", format!("{e}")))?,
+            from: PhoneNumber::from_e164(&from).map_err(|e| decode_err("from_number", e.to_string()))?,
+            repeat: row.try_get("repeat")?,
+            max_attempts: row.try_get("max_attempts")?,
+            retry_delay_secs: row.try_get("retry_delay_secs")?,
+            machine_detection: row.try_get("machine_detection")?,
+            start_at: row.try_get("start_at")?,
+            window,
+            timezone: parse_timezone(&timezone).map_err(|e| decode_err("timezone", e))?,
+        };
+        Ok(Self {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            status: status.parse().map_err(|e| decode_err("status", e))?,
+            settings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(h: u32, m: u32) -> NaiveTime {
+        NaiveTime::from_hms_opt(h, m, 0).unwrap()
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn w(a: (u32, u32), b: (u32, u32)) -> CallingWindow {
+        CallingWindow::new(t(a.0, a.1), t(b.0, b.1)).unwrap()
+    }
+
+    #[test]
+    fn inside_the_window_calls_now() {
+        assert_eq!(w((9, 0), (20, 0)).opens_in(utc("2026-11-22T12:00:00Z"), chrono_tz::UTC), None);
+        // Overnight window.
+        assert_eq!(w((20, 0), (8, 0)).opens_in(utc("2026-11-22T23:00:00Z"), chrono_tz::UTC), None);
+        assert_eq!(w((20, 0), (8, 0)).opens_in(utc("2026-11-22T07:59:00Z"), chrono_tz::UTC), None);
+        assert!(w((20, 0), (8, 0)).is_open(utc("2026-11-22T07:59:00Z"), chrono_tz::UTC));
+    }
+
+    #[test]
+    fn outside_the_window_waits_until_it_opens_in_the_given_zone() {
+        // 07:00 UTC = 08:00 in Paris (winter): opens at 09:00 Paris, in one hour.
+        let wait = w((9, 0), (20, 0)).opens_in(utc("2026-11-22T07:00:00Z"), chrono_tz::Europe::Paris);
+        assert_eq!(wait, Some(Duration::from_secs(3600)));
+        // 21:00 UTC: closed until 09:00 UTC tomorrow.
+        let wait = w((9, 0), (20, 0)).opens_in(utc("2026-11-22T21:00:00Z"), chrono_tz::UTC);
+        assert_eq!(wait, Some(Duration::from_secs(12 * 3600)));
+        // Overnight window, midday: opens at 20:00.
+        let wait = w((20, 0), (8, 0)).opens_in(utc("2026-11-22T12:00:00Z"), chrono_tz::UTC);
+        assert_eq!(wait, Some(Duration::from_secs(8 * 3600)));
+    }
+
+    #[test]
+    fn windows_parse() {
+        let win = CallingWindow::parse("09:00-20:00").unwrap();
+        assert_eq!((win.open, win.close), (t(9, 0), t(20, 0)));
+        assert_eq!(win.to_string(), "09:00-20:00");
+        assert!(CallingWindow::parse("22:00-06:30").is_ok());
+        assert!(CallingWindow::parse("9-20").is_err());
+        assert!(CallingWindow::parse("09:00-09:00").is_err());
+        assert!(CallingWindow::parse("25:00-26:00").is_err());
+    }
+
+    #[test]
+    fn settings_name_every_bad_field_at_once() {
+        let errors = Settings::new(Changes {
+            message: Some("  ".into()),
+            repeat: Some(11),
+            max_attempts: Some(0),
+            retry_delay_secs: Some(-1),
+            ..Changes::default()
+        })
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["from", "message", "repeat", "max_attempts", "retry_delay_secs"]);
+        assert_eq!(errors[2].as_flag(), "--repeat: must be from 1 to 10");
+
+        let s = Settings::new(Changes {
+            message: Some(" Storm warning. ".into()),
+            from: Some(PhoneNumber::from_e164("+14155550100").unwrap()),
+            repeat: Some(3),
+            ..Changes::default()
+        })
+        .unwrap();
+        assert_eq!((s.message.as_str(), s.repeat, s.max_attempts), ("Storm warning.", 3, 1));
+        let changed = s.apply(Changes { max_attempts: Some(4), ..Changes::default() }).unwrap();
+        assert_eq!(changed.changes_from(&s), ["max attempts: 1 → 4"]);
+    }
+
+    #[test]
+    fn names_are_checked_once() {
+        assert!(check_name("name", "storm-warning_2.b").is_ok());
+        assert!(check_name("name", "bad name!").is_err());
+        assert!(check_name("name", "").is_err());
+        assert!(check_name("name", &"x".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in [CampaignStatus::Active, CampaignStatus::Paused, CampaignStatus::Cancelled] {
+            assert_eq!(s.as_str().parse::<CampaignStatus>().unwrap(), s);
+        }
+        assert!("stopped".parse::<CampaignStatus>().is_err());
+    }
+}
