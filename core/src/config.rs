@@ -90,10 +90,6 @@ pub struct VonageArgs {
     /// PEM file with the application's RSA private key.
     #[arg(long = "vonage-private-key-path", env = "TOCSIN_VONAGE_PRIVATE_KEY_PATH")]
     pub vonage_private_key_path: Option<PathBuf>,
-
-    /// Signature secret Vonage signs webhooks with (HS256).
-    #[arg(long = "vonage-signature-secret", env = "TOCSIN_VONAGE_SIGNATURE_SECRET", value_parser = secret)]
-    pub vonage_signature_secret: Option<SecretString>,
 }
 
 /// Twilio credentials and endpoints. Configured when an account SID is given.
@@ -253,24 +249,15 @@ impl TelnyxArgs {
     }
 }
 
-/// Parses durations written as `500ms`, `25s`, `2m`, `1h` or plain seconds.
+/// A duration in humantime's syntax (`500ms`, `25s`, `2m`, `1h30m`); a
+/// bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (number, unit) =
-        s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let value: f64 =
-        number.parse().map_err(|_| format!("{s:?} is not a duration (try 500ms, 25s, 2m or 1h)"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
     }
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); try 500ms, 25s, 2m or 1h"))
 }
 
 #[cfg(test)]
@@ -283,7 +270,8 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("3 weeks").is_err());
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("3 fortnights").is_err());
         assert!(parse_duration("abc").is_err());
     }
 
@@ -293,7 +281,6 @@ mod tests {
             vonage_api_url: "http://127.0.0.1:1".into(),
             vonage_application_id: Some("app".into()),
             vonage_private_key_path: None,
-            vonage_signature_secret: None,
         };
         let err = args.credentials().unwrap_err().to_string();
         assert!(err.contains("TOCSIN_VONAGE_PRIVATE_KEY_PATH"), "{err}");

@@ -24,12 +24,14 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use anyhow::Context;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use indicatif::ProgressBar;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EnqueueArgs, ListCommand, ListImportArgs};
@@ -372,10 +374,14 @@ pub async fn enqueue_list(
     args.timezone_column = Some(TIMEZONE_KEY.into());
     args.delimiter = None;
     args.default_region = None;
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, mut rx) = mpsc::channel::<Chunk>(4);
     let source = Source::Stream {
         name: format!("list {list}"),
-        reader: SharedReader::new(ChannelReader { rx, chunk: Vec::new(), at: 0 }),
+        // The pipeline's blocking reader thread reads the channel through
+        // tokio-util's bridge from async to `std::io::Read`.
+        reader: SharedReader::new(SyncIoBridge::new(StreamReader::new(futures::stream::poll_fn(
+            move |cx| rx.poll_recv(cx),
+        )))),
     };
     let (fed, enqueued) = tokio::join!(
         feed(pool, info.id, tx),
@@ -386,7 +392,7 @@ pub async fn enqueue_list(
     enqueued
 }
 
-type Chunk = std::io::Result<Vec<u8>>;
+type Chunk = std::io::Result<Bytes>;
 
 /// Sends list `id` as JSON Lines, a page at a time, from one snapshot. A
 /// failure is sent too, so the reader fails instead of seeing a short list.
@@ -429,7 +435,7 @@ async fn feed_pages(pool: &PgPool, id: i64, tx: &mpsc::Sender<Chunk>) -> anyhow:
             chunk.push(b'\n');
             last = line;
         }
-        if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
+        if !chunk.is_empty() && tx.send(Ok(Bytes::from(chunk))).await.is_err() {
             // The enqueue stopped reading (finished early, failed or interrupted).
             break;
         }
@@ -439,32 +445,6 @@ async fn feed_pages(pool: &PgPool, id: i64, tx: &mpsc::Sender<Chunk>) -> anyhow:
     }
     db.rollback().await.context("ending the snapshot")?;
     Ok(())
-}
-
-/// The reading end of `feed`, for the pipeline's blocking reader thread.
-struct ChannelReader {
-    rx: mpsc::Receiver<Chunk>,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl std::io::Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.chunk.len() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => {
-                    self.chunk = chunk;
-                    self.at = 0;
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
 }
 
 async fn show_all(pool: &PgPool, json: bool) -> anyhow::Result<()> {

@@ -276,7 +276,6 @@ pub(crate) fn api_args(state: &ApiState, campaign: String, message: String) -> E
                 vonage_api_url: String::new(),
                 vonage_application_id: None,
                 vonage_private_key_path: None,
-                vonage_signature_secret: None,
             },
             twilio: TwilioArgs {
                 twilio_api_url: String::new(),
