@@ -264,6 +264,24 @@ pub async fn skip_do_not_call(db: impl PgExecutor<'_>, numbers: &[String]) -> Re
     Ok(done.rows_affected())
 }
 
+/// The waiting calls of a campaign whose job an interrupted enqueue run
+/// wrote but never saw confirmed (their `enqueue_batch` is not recorded in
+/// `enqueue_batches`), by batch: `(call, number, enqueue batch)`. Calls a
+/// worker has taken are no longer waiting.
+pub fn unconfirmed(
+    pool: &PgPool,
+    campaign: CampaignId,
+) -> futures::stream::BoxStream<'_, Result<(CallId, String, i64), sqlx::Error>> {
+    sqlx::query_as(
+        "SELECT c.id, c.number, c.enqueue_batch FROM calls c \
+         WHERE c.campaign_id = $1 AND c.state = 'queued' AND c.enqueue_batch IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM enqueue_batches b WHERE b.id = c.enqueue_batch) \
+         ORDER BY c.enqueue_batch",
+    )
+    .bind(campaign)
+    .fetch(pool)
+}
+
 /// Sets calls to `state` without any rule: for tests and benchmarks that
 /// stage calls in a given state. No service calls it.
 pub async fn stage(db: impl PgExecutor<'_>, calls: &[CallId], state: CallState) -> Result<u64, sqlx::Error> {

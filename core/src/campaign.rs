@@ -416,6 +416,71 @@ impl Campaign {
     }
 }
 
+/// What a control command did to a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// The status changed (for a cancel: with this many waiting calls cancelled).
+    Changed { cancelled_calls: u64 },
+    /// It already had the status asked for.
+    Unchanged,
+}
+
+/// Why a control command did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The campaign's status forbids it (a cancelled campaign cannot resume).
+    #[error("{0}")]
+    Refused(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Pauses (`paused = true`) or resumes campaign `c`; shared by the CLI and
+/// the HTTP API. A cancelled campaign can do neither.
+pub async fn set_paused(pool: &sqlx::PgPool, c: &Campaign, paused: bool) -> Result<Control, ControlError> {
+    let name = &c.name;
+    let (wanted, doing) =
+        if paused { (CampaignStatus::Paused, "pause") } else { (CampaignStatus::Active, "resume") };
+    if c.status == CampaignStatus::Cancelled {
+        return Err(ControlError::Refused(format!("campaign {name:?} is cancelled; it cannot {doing}")));
+    }
+    if c.status == wanted {
+        return Ok(Control::Unchanged);
+    }
+    // Never revive a campaign cancelled in the meantime.
+    let done =
+        sqlx::query("UPDATE campaigns SET status = $2, updated_at = now() WHERE id = $1 AND status <> $3")
+            .bind(c.id)
+            .bind(wanted.as_str())
+            .bind(CampaignStatus::Cancelled.as_str())
+            .execute(pool)
+            .await?;
+    if done.rows_affected() == 0 {
+        return Err(ControlError::Refused(format!("campaign {name:?} was cancelled meanwhile")));
+    }
+    Ok(Control::Changed { cancelled_calls: 0 })
+}
+
+/// Cancels campaign `c` for good and ends its waiting calls (calls in
+/// progress finish); shared by the CLI (after its confirmation), the API
+/// and the Alertmanager receiver.
+pub async fn cancel(pool: &sqlx::PgPool, c: &Campaign) -> Result<Control, ControlError> {
+    if c.status == CampaignStatus::Cancelled {
+        return Ok(Control::Unchanged);
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE campaigns SET status = $2, updated_at = now() WHERE id = $1")
+        .bind(c.id)
+        .bind(CampaignStatus::Cancelled.as_str())
+        .execute(&mut *tx)
+        .await?;
+    // Calls not yet claimed by a worker end now, so status shows it at once;
+    // workers would otherwise do the same as each job arrives.
+    let cancelled = crate::calls::cancel_campaign_waiting(&mut *tx, c.id).await?;
+    tx.commit().await?;
+    Ok(Control::Changed { cancelled_calls: cancelled })
+}
+
 fn decode_err(column: &str, message: String) -> sqlx::Error {
     sqlx::Error::ColumnDecode { index: column.to_owned(), source: message.into() }
 }

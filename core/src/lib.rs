@@ -6,6 +6,7 @@
 //! Nothing in this crate opens a socket by itself: every connection is made
 //! by a function a binary calls with its configuration.
 
+pub mod apikey;
 pub mod calls;
 pub mod campaign;
 pub mod config;

@@ -1,150 +1,22 @@
-//! `producer apikey create|list|revoke`: keys for the HTTP API (`/api/v1`).
-//!
-//! A key reads `tocsin_<key id>_<secret>`: the 12-hex-digit key id names the
-//! row, the 32-byte secret is random. Only the SHA-256 of the whole key is
-//! stored; the webhook service looks the row up by key id and compares the
-//! hashes in constant time (`verify`). The key is printed once, at creation.
+//! `producer apikey create|list|revoke`: keys for the HTTP API (`/api/v1`);
+//! the keys themselves are `tocsin_core::apikey`'s.
 
 use anyhow::Context;
-use aws_lc_rs::rand::SecureRandom;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgPool;
+use tocsin_core::apikey::{self, KeyError, parse_scopes};
 
 use crate::Fatal;
 use crate::config::ApikeyCommand;
-
-/// Every scope a key may hold.
-pub const SCOPES: [&str; 3] = ["campaigns:write", "campaigns:read", "campaigns:control"];
-
-/// A freshly generated key: `key` is shown once and never stored.
-pub struct Generated {
-    pub key_id: String,
-    pub key: String,
-    pub hash: [u8; 32],
-}
-
-/// Draws a new key from the operating system's random source.
-pub fn generate() -> anyhow::Result<Generated> {
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let mut id = [0u8; 6];
-    let mut secret = [0u8; 32];
-    rng.fill(&mut id).map_err(|_| anyhow::anyhow!("the system random source failed"))?;
-    rng.fill(&mut secret).map_err(|_| anyhow::anyhow!("the system random source failed"))?;
-    let key_id = hex::encode(id);
-    let key = format!("tocsin_{key_id}_{}", hex::encode(secret));
-    let hash = hash(&key);
-    Ok(Generated { key_id, key, hash })
-}
-
-/// SHA-256 of the whole key, as stored in `api_keys.hash`.
-pub fn hash(key: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
-/// The key id of a well-formed key, `None` for anything else.
-pub fn key_id(key: &str) -> Option<&str> {
-    let rest = key.strip_prefix("tocsin_")?;
-    let (id, secret) = rest.split_once('_')?;
-    let hex =
-        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    (hex(id, 12) && hex(secret, 64)).then_some(id)
-}
-
-/// Whether `presented` hashes to `stored`, in constant time.
-pub fn verify(stored: &[u8], presented: &str) -> bool {
-    aws_lc_rs::constant_time::verify_slices_are_equal(stored, &hash(presented)).is_ok()
-}
-
-/// Parses a comma-separated scope list, refusing unknown scopes.
-pub fn parse_scopes(list: &str) -> Result<Vec<String>, String> {
-    let mut out: Vec<String> = Vec::new();
-    for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if !SCOPES.contains(&s) {
-            return Err(format!("unknown scope {s:?}; scopes are {}", SCOPES.join(", ")));
-        }
-        if !out.iter().any(|o| o == s) {
-            out.push(s.to_owned());
-        }
-    }
-    if out.is_empty() {
-        return Err(format!("give at least one scope: {}", SCOPES.join(", ")));
-    }
-    Ok(out)
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct Listed {
-    pub name: String,
-    pub key_id: String,
-    pub scopes: Vec<String>,
-    pub campaign_prefixes: Vec<String>,
-    pub created_at: DateTime<Utc>,
-    pub last_used_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// Creates a key; returns it (the only time it exists in clear).
-pub async fn create(
-    pool: &PgPool,
-    name: &str,
-    scopes: &[String],
-    prefixes: &[String],
-) -> anyhow::Result<String> {
-    if name.is_empty() || name.len() > 200 {
-        return Err(Fatal::Usage("--name must be 1 to 200 characters".into()).into());
-    }
-    let generated = generate()?;
-    let inserted = sqlx::query(
-        "INSERT INTO api_keys (key_id, name, hash, scopes, campaign_prefixes) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(&generated.key_id)
-    .bind(name)
-    .bind(&generated.hash[..])
-    .bind(scopes)
-    .bind(prefixes)
-    .execute(pool)
-    .await
-    .context("storing the API key")?;
-    if inserted.rows_affected() == 0 {
-        return Err(Fatal::Usage(format!(
-            "an API key named {name:?} exists already (names stay taken after revoke); pick another name"
-        ))
-        .into());
-    }
-    Ok(generated.key)
-}
-
-pub async fn list(pool: &PgPool) -> anyhow::Result<Vec<Listed>> {
-    sqlx::query_as(
-        "SELECT name, key_id, scopes, campaign_prefixes, created_at, last_used_at, revoked_at \
-         FROM api_keys ORDER BY created_at",
-    )
-    .fetch_all(pool)
-    .await
-    .context("reading API keys")
-}
-
-/// Revokes the key named `name`; returns whether one was active.
-pub async fn revoke(pool: &PgPool, name: &str) -> anyhow::Result<bool> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL")
-        .bind(name)
-        .execute(pool)
-        .await
-        .context("revoking the API key")?;
-    Ok(done.rows_affected() == 1)
-}
 
 /// `producer apikey …`.
 pub async fn run(pool: &PgPool, cmd: ApikeyCommand) -> anyhow::Result<()> {
     match cmd {
         ApikeyCommand::Create { name, scope, campaign_prefix } => {
             let scopes = parse_scopes(&scope).map_err(Fatal::Usage)?;
-            let key = create(pool, &name, &scopes, &campaign_prefix).await?;
+            let key = apikey::create(pool, &name, &scopes, &campaign_prefix).await.map_err(|e| match e {
+                KeyError::Refused(m) => anyhow::Error::from(Fatal::Usage(m)),
+                other => anyhow::Error::from(other),
+            })?;
             say!("{key}");
             tell!(
                 "created API key {name:?} with scopes {}{}; it is shown only now, store it safely",
@@ -158,7 +30,7 @@ pub async fn run(pool: &PgPool, cmd: ApikeyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ApikeyCommand::List { json } => {
-            let keys = list(pool).await?;
+            let keys = apikey::list(pool).await.context("reading API keys")?;
             if json {
                 for k in &keys {
                     say!("{}", serde_json::to_string(k)?);
@@ -178,36 +50,12 @@ pub async fn run(pool: &PgPool, cmd: ApikeyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ApikeyCommand::Revoke { name } => {
-            if revoke(pool, &name).await? {
+            if apikey::revoke(pool, &name).await.context("revoking the API key")? {
                 say!("revoked API key {name:?}");
                 Ok(())
             } else {
                 Err(Fatal::Usage(format!("no active API key named {name:?}")).into())
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_parse_and_verify() {
-        let g = generate().unwrap();
-        assert_eq!(key_id(&g.key), Some(g.key_id.as_str()));
-        assert!(verify(&g.hash, &g.key));
-        // Change the last character (to one it is not) and the key no longer verifies.
-        let last = if g.key.ends_with('0') { '1' } else { '0' };
-        assert!(!verify(&g.hash, &format!("{}{last}", &g.key[..g.key.len() - 1])));
-        assert_eq!(key_id("tocsin_zz"), None);
-        assert_eq!(key_id("Bearer x"), None);
-    }
-
-    #[test]
-    fn scopes_are_checked() {
-        assert_eq!(parse_scopes("campaigns:write, campaigns:read").unwrap().len(), 2);
-        assert!(parse_scopes("campaigns:admin").is_err());
-        assert!(parse_scopes("").is_err());
     }
 }

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tocsin_core::config::{AmqpArgs, DatabaseArgs, ProviderArgs, TelemetryArgs, parse_duration};
 use tocsin_core::provider::Provider;
 
-use crate::input::Format;
+use tocsin_enqueue::Format;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -133,7 +133,7 @@ pub struct EnqueueArgs {
     pub list: Option<String>,
 
     /// Format of the contact list (default: from the extension, else detected).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = clap::value_parser!(Format), value_name = "csv|jsonl")]
     pub format: Option<Format>,
 
     /// The message to speak (at most 1500 characters).
@@ -315,7 +315,7 @@ pub struct ListImportArgs {
     /// The contacts: CSV with a header row or JSON Lines, or '-' for standard input.
     pub file: PathBuf,
     /// Format of the file (default: from the extension, else detected).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = clap::value_parser!(Format), value_name = "csv|jsonl")]
     pub format: Option<Format>,
     /// Name of the column (or JSON key) holding the phone number.
     #[arg(long, default_value = "number", value_name = "NAME")]
@@ -424,7 +424,7 @@ pub enum ApikeyCommand {
 pub struct DncImportArgs {
     /// The list: CSV with a header row or JSON Lines, or '-' for standard input.
     pub file: PathBuf,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = clap::value_parser!(Format), value_name = "csv|jsonl")]
     pub format: Option<Format>,
     #[arg(long, default_value = "number", value_name = "NAME")]
     pub number_column: String,

@@ -12,8 +12,8 @@ use tocsin_core::PhoneNumber;
 
 use crate::Fatal;
 use crate::config::{DncCommand, DncImportArgs};
-use crate::contacts::{ContactReader, Row};
-use crate::input::{Columns, ContactInput, Source};
+use tocsin_enqueue::contacts::{ContactReader, Row};
+use tocsin_enqueue::input::{Columns, ContactInput, Source};
 
 const BATCH: usize = 5000;
 
@@ -110,7 +110,7 @@ async fn import(pool: &PgPool, args: DncImportArgs) -> anyhow::Result<()> {
             match row.with_context(|| format!("{name}: reading failed"))? {
                 Row::Contact(c) => batch.push(c.number.as_str().to_owned()),
                 // A number twice in the list is listed once; not an error.
-                Row::Rejected(r) if matches!(r.reason, crate::contacts::Reason::Duplicate { .. }) => {}
+                Row::Rejected(r) if matches!(r.reason, tocsin_enqueue::Reason::Duplicate { .. }) => {}
                 Row::Rejected(r) => {
                     rejected += 1;
                     if rejected <= 20 {

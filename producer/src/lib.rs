@@ -1,8 +1,9 @@
-//! The producer: the operator's CLI. It enqueues campaigns from contact
+//! The producer: the operator's CLI, a thin layer on the enqueue library
+//! (`tocsin-enqueue`) and the core. It enqueues campaigns from contact
 //! lists (`enqueue`), reports on them (`status`, `list`), controls them
 //! (`pause`, `resume`, `cancel`, `delete`), keeps saved contact lists
-//! (`list import|show|delete`, module `lists`) and the do-not-call list
-//! (`dnc`). See `enqueue` for the pipeline and its guarantees.
+//! (`list import|show|delete`, module `lists`), the do-not-call list
+//! (`dnc`) and API keys (`apikey`).
 
 /// `println!` that never panics: output to a closed pipe (`producer list | head`) is dropped.
 macro_rules! say {
@@ -31,12 +32,9 @@ macro_rules! tell {
 pub mod apikey;
 pub mod campaign;
 pub mod config;
-pub mod contacts;
 pub mod dnc;
 pub mod enqueue;
-pub mod input;
 pub mod lists;
-pub mod publish;
 pub mod status;
 
 use anyhow::Context;
@@ -44,7 +42,8 @@ use tocsin_core::db;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Cli, Command};
-pub use crate::enqueue::{Rejections, Report, enqueue, enqueue_from, enqueue_until};
+pub use crate::enqueue::{enqueue, enqueue_until};
+pub use tocsin_enqueue::Report;
 
 /// Errors with their own exit code.
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +92,10 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
         Command::Enqueue(args) => {
             let report = enqueue_until(&pool, &args, stop).await?;
             if args.json {
-                say!("{}", serde_json::to_string_pretty(&report)?);
+                let json = enqueue::JsonReport { report: &report, rejects_file: args.rejects.as_deref() };
+                say!("{}", serde_json::to_string_pretty(&json)?);
             } else {
-                report.print();
+                enqueue::print_report(&report, args.rejects.as_deref());
             }
             let input = match (&args.list, &args.contacts) {
                 (Some(list), _) => format!("list {list}"),
@@ -132,7 +132,7 @@ fn check_report(report: &Report, name: &str) -> anyhow::Result<()> {
     if report.read == 0 {
         return Err(Fatal::InputRejected(format!("{name}: no contacts in the list (only a header?)")).into());
     }
-    if report.new_contacts + report.already_enqueued == 0 {
+    if report.nothing_enqueued() {
         return Err(Fatal::InputRejected(format!(
             "{name}: every line was rejected ({} invalid, {} duplicate, {} do-not-call, {} malformed); nothing enqueued",
             report.invalid, report.duplicate, report.do_not_call, report.malformed

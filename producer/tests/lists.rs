@@ -8,7 +8,6 @@ mod common;
 
 use clap::Parser;
 use common::{Env, csv_of, stderr, stdout, us_number};
-use producer::Rejections;
 use producer::config::{Cli, Command, ListArgs, ListCommand, ListImportArgs};
 use secrecy::ExposeSecret;
 use tocsin_core::{CallId, CampaignId, PhoneNumber};
@@ -37,11 +36,9 @@ async fn import(
     name: &str,
     file: &std::path::Path,
     extra: &[&str],
-) -> anyhow::Result<producer::lists::ImportReport> {
+) -> anyhow::Result<tocsin_enqueue::lists::ImportReport> {
     let args = import_args(env, name, file, extra);
-    let (report, _) =
-        producer::lists::import(&env.db.pool, &args, Rejections::Print, CancellationToken::new()).await?;
-    Ok(report)
+    producer::lists::import(&env.db.pool, &args, CancellationToken::new()).await
 }
 
 async fn entries(env: &Env, list: &str) -> Vec<(i64, String, Option<String>, serde_json::Value)> {
@@ -92,7 +89,7 @@ async fn import_reports_every_rejected_line_and_saves_the_rest() {
     );
     assert_eq!(saved[0].3, serde_json::json!({"name": "Ada"}));
     assert_eq!((saved[1].0, saved[1].1.as_str()), (9, "+442079460958"));
-    let info = producer::lists::find(&env.db.pool, "oncall").await.unwrap().unwrap();
+    let info = tocsin_enqueue::lists::find(&env.db.pool, "oncall").await.unwrap().unwrap();
     assert_eq!(info.contacts, 2);
     assert!(info.source.ends_with("oncall.csv"), "{}", info.source);
 
@@ -134,16 +131,11 @@ async fn a_campaign_from_a_saved_list_goes_through_the_enqueue_pipeline() {
         .await
         .unwrap();
     let args = env.enqueue_args("from-list", std::path::Path::new("unused.csv"), &[]);
-    let (report, _) = producer::lists::enqueue_list(
-        &env.db.pool,
-        (*args).clone(),
-        "big",
-        &[tocsin_core::provider::Provider::Vonage],
-        Rejections::Collect(10),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let spec = producer::enqueue::spec(&args).unwrap();
+    let counters = std::sync::Arc::new(tocsin_enqueue::Counters::default());
+    let stop = CancellationToken::new();
+    let report =
+        tocsin_enqueue::lists::enqueue_list(&env.db.pool, &spec, "big", &counters, &(), &stop).await.unwrap();
     assert_eq!((report.read, report.new_contacts, report.published), (4500, 4499, 4499));
     assert_eq!((report.do_not_call, report.invalid, report.malformed), (1, 0, 0));
 
@@ -164,29 +156,14 @@ async fn a_campaign_from_a_saved_list_goes_through_the_enqueue_pipeline() {
     assert_eq!(jobs.get(&id.to_string()), Some(&1));
 
     // Re-running publishes nothing again.
-    let (again, _) = producer::lists::enqueue_list(
-        &env.db.pool,
-        (*args).clone(),
-        "big",
-        &[tocsin_core::provider::Provider::Vonage],
-        Rejections::Collect(10),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let again =
+        tocsin_enqueue::lists::enqueue_list(&env.db.pool, &spec, "big", &counters, &(), &stop).await.unwrap();
     assert_eq!((again.new_contacts, again.already_enqueued, again.published), (0, 4499, 0));
     assert_eq!(env.queued().await, 0);
 
-    let err = producer::lists::enqueue_list(
-        &env.db.pool,
-        (*args).clone(),
-        "no-such-list",
-        &[tocsin_core::provider::Provider::Vonage],
-        Rejections::Collect(10),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
+    let err = tocsin_enqueue::lists::enqueue_list(&env.db.pool, &spec, "no-such-list", &counters, &(), &stop)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("no saved contact list named \"no-such-list\""), "{err}");
     env.cleanup().await;
 }

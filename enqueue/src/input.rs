@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use clap::ValueEnum;
-
 /// The longest line a contact list may have. Contacts are a few dozen bytes;
 /// anything near this is a broken file, not a contact.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -25,12 +23,23 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// closing quote is missing.
 const MAX_RECORD_LINES: usize = 32;
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// Comma-separated values with a header row naming the columns.
     Csv,
     /// One JSON object per line (also called NDJSON).
     Jsonl,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "csv" => Ok(Self::Csv),
+            "jsonl" | "ndjson" => Ok(Self::Jsonl),
+            _ => Err(format!("{s:?}: the format is csv or jsonl")),
+        }
+    }
 }
 
 /// Where a contact list comes from: a file, or standard input for `-`.

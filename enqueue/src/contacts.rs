@@ -76,21 +76,36 @@ pub enum Row {
     Rejected(Rejection),
 }
 
+/// Where raw records come from: a text list (`ContactInput`) or contacts
+/// already parsed (the API's body, a saved list).
+pub trait RecordSource: Send {
+    /// The next record; `Err` when reading the input failed (the run stops).
+    fn next_record(&mut self) -> Option<std::io::Result<Record>>;
+}
+
+impl RecordSource for ContactInput {
+    fn next_record(&mut self) -> Option<std::io::Result<Record>> {
+        ContactInput::next_record(self)
+    }
+}
+
+impl<T: RecordSource + ?Sized> RecordSource for Box<T> {
+    fn next_record(&mut self) -> Option<std::io::Result<Record>> {
+        (**self).next_record()
+    }
+}
+
 /// Turns raw records into contacts or rejections.
 pub struct ContactReader {
-    input: ContactInput,
+    input: Box<dyn RecordSource>,
     default_region: Option<String>,
     /// Numbers seen so far and the line each was first seen on.
     seen: Seen,
 }
 
 impl ContactReader {
-    pub fn new(input: ContactInput, default_region: Option<String>) -> Self {
-        Self { input, default_region, seen: Seen::new() }
-    }
-
-    pub fn input(&self) -> &ContactInput {
-        &self.input
+    pub fn new(input: impl RecordSource + 'static, default_region: Option<String>) -> Self {
+        Self { input: Box::new(input), default_region, seen: Seen::new() }
     }
 
     /// The next row; `Err` when reading the input failed (the run stops).

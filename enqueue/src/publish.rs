@@ -20,7 +20,7 @@ use tocsin_core::queue::{ROUTE_CALL, Topology};
 use tocsin_core::{CallId, CallJob, CampaignId, PhoneNumber};
 use tokio::sync::mpsc;
 
-use crate::Fatal;
+use crate::EnqueueError;
 
 /// How often a refused job is published again before the run gives up.
 const MAX_TRIES: u32 = 4;
@@ -89,15 +89,8 @@ async fn send(
         .await
 }
 
-fn broker_lost(e: &lapin::Error) -> anyhow::Error {
-    Fatal::Unreachable {
-        service: "RabbitMQ (TOCSIN_AMQP_URL)",
-        detail: format!(
-            "{e}; contacts whose jobs were not confirmed stay unconfirmed, and re-running the same command \
-             publishes them"
-        ),
-    }
-    .into()
+fn broker_lost(e: lapin::Error) -> EnqueueError {
+    EnqueueError::broker("publishing")(e)
 }
 
 impl Stage {
@@ -125,7 +118,7 @@ impl Stage {
     }
 
     /// Publishes every batch from `rx`, then waits for the last confirms.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> anyhow::Result<Published> {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> Result<Published, EnqueueError> {
         let mut open = true;
         while open || !self.in_flight.is_empty() {
             tokio::select! {
@@ -142,7 +135,7 @@ impl Stage {
         Ok(self.done)
     }
 
-    async fn publish(&mut self, batch: Batch) -> anyhow::Result<()> {
+    async fn publish(&mut self, batch: Batch) -> Result<(), EnqueueError> {
         if batch.jobs.is_empty() {
             // Nothing to wait for (every row was already there or blocked).
             if !batch.confirms.is_empty() {
@@ -168,7 +161,7 @@ impl Stage {
                 Some(p) => send(&self.channel, &self.exchange, &self.route, &p.jobs[idx]).await,
                 None => continue,
             }
-            .map_err(|e| broker_lost(&e))?;
+            .map_err(broker_lost)?;
             self.in_flight.push(Box::pin(async move { (seq, idx, 1, confirm.await) }));
         }
         Ok(())
@@ -177,28 +170,34 @@ impl Stage {
     async fn confirmed(
         &mut self,
         (seq, idx, tries, result): (u64, usize, u32, lapin::Result<Confirmation>),
-    ) -> anyhow::Result<()> {
-        let confirmation = result.map_err(|e| broker_lost(&e))?;
+    ) -> Result<(), EnqueueError> {
+        let confirmation = result.map_err(broker_lost)?;
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
             Confirmation::Ack(Some(_)) => {
-                return Err(anyhow::anyhow!(
-                    "RabbitMQ could not route a job to the work queue (exchange {:?}, route {:?}): is the queue \
+                return Err(EnqueueError::Failed {
+                    doing: "publishing",
+                    detail: format!(
+                        "RabbitMQ could not route a job to the work queue (exchange {:?}, route {:?}): is the queue \
                      missing or the prefix wrong? Nothing was lost: re-run the same command once it is fixed",
-                    self.exchange.as_str(),
-                    self.route.as_str()
-                ));
+                        self.exchange.as_str(),
+                        self.route.as_str()
+                    ),
+                });
             }
             Confirmation::Nack(_) => {
                 let Some(pending) = self.pending.get(&seq) else { return Ok(()) };
                 let job = pending.jobs[idx].clone();
                 if tries >= MAX_TRIES {
-                    return Err(anyhow::anyhow!(
-                        "RabbitMQ refused the job for call {} {tries} times (is the broker short of memory or \
+                    return Err(EnqueueError::Failed {
+                        doing: "publishing",
+                        detail: format!(
+                            "RabbitMQ refused the job for call {} {tries} times (is the broker short of memory or \
                          disk?); the run stops here. Contacts whose jobs were not confirmed stay unconfirmed and \
                          re-running the same command publishes them",
-                        job.call_id
-                    ));
+                            job.call_id
+                        ),
+                    });
                 }
                 self.done.retried += 1;
                 tracing::warn!(call_id = %job.call_id, tries, "the broker refused a job; publishing it again");

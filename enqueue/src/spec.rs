@@ -1,0 +1,213 @@
+//! What a run is asked to do (`Spec`), and the campaign it writes to,
+//! checked against any existing row (`prepare`) before anything is written.
+//! The settings' rules are the campaign type's (`tocsin_core::campaign`).
+
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tocsin_core::campaign::{CampaignStatus, Changes, FieldError, Settings, check_name};
+use tocsin_core::provider::Provider;
+use tocsin_core::{CampaignId, PhoneNumber, db};
+
+use crate::EnqueueError;
+
+/// An enqueue run: which campaign, with which settings, published where.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// The campaign's name (it names its id, so every run finds the same one).
+    pub campaign: String,
+    /// The settings asked for; `None` fields keep an existing campaign's
+    /// values (or the defaults for a new one). A new campaign needs the
+    /// message and the caller id.
+    pub changes: Changes,
+    /// Allow changing an existing campaign's message.
+    pub update_message: bool,
+    /// Allow changing an existing campaign's other settings.
+    pub update_settings: bool,
+    /// Region (ISO 3166) for numbers written without a country code.
+    pub default_region: Option<String>,
+    /// Check and count everything, write and publish nothing.
+    pub dry_run: bool,
+    /// Most jobs awaiting the broker's confirm at once.
+    pub in_flight: usize,
+    pub amqp_url: SecretString,
+    pub queue_prefix: String,
+    /// The providers configured where this runs (a campaign must use one).
+    pub providers: Vec<Provider>,
+}
+
+impl Spec {
+    /// A run on `campaign` with `changes`, publishing to `amqp_url` under
+    /// `queue_prefix`, every option at its default.
+    pub fn new(
+        campaign: impl Into<String>,
+        changes: Changes,
+        amqp_url: SecretString,
+        queue_prefix: String,
+    ) -> Self {
+        Self {
+            campaign: campaign.into(),
+            changes,
+            update_message: false,
+            update_settings: false,
+            default_region: None,
+            dry_run: false,
+            in_flight: 2048,
+            amqp_url,
+            queue_prefix,
+            providers: Vec::new(),
+        }
+    }
+}
+
+/// The campaign a run writes to, checked against any existing row.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub id: CampaignId,
+    pub name: String,
+    pub settings: Settings,
+    /// The row already exists (possibly updated by this run).
+    pub exists: bool,
+    /// The existing row's settings differ and the user allowed the change.
+    pub update: bool,
+    pub status: CampaignStatus,
+    /// What this run changes, for the report.
+    pub changes: Vec<String>,
+}
+
+/// Works out the campaign's settings from the spec and any existing row,
+/// refusing accidental changes. Writes nothing.
+pub async fn prepare(
+    pool: &PgPool,
+    spec: &Spec,
+    has_timezone_column: bool,
+) -> Result<Prepared, EnqueueError> {
+    check_name("campaign", &spec.campaign).map_err(|e| {
+        EnqueueError::Invalid(vec![FieldError::new("campaign", format!("{:?} {}", spec.campaign, e.message))])
+    })?;
+    if let Some(region) = &spec.default_region
+        && let Err(e @ tocsin_core::phone::PhoneNumberError::UnknownRegion(_)) =
+            PhoneNumber::parse("+14155552671", Some(region))
+    {
+        return Err(EnqueueError::Invalid(vec![FieldError::new("default_region", e.to_string())]));
+    }
+    let id = CampaignId::from_name(&spec.campaign);
+    let existing = db::campaign(pool, id).await.map_err(EnqueueError::db("reading the campaign"))?;
+    let requested = spec.changes.clone();
+    let s = match &existing {
+        Some(c) => c.settings.apply(requested).map_err(EnqueueError::Invalid)?,
+        None => Settings::new(requested).map_err(EnqueueError::Invalid)?,
+    };
+    if spec.changes.window.is_some()
+        && spec.changes.timezone.is_none()
+        && !has_timezone_column
+        && s.timezone == chrono_tz::UTC
+    {
+        return Err(EnqueueError::Refused(
+            "--window is local time: give --timezone (e.g. --timezone America/New_York) or a time zone \
+             column in the contact list, so nobody is called at night"
+                .into(),
+        ));
+    }
+    let provider = s.provider;
+    if !spec.providers.contains(&provider) {
+        let variable = match provider {
+            Provider::Vonage => "TOCSIN_VONAGE_APPLICATION_ID",
+            Provider::Twilio => "TOCSIN_TWILIO_ACCOUNT_SID",
+            Provider::Telnyx => "TOCSIN_TELNYX_CONNECTION_ID",
+        };
+        let others = if spec.providers.is_empty() {
+            "no provider is configured here".to_owned()
+        } else {
+            let names: Vec<&str> = spec.providers.iter().map(|p| p.as_str()).collect();
+            format!("configured: {}", names.join(", "))
+        };
+        return Err(EnqueueError::Refused(format!(
+            "provider {provider} is not configured: set {variable} (the same variable the workers read) \
+             or choose another --provider ({others})"
+        )));
+    }
+
+    let name = spec.campaign.clone();
+    let Some(existing) = existing else {
+        return Ok(Prepared {
+            id,
+            name,
+            settings: s,
+            exists: false,
+            update: false,
+            status: CampaignStatus::Active,
+            changes: Vec::new(),
+        });
+    };
+    if existing.status == CampaignStatus::Cancelled {
+        return Err(EnqueueError::Refused(format!(
+            "campaign {name:?} was cancelled and takes no new contacts; pick another name, or delete it first \
+             (producer delete {name} --yes)"
+        )));
+    }
+    let base = &existing.settings;
+    let mut changes = Vec::new();
+    if s.message != base.message {
+        if !spec.update_message {
+            return Err(EnqueueError::Refused(format!(
+                "campaign {name:?} already exists with a different message; pass --update-message to change it \
+                 (calls not yet answered will speak the new one), or use another campaign name"
+            )));
+        }
+        changes.push("message".to_owned());
+    }
+    let other = s.changes_from(base);
+    if !other.is_empty() && !spec.update_settings {
+        return Err(EnqueueError::Refused(format!(
+            "campaign {name:?} already exists with other settings ({}); pass --update-settings to change them",
+            other.join("; ")
+        )));
+    }
+    changes.extend(other);
+    Ok(Prepared {
+        id,
+        name,
+        update: !changes.is_empty(),
+        settings: s,
+        exists: true,
+        status: existing.status,
+        changes,
+    })
+}
+
+/// Writes the campaign row: inserts a new one, or applies an allowed update.
+pub async fn write(pool: &PgPool, p: &Prepared) -> Result<(), EnqueueError> {
+    let s = &p.settings;
+    let query = if p.exists {
+        if !p.update {
+            return Ok(());
+        }
+        "UPDATE campaigns SET message = $3, language = $4, voice = $5, provider = $6, from_number = $7, \
+         repeat = $8, max_attempts = $9, retry_delay_secs = $10, machine_detection = $11, start_at = $12, \
+         window_start = $13, window_end = $14, timezone = $15, updated_at = now() WHERE id = $1 AND name = $2"
+    } else {
+        "INSERT INTO campaigns (id, name, message, language, voice, provider, from_number, repeat, max_attempts, \
+         retry_delay_secs, machine_detection, start_at, window_start, window_end, timezone) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (name) DO NOTHING"
+    };
+    sqlx::query(query)
+        .bind(p.id)
+        .bind(&p.name)
+        .bind(&s.message)
+        .bind(&s.language)
+        .bind(&s.voice)
+        .bind(s.provider.as_str())
+        .bind(s.from.as_str())
+        .bind(s.repeat)
+        .bind(s.max_attempts)
+        .bind(s.retry_delay_secs)
+        .bind(s.machine_detection)
+        .bind(s.start_at)
+        .bind(s.window.map(|w| w.open))
+        .bind(s.window.map(|w| w.close))
+        .bind(s.timezone.name())
+        .execute(pool)
+        .await
+        .map_err(EnqueueError::db("writing the campaign"))?;
+    Ok(())
+}
