@@ -59,9 +59,9 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
-use super::auth::{Scope, authenticate};
+use super::auth::{Auth, Read};
 use super::campaigns::campaign_status;
-use super::{ApiState, db_unavailable};
+use super::{ApiState, Result};
 
 /// The NOTIFY channel of new calls and campaign status changes.
 const CHANNEL: &str = "tocsin_calls";
@@ -367,7 +367,7 @@ async fn read(
     if changes.is_empty() && !counts_if_unchanged {
         return Ok((to, changes, None));
     }
-    let counts = campaign_status(pool, name).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
+    let counts = campaign_status(pool, name).await?;
     Ok((to, changes, counts))
 }
 
@@ -410,11 +410,11 @@ pub async fn events(
     headers: HeaderMap,
     Path(name): Path<String>,
     Query(query): Query<EventsQuery>,
-) -> Result<Response, ApiError> {
-    let caller = authenticate(&state.pool, &headers, Scope::Read).await?;
+    caller: Auth<Read>,
+) -> Result<Response> {
     caller.check_campaign(&name)?;
     if campaign_status(&state.pool, &name).await?.is_none() {
-        return Err(ApiError::not_found(format!("no campaign named {name:?}")));
+        return Err(ApiError::not_found(format!("no campaign named {name:?}")).into());
     }
     let resume = headers
         .get("last-event-id")
@@ -431,10 +431,7 @@ pub async fn events(
         ),
     };
     // A feed that is not running yet starts at the current snapshot.
-    let now: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
-        .fetch_one(&state.pool)
-        .await
-        .map_err(|e| db_unavailable(e, "reading the current snapshot"))?;
+    let now: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&state.pool).await?;
     let now = Snapshot::parse(&now).ok_or_else(ApiError::unavailable)?;
     let (rx, joined_at) = state.hub.join(&name, || now);
     let stream = Listener {
@@ -503,10 +500,7 @@ impl Listener {
         loop {
             let read = if self.position == *to {
                 // Nothing in between: only the counters.
-                campaign_status(&self.pool, &self.name)
-                    .await
-                    .map(|counts| (to.clone(), Vec::new(), counts))
-                    .map_err(|_| sqlx::Error::PoolTimedOut)
+                campaign_status(&self.pool, &self.name).await.map(|counts| (to.clone(), Vec::new(), counts))
             } else {
                 read(&self.pool, &self.campaign, &self.name, &self.position, Some(to), true).await
             };
