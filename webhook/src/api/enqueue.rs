@@ -46,14 +46,17 @@ pub fn parse_provider(p: &str, configured: &[Provider]) -> Result<ProviderArg, S
     }
 }
 
+/// `start_at`: an RFC 3339 time; the error says what was wrong.
 pub fn parse_start_at(s: &str) -> Result<DateTime<FixedOffset>, String> {
     producer::config::parse_start_at(s)
 }
 
+/// `window`: the daily calling window in local time, `HH:MM-HH:MM`.
 pub fn parse_window(s: &str) -> Result<producer::config::Window, String> {
     producer::config::parse_window(s)
 }
 
+/// `timezone`: the window's IANA time zone (a contact's own overrides it).
 pub fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
     producer::config::parse_timezone(s)
 }

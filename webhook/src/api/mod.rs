@@ -15,7 +15,8 @@
 //! Creating a campaign runs the producer's own pipeline: the same
 //! validation, dedupe, do-not-call check and idempotency as `producer
 //! enqueue`, on inline contacts or a saved contact list. Every call into the
-//! producer goes through `enqueue`, the API's one seam with that crate.
+//! producer goes through `enqueue`, the API's one seam with that crate
+//! (`auth` aside, which checks keys with `producer::apikey`).
 //! `alertmanager` receives Prometheus Alertmanager notifications and starts
 //! one broadcast per alert group and firing period; `live` streams a
 //! campaign's call state changes as Server-Sent Events.

@@ -87,7 +87,7 @@ pub async fn events(
     let failed =
         matches!(state_change, Some(tocsin_core::CallState::Failed | tocsin_core::CallState::Rejected));
     let stored = StoredEvent {
-        provider: "telnyx",
+        provider: Provider::Telnyx.as_str(),
         dedupe_key: event.dedupe_key(),
         status: event.event_type.clone(),
         payload,

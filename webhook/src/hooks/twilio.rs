@@ -96,7 +96,7 @@ pub async fn status(
     let payload: serde_json::Map<String, serde_json::Value> =
         params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
     let event = StoredEvent {
-        provider: "twilio",
+        provider: Provider::Twilio.as_str(),
         dedupe_key: callback.dedupe_key(),
         status: callback.call_status.clone(),
         payload: serde_json::Value::Object(payload),

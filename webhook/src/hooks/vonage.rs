@@ -74,7 +74,7 @@ pub async fn events(
         _ => None,
     };
     let stored = StoredEvent {
-        provider: "vonage",
+        provider: Provider::Vonage.as_str(),
         dedupe_key: event.dedupe_key(),
         status: event.status.clone(),
         payload,
