@@ -50,7 +50,7 @@ async fn browser_dashboard_shows_live_progress_and_pause_stops_dialling() {
     let report = producer::enqueue(&stack.db.pool, &args).await.unwrap();
     assert_eq!(report.published as usize, CONTACTS);
     let scopes = ["campaigns:read".to_owned(), "campaigns:control".to_owned()];
-    let key = producer::apikey::create(&stack.db.pool, "browser", &scopes, &[]).await.unwrap();
+    let key = tocsin_core::apikey::create(&stack.db.pool, "browser", &scopes, &[]).await.unwrap();
 
     let shots = root.join("target/ui-e2e");
     let run = tokio::process::Command::new("node")

@@ -701,15 +701,30 @@ fn jsonl_next(
                 format!("not valid UTF-8 (byte 0x{:02X} at column {})", buf[at], at + 1),
             );
         }
-        let mut object = match serde_json::from_slice::<serde_json::Value>(&buf) {
-            Ok(serde_json::Value::Object(o)) => o,
-            Ok(_) => return bad(String::new(), "expected a JSON object per line".into()),
-            Err(e) => {
-                return bad(
-                    String::new(),
-                    format!("not valid JSON: {}", e.to_string().replace(" at line 1 column", " at column")),
-                );
-            }
+        return match serde_json::from_slice::<serde_json::Value>(&buf) {
+            Ok(value) => Ok(Some(Record::from_json(line, value, number_key, timezone_key))),
+            Err(e) => bad(
+                String::new(),
+                format!("not valid JSON: {}", e.to_string().replace(" at line 1 column", " at column")),
+            ),
+        };
+    }
+}
+
+impl Record {
+    /// A contact given as a JSON object (a JSON Lines line, an element of
+    /// the API's `contacts` array): the number under `number_key`, the time
+    /// zone under `timezone_key`, every other key kept as attributes. Keys
+    /// match without regard to case.
+    pub fn from_json(
+        line: u64,
+        value: serde_json::Value,
+        number_key: &str,
+        timezone_key: Option<&str>,
+    ) -> Record {
+        let bad = |value: String, why: String| Record::Bad { line, value, bad: Bad::Malformed(why) };
+        let serde_json::Value::Object(mut object) = value else {
+            return bad(String::new(), "expected a JSON object".into());
         };
         let take = |object: &mut serde_json::Map<String, serde_json::Value>, key: &str| {
             let found = object.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned();
@@ -727,7 +742,7 @@ fn jsonl_next(
             Some(other) => return bad(number, format!("time zone must be a string, not {other}")),
         };
         let attributes = serde_json::Value::Object(object).to_string();
-        return Ok(Some(Record::Contact(RawContact { line, number, timezone, attributes })));
+        Record::Contact(RawContact { line, number, timezone, attributes })
     }
 }
 

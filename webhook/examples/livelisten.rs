@@ -148,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to PostgreSQL")?;
 
     let key_name = format!("livelisten-{}-{}", args.campaign, std::process::id());
-    let key = producer::apikey::create(&pool, &key_name, &["campaigns:read".to_owned()], &[])
+    let key = tocsin_core::apikey::create(&pool, &key_name, &["campaigns:read".to_owned()], &[])
         .await
         .context("creating the API key")?;
     let campaign = CampaignId::from_name(&args.campaign);

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use secrecy::SecretString;
-use tocsin_core::config::{AmqpArgs, DatabaseArgs, TelemetryArgs, parse_duration, secret};
+use tocsin_core::config::{AmqpArgs, DatabaseArgs, TelemetryArgs, TelnyxCredentials, parse_duration, secret};
+use tocsin_core::telnyx::PublicKey;
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -87,9 +88,11 @@ impl WebhookConfig {
         out
     }
 
+    /// Start-up check of the provider settings; the error names the
+    /// variable to set. `webhook` calls it before anything else.
     pub fn validate(&self) -> anyhow::Result<()> {
-        crate::twilio::check_config(self)?;
-        crate::telnyx::hooks(self)?;
+        self.check_twilio()?;
+        self.telnyx_settings()?;
         let any_secret = self.vonage_signature_secret.is_some()
             || self.twilio.twilio_auth_token.is_some()
             || self.telnyx.telnyx_public_key.is_some();
@@ -102,4 +105,67 @@ impl WebhookConfig {
         }
         Ok(())
     }
+
+    /// An account SID without its auth token cannot verify anything Twilio sends.
+    fn check_twilio(&self) -> anyhow::Result<()> {
+        let twilio = &self.twilio;
+        if twilio.twilio_account_sid.is_some()
+            && twilio.twilio_auth_token.is_none()
+            && !self.insecure_skip_signature_check
+        {
+            anyhow::bail!(
+                "TOCSIN_TWILIO_ACCOUNT_SID is set but TOCSIN_TWILIO_AUTH_TOKEN is not: \
+                 Twilio's webhooks cannot be verified without it"
+            );
+        }
+        Ok(())
+    }
+
+    /// The Vonage signature secret the event handler checks; `None` when
+    /// checks are off (or Vonage is not configured, which refuses every event).
+    pub fn vonage_secret(&self) -> Option<SecretString> {
+        if self.insecure_skip_signature_check { None } else { self.vonage_signature_secret.clone() }
+    }
+
+    /// Telnyx's settings, checked: `None` when no Telnyx setting is given;
+    /// an error naming the variable when one is missing or malformed.
+    pub fn telnyx_settings(&self) -> anyhow::Result<Option<TelnyxSettings>> {
+        let t = &self.telnyx;
+        let any =
+            t.telnyx_connection_id.is_some() || t.telnyx_api_key.is_some() || t.telnyx_public_key.is_some();
+        if !any {
+            return Ok(None);
+        }
+        let public_key =
+            match &t.telnyx_public_key {
+                Some(key) => Some(PublicKey::from_base64(key).map_err(|e| {
+                    anyhow::anyhow!("TOCSIN_TELNYX_PUBLIC_KEY is not a Telnyx public key: {e}")
+                })?),
+                None if self.insecure_skip_signature_check => None,
+                None => anyhow::bail!(
+                    "Telnyx is configured but TOCSIN_TELNYX_PUBLIC_KEY is not set: \
+                 Telnyx's webhooks cannot be verified without it"
+                ),
+            };
+        let Some(api_key) = t.telnyx_api_key.clone() else {
+            anyhow::bail!(
+                "Telnyx is configured but TOCSIN_TELNYX_API_KEY is not set: the webhook service \
+                 needs it to send the speak and hang-up commands"
+            );
+        };
+        let credentials = TelnyxCredentials {
+            api_url: t.telnyx_api_url.trim_end_matches('/').to_owned(),
+            api_key,
+            connection_id: t.telnyx_connection_id.clone().unwrap_or_default(),
+        };
+        Ok(Some(TelnyxSettings { public_key, credentials }))
+    }
+}
+
+/// Telnyx's checked settings: the key that verifies its events and the
+/// credentials of the command client.
+pub struct TelnyxSettings {
+    /// `None` only with `--insecure-skip-signature-check`.
+    pub public_key: Option<PublicKey>,
+    pub credentials: TelnyxCredentials,
 }

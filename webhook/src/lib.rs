@@ -1,25 +1,35 @@
-//! The webhook service: answer documents and call events.
+//! The webhook service: everything Tocsin serves over HTTP.
 //!
-//! Routes: `GET|POST /vonage/answer`, `POST /vonage/events`, plus
-//! `/healthz`, `/readyz`, `/metrics`. An event is committed to PostgreSQL
-//! before the 2xx goes out; when the database is unreachable the answer is
-//! 503 so the provider retries.
+//! - `hooks`: the provider hooks. Answer documents (`/vonage/answer`,
+//!   `/twilio/twiml`; Telnyx speaks by command instead) and signed call
+//!   events (`/vonage/events`, `/twilio/status`, `/telnyx/events`), each
+//!   verified, then stored through the event store. An event is committed to
+//!   PostgreSQL before the 2xx goes out; when the database is unreachable
+//!   the answer is 503 so the provider retries.
+//! - `store`: the event store, which group-commits events, moves their calls
+//!   forward and publishes the redials of busy or unanswered calls.
+//! - `api`: the HTTP API under `/api/v1`, for machines holding an API key:
+//!   campaigns created (through the producer's pipeline), listed, shown,
+//!   paused, resumed and cancelled; their calls with their timelines; a
+//!   Server-Sent Events live stream of call state changes; and a Prometheus
+//!   Alertmanager receiver that turns a firing alert group into a broadcast.
+//! - `ui`: the dashboard at `/ui`, static pages that read the API.
+//! - `config`: the one typed configuration, checked at start.
+//!
+//! Plus `/healthz`, `/readyz` and `/metrics`. `run` serves all of it until
+//! its shutdown token is cancelled.
 
 pub mod api;
 pub mod config;
+pub mod hooks;
 pub mod store;
-pub mod telnyx;
-pub mod twilio;
 pub mod ui;
-pub mod vonage;
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tocsin_core::{db, http};
 use tokio::net::TcpListener;
@@ -27,28 +37,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::WebhookConfig;
+use crate::hooks::HookState;
 
-/// Shared by every handler.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub store: store::EventStore,
-    /// `None` only with the explicit development flag.
-    pub vonage_secret: Option<SecretString>,
-    /// `TOCSIN_PUBLIC_URL`: Twilio signs the URL it was given, which is this
-    /// one, not the address a proxy forwards to.
-    pub public_url: String,
-    /// Twilio's auth token (signature key); `None` when Twilio is not configured.
-    pub twilio_auth_token: Option<SecretString>,
-    /// Telnyx's public key and command client; `None` when Telnyx is not configured.
-    pub telnyx: Option<telnyx::TelnyxHooks>,
-    /// `--insecure-skip-signature-check` (Twilio and Telnyx handlers; Vonage
-    /// reads it from `vonage_secret`).
-    pub skip_signatures: bool,
-}
-
-/// The full router (webhook routes and ops routes), for `run` and for tests.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The provider hooks and the ops routes (`/healthz`, `/readyz`, `/metrics`).
+pub fn router(state: HookState, max_body_bytes: usize) -> Router {
     let ready_pool = state.pool.clone();
     let ready: http::ReadyCheck = Arc::new(move || {
         let pool = ready_pool.clone();
@@ -60,15 +52,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .map_err(|_| "PostgreSQL is unreachable".to_owned())
         })
     });
-    let hooks = Router::new()
-        .route("/vonage/answer", get(vonage::answer).post(vonage::answer))
-        .route("/vonage/events", post(vonage::events))
-        .route("/twilio/twiml", post(twilio::twiml).get(twilio::twiml))
-        .route("/twilio/status", post(twilio::status))
-        .route("/telnyx/events", post(telnyx::events))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(Arc::new(state));
-    hooks.merge(http::ops_router(ready))
+    hooks::router(state, max_body_bytes).merge(http::ops_router(ready))
 }
 
 /// Builds the service from its configuration on an open, migrated pool:
@@ -88,19 +72,15 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
     if config.insecure_skip_signature_check {
         warn!("webhook signature checks are DISABLED (--insecure-skip-signature-check): development only");
     }
-    let telnyx_hooks = telnyx::hooks(config)?;
-    let state = AppState {
+    let telnyx = config.telnyx_settings()?.map(hooks::telnyx::TelnyxHooks::new).transpose()?;
+    let state = HookState {
         public_url: config.public_url.trim_end_matches('/').to_owned(),
         twilio_auth_token: config.twilio.twilio_auth_token.clone(),
-        telnyx: telnyx_hooks,
+        telnyx,
         skip_signatures: config.insecure_skip_signature_check,
         pool: pool.clone(),
         store: store::EventStore::start(pool.clone(), Some(redials), batch),
-        vonage_secret: if config.insecure_skip_signature_check {
-            None
-        } else {
-            config.vonage_signature_secret.clone()
-        },
+        vonage_secret: config.vonage_secret(),
     };
     let api = Arc::new(api::ApiState {
         hub: api::live::Hub::start(pool.clone()),

@@ -9,7 +9,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use tocsin_core::queue::Topology;
-use tocsin_core::testing::{self};
 use tower::ServiceExt;
 
 mod common;
@@ -34,36 +33,13 @@ impl Harness {
         (status, value)
     }
 
-    async fn save_list(&self, name: &str, numbers: &[&str]) {
-        let dir = std::env::temp_dir().join(testing::unique_prefix("am-list"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("list.csv");
+    async fn save_numbers(&self, name: &str, numbers: &[&str]) {
         let mut csv = String::from("number\n");
         for n in numbers {
             csv.push_str(n);
             csv.push('\n');
         }
-        std::fs::write(&file, csv).unwrap();
-        let args = producer::config::ListImportArgs {
-            name: name.into(),
-            file,
-            format: None,
-            number_column: "number".into(),
-            timezone_column: None,
-            delimiter: None,
-            default_region: None,
-            rejects: None,
-            json: false,
-        };
-        producer::lists::import(
-            &self.db.pool,
-            &args,
-            producer::Rejections::Collect(0),
-            tokio_util::sync::CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        self.save_list(name, &csv).await;
     }
 
     async fn jobs_queued(&self) -> u32 {
@@ -126,7 +102,7 @@ fn error_code(v: &Value) -> &str {
 async fn one_broadcast_per_group_and_firing_period() {
     let h = harness().await;
     let key = h.key("alertmanager", &["campaigns:write"], &[]).await;
-    h.save_list("oncall", &["+14155550101", "+14155550102", "+14155550103"]).await;
+    h.save_numbers("oncall", &["+14155550101", "+14155550102", "+14155550103"]).await;
     let first = notification("firing", &[("aaa", "firing", "2026-11-22T10:00:00.123Z")], &[]);
 
     let (s, v) = h.post(ROUTE, Some(&key), first.clone()).await;
@@ -213,7 +189,7 @@ async fn concurrent_deliveries_of_one_group_start_one_broadcast() {
     let key = h.key("alertmanager", &["campaigns:write"], &[]).await;
     let numbers: Vec<String> = (0..300).map(|i| format!("+1415555{i:04}")).collect();
     let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
-    h.save_list("oncall", &refs).await;
+    h.save_numbers("oncall", &refs).await;
     // Two Alertmanager HA peers (or a retry after a timeout) deliver the same
     // notification at once; the second waits for the first's enqueue.
     let body = notification("firing", &[("aaa", "firing", "2026-11-22T10:00:00Z")], &[]);
@@ -233,8 +209,8 @@ async fn concurrent_deliveries_of_one_group_start_one_broadcast() {
 async fn resolved_without_cancel_is_recorded_and_leaves_the_calls() {
     let h = harness().await;
     let key = h.key("alertmanager", &["campaigns:write"], &[]).await;
-    h.save_list("oncall", &["+14155550101", "+14155550102"]).await;
-    h.save_list("dba", &["+14155550109"]).await;
+    h.save_numbers("oncall", &["+14155550101", "+14155550102"]).await;
+    h.save_numbers("dba", &["+14155550109"]).await;
     // The label names the list, overriding the route's.
     let firing = notification(
         "firing",
@@ -284,7 +260,7 @@ async fn errors_401_403_and_400_naming_the_field() {
     let writer = h.key("alertmanager", &["campaigns:write"], &[]).await;
     let reader = h.key("reader", &["campaigns:read"], &[]).await;
     let ops = h.key("ops", &["campaigns:write"], &["ops-"]).await;
-    h.save_list("oncall", &["+14155550101"]).await;
+    h.save_numbers("oncall", &["+14155550101"]).await;
     let good = notification("firing", &[("aaa", "firing", "2026-11-22T10:00:00Z")], &[]);
 
     let (s, v) = h.post(ROUTE, None, good.clone()).await;

@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use tocsin_core::queue::Topology;
-use tocsin_core::testing::{self};
 use tower::ServiceExt;
 
 mod common;
@@ -109,7 +108,7 @@ async fn missing_unknown_and_revoked_keys_get_401_and_scopes_and_prefixes_403() 
     assert_eq!(s, StatusCode::FORBIDDEN);
 
     // Revoked keys stop working at once.
-    assert!(producer::apikey::revoke(&h.db.pool, "reader").await.unwrap());
+    assert!(tocsin_core::apikey::revoke(&h.db.pool, "reader").await.unwrap());
     let (s, _, _) = h.call("GET", "/api/v1/campaigns", Some(&reader), None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     h.cleanup().await;
@@ -307,41 +306,12 @@ async fn status_and_control_with_404_and_409() {
     h.cleanup().await;
 }
 
-/// Saves contact list `name` from a CSV text, as `producer list import` does.
-async fn save_list(h: &Harness, name: &str, csv: &str) -> producer::lists::ImportReport {
-    let dir = std::env::temp_dir().join(testing::unique_prefix("api-list"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("{name}.csv"));
-    std::fs::write(&file, csv).unwrap();
-    let args = producer::config::ListImportArgs {
-        name: name.into(),
-        file,
-        format: None,
-        number_column: "number".into(),
-        timezone_column: None,
-        delimiter: None,
-        default_region: None,
-        rejects: None,
-        json: false,
-    };
-    let (report, _) = producer::lists::import(
-        &h.db.pool,
-        &args,
-        producer::Rejections::Collect(0),
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    report
-}
-
 #[tokio::test]
 async fn a_campaign_from_a_saved_contact_list() {
     let h = harness(&[]).await;
     let key = h.key("w", &["campaigns:write"], &["ops-"]).await;
     let report =
-        save_list(&h, "oncall", "name,number\nAda,+14155550101\nBob,+14155550102\nCy,+14155550103\n").await;
+        h.save_list("oncall", "name,number\nAda,+14155550101\nBob,+14155550102\nCy,+14155550103\n").await;
     assert_eq!(report.saved, 3);
     // Put on the do-not-call list after the import: still never called.
     sqlx::query("INSERT INTO do_not_call (number) VALUES ('+14155550103')")

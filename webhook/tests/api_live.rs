@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream};
 use axum::http::{Request, StatusCode};
-use clap::Parser;
 use futures::StreamExt;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tocsin_core::CallState;
 use tocsin_core::calls;
@@ -306,18 +304,8 @@ async fn shutdown_ends_open_streams() {
         .unwrap();
     assert_eq!(h.app.clone().oneshot(req).await.unwrap().status(), StatusCode::CREATED);
 
-    let config = webhook::config::WebhookConfig::try_parse_from([
-        "webhook",
-        "--database-url",
-        h.db.url.expose_secret(),
-        "--amqp-url",
-        &h.amqp_url,
-        "--queue-prefix",
-        &h.prefix,
-        "--vonage-signature-secret",
-        "live-test-secret",
-    ])
-    .unwrap();
+    // A second instance of the same service, served on a socket.
+    let config = h.config();
     let (listener, addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(webhook::run(config, listener, shutdown.clone()));

@@ -156,14 +156,19 @@ async fn calls_are_listed_by_page_and_shown_with_their_timeline() {
     let (status, _, _) = h.get("/api/v1/campaigns/ui-1/calls", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A key without campaigns:read, and one limited to other campaigns.
-    let writer =
-        producer::apikey::create(&h.db.pool, "writer", &["campaigns:write".to_owned()], &[]).await.unwrap();
+    let writer = tocsin_core::apikey::create(&h.db.pool, "writer", &["campaigns:write".to_owned()], &[])
+        .await
+        .unwrap();
     let (status, _, _) = h.get("/api/v1/campaigns/ui-1/calls", Some(&writer)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let other =
-        producer::apikey::create(&h.db.pool, "other", &["campaigns:read".to_owned()], &["other-".to_owned()])
-            .await
-            .unwrap();
+    let other = tocsin_core::apikey::create(
+        &h.db.pool,
+        "other",
+        &["campaigns:read".to_owned()],
+        &["other-".to_owned()],
+    )
+    .await
+    .unwrap();
     let (status, _, _) = h.get(&format!("/api/v1/campaigns/ui-1/calls/{id}"), Some(&other)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     h.cleanup().await;

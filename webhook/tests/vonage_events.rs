@@ -4,64 +4,49 @@
 
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use clap::Parser;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
-use secrecy::ExposeSecret;
 use tocsin_core::calls;
 use tocsin_core::provider::Provider;
 use tocsin_core::queue::Topology;
-use tocsin_core::testing::{self, TestDb};
 use tocsin_core::{CallId, CallJob, CampaignId, PhoneNumber};
 use tower::ServiceExt;
 
+mod common;
+
 const SECRET: &str = "webhook-test-secret";
 
+/// The shared harness (Vonage secret `SECRET`, 4 KiB bodies) and a campaign.
 struct Harness {
-    db: TestDb,
-    app: Router,
-    prefix: String,
-    amqp_url: String,
+    base: common::App,
     campaign: CampaignId,
 }
 
+impl std::ops::Deref for Harness {
+    type Target = common::App;
+    fn deref(&self) -> &common::App {
+        &self.base
+    }
+}
+
 async fn harness_with(extra: &[&str]) -> Harness {
-    tocsin_core::telemetry::install_crypto_provider();
-    // Install the metrics recorder before anything records.
-    tocsin_core::telemetry::metrics_handle();
-    let db = TestDb::create().await;
-    let amqp_url = testing::amqp_url().await;
-    let prefix = testing::unique_prefix("hook");
-    let mut args = vec![
-        "webhook",
-        "--database-url",
-        db.url.expose_secret(),
-        "--amqp-url",
-        &amqp_url,
-        "--queue-prefix",
-        &prefix,
-        "--vonage-signature-secret",
-        SECRET,
-        "--max-body-bytes",
-        "4096",
-    ];
-    args.extend_from_slice(extra);
-    let config = webhook::config::WebhookConfig::try_parse_from(args).unwrap();
-    let app = webhook::app(&config, db.pool.clone()).await.unwrap();
+    let mut flags = vec!["--max-body-bytes", "4096"];
+    flags.extend_from_slice(extra);
+    let base = common::App::start("webhook", &flags).await;
     let campaign = CampaignId::from_name("hook-test");
     sqlx::query(
         "INSERT INTO campaigns (id, name, message, from_number, max_attempts, retry_delay_secs) \
          VALUES ($1, 'hook-test', 'Flood <warning> & \"evacuate\"', '+14155550100', 2, 1)",
     )
     .bind(campaign)
-    .execute(&db.pool)
+    .execute(&base.db.pool)
     .await
     .unwrap();
-    Harness { db, app, prefix, amqp_url, campaign }
+    Harness { base, campaign }
 }
 
 async fn harness() -> Harness {
@@ -108,12 +93,6 @@ impl Harness {
         let bytes = body.to_string();
         let token = tocsin_core::vonage::sign_webhook(SECRET, "app", bytes.as_bytes());
         self.send(event_request(id, attempt, bytes, Some(format!("Bearer {token}")))).await.0
-    }
-
-    async fn cleanup(self) {
-        let conn = tocsin_core::queue::connect(&self.amqp_url, "cleanup").await.unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        Topology::new(&self.prefix).delete(&channel).await.unwrap();
     }
 }
 
@@ -388,30 +367,17 @@ async fn vonage_events_are_refused_where_vonage_has_no_secret_and_a_service_need
     assert!(error.contains("TOCSIN_VONAGE_SIGNATURE_SECRET") && error.contains("insecure"), "{error}");
 
     // A Twilio-only service: a Vonage event, however it is signed, gets 401.
-    let db = TestDb::create().await;
-    let amqp_url = testing::amqp_url().await;
-    let prefix = testing::unique_prefix("hook-twilio-only");
-    let config = webhook::config::WebhookConfig::try_parse_from([
-        "webhook",
-        "--database-url",
-        db.url.expose_secret(),
-        "--amqp-url",
-        &amqp_url,
-        "--queue-prefix",
-        &prefix,
-        "--twilio-account-sid",
-        "AC00000000000000000000000000000000",
-        "--twilio-auth-token",
-        "token",
-    ])
-    .unwrap();
-    config.validate().unwrap();
-    let app = webhook::app(&config, db.pool.clone()).await.unwrap();
+    let twilio_only = common::App::start_with(
+        "hook-twilio-only",
+        &["--twilio-account-sid", "AC00000000000000000000000000000000", "--twilio-auth-token", "token"],
+    )
+    .await;
+    twilio_only.config().validate().unwrap();
+    let app = twilio_only.app.clone();
     let body = event("u1", "ringing", "2026-11-22T10:00:00.000Z").to_string();
     let token = tocsin_core::vonage::sign_webhook("anything", "app", body.as_bytes());
     let request = event_request(CallId(uuid::Uuid::new_v4()), 1, body, Some(format!("Bearer {token}")));
     let response = app.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    let conn = tocsin_core::queue::connect(&amqp_url, "cleanup").await.unwrap();
-    Topology::new(&prefix).delete(&conn.create_channel().await.unwrap()).await.unwrap();
+    twilio_only.cleanup().await;
 }

@@ -1,14 +1,24 @@
 //! API key authentication and authorisation: the key from
 //! `Authorization: Bearer …`, looked up by its key id, compared by SHA-256 in
-//! constant time (`producer::apikey::verify`), then checked for the scope
+//! constant time (`tocsin_core::apikey::verify`), then checked for the scope
 //! and the campaign-name prefixes the route needs.
+//!
+//! A handler states the scope it needs in its signature: an argument
+//! `caller: Auth<Read>` (or `Auth<Write>`, `Auth<Control>`) authenticates
+//! the request before the handler runs and answers 401 or 403 itself.
 
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use sqlx::PgPool;
 use tocsin_core::http::ApiError;
 
-use super::{db_unavailable, forbidden};
+use super::{ApiState, Error, forbidden};
 
 /// A scope a route needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +35,51 @@ impl Scope {
             Self::Read => "campaigns:read",
             Self::Control => "campaigns:control",
         }
+    }
+}
+
+/// A scope as a type, for `Auth<S>`.
+pub trait RequiredScope {
+    const SCOPE: Scope;
+}
+
+/// `campaigns:write`: create campaigns, post Alertmanager notifications.
+pub struct Write;
+/// `campaigns:read`: list and watch campaigns and their calls.
+pub struct Read;
+/// `campaigns:control`: pause, resume, cancel.
+pub struct Control;
+
+impl RequiredScope for Write {
+    const SCOPE: Scope = Scope::Write;
+}
+impl RequiredScope for Read {
+    const SCOPE: Scope = Scope::Read;
+}
+impl RequiredScope for Control {
+    const SCOPE: Scope = Scope::Control;
+}
+
+/// The extractor of an authenticated caller holding scope `S`; derefs to
+/// the `Caller`.
+pub struct Auth<S> {
+    pub caller: Caller,
+    scope: PhantomData<S>,
+}
+
+impl<S> Deref for Auth<S> {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.caller
+    }
+}
+
+impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Auth<S> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, Error> {
+        let caller = authenticate(&state.pool, &parts.headers, S::SCOPE).await?;
+        Ok(Self { caller, scope: PhantomData })
     }
 }
 
@@ -67,7 +122,7 @@ struct KeyRow {
 }
 
 /// The caller, if the request's key is valid and holds `scope`.
-pub async fn authenticate(pool: &PgPool, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
+async fn authenticate(pool: &PgPool, headers: &HeaderMap, scope: Scope) -> Result<Caller, Error> {
     let key = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -75,8 +130,8 @@ pub async fn authenticate(pool: &PgPool, headers: &HeaderMap, scope: Scope) -> R
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthorized("missing API key: send Authorization: Bearer <key>"))?;
     let unknown = || ApiError::unauthorized("unknown or revoked API key");
-    let Some(key_id) = producer::apikey::key_id(key) else {
-        return Err(unknown());
+    let Some(key_id) = tocsin_core::apikey::key_id(key) else {
+        return Err(unknown().into());
     };
     let row: Option<KeyRow> = sqlx::query_as(
         "SELECT name, hash, scopes, campaign_prefixes, revoked_at IS NOT NULL AS revoked, \
@@ -85,19 +140,18 @@ pub async fn authenticate(pool: &PgPool, headers: &HeaderMap, scope: Scope) -> R
     )
     .bind(key_id)
     .fetch_optional(pool)
-    .await
-    .map_err(|e| db_unavailable(e, "reading the API key"))?;
+    .await?;
     // Hash even when the id is unknown, so timing says nothing about which ids exist.
     let (stored, row) = match row {
         Some(r) => (r.hash.clone(), Some(r)),
         None => (vec![0u8; 32], None),
     };
-    let matches = producer::apikey::verify(&stored, key);
+    let matches = tocsin_core::apikey::verify(&stored, key);
     let Some(row) = row.filter(|r| matches && !r.revoked) else {
-        return Err(unknown());
+        return Err(unknown().into());
     };
     if !row.scopes.iter().any(|s| s == scope.as_str()) {
-        return Err(forbidden(format!("this API key lacks the scope {}", scope.as_str())));
+        return Err(forbidden(format!("this API key lacks the scope {}", scope.as_str())).into());
     }
     if row.stale_last_used {
         // Best effort, at most once a minute per key: a failure here must not fail the request.

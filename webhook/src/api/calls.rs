@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -21,8 +20,8 @@ use tocsin_core::http::ApiError;
 use tocsin_core::{CallState, CampaignId};
 use uuid::Uuid;
 
-use super::auth::{Scope, authenticate};
-use super::{ApiState, db_unavailable};
+use super::auth::{Auth, Read};
+use super::{ApiState, Result};
 
 /// Calls on one page unless `limit` says otherwise, and the most it may say.
 const DEFAULT_LIMIT: i64 = 100;
@@ -85,36 +84,36 @@ macro_rules! call_columns {
 }
 
 /// 404 unless the campaign exists (after the caller's prefix check).
-async fn campaign_exists(state: &ApiState, name: &str) -> Result<CampaignId, ApiError> {
+async fn campaign_exists(state: &ApiState, name: &str) -> Result<CampaignId> {
     let id = CampaignId::from_name(name);
     let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM campaigns WHERE id = $1")
         .bind(id)
         .fetch_optional(&state.pool)
-        .await
-        .map_err(|e| db_unavailable(e, "reading the campaign"))?;
-    found.map(|_| id).ok_or_else(|| ApiError::not_found(format!("no campaign named {name:?}")))
+        .await?;
+    Ok(found.map(|_| id).ok_or_else(|| ApiError::not_found(format!("no campaign named {name:?}")))?)
 }
 
 /// `GET /api/v1/campaigns/{name}/calls?after=&limit=&state=`.
 pub async fn list(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(query): Query<CallsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&state.pool, &headers, Scope::Read).await?;
+    caller: Auth<Read>,
+) -> Result<Json<Value>> {
     caller.check_campaign(&name)?;
     let limit = match query.limit {
         None => DEFAULT_LIMIT,
         Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
         Some(_) => {
-            return Err(ApiError::bad_request(format!("limit: must be an integer from 1 to {MAX_LIMIT}")));
+            return Err(
+                ApiError::bad_request(format!("limit: must be an integer from 1 to {MAX_LIMIT}")).into()
+            );
         }
     };
     if let Some(s) = &query.state
         && s.parse::<CallState>().is_err()
     {
-        return Err(ApiError::bad_request(format!("state: not a call state: {s:?}")));
+        return Err(ApiError::bad_request(format!("state: not a call state: {s:?}")).into());
     }
     let campaign = campaign_exists(&state, &name).await?;
     // One more row than asked tells whether there is a next page.
@@ -130,8 +129,7 @@ pub async fn list(
     .bind(&query.state)
     .bind(limit + 1)
     .fetch_all(&state.pool)
-    .await
-    .map_err(|e| db_unavailable(e, "listing calls"))?;
+    .await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = if more { rows.last().map(|r| r.number.clone()) } else { None };
@@ -163,10 +161,9 @@ struct EventRow {
 /// and its provider events.
 pub async fn show(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
     Path((name, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&state.pool, &headers, Scope::Read).await?;
+    caller: Auth<Read>,
+) -> Result<Json<Value>> {
     caller.check_campaign(&name)?;
     let id: Uuid = id.parse().map_err(|_| ApiError::bad_request("call id: not a UUID"))?;
     let campaign = campaign_exists(&state, &name).await?;
@@ -175,10 +172,9 @@ pub async fn show(
             .bind(id)
             .bind(campaign)
             .fetch_optional(&state.pool)
-            .await
-            .map_err(|e| db_unavailable(e, "reading the call"))?;
+            .await?;
     let Some(call) = call else {
-        return Err(ApiError::not_found(format!("campaign {name:?} has no call {id}")));
+        return Err(ApiError::not_found(format!("campaign {name:?} has no call {id}")).into());
     };
     let states: Vec<StateRow> = sqlx::query_as(
         "SELECT id AS seq, state, at FROM call_state_log WHERE campaign_id = $1 AND call_id = $2 \
@@ -188,8 +184,7 @@ pub async fn show(
     .bind(id)
     .bind(TIMELINE_LIMIT)
     .fetch_all(&state.pool)
-    .await
-    .map_err(|e| db_unavailable(e, "reading the call's state changes"))?;
+    .await?;
     let events: Vec<EventRow> = sqlx::query_as(
         "SELECT attempt, seq, provider, provider_status, state, occurred_at, received_at \
          FROM call_timeline WHERE call_id = $1 AND campaign = $2 ORDER BY seq LIMIT $3",
@@ -198,8 +193,7 @@ pub async fn show(
     .bind(&name)
     .bind(TIMELINE_LIMIT)
     .fetch_all(&state.pool)
-    .await
-    .map_err(|e| db_unavailable(e, "reading the call's events"))?;
+    .await?;
     Ok(Json(json!({
         "call": call_json(&call),
         "states": states.iter().map(|s| json!({"seq": s.seq, "state": s.state, "at": s.at})).collect::<Vec<_>>(),

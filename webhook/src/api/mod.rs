@@ -7,18 +7,30 @@
 //! campaign prefix, 400 invalid body (each invalid field named), 404 unknown
 //! campaign, 409 a state that forbids the request, 413 body too large.
 //!
-//! Creating a campaign runs the producer's own pipeline
-//! (`producer::enqueue_from`): the same validation, dedupe, do-not-call
-//! check and idempotency as `producer enqueue`, on inline contacts or a
-//! saved contact list (`producer::lists::enqueue_list`). `alertmanager`
-//! receives Prometheus Alertmanager notifications and starts one broadcast
-//! per alert group and firing period.
+//! Handlers name the scope they need in their signature (`auth::Auth<Read>`
+//! and so on), return `api::Result`, whose error turns a database failure
+//! into a logged 503 with `?`, and check request bodies in one pass that
+//! names every invalid field (`body`).
+//!
+//! Creating a campaign runs the producer's own pipeline: the same
+//! validation, dedupe, do-not-call check and idempotency as `producer
+//! enqueue`, on inline contacts or a saved contact list. Every call into the
+//! producer goes through `enqueue`, the API's one seam with that crate
+//! (`auth` checks keys with `tocsin_core::apikey`).
+//! `alertmanager` receives Prometheus Alertmanager notifications and starts
+//! one broadcast per alert group and firing period; `live` streams a
+//! campaign's call state changes as Server-Sent Events.
 
 pub mod alertmanager;
 pub mod auth;
+pub mod body;
 pub mod calls;
 pub mod campaigns;
+pub mod enqueue;
+mod error;
 pub mod live;
+
+pub use error::{Error, Result};
 
 use std::sync::Arc;
 
@@ -71,10 +83,4 @@ pub fn forbidden(message: impl Into<String>) -> ApiError {
 /// 409 with the standard body.
 pub fn conflict(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "conflict", message)
-}
-
-/// A database error: logged, answered 503 (the client may retry).
-pub fn db_unavailable(e: sqlx::Error, doing: &'static str) -> ApiError {
-    tracing::error!(error = %e, doing, "API request failed on the database");
-    ApiError::unavailable()
 }

@@ -37,6 +37,8 @@
 //! is the order its state moved (its row lock orders the updates).
 //! `Last-Event-ID: 0` replays the campaign from its start.
 
+mod snapshot;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -59,9 +61,10 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
-use super::auth::{Scope, authenticate};
+pub use self::snapshot::Snapshot;
+use super::auth::{Auth, Read};
 use super::campaigns::campaign_status;
-use super::{ApiState, db_unavailable};
+use super::{ApiState, Result};
 
 /// The NOTIFY channel of new calls and campaign status changes.
 const CHANNEL: &str = "tocsin_calls";
@@ -75,65 +78,6 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Batches a feed holds for its slowest stream; a stream further behind
 /// reads the gap itself.
 const BUFFER: usize = 64;
-
-/// A `pg_snapshot` (`xmin:xmax:xip,…`), parsed with PostgreSQL's own rules,
-/// so a stream's position is checked without a round trip.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    xmin: u64,
-    xmax: u64,
-    /// In progress when the snapshot was taken; ascending, no duplicates.
-    xip: Vec<u64>,
-}
-
-impl Snapshot {
-    /// The snapshot before any transaction: replays everything.
-    fn beginning() -> Self {
-        Self { xmin: 3, xmax: 3, xip: Vec::new() }
-    }
-
-    /// Parses the text form; `None` for anything PostgreSQL would refuse.
-    pub fn parse(s: &str) -> Option<Self> {
-        let mut parts = s.trim().splitn(3, ':');
-        let xmin: u64 = parts.next()?.parse().ok()?;
-        let xmax: u64 = parts.next()?.parse().ok()?;
-        let list = parts.next()?;
-        if xmin == 0 || xmax < xmin {
-            return None;
-        }
-        let mut xip: Vec<u64> = Vec::new();
-        if !list.is_empty() {
-            for x in list.split(',') {
-                let x: u64 = x.parse().ok()?;
-                if x < xmin || x >= xmax || xip.last().is_some_and(|&l| x < l) {
-                    return None;
-                }
-                if xip.last() != Some(&x) {
-                    xip.push(x);
-                }
-            }
-        }
-        Some(Self { xmin, xmax, xip })
-    }
-
-    /// Whether transaction `xid`'s rows are visible in this snapshot.
-    pub fn visible(&self, xid: u64) -> bool {
-        xid < self.xmin || (xid < self.xmax && self.xip.binary_search(&xid).is_err())
-    }
-}
-
-impl std::fmt::Display for Snapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:", self.xmin, self.xmax)?;
-        for (i, x) in self.xip.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{x}")?;
-        }
-        Ok(())
-    }
-}
 
 /// One LISTEN connection per process, and a feed per watched campaign.
 #[derive(Clone)]
@@ -367,7 +311,7 @@ async fn read(
     if changes.is_empty() && !counts_if_unchanged {
         return Ok((to, changes, None));
     }
-    let counts = campaign_status(pool, name).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
+    let counts = campaign_status(pool, name).await?;
     Ok((to, changes, counts))
 }
 
@@ -410,11 +354,11 @@ pub async fn events(
     headers: HeaderMap,
     Path(name): Path<String>,
     Query(query): Query<EventsQuery>,
-) -> Result<Response, ApiError> {
-    let caller = authenticate(&state.pool, &headers, Scope::Read).await?;
+    caller: Auth<Read>,
+) -> Result<Response> {
     caller.check_campaign(&name)?;
     if campaign_status(&state.pool, &name).await?.is_none() {
-        return Err(ApiError::not_found(format!("no campaign named {name:?}")));
+        return Err(ApiError::not_found(format!("no campaign named {name:?}")).into());
     }
     let resume = headers
         .get("last-event-id")
@@ -431,10 +375,7 @@ pub async fn events(
         ),
     };
     // A feed that is not running yet starts at the current snapshot.
-    let now: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
-        .fetch_one(&state.pool)
-        .await
-        .map_err(|e| db_unavailable(e, "reading the current snapshot"))?;
+    let now: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&state.pool).await?;
     let now = Snapshot::parse(&now).ok_or_else(ApiError::unavailable)?;
     let (rx, joined_at) = state.hub.join(&name, || now);
     let stream = Listener {
@@ -503,10 +444,7 @@ impl Listener {
         loop {
             let read = if self.position == *to {
                 // Nothing in between: only the counters.
-                campaign_status(&self.pool, &self.name)
-                    .await
-                    .map(|counts| (to.clone(), Vec::new(), counts))
-                    .map_err(|_| sqlx::Error::PoolTimedOut)
+                campaign_status(&self.pool, &self.name).await.map(|counts| (to.clone(), Vec::new(), counts))
             } else {
                 read(&self.pool, &self.campaign, &self.name, &self.position, Some(to), true).await
             };
@@ -521,26 +459,6 @@ impl Listener {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Snapshot;
-
-    #[test]
-    fn snapshots_parse_like_postgresql() {
-        let s = Snapshot::parse("10:20:12,15").unwrap();
-        assert_eq!(s.to_string(), "10:20:12,15");
-        assert!(s.visible(9) && s.visible(11) && s.visible(19));
-        assert!(!s.visible(12) && !s.visible(15) && !s.visible(20) && !s.visible(25));
-        assert_eq!(Snapshot::parse("3:3:"), Some(Snapshot::beginning()));
-        assert_eq!(Snapshot::parse("10:20:12,12").unwrap().to_string(), "10:20:12");
-        for bad in
-            ["garbage", "", "0:5:", "5:4:", "10:20:9", "10:20:20", "10:20:15,12", "1:2", "a:b:", "10:20:x"]
-        {
-            assert_eq!(Snapshot::parse(bad), None, "{bad:?}");
         }
     }
 }

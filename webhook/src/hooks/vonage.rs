@@ -7,47 +7,39 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use tocsin_core::http::ApiError;
-use tocsin_core::vonage::{self, VonageEvent};
-use tocsin_core::{CallId, db};
-use tracing::{error, warn};
-
-use crate::AppState;
-use crate::store::{Stored, StoredEvent};
 use tocsin_core::calls;
+use tocsin_core::http::ApiError;
+use tocsin_core::provider::Provider;
+use tocsin_core::vonage::{self, VonageEvent};
 
-fn call_id(query: &HashMap<String, String>) -> Option<CallId> {
-    query.get("call_id")?.parse().ok()
-}
+use super::{HookState, Reason, attempt, call_id, campaign_of_call, missing_call_id, rejected, store};
+use crate::store::StoredEvent;
 
 /// `GET|POST /vonage/answer?call_id=…`: the NCCO for the call's campaign.
 pub async fn answer(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HookState>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(id) = call_id(&query) else {
-        return ApiError::bad_request("missing or malformed call_id query parameter").into_response();
+        return missing_call_id();
     };
-    match db::campaign_of_call(&state.pool, id).await {
+    match campaign_of_call(&state, id, "vonage answer").await {
         Ok(Some(campaign)) => {
             let repeat = u32::try_from(campaign.settings.repeat).unwrap_or(1);
             Json(vonage::ncco(&campaign.settings.message, &campaign.settings.language, repeat))
                 .into_response()
         }
         Ok(None) => ApiError::not_found("no such call").into_response(),
-        Err(e) => {
-            error!(error = %e, call_id = %id, "answer: database unavailable");
-            ApiError::unavailable().into_response()
-        }
+        Err(response) => response,
     }
 }
 
 /// `POST /vonage/events?call_id=…`: verify, store, advance the call.
 pub async fn events(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HookState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -62,19 +54,16 @@ pub async fn events(
             None => Err("TOCSIN_VONAGE_SIGNATURE_SECRET is not set on this service".to_owned()),
         };
         if let Err(e) = verified {
-            warn!(error = %e, "vonage event rejected: signature");
-            metrics::counter!("tocsin_webhook_rejected_total", "provider" => "vonage", "reason" => "signature")
-                .increment(1);
-            return ApiError::unauthorized("webhook signature verification failed").into_response();
+            return rejected(Provider::Vonage, Reason::Signature, &e);
         }
     }
     let payload: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return malformed(&e.to_string()),
+        Err(e) => return rejected(Provider::Vonage, Reason::Malformed, &e.to_string()),
     };
     let event: VonageEvent = match serde_json::from_value(payload.clone()) {
         Ok(e) => e,
-        Err(e) => return malformed(&e.to_string()),
+        Err(e) => return rejected(Provider::Vonage, Reason::Malformed, &e.to_string()),
     };
     let occurred_at = event
         .timestamp
@@ -86,13 +75,13 @@ pub async fn events(
         _ => None,
     };
     let stored = StoredEvent {
-        provider: "vonage",
+        provider: Provider::Vonage.as_str(),
         dedupe_key: event.dedupe_key(),
         status: event.status.clone(),
         payload,
         call: calls::Event {
             call_id: call_id(&query),
-            attempt: query.get("attempt").and_then(|a| a.parse().ok()),
+            attempt: attempt(&query),
             provider_call_id: event.call_uuid().map(str::to_owned),
             state: event.state(),
             occurred_at,
@@ -102,33 +91,5 @@ pub async fn events(
             detail: event.detail.clone(),
         },
     };
-    let dedupe_key = stored.dedupe_key.clone();
-    match state.store.store(stored).await {
-        Ok(result) => {
-            let label = match result {
-                Stored::Applied => "applied",
-                Stored::Duplicate => "duplicate",
-                Stored::UnknownCall => "unknown_call",
-            };
-            if result == Stored::UnknownCall {
-                warn!(%dedupe_key, "event for an unknown call stored and flagged");
-            }
-            metrics::counter!("tocsin_webhook_events_total", "provider" => "vonage", "result" => label)
-                .increment(1);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => {
-            error!(error = %e, "event not stored: database unavailable; answering 503 so the provider retries");
-            metrics::counter!("tocsin_webhook_events_total", "provider" => "vonage", "result" => "unavailable")
-                .increment(1);
-            ApiError::unavailable().into_response()
-        }
-    }
-}
-
-fn malformed(detail: &str) -> Response {
-    warn!(%detail, "vonage event rejected: malformed body");
-    metrics::counter!("tocsin_webhook_rejected_total", "provider" => "vonage", "reason" => "malformed")
-        .increment(1);
-    ApiError::bad_request(format!("malformed event body: {detail}")).into_response()
+    store(&state, stored).await
 }

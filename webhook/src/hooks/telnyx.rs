@@ -20,14 +20,14 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tocsin_core::http::ApiError;
+use tocsin_core::provider::Provider;
 use tocsin_core::telnyx::{self, CommandError, PublicKey, Speak, TelnyxEvent, TelnyxWebhook};
-use tocsin_core::{CallId, db};
-use tracing::{error, info, warn};
+use tocsin_core::{CallId, calls};
+use tracing::{info, warn};
 
-use crate::AppState;
-use crate::config::WebhookConfig;
+use super::{HookState, Reason, attempt, campaign_of_call, rejected, store_event};
+use crate::config::TelnyxSettings;
 use crate::store::StoredEvent;
-use tocsin_core::calls;
 
 /// What the webhook needs to verify Telnyx events and command calls.
 #[derive(Clone)]
@@ -41,91 +41,59 @@ pub struct TelnyxHooks {
 /// Telnyx redeliver the event.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds the Telnyx side from the configuration: `None` when no Telnyx
-/// setting is given; an error naming the variable when one is missing.
-pub fn hooks(config: &WebhookConfig) -> anyhow::Result<Option<TelnyxHooks>> {
-    let t = &config.telnyx;
-    let any = t.telnyx_connection_id.is_some() || t.telnyx_api_key.is_some() || t.telnyx_public_key.is_some();
-    if !any {
-        return Ok(None);
+impl TelnyxHooks {
+    /// The command client for the checked settings (`WebhookConfig::telnyx_settings`).
+    pub fn new(settings: TelnyxSettings) -> anyhow::Result<Self> {
+        let client = telnyx::Client::from_credentials(&settings.credentials, COMMAND_TIMEOUT)?;
+        Ok(Self { public_key: settings.public_key, client: Arc::new(client) })
     }
-    let public_key = match &t.telnyx_public_key {
-        Some(key) => Some(
-            PublicKey::from_base64(key)
-                .map_err(|e| anyhow::anyhow!("TOCSIN_TELNYX_PUBLIC_KEY is not a Telnyx public key: {e}"))?,
-        ),
-        None if config.insecure_skip_signature_check => None,
-        None => anyhow::bail!(
-            "Telnyx is configured but TOCSIN_TELNYX_PUBLIC_KEY is not set: \
-             Telnyx's webhooks cannot be verified without it"
-        ),
-    };
-    let Some(api_key) = t.telnyx_api_key.clone() else {
-        anyhow::bail!(
-            "Telnyx is configured but TOCSIN_TELNYX_API_KEY is not set: the webhook service \
-             needs it to send the speak and hang-up commands"
-        );
-    };
-    let credentials = tocsin_core::config::TelnyxCredentials {
-        api_url: t.telnyx_api_url.trim_end_matches('/').to_owned(),
-        api_key,
-        connection_id: t.telnyx_connection_id.clone().unwrap_or_default(),
-    };
-    let client = telnyx::Client::from_credentials(&credentials, COMMAND_TIMEOUT)?;
-    Ok(Some(TelnyxHooks { public_key, client: Arc::new(client) }))
 }
 
-fn rejected(reason: &'static str, detail: &str) -> Response {
-    warn!(%detail, reason, "telnyx event rejected");
-    metrics::counter!("tocsin_webhook_rejected_total", "provider" => "telnyx", "reason" => reason)
-        .increment(1);
-    match reason {
-        "signature" => ApiError::unauthorized("webhook signature verification failed").into_response(),
-        _ => ApiError::bad_request(format!("malformed event body: {detail}")).into_response(),
-    }
+fn refused(reason: Reason, detail: &str) -> Response {
+    rejected(Provider::Telnyx, reason, detail)
 }
 
 /// `POST /telnyx/events?call_id=…`: verify, store, then speak or hang up.
 pub async fn events(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HookState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let Some(hooks) = &state.telnyx else {
-        return rejected("signature", "Telnyx is not configured on this webhook service");
+        return refused(Reason::Signature, "Telnyx is not configured on this webhook service");
     };
     if !state.skip_signatures {
         let Some(key) = &hooks.public_key else {
-            return rejected("signature", "no TOCSIN_TELNYX_PUBLIC_KEY configured");
+            return refused(Reason::Signature, "no TOCSIN_TELNYX_PUBLIC_KEY configured");
         };
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         if let Err(e) =
             telnyx::verify_webhook(header("telnyx-signature-ed25519"), header("telnyx-timestamp"), key, &body)
         {
-            return rejected("signature", &e.to_string());
+            return refused(Reason::Signature, &e.to_string());
         }
     }
     let payload: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return rejected("malformed", &e.to_string()),
+        Err(e) => return refused(Reason::Malformed, &e.to_string()),
     };
     let event = match serde_json::from_value::<TelnyxWebhook>(payload.clone()) {
         Ok(w) => w.data,
-        Err(e) => return rejected("malformed", &e.to_string()),
+        Err(e) => return refused(Reason::Malformed, &e.to_string()),
     };
-    let call_id = query.get("call_id").and_then(|s| s.parse().ok()).or_else(|| event.call_id());
+    let call_id = super::call_id(&query).or_else(|| event.call_id());
     let state_change = event.state();
     let failed =
         matches!(state_change, Some(tocsin_core::CallState::Failed | tocsin_core::CallState::Rejected));
     let stored = StoredEvent {
-        provider: "telnyx",
+        provider: Provider::Telnyx.as_str(),
         dedupe_key: event.dedupe_key(),
         status: event.event_type.clone(),
         payload,
         call: calls::Event {
             call_id,
-            attempt: crate::twilio::attempt(&query),
+            attempt: attempt(&query),
             provider_call_id: event.payload.call_control_id.clone(),
             state: state_change,
             occurred_at: event.occurred_at(),
@@ -135,7 +103,7 @@ pub async fn events(
             detail: if failed { event.detail() } else { None },
         },
     };
-    if let Err(response) = crate::twilio::store_event(&state, stored).await {
+    if let Err(response) = store_event(&state, stored).await {
         return response;
     }
     match command(&state, hooks, call_id, &event).await {
@@ -147,7 +115,7 @@ pub async fn events(
 /// The command an event calls for, sent now. Duplicates of the event send it
 /// again with the same `command_id`, which Telnyx ignores.
 async fn command(
-    state: &AppState,
+    state: &HookState,
     hooks: &TelnyxHooks,
     call_id: Option<CallId>,
     event: &TelnyxEvent,
@@ -158,10 +126,7 @@ async fn command(
     let sent = match event.event_type.as_str() {
         "call.answered" => {
             let campaign = match call_id {
-                Some(id) => db::campaign_of_call(&state.pool, id).await.map_err(|e| {
-                    error!(error = %e, call_id = %id, "speak: database unavailable");
-                    ApiError::unavailable().into_response()
-                })?,
+                Some(id) => campaign_of_call(state, id, "telnyx speak").await?,
                 None => None,
             };
             match campaign {

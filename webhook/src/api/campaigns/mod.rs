@@ -1,0 +1,309 @@
+//! `POST|GET /api/v1/campaigns`, `GET /api/v1/campaigns/{name}` and
+//! `POST /api/v1/campaigns/{name}/pause|resume|cancel`.
+//!
+//! Creating a campaign checks the body (`request`), then runs the
+//! producer's own pipeline through the API's seam with the producer
+//! (`api::enqueue`); control actions go through the same seam.
+
+mod request;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tocsin_core::http::ApiError;
+use tocsin_core::{CampaignId, StateCounts, db};
+
+use self::request::{CreateBody, CreateRequest};
+use super::auth::{Auth, Caller, Control, Read, Write};
+use super::enqueue::{self, Action, ControlError};
+use super::{ApiState, Result, body, conflict};
+
+/// Rejected contacts listed in a create answer; the counts cover all of them.
+const LISTED_REJECTIONS: usize = 1000;
+
+/// `POST /api/v1/campaigns`.
+pub async fn create(
+    State(state): State<Arc<ApiState>>,
+    caller: Auth<Write>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let bytes = body::bytes(raw)?;
+    let request = body::json_object::<CreateBody>(&bytes, "")?.check(&state.providers)?;
+    caller.check_campaign(&request.enqueue.campaign)?;
+    let idempotency = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 200) {
+            Some(k) => Some(k.to_owned()),
+            None => {
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key: must be 1 to 200 visible ASCII characters",
+                )
+                .into());
+            }
+        },
+    };
+    let Some(idem_key) = idempotency else {
+        let (status, answer) = run_create(&state, request).await?;
+        return Ok((status, Json(answer)).into_response());
+    };
+    let request_hash = enqueue::sha256(&String::from_utf8_lossy(&bytes));
+    let claimed = sqlx::query(
+        "INSERT INTO api_idempotency (key_id, idempotency_key, request_hash) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&caller.key_id)
+    .bind(&idem_key)
+    .bind(&request_hash[..])
+    .execute(&state.pool)
+    .await?
+    .rows_affected()
+        == 1;
+    if !claimed {
+        let (hash, status, response): (Vec<u8>, Option<i32>, Option<Value>) = sqlx::query_as(
+            "SELECT request_hash, status, response FROM api_idempotency WHERE key_id = $1 AND idempotency_key = $2",
+        )
+        .bind(&caller.key_id)
+        .bind(&idem_key)
+        .fetch_one(&state.pool)
+        .await?;
+        if hash != request_hash {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request body",
+            )
+            .into());
+        }
+        return match (status, response) {
+            (Some(status), Some(body)) => {
+                let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+                Ok((status, [("idempotent-replayed", "true")], Json(body)).into_response())
+            }
+            _ => Err(conflict("the first request with this Idempotency-Key is still running; retry shortly")
+                .into()),
+        };
+    }
+    let outcome = run_create(&state, request).await;
+    match &outcome {
+        Ok((status, answer)) => {
+            let saved = sqlx::query(
+                "UPDATE api_idempotency SET status = $3, response = $4 WHERE key_id = $1 AND idempotency_key = $2",
+            )
+            .bind(&caller.key_id)
+            .bind(&idem_key)
+            .bind(i32::from(status.as_u16()))
+            .bind(answer)
+            .execute(&state.pool)
+            .await;
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "saving an idempotent answer failed; a retry re-runs the (idempotent) enqueue");
+            }
+        }
+        Err(_) => {
+            // Failed requests are not remembered: a retry runs again.
+            let _ = sqlx::query("DELETE FROM api_idempotency WHERE key_id = $1 AND idempotency_key = $2")
+                .bind(&caller.key_id)
+                .bind(&idem_key)
+                .execute(&state.pool)
+                .await;
+        }
+    }
+    let (status, answer) = outcome?;
+    Ok((status, Json(answer)).into_response())
+}
+
+/// Runs the producer's pipeline on the request's contacts.
+async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusCode, Value)> {
+    let name = request.enqueue.campaign.clone();
+    let existed = db::campaign(&state.pool, CampaignId::from_name(&name)).await?.is_some();
+    let field = request.contacts_field();
+    let count = request.inline_count;
+    let outcome = enqueue::enqueue(state, request.enqueue, field, LISTED_REJECTIONS).await?;
+    let inline = count.is_some();
+    let rejected: Vec<Value> = outcome
+        .rejected
+        .iter()
+        .map(|r| {
+            // Inline contacts are named by index; a saved list's by the line of its imported file.
+            let (key, at) = if inline { ("index", r.line.saturating_sub(1)) } else { ("line", r.line) };
+            json!({
+                key: at,
+                "number": r.number,
+                "reason": r.reason,
+                "detail": r.detail,
+            })
+        })
+        .collect();
+    if outcome.new_contacts + outcome.already_enqueued == 0 {
+        // Nothing could be enqueued: the campaign was not created (or not
+        // extended). Say why, contact by contact, as the CLI does with exit 3.
+        let named: Vec<String> = rejected
+            .iter()
+            .take(20)
+            .map(|r| match (r.get("index"), r.get("line")) {
+                (Some(i), _) => format!("{field}[{i}]: {}", r["detail"].as_str().unwrap_or_default()),
+                (None, l) => format!(
+                    "line {}: {}",
+                    l.unwrap_or(&Value::Null),
+                    r["detail"].as_str().unwrap_or_default()
+                ),
+            })
+            .collect();
+        let more = rejected.len().saturating_sub(named.len());
+        let more = if more > 0 { format!("; … and {more} more") } else { String::new() };
+        let message = if named.is_empty() {
+            format!("{field}: no contacts")
+        } else {
+            format!("every contact was rejected, nothing was created: {}{more}", named.join("; "))
+        };
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "contacts_rejected", message)
+            .with("rejected", Value::Array(rejected))
+            .into());
+    }
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let campaign = campaign_json(&state.pool, &name).await?;
+    Ok((
+        status,
+        json!({
+            "campaign": campaign,
+            "enqueue": {
+                "contacts": count.unwrap_or(outcome.read as usize),
+                "new_contacts": outcome.new_contacts,
+                "already_enqueued": outcome.already_enqueued,
+                "published": outcome.published,
+                "invalid": outcome.invalid,
+                "duplicate": outcome.duplicate,
+                "do_not_call": outcome.do_not_call,
+                "malformed": outcome.malformed,
+                "changes": outcome.changes,
+                "rejected": rejected,
+            }
+        }),
+    ))
+}
+
+#[derive(sqlx::FromRow)]
+struct CampaignRow {
+    name: String,
+    status: String,
+    provider: String,
+    created_at: DateTime<Utc>,
+    counts: Value,
+}
+
+fn render(row: CampaignRow) -> Value {
+    let pairs = match &row.counts {
+        Value::Object(m) => m.iter().map(|(k, v)| (k.as_str(), v.as_i64().unwrap_or(0))).collect(),
+        _ => Vec::new(),
+    };
+    let StateCounts { by_state: states, total, finished } = StateCounts::tally(pairs);
+    json!({
+        "name": row.name,
+        "status": row.status,
+        "provider": row.provider,
+        "created_at": row.created_at,
+        "total": total,
+        "finished": finished,
+        "states": states,
+    })
+}
+
+/// A campaign's status and its calls by state; `None` when unknown.
+pub async fn campaign_status(pool: &PgPool, name: &str) -> Result<Option<Value>, sqlx::Error> {
+    let row: Option<CampaignRow> = sqlx::query_as(
+        "SELECT c.name, c.status, c.provider, c.created_at, \
+                coalesce((SELECT jsonb_object_agg(state, n) FROM \
+                   (SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts \
+         FROM campaigns c WHERE c.id = $1",
+    )
+    .bind(CampaignId::from_name(name))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(render))
+}
+
+async fn campaign_json(pool: &PgPool, name: &str) -> Result<Value> {
+    Ok(campaign_status(pool, name).await?.ok_or_else(|| unknown(name))?)
+}
+
+fn unknown(name: &str) -> ApiError {
+    ApiError::not_found(format!("no campaign named {name:?}"))
+}
+
+/// `GET /api/v1/campaigns`: the campaigns this key may see, newest first.
+pub async fn list(State(state): State<Arc<ApiState>>, caller: Auth<Read>) -> Result<Json<Value>> {
+    let rows: Vec<CampaignRow> = sqlx::query_as(
+        "SELECT c.name, c.status, c.provider, c.created_at, \
+                coalesce((SELECT jsonb_object_agg(state, n) FROM \
+                   (SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts \
+         FROM campaigns c \
+         WHERE cardinality($1::text[]) = 0 OR EXISTS (SELECT 1 FROM unnest($1::text[]) p WHERE starts_with(c.name, p)) \
+         ORDER BY c.created_at DESC LIMIT 500",
+    )
+    .bind(&caller.campaign_prefixes)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(json!({ "campaigns": rows.into_iter().map(render).collect::<Vec<_>>() })))
+}
+
+/// `GET /api/v1/campaigns/{name}`.
+pub async fn show(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    caller: Auth<Read>,
+) -> Result<Json<Value>> {
+    caller.check_campaign(&name)?;
+    Ok(Json(campaign_json(&state.pool, &name).await?))
+}
+
+async fn control(state: &ApiState, caller: &Caller, name: &str, action: Action) -> Result<Json<Value>> {
+    caller.check_campaign(name)?;
+    let c = db::campaign(&state.pool, CampaignId::from_name(name)).await?.ok_or_else(|| unknown(name))?;
+    let done = enqueue::control(&state.pool, &c, action).await.map_err(|e| match e {
+        ControlError::Conflict(m) => conflict(m),
+        ControlError::Failed(e) => {
+            tracing::error!(error = %format!("{e:#}"), campaign = %name, "campaign control failed");
+            ApiError::unavailable()
+        }
+    })?;
+    let campaign = campaign_json(&state.pool, name).await?;
+    Ok(Json(
+        json!({ "changed": done.changed, "cancelled_calls": done.cancelled_calls, "campaign": campaign }),
+    ))
+}
+
+/// `POST /api/v1/campaigns/{name}/pause`.
+pub async fn pause(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    caller: Auth<Control>,
+) -> Result<Json<Value>> {
+    control(&state, &caller, &name, Action::Pause).await
+}
+
+/// `POST /api/v1/campaigns/{name}/resume`.
+pub async fn resume(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    caller: Auth<Control>,
+) -> Result<Json<Value>> {
+    control(&state, &caller, &name, Action::Resume).await
+}
+
+/// `POST /api/v1/campaigns/{name}/cancel`.
+pub async fn cancel(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    caller: Auth<Control>,
+) -> Result<Json<Value>> {
+    control(&state, &caller, &name, Action::Cancel).await
+}

@@ -1,0 +1,174 @@
+//! The body of `POST /api/v1/campaigns`, and its check: one pass that
+//! names every invalid field in one 400.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tocsin_core::PhoneNumber;
+use tocsin_core::campaign::limits;
+use tocsin_core::phone::PhoneNumberError;
+use tocsin_core::provider::Provider;
+
+use crate::api::body::{Errors, Field};
+use crate::api::enqueue::{self, Contacts, Enqueue, Settings};
+
+/// The body as sent: every field lenient (see `api::body`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CreateBody {
+    name: Field<String>,
+    message: Field<String>,
+    from: Field<String>,
+    provider: Field<String>,
+    language: Field<String>,
+    voice: Field<String>,
+    repeat: Field<i64>,
+    max_attempts: Field<i64>,
+    retry_delay_secs: Field<i64>,
+    machine_detection: Field<bool>,
+    start_at: Field<String>,
+    window: Field<String>,
+    timezone: Field<String>,
+    default_region: Field<String>,
+    contacts: Field<Vec<Value>>,
+    contact_list: Field<String>,
+    /// Keys that are none of the above.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+/// A checked create request.
+pub struct CreateRequest {
+    pub enqueue: Enqueue,
+    /// How many contacts were given inline (`None`: a saved list).
+    pub inline_count: Option<usize>,
+}
+
+impl CreateRequest {
+    /// The field naming where the contacts came from, for error messages.
+    pub fn contacts_field(&self) -> &'static str {
+        if self.inline_count.is_some() { "contacts" } else { "contact_list" }
+    }
+}
+
+impl CreateBody {
+    /// Checks every field; `providers` are those configured on this service.
+    pub fn check(self, providers: &[Provider]) -> Result<CreateRequest, tocsin_core::http::ApiError> {
+        let mut errors = Errors::default();
+        for key in self.unknown.keys() {
+            errors.add(key, "unknown field");
+        }
+        let name = self.name.required("name", "must be a string", &mut errors);
+        if let Some(n) = &name
+            && !enqueue::valid_name(n)
+        {
+            errors.add("name", "must be 1-200 letters, digits, '-', '_' or '.'");
+        }
+        let message = self.message.required("message", "must be a string", &mut errors);
+        if let Some(m) = &message
+            && let Err(e) = enqueue::check_message(m)
+        {
+            errors.add("message", &e);
+        }
+        let from = self.from.string("from", &mut errors);
+        if let Some(f) = &from
+            && PhoneNumber::parse(f, None).is_err()
+        {
+            errors.add("from", "not a phone number in E.164 form (e.g. +14155550100)");
+        }
+        let provider = self.provider.string("provider", &mut errors).and_then(|p| {
+            enqueue::parse_provider(&p, providers).map_err(|e| errors.add("provider", &e)).ok()
+        });
+        let language = self.language.string("language", &mut errors);
+        let voice = self.voice.string("voice", &mut errors);
+        // The ranges are the campaign type's.
+        let repeat = self.repeat.int("repeat", limits::REPEAT, &mut errors);
+        let max_attempts = self.max_attempts.int("max_attempts", limits::MAX_ATTEMPTS, &mut errors);
+        let retry_delay =
+            self.retry_delay_secs.int("retry_delay_secs", limits::RETRY_DELAY_SECS, &mut errors);
+        let machine_detection =
+            self.machine_detection.get("machine_detection", "must be true or false", &mut errors);
+        let start_at = self
+            .start_at
+            .string("start_at", &mut errors)
+            .and_then(|s| enqueue::parse_start_at(&s).map_err(|e| errors.add("start_at", &e)).ok());
+        let window = self
+            .window
+            .string("window", &mut errors)
+            .and_then(|s| enqueue::parse_window(&s).map_err(|e| errors.add("window", &e)).ok());
+        let timezone = self
+            .timezone
+            .string("timezone", &mut errors)
+            .and_then(|s| enqueue::parse_timezone(&s).map_err(|e| errors.add("timezone", &e)).ok());
+        let default_region = self.default_region.string("default_region", &mut errors);
+        if let Some(r) = &default_region
+            && let Err(PhoneNumberError::UnknownRegion(_)) = PhoneNumber::parse("+14155552671", Some(r))
+        {
+            errors.add("default_region", "not an ISO 3166 region code (e.g. US, GB)");
+        }
+
+        let has_list = self.contact_list.is_given();
+        let saved = self.contact_list.string("contact_list", &mut errors);
+        if let Some(list) = &saved
+            && !enqueue::valid_name(list)
+        {
+            errors.add("contact_list", "must be the name of a saved contact list (producer list import)");
+        }
+        // Each contact goes to the pipeline as it is: contacts[i] is its line i + 1.
+        let mut inline = Vec::new();
+        match self.contacts {
+            c if has_list && c.is_present() => {
+                errors.add("contacts", "give either contacts or contact_list, not both");
+            }
+            Field::Absent if has_list => {}
+            Field::Valid(list) if !list.is_empty() => {
+                for (i, c) in list.iter().enumerate() {
+                    if !c.get("number").is_some_and(Value::is_string) {
+                        errors.add(&format!("contacts[{i}]"), "must be an object with a string \"number\"");
+                    }
+                }
+                inline = list;
+            }
+            Field::Valid(_) => errors.add("contacts", "must not be empty"),
+            Field::Null | Field::Invalid => {
+                errors.add("contacts", "must be an array of {\"number\": …} objects");
+            }
+            Field::Absent => {
+                errors.add("contacts", "required (or contact_list, the name of a saved contact list)");
+            }
+        }
+        errors.finish("fields", || {
+            let settings = Settings {
+                from,
+                provider,
+                language,
+                voice,
+                repeat,
+                start_at,
+                window,
+                timezone,
+                max_attempts,
+                retry_delay_secs: retry_delay,
+                machine_detection,
+                default_region,
+            };
+            let (contacts, inline_count) = match saved {
+                Some(list) => (Contacts::Saved(list), None),
+                None => {
+                    let count = inline.len();
+                    (Contacts::Inline(inline), Some(count))
+                }
+            };
+            CreateRequest {
+                enqueue: Enqueue {
+                    campaign: name.unwrap_or_default(),
+                    message: message.unwrap_or_default(),
+                    settings,
+                    contacts,
+                },
+                inline_count,
+            }
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! Twilio: the TwiML answer document (`POST /twilio/twiml`) and the status
+//! callbacks (`POST /twilio/status`). Twilio signs both with
+//! `X-Twilio-Signature` over the URL it was given, which is our *public*
+//! URL (`TOCSIN_PUBLIC_URL`), not the one this process sees behind a proxy.
+
+// Helpers return the finished error response as `Err`; it is built once
+// per refused request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Uri, header};
+use axum::response::{IntoResponse, Response};
+use tocsin_core::calls;
+use tocsin_core::provider::Provider;
+use tocsin_core::twilio::{self, TwilioStatus};
+use tracing::warn;
+
+use super::{HookState, Reason, attempt, call_id, campaign_of_call, missing_call_id, rejected, store};
+use crate::store::StoredEvent;
+
+fn refused(reason: Reason, detail: &str) -> Response {
+    rejected(Provider::Twilio, reason, detail)
+}
+
+/// Parses the form body and checks its signature against the public URL.
+fn verified_params(
+    state: &HookState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, Response> {
+    let params = twilio::parse_form(body).map_err(|e| refused(Reason::Malformed, &e))?;
+    if state.skip_signatures {
+        return Ok(params);
+    }
+    let Some(token) = &state.twilio_auth_token else {
+        return Err(refused(Reason::Signature, "no TOCSIN_TWILIO_AUTH_TOKEN configured"));
+    };
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let url = format!("{}{path_and_query}", state.public_url);
+    let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
+    twilio::verify_signature(signature, token, &url, &params)
+        .map_err(|e| refused(Reason::Signature, &e.to_string()))?;
+    Ok(params)
+}
+
+/// `POST /twilio/twiml?call_id=…`: the TwiML that speaks the campaign's message.
+pub async fn twiml(
+    State(state): State<Arc<HookState>>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = verified_params(&state, &uri, &headers, &body) {
+        return response;
+    }
+    let Some(id) = call_id(&query) else {
+        return missing_call_id();
+    };
+    let document = match campaign_of_call(&state, id, "twiml").await {
+        Ok(Some(campaign)) => {
+            let repeat = u32::try_from(campaign.settings.repeat).unwrap_or(1);
+            twilio::twiml(
+                &campaign.settings.message,
+                &campaign.settings.language,
+                repeat,
+                campaign.settings.voice.as_deref(),
+            )
+        }
+        Ok(None) => {
+            // Hang up rather than let Twilio play its application-error message.
+            warn!(call_id = %id, "twiml requested for an unknown call; hanging up");
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Hangup/></Response>".to_owned()
+        }
+        Err(response) => return response,
+    };
+    ([(header::CONTENT_TYPE, "application/xml")], document).into_response()
+}
+
+/// `POST /twilio/status?call_id=…`: verify, store, advance the call.
+pub async fn status(
+    State(state): State<Arc<HookState>>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = match verified_params(&state, &uri, &headers, &body) {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    let callback = match TwilioStatus::from_params(&params) {
+        Ok(c) => c,
+        Err(e) => return refused(Reason::Malformed, &e),
+    };
+    let payload: serde_json::Map<String, serde_json::Value> =
+        params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    let event = StoredEvent {
+        provider: Provider::Twilio.as_str(),
+        dedupe_key: callback.dedupe_key(),
+        status: callback.call_status.clone(),
+        payload: serde_json::Value::Object(payload),
+        call: calls::Event {
+            call_id: call_id(&query),
+            attempt: attempt(&query),
+            provider_call_id: Some(callback.call_sid.clone()),
+            state: callback.state(),
+            occurred_at: callback.occurred_at(),
+            duration_secs: callback.call_duration,
+            price: None,
+            answered_by: callback.answered_by(),
+            detail: callback.detail(),
+        },
+    };
+    store(&state, event).await
+}
