@@ -18,7 +18,7 @@
 //! (`calls.source_line`).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::contacts::{ContactReader, Reason, Rejection, Row};
 use crate::input::{RawContact, Record};
-use crate::pipeline::{Contacts, Counters, Observer, Report};
+use crate::pipeline::{Contacts, Counters, Observer, Report, read_in_batches};
 use crate::{EnqueueError, Spec};
 
 /// Contacts written per statement on import.
@@ -102,28 +102,13 @@ async fn write_list(
     pool: &PgPool,
     list: &str,
     source: &str,
-    mut reader: ContactReader,
+    reader: ContactReader,
     observer: &dyn Observer,
     stop: &CancellationToken,
     report: &mut ImportReport,
 ) -> Result<(), EnqueueError> {
     // Parsing runs on a blocking thread while the previous batch is written.
-    let (tx, mut rows) = mpsc::channel::<Vec<Row>>(2);
-    let reading = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut batch = Vec::with_capacity(IMPORT_BATCH);
-        while let Some(row) = reader.next_row() {
-            batch.push(row?);
-            if batch.len() == IMPORT_BATCH
-                && tx.blocking_send(std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH))).is_err()
-            {
-                return Ok(());
-            }
-        }
-        if !batch.is_empty() {
-            let _ = tx.blocking_send(batch);
-        }
-        Ok(())
-    });
+    let (mut rows, reading) = read_in_batches(reader, IMPORT_BATCH, 2, Arc::new(AtomicBool::new(false)));
     let mut db = pool.begin().await.map_err(EnqueueError::db("connecting to PostgreSQL"))?;
     // Inserting first and then locking the row serialises two imports of one
     // name whether or not the list existed.

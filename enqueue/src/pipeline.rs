@@ -257,17 +257,28 @@ pub async fn enqueue(
 /// Runs the reader on a blocking thread; rows arrive in batches on the
 /// returned channel. The reader stops when `stop` is set or the receiver is gone.
 fn spawn_reader(
-    mut reader: ContactReader,
+    reader: ContactReader,
     stop: Arc<AtomicBool>,
 ) -> (mpsc::Receiver<Vec<Row>>, tokio::task::JoinHandle<std::io::Result<()>>) {
-    let (tx, rx) = mpsc::channel::<Vec<Row>>(4);
+    read_in_batches(reader, BATCH, 4, stop)
+}
+
+/// The reader on a blocking thread, `size` rows a batch, at most `ahead`
+/// batches waiting; it stops when `stop` is set or the receiver is gone.
+pub(crate) fn read_in_batches(
+    mut reader: ContactReader,
+    size: usize,
+    ahead: usize,
+    stop: Arc<AtomicBool>,
+) -> (mpsc::Receiver<Vec<Row>>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let (tx, rx) = mpsc::channel::<Vec<Row>>(ahead);
     let handle = tokio::task::spawn_blocking(move || {
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(size);
         while !stop.load(Ordering::Relaxed) {
             let Some(row) = reader.next_row() else { break };
             batch.push(row?);
-            if batch.len() == BATCH
-                && tx.blocking_send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_err()
+            if batch.len() == size
+                && tx.blocking_send(std::mem::replace(&mut batch, Vec::with_capacity(size))).is_err()
             {
                 return Ok(());
             }
@@ -355,13 +366,7 @@ async fn run_pipeline(
         () = relay_stop(stop, &stop_flag) => unreachable!("relay_stop never ends"),
     };
     queue::close(&amqp, "done").await;
-    report.read = counts.read;
-    report.new_contacts = counts.new;
-    report.already_enqueued = counts.already;
-    report.invalid = counts.report.invalid;
-    report.duplicate = counts.report.duplicate;
-    report.do_not_call = counts.report.do_not_call;
-    report.malformed = counts.report.malformed;
+    counts.fill(report);
     report.resumed = resumed;
     report.published = published.confirmed;
     report.publish_retries = published.retried;
@@ -419,6 +424,17 @@ struct Counts {
 }
 
 impl Counts {
+    /// The report's counts of contacts.
+    fn fill(&self, report: &mut Report) {
+        report.read = self.read;
+        report.new_contacts = self.new;
+        report.already_enqueued = self.already;
+        report.invalid = self.report.invalid;
+        report.duplicate = self.report.duplicate;
+        report.do_not_call = self.report.do_not_call;
+        report.malformed = self.report.malformed;
+    }
+
     fn add(&mut self, w: &Written, observer: &dyn Observer, counters: &Counters) {
         self.read += w.read;
         self.new += w.new.jobs.len() as u64;
@@ -639,12 +655,6 @@ async fn dry_run(
         .await
         .map_err(|e| EnqueueError::Failed { doing: "reading the contacts", detail: e.to_string() })?
         .map_err(|e| EnqueueError::InputRejected(format!("reading failed: {e}")))?;
-    report.read = counts.read;
-    report.new_contacts = counts.new;
-    report.already_enqueued = counts.already;
-    report.invalid = counts.report.invalid;
-    report.duplicate = counts.report.duplicate;
-    report.do_not_call = counts.report.do_not_call;
-    report.malformed = counts.report.malformed;
+    counts.fill(report);
     Ok(())
 }

@@ -93,16 +93,7 @@ async fn import(pool: &PgPool, args: DncImportArgs) -> anyhow::Result<()> {
         let input = ContactInput::open(&source, format, delimiter, &columns, Arc::new(AtomicU64::new(0)))
             .map_err(|e| Fatal::InputRejected(e.to_string()))?;
         let mut reader = ContactReader::new(input, region);
-        let mut rejects = match &rejects_path {
-            Some(p) => {
-                let f = std::fs::File::create(p)
-                    .map_err(|e| Fatal::Usage(format!("--rejects {}: cannot create: {e}", p.display())))?;
-                let mut w = csv::Writer::from_writer(std::io::BufWriter::new(f));
-                w.write_record(["line", "reason", "value", "detail"])?;
-                Some(w)
-            }
-            None => None,
-        };
+        let mut rejects = crate::enqueue::rejects_file(rejects_path.as_deref())?;
         let (mut read, mut rejected) = (0u64, 0u64);
         let mut batch = Vec::with_capacity(BATCH);
         while let Some(row) = reader.next_row() {
@@ -117,14 +108,7 @@ async fn import(pool: &PgPool, args: DncImportArgs) -> anyhow::Result<()> {
                         tell!("{name}:{}: {}", r.line, r.reason);
                     }
                     if let Some(w) = rejects.as_mut() {
-                        let line = r.line.to_string();
-                        let detail = r.reason.to_string();
-                        w.write_record([
-                            line.as_str(),
-                            r.reason.keyword(),
-                            r.value.as_str(),
-                            detail.as_str(),
-                        ])?;
+                        crate::enqueue::write_rejection(w, &r)?;
                     }
                 }
             }

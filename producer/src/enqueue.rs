@@ -264,6 +264,26 @@ async fn show_progress(progress: &Counters, bar: &ProgressBar, name: &str, total
     }
 }
 
+/// The `--rejects` CSV file (line, reason, value, detail), when asked for.
+pub type RejectsFile = csv::Writer<std::io::BufWriter<std::fs::File>>;
+
+/// Creates the `--rejects` file with its header.
+pub fn rejects_file(path: Option<&Path>) -> anyhow::Result<Option<RejectsFile>> {
+    let Some(p) = path else { return Ok(None) };
+    let f = std::fs::File::create(p)
+        .map_err(|e| Fatal::Usage(format!("--rejects {}: cannot create: {e}", p.display())))?;
+    let mut w = csv::Writer::from_writer(std::io::BufWriter::new(f));
+    w.write_record(["line", "reason", "value", "detail"])?;
+    Ok(Some(w))
+}
+
+/// One rejected line in the `--rejects` file.
+pub fn write_rejection(w: &mut RejectsFile, r: &Rejection) -> csv::Result<()> {
+    let line = r.line.to_string();
+    let detail = r.reason.to_string();
+    w.write_record([line.as_str(), r.reason.keyword(), r.value.as_str(), detail.as_str()])
+}
+
 /// Rejected lines: the first few on standard error, all of them in the
 /// `--rejects` CSV file (line, reason, value, detail), written on a thread
 /// of its own.
@@ -275,16 +295,7 @@ pub struct RejectSink {
 impl RejectSink {
     /// `bar` is suspended while a line is printed, so the two do not mix.
     pub fn start(path: Option<PathBuf>, source: String, bar: ProgressBar) -> anyhow::Result<Self> {
-        let mut file = match &path {
-            Some(p) => {
-                let f = std::fs::File::create(p)
-                    .map_err(|e| Fatal::Usage(format!("--rejects {}: cannot create: {e}", p.display())))?;
-                let mut w = csv::Writer::from_writer(std::io::BufWriter::new(f));
-                w.write_record(["line", "reason", "value", "detail"])?;
-                Some(w)
-            }
-            None => None,
-        };
+        let mut file = rejects_file(path.as_deref())?;
         let (tx, rx) = std::sync::mpsc::channel::<Vec<Rejection>>();
         let shown_bar = bar.clone();
         let thread = std::thread::spawn(move || {
@@ -298,14 +309,7 @@ impl RejectSink {
                         shown_bar.suspend(|| tell!("{source}:{}: {value}{}", r.line, r.reason));
                     }
                     if let Some(w) = file.as_mut() {
-                        let line = r.line.to_string();
-                        let detail = r.reason.to_string();
-                        w.write_record([
-                            line.as_str(),
-                            r.reason.keyword(),
-                            r.value.as_str(),
-                            detail.as_str(),
-                        ])?;
+                        write_rejection(w, &r)?;
                     }
                 }
             }

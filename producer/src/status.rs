@@ -54,7 +54,7 @@ impl Status {
         let eta = match (self.eta_secs, self.done()) {
             (_, true) => "done".to_owned(),
             (Some(secs), _) => human(secs),
-            (None, _) if self.status == CampaignStatus::Paused => "paused".to_owned(),
+            (None, _) if self.status == CampaignStatus::Paused => CampaignStatus::Paused.to_string(),
             (None, _) => "- (no calls in the last minute)".to_owned(),
         };
         vec![

@@ -16,23 +16,10 @@ use tower::ServiceExt;
 
 mod common;
 
-/// The shared harness and a key with `campaigns:write` and `campaigns:read`.
-struct Harness {
-    base: common::App,
-    key: String,
-}
-
-impl std::ops::Deref for Harness {
-    type Target = common::App;
-    fn deref(&self) -> &common::App {
-        &self.base
-    }
-}
+type Harness = common::Keyed;
 
 async fn harness() -> Harness {
-    let base = common::App::start("live", &[]).await;
-    let key = base.key("live", &["campaigns:write", "campaigns:read"], &[]).await;
-    Harness { base, key }
+    common::Keyed::start("live").await
 }
 
 /// One SSE event: (event, data, id).

@@ -90,3 +90,24 @@ impl App {
         tocsin_core::queue::close(&conn, "cleanup").await;
     }
 }
+
+/// The harness with a key that has `campaigns:write` and `campaigns:read`.
+pub struct Keyed {
+    pub base: App,
+    pub key: String,
+}
+
+impl std::ops::Deref for Keyed {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.base
+    }
+}
+
+impl Keyed {
+    pub async fn start(name: &str) -> Self {
+        let base = App::start(name, &[]).await;
+        let key = base.key(name, &["campaigns:write", "campaigns:read"], &[]).await;
+        Self { base, key }
+    }
+}
