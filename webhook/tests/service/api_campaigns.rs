@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tocsin_core::queue::Topology;
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 type Harness = common::App;
 

@@ -1,9 +1,6 @@
 //! The harness every webhook test shares: a fresh database, a unique queue
 //! prefix, and the whole webhook app on them, driven with `Router::oneshot`.
 
-// Each test binary compiles this module and uses a different part of it.
-#![allow(dead_code)]
-
 use axum::Router;
 use clap::Parser;
 use secrecy::ExposeSecret;

@@ -10,7 +10,7 @@ use tocsin_core::calls;
 use tocsin_core::{CallId, CallState};
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 type Harness = common::Keyed;
 
@@ -60,7 +60,7 @@ async fn dashboard_pages_and_assets_are_served_with_a_self_only_policy() {
     let page = String::from_utf8(page).unwrap();
     assert!(page.contains(r#"data-page="campaign""#) && page.contains(r#"data-campaign="a&lt;b&gt;""#));
     assert!(!page.contains("<b>"));
-    for asset in [page.as_str(), include_str!("../src/ui/app.js"), include_str!("../src/ui/app.css")] {
+    for asset in [page.as_str(), include_str!("../../src/ui/app.js"), include_str!("../../src/ui/app.css")] {
         assert!(!asset.contains("http://") && !asset.contains("https://"), "no external fetches");
         assert!(!asset.contains("style=\""), "no inline styles (the policy forbids them)");
     }

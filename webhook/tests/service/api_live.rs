@@ -14,7 +14,7 @@ use tocsin_core::CallState;
 use tocsin_core::calls;
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 type Harness = common::Keyed;
 

@@ -16,7 +16,7 @@ use tocsin_core::queue::Topology;
 use tocsin_core::{CallId, CallJob, CampaignId, PhoneNumber};
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 const SECRET: &str = "webhook-test-secret";
 

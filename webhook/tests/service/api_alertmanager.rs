@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tocsin_core::queue::Topology;
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 type Harness = common::App;
 
