@@ -7,6 +7,9 @@
 //! that a quoted field may span lines, and a quote that never closes gives
 //! up after a bounded number of lines instead of swallowing the rest of the
 //! file. Every record carries the line it starts on.
+//!
+//! One concern at some length: the two formats share the line reader and
+//! the record type, and a third of the file is their tests.
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -8,6 +8,9 @@
 //! again. Call ids are derived from campaign and number, so every run names
 //! the same call for the same contact. One run per campaign at a time (a
 //! PostgreSQL advisory lock).
+//!
+//! One concern at some length: the stages share the run's counters and
+//! stop flag, and splitting them would pass both through every signature.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
