@@ -167,9 +167,21 @@ pub enum ProcessError {
 
 #[tracing::instrument(skip_all, fields(call_id = %job.call_id, attempt = job.attempt), err(Display))]
 pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError> {
-    let Some(campaign) = deps.campaign(job.campaign_id).await? else {
-        warn!("campaign no longer exists, dropping job");
-        return Ok(Outcome::Ack);
+    let campaign = match deps.campaign(job.campaign_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            warn!("campaign no longer exists, dropping job");
+            return Ok(Outcome::Ack);
+        }
+        Err(sqlx::Error::ColumnDecode { index, source }) => {
+            // A row that breaks the campaign's rules (written by hand, e.g. an
+            // unknown time zone): its calls cannot be placed as meant. Fail
+            // the call, naming the column, rather than retry it forever or
+            // guess (a bad zone is not UTC).
+            let detail = format!("the campaign's {index} is invalid: {source}");
+            return fail_unclaimed(deps, job, "bad_campaign", &detail).await;
+        }
+        Err(e) => return Err(e.into()),
     };
     let contact_zone = contact_zone(deps, job, &campaign).await?;
     if let Some(outcome) = campaign_gate(deps, job, &campaign, contact_zone).await? {

@@ -338,6 +338,29 @@ async fn a_contact_whose_own_window_is_open_is_called_while_the_campaigns_is_clo
 }
 
 #[tokio::test]
+async fn a_campaign_row_with_an_unknown_time_zone_fails_its_calls_naming_the_column() {
+    let h = harness(Settings { campaign_ttl: Duration::ZERO, ..Settings::default() }).await;
+    h.mock_create(created("never"), 0).await;
+    // Written by hand, past the producer's checks: never read as UTC.
+    sqlx::query("UPDATE campaigns SET timezone = 'Mars/Olympus_Mons' WHERE id = $1")
+        .bind(h.campaign)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    let job = h.job("+14155550041").await;
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    let (state, _, _, code) = h.row(&job).await;
+    assert_eq!((state.as_str(), code.as_deref()), ("failed", Some("bad_campaign")));
+    let detail: String = sqlx::query_scalar("SELECT error_detail FROM calls WHERE id = $1")
+        .bind(job.call_id)
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert!(detail.contains("timezone") && detail.contains("Mars/Olympus_Mons"), "{detail}");
+    h.mock.verify().await;
+}
+
+#[tokio::test]
 async fn a_pause_while_a_job_waits_for_its_slot_stops_the_dial() {
     let h = harness(Settings { campaign_ttl: Duration::ZERO, ..Settings::default() }).await;
     h.mock_create(created("never"), 0).await;
