@@ -1,5 +1,5 @@
 -- The forward-only rule of call states, stated once in SQL and mirrored by
--- tocsin_core::CallState::advance (a test in core/tests/calls.rs compares the
+-- tocsin_core::CallState::advance (a test in core/tests/core/calls.rs compares the
 -- two for every pair of states). Every UPDATE of `calls.state` that takes an
 -- event or a create-call result goes through it (core/src/calls.rs).
 --

@@ -6,7 +6,7 @@
 //! The forward-only rule is `CallState::advance` in Rust and the SQL
 //! function `call_state_advance` (migrations); every statement here that
 //! moves a call on a report uses the SQL one, `fold` uses the Rust one, and
-//! `core/tests/calls.rs` proves they agree for every pair of states. State
+//! `core/tests/core/calls.rs` proves they agree for every pair of states. State
 //! names appear as literals only here and in `state.rs`.
 
 use std::collections::{BTreeMap, HashMap};

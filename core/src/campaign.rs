@@ -140,7 +140,9 @@ pub fn parse_start_at(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); e.g. 2026-11-22T18:00:00+01:00"))
 }
 
-/// The ranges an operator's settings must fall in (the SQL `CHECK`s agree).
+/// The ranges an operator's settings must fall in (the SQL `CHECK`s are a
+/// looser last line of defence). A retry delay beyond a day would wait only
+/// an hour anyway: the longest delay tier is 1 h.
 pub mod limits {
     use super::RangeInclusive;
     pub const MESSAGE_CHARS: RangeInclusive<usize> = 1..=1500;
@@ -164,9 +166,11 @@ impl FieldError {
         Self { field, message: message.into() }
     }
 
-    /// The same message naming the command-line flag instead (`--max-attempts: …`).
+    /// The same message naming the command-line flag instead (`--max-attempts: …`;
+    /// `retry_delay_secs` is the CLI's `--retry-delay`).
     pub fn as_flag(&self) -> String {
-        format!("--{}: {}", self.field.replace('_', "-"), self.message)
+        let flag = self.field.strip_suffix("_secs").unwrap_or(self.field).replace('_', "-");
+        format!("--{flag}: {}", self.message)
     }
 }
 
@@ -223,7 +227,9 @@ fn in_range(
     if range.contains(&v) {
         i32::try_from(v).ok()
     } else {
-        errors.push(FieldError::new(field, format!("must be from {} to {}", range.start(), range.end())));
+        let unit = if field.ends_with("_secs") { " seconds" } else { "" };
+        errors
+            .push(FieldError::new(field, format!("must be from {} to {}{unit}", range.start(), range.end())));
         None
     }
 }
@@ -293,11 +299,7 @@ impl Settings {
             }
         }
         if let Some(l) = changes.language {
-            if l.trim().is_empty() || l.len() > 35 {
-                errors.push(FieldError::new("language", "must be a BCP-47 language tag, e.g. en-US"));
-            } else {
-                s.language = l.trim().to_owned();
-            }
+            s.language = l;
         }
         if let Some(v) = changes.voice {
             s.voice = Some(v);
@@ -386,12 +388,6 @@ impl Campaign {
         window.opens_in(now, contact_zone.unwrap_or(self.settings.timezone))
     }
 
-    /// The zone a contact's window is read in: its own when the list gave a
-    /// valid one (the producer checked it), else the campaign's.
-    pub fn zone_for(&self, contact_zone: Option<&str>) -> Tz {
-        contact_zone.and_then(|z| z.parse().ok()).unwrap_or(self.settings.timezone)
-    }
-
     /// The schedule in words, with whether the window is open now.
     pub fn schedule(&self, now: DateTime<Utc>) -> String {
         let mut parts = Vec::new();
@@ -435,9 +431,35 @@ pub enum ControlError {
     Database(#[from] sqlx::Error),
 }
 
+/// What a control command needs of a campaign: its identity and status,
+/// read without its settings, so a row whose settings do not parse can
+/// still be paused or cancelled (the emergency stop must always work).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Handle {
+    pub id: CampaignId,
+    pub name: String,
+    #[sqlx(try_from = "String")]
+    pub status: CampaignStatus,
+}
+
+impl TryFrom<String> for CampaignStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// The campaign named `name`, for a control command.
+pub async fn handle(pool: &sqlx::PgPool, name: &str) -> Result<Option<Handle>, sqlx::Error> {
+    sqlx::query_as("SELECT id, name, status FROM campaigns WHERE id = $1")
+        .bind(CampaignId::from_name(name))
+        .fetch_optional(pool)
+        .await
+}
+
 /// Pauses (`paused = true`) or resumes campaign `c`; shared by the CLI and
 /// the HTTP API. A cancelled campaign can do neither.
-pub async fn set_paused(pool: &sqlx::PgPool, c: &Campaign, paused: bool) -> Result<Control, ControlError> {
+pub async fn set_paused(pool: &sqlx::PgPool, c: &Handle, paused: bool) -> Result<Control, ControlError> {
     let name = &c.name;
     let (wanted, doing) =
         if paused { (CampaignStatus::Paused, "pause") } else { (CampaignStatus::Active, "resume") };
@@ -464,7 +486,7 @@ pub async fn set_paused(pool: &sqlx::PgPool, c: &Campaign, paused: bool) -> Resu
 /// Cancels campaign `c` for good and ends its waiting calls (calls in
 /// progress finish); shared by the CLI (after its confirmation), the API
 /// and the Alertmanager receiver.
-pub async fn cancel(pool: &sqlx::PgPool, c: &Campaign) -> Result<Control, ControlError> {
+pub async fn cancel(pool: &sqlx::PgPool, c: &Handle) -> Result<Control, ControlError> {
     if c.status == CampaignStatus::Cancelled {
         return Ok(Control::Unchanged);
     }
@@ -584,6 +606,7 @@ mod tests {
         let fields: Vec<&str> = errors.iter().map(|e| e.field).collect();
         assert_eq!(fields, ["from", "message", "repeat", "max_attempts", "retry_delay_secs"]);
         assert_eq!(errors[2].as_flag(), "--repeat: must be from 1 to 10");
+        assert_eq!(errors[4].as_flag(), "--retry-delay: must be from 0 to 86400 seconds");
 
         let s = Settings::new(Changes {
             message: Some(" Storm warning. ".into()),

@@ -84,7 +84,7 @@ impl CallState {
     /// answered may still be refined by a specific failure, since some
     /// providers send `completed` before the event that says why the call
     /// ended. The SQL function `call_state_advance` states the same rule
-    /// (migrations); `core/tests/calls.rs` checks that they agree.
+    /// (migrations); `core/tests/core/calls.rs` checks that they agree.
     pub fn advance(self, next: CallState, answered: bool) -> CallState {
         let refines = self == Self::Completed
             && !answered

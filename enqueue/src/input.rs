@@ -50,38 +50,12 @@ impl std::str::FromStr for Format {
 pub enum Source {
     File(PathBuf),
     Stdin,
-    /// A list held in memory (the HTTP API's inline contacts), with the name
-    /// messages use for it.
+    /// A list held in memory (an uploaded file), with the name messages use
+    /// for it.
     Memory {
         name: String,
         data: Arc<[u8]>,
     },
-    /// A list produced while it is read (a saved contact list streamed out
-    /// of PostgreSQL, see `lists`). It can be opened once.
-    Stream {
-        name: String,
-        reader: SharedReader,
-    },
-}
-
-/// A reader handed to whichever clone of a `Source` opens it first.
-#[derive(Clone)]
-pub struct SharedReader(Arc<std::sync::Mutex<Option<Box<dyn Read + Send>>>>);
-
-impl SharedReader {
-    pub fn new(reader: impl Read + Send + 'static) -> Self {
-        Self(Arc::new(std::sync::Mutex::new(Some(Box::new(reader)))))
-    }
-
-    fn take(&self) -> Option<Box<dyn Read + Send>> {
-        self.0.lock().ok()?.take()
-    }
-}
-
-impl std::fmt::Debug for SharedReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SharedReader")
-    }
 }
 
 impl Source {
@@ -94,7 +68,7 @@ impl Source {
         match self {
             Self::File(p) => p.display().to_string(),
             Self::Stdin => "<stdin>".into(),
-            Self::Memory { name, .. } | Self::Stream { name, .. } => name.clone(),
+            Self::Memory { name, .. } => name.clone(),
         }
     }
 
@@ -102,7 +76,7 @@ impl Source {
     pub fn size(&self) -> Option<u64> {
         match self {
             Self::File(p) => std::fs::metadata(p).ok().filter(|m| m.is_file()).map(|m| m.len()),
-            Self::Stdin | Self::Stream { .. } => None,
+            Self::Stdin => None,
             Self::Memory { data, .. } => Some(data.len() as u64),
         }
     }
@@ -270,13 +244,6 @@ impl ContactInput {
             }
             Source::Stdin => Box::new(BufReader::with_capacity(256 * 1024, StdinReader)),
             Source::Memory { data, .. } => Box::new(std::io::Cursor::new(data.clone())),
-            Source::Stream { reader, .. } => {
-                let reader = reader.take().ok_or_else(|| OpenError::Io {
-                    name: name.clone(),
-                    source: std::io::Error::other("this list was already read"),
-                })?;
-                Box::new(BufReader::with_capacity(64 * 1024, reader))
-            }
         };
         let mut lines = LineReader { inner, line: 0, bytes, at_start: true };
         let format = match format.or_else(|| format_from_name(source)) {
@@ -715,6 +682,11 @@ fn jsonl_next(
 }
 
 impl Record {
+    /// A contact longer than `MAX_LINE` bytes, given as one object.
+    pub fn too_long(line: u64, len: u64) -> Record {
+        Record::Bad { line, value: String::new(), bad: Bad::TooLong { len } }
+    }
+
     /// A contact given as a JSON object (a JSON Lines line, an element of
     /// the API's `contacts` array): the number under `number_key`, the time
     /// zone under `timezone_key`, every other key kept as attributes. Keys

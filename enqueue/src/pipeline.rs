@@ -132,17 +132,14 @@ pub enum Contacts {
 }
 
 impl Contacts {
-    /// Parsed contacts held in memory.
+    /// Parsed contacts held in memory. Each may carry its own time zone, so
+    /// a calling window without a campaign zone is allowed (as for a list
+    /// with a time zone column).
     pub fn records(name: impl Into<String>, records: Vec<Record>) -> Self {
-        let has_timezone = records.iter().any(|r| matches!(r, Record::Contact(c) if c.timezone.is_some()));
-        Self::Records { name: name.into(), has_timezone, records: Box::new(records.into_iter().map(Ok)) }
-    }
-
-    /// The size in bytes when known (a regular file or memory), for progress.
-    pub fn size(&self) -> Option<u64> {
-        match self {
-            Self::Text { source, .. } => source.size(),
-            Self::Records { .. } => None,
+        Self::Records {
+            name: name.into(),
+            has_timezone: true,
+            records: Box::new(records.into_iter().map(Ok)),
         }
     }
 
@@ -246,6 +243,22 @@ pub async fn enqueue(
         }
     }
     .await;
+    // A campaign this run created but put no call in (every contact
+    // rejected, e.g. all on the do-not-call list) is removed again: a run
+    // that enqueues nothing creates nothing.
+    let created_empty = !prepared.exists && !spec.dry_run && report.nothing_enqueued();
+    let result = match result {
+        Ok(()) if created_empty => sqlx::query(
+            "DELETE FROM campaigns c WHERE c.id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM calls k WHERE k.campaign_id = c.id)",
+        )
+        .bind(prepared.id)
+        .execute(pool)
+        .await
+        .map(drop)
+        .map_err(EnqueueError::db("removing the empty campaign")),
+        other => other,
+    };
     // Released explicitly: a dropped connection's lock lingers until the
     // server notices the closed socket, and a re-run started right after this
     // one would be refused as "another producer is enqueueing".
@@ -325,14 +338,15 @@ async fn run_pipeline(
         .await
         .map_err(EnqueueError::broker("connecting"))?;
     let topology = Topology::new(&spec.queue_prefix);
-    let setup = amqp.create_channel().await.map_err(EnqueueError::broker("opening a channel"))?;
-    topology.declare(&setup).await.map_err(EnqueueError::broker("declaring the queue topology"))?;
+    // Connected, a refusal is the broker's answer (e.g. a queue declared
+    // with other arguments), not an outage: retrying will not fix it.
+    let refused =
+        |doing: &'static str| move |e: lapin::Error| EnqueueError::Failed { doing, detail: e.to_string() };
+    let setup = amqp.create_channel().await.map_err(refused("opening a RabbitMQ channel"))?;
+    topology.declare(&setup).await.map_err(refused("declaring the queue topology"))?;
     let _ = tokio::time::timeout(Duration::from_secs(5), setup.close(200, "topology declared".into())).await;
-    let channel = amqp.create_channel().await.map_err(EnqueueError::broker("opening the publish channel"))?;
-    channel
-        .confirm_select(Default::default())
-        .await
-        .map_err(EnqueueError::broker("enabling publisher confirms"))?;
+    let channel = amqp.create_channel().await.map_err(refused("opening the publish channel"))?;
+    channel.confirm_select(Default::default()).await.map_err(refused("enabling publisher confirms"))?;
 
     let (publish_tx, publish_rx) = mpsc::channel::<Batch>(8);
     let (mark_tx, mark_rx) = mpsc::channel::<Vec<i64>>(8);

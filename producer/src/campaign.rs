@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use tocsin_core::CampaignId;
-use tocsin_core::campaign::{self, Campaign, CampaignStatus, Control, ControlError};
+use tocsin_core::campaign::{self, Campaign, CampaignStatus, Control, ControlError, Handle};
 use tocsin_core::db;
 
 use crate::Fatal;
@@ -28,11 +28,22 @@ fn control_error(e: ControlError) -> anyhow::Error {
 /// Looks a campaign up by name; an unknown name is a usage error.
 pub async fn find(pool: &PgPool, name: &str) -> anyhow::Result<Campaign> {
     let found = db::campaign(pool, CampaignId::from_name(name)).await.context("reading the campaign")?;
-    found.ok_or_else(|| usage(format!("no campaign named {name:?} (producer list shows them)")))
+    found.ok_or_else(|| unknown(name))
+}
+
+/// A campaign's identity and status, for a control command: read without
+/// its settings, so it works even on a row whose settings do not parse.
+async fn find_handle(pool: &PgPool, name: &str) -> anyhow::Result<Handle> {
+    let found = campaign::handle(pool, name).await.context("reading the campaign")?;
+    found.ok_or_else(|| unknown(name))
+}
+
+fn unknown(name: &str) -> anyhow::Error {
+    usage(format!("no campaign named {name:?} (producer list shows them)"))
 }
 
 pub async fn pause(pool: &PgPool, name: &str) -> anyhow::Result<()> {
-    let c = find(pool, name).await?;
+    let c = find_handle(pool, name).await?;
     match campaign::set_paused(pool, &c, true).await.map_err(control_error)? {
         Control::Unchanged => {
             say!("campaign {name:?} is already paused (producer resume {name} restarts it)");
@@ -46,7 +57,7 @@ pub async fn pause(pool: &PgPool, name: &str) -> anyhow::Result<()> {
 }
 
 pub async fn resume(pool: &PgPool, name: &str) -> anyhow::Result<()> {
-    let c = find(pool, name).await?;
+    let c = find_handle(pool, name).await?;
     match campaign::set_paused(pool, &c, false).await.map_err(control_error)? {
         Control::Unchanged => say!("campaign {name:?} is already active"),
         Control::Changed { .. } => say!("resumed campaign {name:?}"),
@@ -55,7 +66,7 @@ pub async fn resume(pool: &PgPool, name: &str) -> anyhow::Result<()> {
 }
 
 pub async fn cancel(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> {
-    let c = find(pool, name).await?;
+    let c = find_handle(pool, name).await?;
     if c.status == CampaignStatus::Cancelled {
         say!("campaign {name:?} is already cancelled");
         return Ok(());

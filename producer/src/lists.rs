@@ -24,7 +24,8 @@ pub async fn run(pool: &PgPool, cmd: ListCommand, stop: CancellationToken) -> an
         ListCommand::Import(args) => {
             let report = import(pool, &args, stop).await?;
             if args.json {
-                say!("{}", serde_json::to_string_pretty(&report)?);
+                let json = JsonImportReport { report: &report, rejects_file: args.rejects.as_deref() };
+                say!("{}", serde_json::to_string_pretty(&json)?);
             } else {
                 print(&report, args.rejects.as_deref());
             }
@@ -34,6 +35,14 @@ pub async fn run(pool: &PgPool, cmd: ListCommand, stop: CancellationToken) -> an
         ListCommand::Show { name: Some(name), contacts, json } => show(pool, &name, contacts, json).await,
         ListCommand::Delete { name, yes } => delete(pool, &name, yes).await,
     }
+}
+
+/// The report as `--json` prints it.
+#[derive(serde::Serialize)]
+struct JsonImportReport<'a> {
+    #[serde(flatten)]
+    report: &'a ImportReport,
+    rejects_file: Option<&'a Path>,
 }
 
 /// Imports `args.file` as list `args.name`, replacing its contacts; the

@@ -235,7 +235,25 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         release(deps, job, None).await?;
         return Ok(Outcome::Delay(DelayTier::S1));
     }
-    let campaign = campaign_fresh(deps, job).await?;
+    let campaign = match deps.campaign(job.campaign_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            // Deleted meanwhile (its calls with it): nothing to dial.
+            release(deps, job, None).await?;
+            warn!("campaign deleted while its call waited for a slot, dropping job");
+            return Ok(Outcome::Ack);
+        }
+        Err(sqlx::Error::ColumnDecode { index, source }) => {
+            // Broken by hand while the call waited: fail the claimed call.
+            let detail = format!("the campaign's {index} is invalid: {source}");
+            finish_failed(deps, job, "bad_campaign", &detail).await?;
+            return Ok(Outcome::Ack);
+        }
+        Err(e) => {
+            release(deps, job, None).await?;
+            return Err(e.into());
+        }
+    };
     // The contact's own zone, as at the gate: with the campaign's zone here a
     // contact whose window is open while the campaign's is closed would loop.
     if campaign.status != CampaignStatus::Active
@@ -291,13 +309,6 @@ async fn place(client: &dyn VoiceProvider, request: &CallRequest) -> Result<Plac
     result
 }
 
-async fn campaign_fresh(deps: &Deps, job: &CallJob) -> Result<Arc<Campaign>, ProcessError> {
-    match deps.campaign(job.campaign_id).await? {
-        Some(c) => Ok(c),
-        None => Err(ProcessError::Database(sqlx::Error::RowNotFound)),
-    }
-}
-
 /// Paused, cancelled, not started yet, outside its window: the decision, or
 /// `None` when the campaign may call now.
 async fn campaign_gate(
@@ -319,14 +330,17 @@ async fn campaign_gate(
         .map(|wait| Outcome::Delay(DelayTier::at_least(wait))))
 }
 
-/// The zone the contact's calling window is read in: its own, when the
-/// list gave one. Only windowed campaigns need it (one more query).
+/// The contact's own time zone, when the list gave one (`None`: the
+/// campaign's applies, read fresh at every check). Only windowed campaigns
+/// need it (one more query).
 async fn contact_zone(deps: &Deps, job: &CallJob, campaign: &Campaign) -> Result<Option<Tz>, sqlx::Error> {
     if campaign.settings.window.is_none() {
         return Ok(None);
     }
+    // The producer checked the zone; one that does not parse falls back to
+    // the campaign's, as a contact without a zone does.
     let zone = calls::contact_timezone(&deps.pool, job.call_id).await?;
-    Ok(Some(campaign.zone_for(zone.as_deref())))
+    Ok(zone.and_then(|z| z.parse().ok()))
 }
 
 /// The claim failed: the call was handled already, is in flight elsewhere,

@@ -1,8 +1,10 @@
 //! The API's seam with the enqueue library (`tocsin-enqueue`) and the
-//! campaign rules (`tocsin_core::campaign`): every call the API makes to
-//! check, enqueue and control a campaign is in this file. Handlers speak
-//! this module's types; the library's (`Spec`, `Report`, `Rejection`,
-//! `EnqueueError`) do not leave it.
+//! campaign's control (`tocsin_core::campaign`): every call the API makes
+//! to enqueue and to pause, resume or cancel a campaign is in this file.
+//! Handlers speak this module's types; the library's (`Spec`, `Report`,
+//! `Rejection`, `EnqueueError`) do not leave it. (The body checks read the
+//! campaign's ranges, `campaign::limits`, directly; campaign status reads
+//! are plain queries.)
 
 use std::sync::{Arc, Mutex};
 
@@ -10,10 +12,11 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
-use tocsin_core::campaign::{self, CallingWindow, Campaign, Changes, Control};
+use tocsin_core::campaign::{self, CallingWindow, Changes, Control, Handle};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 use tocsin_core::{PhoneNumber, apikey};
+use tocsin_enqueue::input::MAX_LINE;
 use tocsin_enqueue::{Counters, EnqueueError, Observer, Record, Rejection, Spec};
 use tokio_util::sync::CancellationToken;
 
@@ -178,7 +181,16 @@ pub async fn enqueue(
             let records = values
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| Record::from_json(i as u64 + 1, v, "number", Some("timezone")))
+                .map(|(i, v)| {
+                    // The same bound as a line of a contact file.
+                    let len = serde_json::to_string(&v).map_or(0, |t| t.len());
+                    let line = i as u64 + 1;
+                    if len > MAX_LINE {
+                        Record::too_long(line, len as u64)
+                    } else {
+                        Record::from_json(line, v, "number", Some("timezone"))
+                    }
+                })
                 .collect();
             let contacts = tocsin_enqueue::Contacts::records("contacts", records);
             tocsin_enqueue::enqueue(&state.pool, &spec, contacts, &counters, &collect, &stop).await
@@ -214,10 +226,11 @@ pub async fn enqueue(
 /// The API's answer to a failed enqueue; `field` names where the contacts came from.
 fn enqueue_error(e: EnqueueError, name: &str, field: &str) -> ApiError {
     match e {
-        EnqueueError::Invalid(errors) => ApiError::bad_request(format!(
-            "invalid fields: {}",
-            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-        )),
+        // The body's own checks answer 400 before this; what remains depends
+        // on the campaign as stored (e.g. `from` for a new one): 409, as before.
+        EnqueueError::Invalid(errors) => {
+            conflict(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        }
         EnqueueError::Refused(m) => conflict(m),
         EnqueueError::InputRejected(m) => ApiError::bad_request(format!("{field}: {m}")),
         EnqueueError::Unreachable { service, .. } => {
@@ -267,8 +280,14 @@ pub enum ControlError {
     Failed(anyhow::Error),
 }
 
+/// The campaign named `name`, for a control action: its identity and
+/// status only, so a row whose settings do not parse can still be stopped.
+pub async fn handle(pool: &PgPool, name: &str) -> Result<Option<Handle>, sqlx::Error> {
+    campaign::handle(pool, name).await
+}
+
 /// Runs `action` on campaign `c` as `producer pause|resume|cancel` does.
-pub async fn control(pool: &PgPool, c: &Campaign, action: Action) -> Result<Controlled, ControlError> {
+pub async fn control(pool: &PgPool, c: &Handle, action: Action) -> Result<Controlled, ControlError> {
     let done = match action {
         Action::Pause => campaign::set_paused(pool, c, true).await,
         Action::Resume => campaign::set_paused(pool, c, false).await,

@@ -190,6 +190,48 @@ async fn a_campaign_whose_every_contact_is_rejected_answers_422_naming_each_and_
     assert_eq!(campaigns, 0, "nothing may be created");
     let (s, v, _) = h.call("GET", "/api/v1/campaigns/all-bad", Some(&key), None, None).await;
     assert_eq!((s, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+
+    // Valid numbers, all on the do-not-call list: nothing is created either.
+    sqlx::query("INSERT INTO do_not_call (number) VALUES ('+14155550171'), ('+14155550172')")
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    let body = campaign_body("all-dnc", &["+14155550171", "+14155550172"]);
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body), None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "contacts_rejected"), "{v}");
+    assert_eq!(v["error"]["rejected"][1]["reason"], "do_not_call", "{v}");
+    let campaigns: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM campaigns").fetch_one(&h.db.pool).await.unwrap();
+    assert_eq!(campaigns, 0, "nothing may be created");
+
+    // An existing campaign given only rejected contacts answers 200 with its report, as before.
+    let body = campaign_body("kept", &["+14155550173"]);
+    let (s, _, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body), None).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let body = campaign_body("kept", &["+14155550171"]);
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body), None).await;
+    assert_eq!((s, v["enqueue"]["do_not_call"].as_u64()), (StatusCode::OK, Some(1)), "{v}");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn inline_contacts_may_carry_their_own_zone_so_a_window_needs_no_campaign_zone() {
+    let h = harness(&[]).await;
+    let key = h.key("w", &["campaigns:write", "campaigns:read"], &[]).await;
+    let body = json!({
+        "name": "windowed",
+        "message": "School closed tomorrow.",
+        "from": "+14155550100",
+        "window": "08:00-20:00",
+        "contacts": [{"number": "+14155550181", "timezone": "America/Chicago"}, {"number": "+14155550182"}],
+    });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body.to_string()), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let zone: Option<String> = sqlx::query_scalar("SELECT timezone FROM calls WHERE number = '+14155550181'")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(zone.as_deref(), Some("America/Chicago"));
     h.cleanup().await;
 }
 

@@ -205,7 +205,7 @@ async fn resolved(
         return Ok(Json(json!({ "status": "resolved", "action": "no_period", "campaign": null })));
     };
     let mut cancelled_calls = 0;
-    if cancel && let Some(c) = db::campaign(&state.pool, CampaignId::from_name(&period.campaign)).await? {
+    if cancel && let Some(c) = enqueue::handle(&state.pool, &period.campaign).await? {
         // The CLI's and the API's own cancel: calls not yet claimed by a worker end now.
         let done = enqueue::control(&state.pool, &c, Action::Cancel).await.map_err(|e| {
             let e = match e {

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tocsin_core::http::ApiError;
-use tocsin_core::{CampaignId, StateCounts, db};
+use tocsin_core::{CampaignId, StateCounts};
 
 use self::request::{CreateBody, CreateRequest};
 use super::auth::{Auth, Caller, Control, Read, Write};
@@ -124,7 +124,7 @@ pub async fn create(
 /// Runs the producer's pipeline on the request's contacts.
 async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusCode, Value)> {
     let name = request.enqueue.campaign.clone();
-    let existed = db::campaign(&state.pool, CampaignId::from_name(&name)).await?.is_some();
+    let existed = enqueue::handle(&state.pool, &name).await?.is_some();
     let field = request.contacts_field();
     let count = request.inline_count;
     let outcome = enqueue::enqueue(state, request.enqueue, field, LISTED_REJECTIONS).await?;
@@ -143,9 +143,11 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
             })
         })
         .collect();
-    if outcome.new_contacts + outcome.already_enqueued == 0 {
-        // Nothing could be enqueued: the campaign was not created (or not
-        // extended). Say why, contact by contact, as the CLI does with exit 3.
+    if !existed && outcome.new_contacts + outcome.already_enqueued == 0 {
+        // Nothing could be enqueued into a new campaign, so none exists (the
+        // pipeline removes one it created empty). Say why, contact by
+        // contact, as the CLI does with exit 3. An existing campaign keeps
+        // answering 200 with its report.
         let named: Vec<String> = rejected
             .iter()
             .take(20)
@@ -267,7 +269,7 @@ pub async fn show(
 
 async fn control(state: &ApiState, caller: &Caller, name: &str, action: Action) -> Result<Json<Value>> {
     caller.check_campaign(name)?;
-    let c = db::campaign(&state.pool, CampaignId::from_name(name)).await?.ok_or_else(|| unknown(name))?;
+    let c = enqueue::handle(&state.pool, name).await?.ok_or_else(|| unknown(name))?;
     let done = enqueue::control(&state.pool, &c, action).await.map_err(|e| match e {
         ControlError::Conflict(m) => conflict(m),
         ControlError::Failed(e) => {
