@@ -326,8 +326,6 @@ pub struct TelnyxPayload {
     pub sip_hangup_cause: Option<String>,
     #[serde(default)]
     pub start_time: Option<String>,
-    #[serde(default)]
-    pub end_time: Option<String>,
     /// `call.machine.detection.ended`: `human`, `machine` or `not_sure`.
     #[serde(default)]
     pub result: Option<String>,
@@ -364,10 +362,13 @@ impl TelnyxEvent {
         })
     }
 
-    /// Talk time, from the hang-up's `start_time` and `end_time`.
+    /// Talk time: from the hang-up's `start_time` to the event's own
+    /// `occurred_at`. A documented `call.hangup` has no end time of its own
+    /// (telnyx-python `src/telnyx/types/call_hangup_webhook_event.py`:
+    /// `payload.start_time`, `data.occurred_at`).
     pub fn duration_secs(&self) -> Option<i32> {
         let start = parse_time(self.payload.start_time.as_deref()?)?;
-        let end = parse_time(self.payload.end_time.as_deref()?)?;
+        let end = self.occurred_at()?;
         i32::try_from((end - start).num_seconds()).ok().filter(|d| *d >= 0)
     }
 
@@ -513,10 +514,23 @@ mod tests {
         let event = |json: &str| serde_json::from_str::<TelnyxWebhook>(json).unwrap().data;
         let hangup = event(
             r#"{"data":{"record_type":"event","event_type":"call.hangup","id":"e1","occurred_at":"2026-01-01T00:00:10.000Z",
-            "payload":{"call_control_id":"v3:x","hangup_cause":"normal_clearing","start_time":"2026-01-01T00:00:00Z","end_time":"2026-01-01T00:00:10Z"}}}"#,
+            "payload":{"call_control_id":"v3:x","hangup_cause":"normal_clearing","start_time":"2026-01-01T00:00:00Z"}}}"#,
         );
         assert_eq!(hangup.state(), Some(CallState::Completed));
         assert_eq!(hangup.duration_secs(), Some(10));
+        // The documented shape: the fields of telnyx-python
+        // `src/telnyx/types/call_hangup_webhook_event.py` (start_time in the
+        // payload, the end only as data.occurred_at), with ids and times in
+        // the style of Telnyx's "Receiving Webhooks" example.
+        let documented = event(
+            r#"{"data":{"record_type":"event","event_type":"call.hangup","id":"0ccc7b54-4df3-4bca-a65a-3da1ecc777f0",
+            "occurred_at":"2018-02-02T22:27:40.521992Z",
+            "payload":{"call_control_id":"v2:T02llQxIyaRkhfRKxgAP8nY511EhFLizdvdUKJiSw8d6A9BborherQ","call_leg_id":"428c31b6-7af4-4bcb-b7f5-5013ef9657c1",
+            "call_session_id":"428c31b6-abf3-3bc1-b7f4-5013ef9657c1","client_state":"aGF2ZSBhIG5pY2UgZGF5ID1d","connection_id":"7267xxxxxxxxxxxxxx",
+            "from":"+35319605860","to":"+13129457420","hangup_cause":"normal_clearing","hangup_source":"caller","sip_hangup_cause":"200",
+            "start_time":"2018-02-02T22:25:27.521992Z","state":"hangup"}}}"#,
+        );
+        assert_eq!(documented.duration_secs(), Some(133));
         assert_eq!(hangup.dedupe_key(), "telnyx:e1");
         for (cause, state) in [
             ("user_busy", CallState::Busy),

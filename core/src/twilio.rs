@@ -257,6 +257,34 @@ pub enum SignatureError {
     Stale,
 }
 
+/// The forms of `url` Twilio may have signed: as given, without its port,
+/// and with the scheme's default port. Twilio drops an HTTPS URL's port
+/// before signing, and its official validator accepts the URL with and
+/// without the port (twilio-python `twilio/request_validator.py`:
+/// `remove_port`, `add_port`), so a public URL with an explicit port, or a
+/// proxy that adds or drops one, still verifies.
+fn signed_url_forms(url: &str) -> Vec<String> {
+    let mut forms = vec![url.to_owned()];
+    let Some(scheme_end) = url.find("://") else { return forms };
+    let (scheme, rest) = (&url[..scheme_end], &url[scheme_end + 3..]);
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let host_start = authority.rfind('@').map_or(0, |i| i + 1);
+    let (userinfo, host_port) = authority.split_at(host_start);
+    // A colon after an IPv6 literal's closing bracket starts the port.
+    match host_port.rfind(':').filter(|&i| !host_port[i..].contains(']')) {
+        Some(i) => forms.push(format!("{scheme}://{userinfo}{}{tail}", &host_port[..i])),
+        None => {
+            let port = match scheme {
+                "https" => 443,
+                "http" => 80,
+                _ => return forms,
+            };
+            forms.push(format!("{scheme}://{userinfo}{host_port}:{port}{tail}"));
+        }
+    }
+    forms
+}
+
 /// Verifies a request Twilio signed: `url` is the public URL it was sent to
 /// (with its query), `params` the form body. A signed `Timestamp` parameter
 /// (status callbacks) must be younger than `MAX_CALLBACK_AGE`.
@@ -269,7 +297,10 @@ pub fn verify_signature(
     let given =
         BASE64.decode(header.ok_or(SignatureError::Missing)?.trim()).map_err(|_| SignatureError::Invalid)?;
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, auth_token.expose_secret().as_bytes());
-    hmac::verify(&key, &signed_data(url, params), &given).map_err(|_| SignatureError::Invalid)?;
+    let signed = |u: &str| hmac::verify(&key, &signed_data(u, params), &given).is_ok();
+    if !signed_url_forms(url).iter().any(|u| signed(u)) {
+        return Err(SignatureError::Invalid);
+    }
     let timestamp = params.iter().find(|(k, _)| k == "Timestamp").map(|(_, v)| v.as_str());
     if let Some(at) = timestamp.and_then(|t| DateTime::parse_from_rfc2822(t).ok()) {
         let age = Utc::now().signed_duration_since(at).num_seconds();
@@ -390,6 +421,39 @@ mod tests {
         reversed.reverse();
         let token = SecretString::from("12345");
         assert_eq!(verify_signature(Some("RSOYDt4T1cUTdK1PDd93/VVr8B8="), &token, url, &reversed), Ok(()));
+    }
+
+    /// Twilio's own vectors: twilio/twilio-python
+    /// `tests/unit/test_request_validator.py` (token "12345"; the tests
+    /// `test_validation`, `test_validation_removes_port_on_https`,
+    /// `_removes_port_on_http`, `_adds_port_on_https`, `_adds_port_on_http`).
+    #[test]
+    fn the_url_verifies_with_and_without_its_port_as_twilios_validator_does() {
+        let token = SecretString::from("12345");
+        let params: Vec<(String, String)> = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+            ("Caller", "+14158675309"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let uri = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        let ok = |url: &str, sig: &str| verify_signature(Some(sig), &token, url, &params).is_ok();
+        assert_eq!(signature("12345", uri, &params), "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
+        assert!(ok(uri, "RSOYDt4T1cUTdK1PDd93/VVr8B8="));
+        assert!(ok("https://mycompany.com:1234/myapp.php?foo=1&bar=2", "RSOYDt4T1cUTdK1PDd93/VVr8B8="));
+        assert!(ok("http://mycompany.com:1234/myapp.php?foo=1&bar=2", "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="));
+        assert!(ok(uri, "kvajT1Ptam85bY51eRf/AJRuM3w="));
+        assert!(ok("http://mycompany.com/myapp.php?foo=1&bar=2", "0ZXoZLH/DfblKGATFgpif+LLRf4="));
+        assert!(!ok(uri, "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="));
+        assert_eq!(
+            signed_url_forms("https://[::1]:8443/t?x=1"),
+            ["https://[::1]:8443/t?x=1", "https://[::1]/t?x=1"]
+        );
+        assert_eq!(signed_url_forms("http://[::1]/t"), ["http://[::1]/t", "http://[::1]:80/t"]);
     }
 
     #[test]

@@ -75,7 +75,21 @@ async fn send(sim: &Sim, event: &Outgoing) {
     }
 }
 
-/// POSTs one event, signed, until a 2xx or the attempts run out.
+/// Whether the provider counts an answer as delivered. Telnyx wants 200
+/// exactly: "If that URL does not resolve, or your application returns a
+/// non 200 OK response, the webhook will be delivered to the failover URL"
+/// (Telnyx, Voice API "Receiving Webhooks",
+/// developers.telnyx.com/docs/voice/programmable-voice/receiving-webhooks).
+/// Vonage and Twilio take any 2xx.
+fn accepted(signer: &Signer, status: reqwest::StatusCode) -> bool {
+    match signer {
+        Signer::Telnyx => status == reqwest::StatusCode::OK,
+        Signer::Vonage { .. } | Signer::Twilio => status.is_success(),
+    }
+}
+
+/// POSTs one event, signed, until the provider's idea of success or the
+/// attempts run out.
 pub async fn deliver(sim: &Sim, event: &Outgoing) -> bool {
     let attempts = sim.config.webhook_attempts.max(1);
     for attempt in 0..attempts {
@@ -106,7 +120,7 @@ pub async fn deliver(sim: &Sim, event: &Outgoing) -> bool {
             }
         };
         match request.send().await {
-            Ok(r) if r.status().is_success() => {
+            Ok(r) if accepted(&event.signer, r.status()) => {
                 sim.stats.delivery(true);
                 sim.stats.event_sent(&event.provider_call_id);
                 return true;

@@ -517,7 +517,10 @@ impl CallLife {
             Some((e - a).num_seconds())
         });
         sim.stats.ended(&self.call_control_id, cause, duration);
-        let mut extra = json!({ "hangup_cause": cause, "hangup_source": source, "end_time": end });
+        // No end time in the payload: Telnyx's `call.hangup` has the start
+        // only, the end is the event's `occurred_at` (telnyx-python
+        // `types/call_hangup_webhook_event.py`).
+        let mut extra = json!({ "hangup_cause": cause, "hangup_source": source });
         if let Some(sip) = sip {
             extra["sip_hangup_cause"] = json!(sip);
         }

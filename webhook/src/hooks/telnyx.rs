@@ -107,7 +107,9 @@ pub async fn events(
         return response;
     }
     match command(&state, hooks, call_id, &event).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        // 200, not 204: Telnyx delivers to the failover URL on any answer
+        // but 200 OK (its Voice API "Receiving Webhooks" page).
+        Ok(()) => StatusCode::OK.into_response(),
         Err(response) => response,
     }
 }
