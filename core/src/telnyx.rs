@@ -300,35 +300,48 @@ pub struct TelnyxEvent {
     pub payload: TelnyxPayload,
 }
 
+/// The payload fields Tocsin reads. Each is read leniently: a value of
+/// another shape than the one Tocsin uses (e.g. `call.ai_gather.ended`'s
+/// `result`, an object — telnyx-node's `CallAIGatherEndedWebhookEvent`:
+/// `result?: { [key: string]: unknown }`) reads as absent, so a well-signed
+/// event is stored raw, never refused.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct TelnyxPayload {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub call_control_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub call_leg_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub call_session_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub connection_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub client_state: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub from: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub to: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub state: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub hangup_cause: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub hangup_source: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub sip_hangup_cause: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub start_time: Option<String>,
     /// `call.machine.detection.ended`: `human`, `machine` or `not_sure`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub result: Option<String>,
+}
+/// A string, or a number written as one; anything else reads as absent.
+fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 impl TelnyxEvent {
@@ -531,6 +544,16 @@ mod tests {
             "start_time":"2018-02-02T22:25:27.521992Z","state":"hangup"}}}"#,
         );
         assert_eq!(documented.duration_secs(), Some(133));
+        // A payload field of another shape than Tocsin reads (telnyx-node's
+        // `CallAIGatherEndedWebhookEvent`: `result` is an object) is stored,
+        // not refused.
+        let gathered = event(
+            r#"{"data":{"record_type":"event","event_type":"call.ai_gather.ended","id":"e9",
+            "occurred_at":"2026-01-01T00:00:20Z","payload":{"call_control_id":"v3:x","status":"valid",
+            "result":{"utterance":"yes"},"message_history":[{"role":"user","content":"yes"}]}}}"#,
+        );
+        assert_eq!((gathered.state(), gathered.answered_by()), (None, None));
+        assert_eq!(gathered.payload.call_control_id.as_deref(), Some("v3:x"));
         assert_eq!(hangup.dedupe_key(), "telnyx:e1");
         for (cause, state) in [
             ("user_busy", CallState::Busy),
