@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use crate::{CallId, PhoneNumber};
 
-/// The voice providers Tocsin can place calls through (also a command-line
-/// value: `--provider twilio`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+/// The voice providers Tocsin can place calls through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Provider {
     Vonage,
     Twilio,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand};
-use tocsin_core::config::{AmqpArgs, DatabaseArgs, ProviderArgs, TelemetryArgs, parse_duration};
+use tocsin_config::{AmqpArgs, DatabaseArgs, ProviderArgs, TelemetryArgs, parse_duration};
 use tocsin_core::provider::Provider;
 
 use tocsin_enqueue::Format;
@@ -150,7 +150,7 @@ pub struct EnqueueArgs {
 
     /// Voice provider to place the calls through (default vonage); it must be configured
     /// with the same variables the workers read (e.g. TOCSIN_VONAGE_APPLICATION_ID).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = clap::value_parser!(Provider), value_name = "vonage|twilio|telnyx")]
     pub provider: Option<Provider>,
 
     /// Language of the spoken message, BCP-47 (default en-US).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tocsin_core::config::{TelemetryArgs, parse_duration};
+use tocsin_config::{TelemetryArgs, parse_duration};
 
 use crate::Outcome;
 

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use secrecy::SecretString;
-use tocsin_core::config::{AmqpArgs, DatabaseArgs, TelemetryArgs, TelnyxCredentials, parse_duration, secret};
+use tocsin_config::{AmqpArgs, DatabaseArgs, TelemetryArgs, parse_duration, secret};
+use tocsin_core::config::TelnyxCredentials;
 use tocsin_core::telnyx::PublicKey;
 
 #[derive(Parser, Clone, Debug)]
@@ -22,10 +23,10 @@ pub struct WebhookConfig {
     pub telemetry: TelemetryArgs,
     /// Twilio: the auth token verifies `X-Twilio-Signature`.
     #[command(flatten)]
-    pub twilio: tocsin_core::config::TwilioArgs,
+    pub twilio: tocsin_config::TwilioArgs,
     /// Telnyx: the public key verifies events; the API key sends speak and hang-up commands.
     #[command(flatten)]
-    pub telnyx: tocsin_core::config::TelnyxArgs,
+    pub telnyx: tocsin_config::TelnyxArgs,
 
     /// Base URL at which providers reach this service (Twilio signs the URLs it is given).
     #[arg(long = "public-url", env = "TOCSIN_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use tocsin_core::config::{AmqpArgs, DatabaseArgs, ProviderArgs, RedisArgs, TelemetryArgs, parse_duration};
+use tocsin_config::{AmqpArgs, DatabaseArgs, ProviderArgs, RedisArgs, TelemetryArgs, parse_duration};
 
 #[derive(Parser, Clone, Debug)]
 #[command(

@@ -39,7 +39,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use sqlx::PgPool;
-use tocsin_core::config::AmqpArgs;
+use tocsin_config::AmqpArgs;
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 
