@@ -112,6 +112,26 @@ pub struct Outcome {
     pub rejected: Vec<Rejected>,
 }
 
+impl Outcome {
+    /// The counts every enqueue answer carries (`contacts`: how many were
+    /// given), for the campaigns and the Alertmanager answers alike.
+    pub fn counts(&self, contacts: u64) -> serde_json::Map<String, Value> {
+        [
+            ("contacts", contacts),
+            ("new_contacts", self.new_contacts),
+            ("already_enqueued", self.already_enqueued),
+            ("published", self.published),
+            ("invalid", self.invalid),
+            ("duplicate", self.duplicate),
+            ("do_not_call", self.do_not_call),
+            ("malformed", self.malformed),
+        ]
+        .into_iter()
+        .map(|(key, n)| (key.to_owned(), Value::from(n)))
+        .collect()
+    }
+}
+
 /// A contact the pipeline rejected.
 pub struct Rejected {
     /// The contact's line: `contacts[i]` is line `i + 1`; a saved list's

@@ -169,16 +169,7 @@ async fn firing(
         action = claim.action,
         "alert group broadcast enqueued"
     );
-    answer["enqueue"] = json!({
-        "contacts": outcome.read,
-        "new_contacts": outcome.new_contacts,
-        "already_enqueued": outcome.already_enqueued,
-        "published": outcome.published,
-        "invalid": outcome.invalid,
-        "duplicate": outcome.duplicate,
-        "do_not_call": outcome.do_not_call,
-        "malformed": outcome.malformed,
-    });
+    answer["enqueue"] = Value::Object(outcome.counts(outcome.read));
     answer["broadcast"] = campaign_status(&state.pool, &campaign).await?.unwrap_or(Value::Null);
     Ok(Json(answer))
 }

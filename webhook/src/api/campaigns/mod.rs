@@ -173,24 +173,10 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
     }
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     let campaign = campaign_json(&state.pool, &name).await?;
-    Ok((
-        status,
-        json!({
-            "campaign": campaign,
-            "enqueue": {
-                "contacts": count.unwrap_or(outcome.read as usize),
-                "new_contacts": outcome.new_contacts,
-                "already_enqueued": outcome.already_enqueued,
-                "published": outcome.published,
-                "invalid": outcome.invalid,
-                "duplicate": outcome.duplicate,
-                "do_not_call": outcome.do_not_call,
-                "malformed": outcome.malformed,
-                "changes": outcome.changes,
-                "rejected": rejected,
-            }
-        }),
-    ))
+    let mut enqueue = outcome.counts(count.map_or(outcome.read, |n| n as u64));
+    enqueue.insert("changes".into(), json!(outcome.changes));
+    enqueue.insert("rejected".into(), Value::Array(rejected));
+    Ok((status, json!({ "campaign": campaign, "enqueue": enqueue })))
 }
 
 #[derive(sqlx::FromRow)]
