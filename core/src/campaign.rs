@@ -145,7 +145,9 @@ pub fn parse_start_at(s: &str) -> Result<DateTime<Utc>, String> {
 /// an hour anyway: the longest delay tier is 1 h.
 pub mod limits {
     use super::RangeInclusive;
-    pub const MESSAGE_CHARS: RangeInclusive<usize> = 1..=1500;
+    /// The longest any provider speaks at once (Twilio with a Google voice);
+    /// each provider's own limit is checked by `speech::check`.
+    pub const MESSAGE_CHARS: RangeInclusive<usize> = 1..=5000;
     pub const REPEAT: RangeInclusive<i64> = 1..=10;
     pub const MAX_ATTEMPTS: RangeInclusive<i64> = 1..=10;
     pub const RETRY_DELAY_SECS: RangeInclusive<i64> = 0..=86_400;
@@ -234,14 +236,18 @@ fn in_range(
     }
 }
 
-/// The message as spoken: trimmed, 1–1500 characters.
+/// The message as spoken: trimmed, 1–5000 characters (the provider's own,
+/// often lower, limit is checked with the rest of the settings).
 pub fn check_message(text: &str) -> Result<String, FieldError> {
     let text = text.trim();
     let chars = text.chars().count();
     if limits::MESSAGE_CHARS.contains(&chars) {
         Ok(text.to_owned())
     } else {
-        Err(FieldError::new("message", format!("must be 1 to 1500 characters (it is {chars})")))
+        Err(FieldError::new("message", format!(
+            "must be 1 to {} characters (it is {chars})",
+            limits::MESSAGE_CHARS.end()
+        )))
     }
 }
 
@@ -336,7 +342,24 @@ impl Settings {
         if let Some(tz) = changes.timezone {
             s.timezone = tz;
         }
+        // What the provider can say, once the message is within the general bound.
+        if !errors.iter().any(|e| e.field == "message") {
+            match crate::speech::check(s.provider, &s.message, &s.language, s.voice.as_deref()) {
+                Ok(language) => s.language = language,
+                Err(more) => errors.extend(more),
+            }
+        }
         if errors.is_empty() { Ok(s) } else { Err(errors) }
+    }
+
+    /// How long an answered call of this campaign may last: the message
+    /// spoken `repeat` times at a slow 10 characters a second, plus two
+    /// minutes, within 1-120 minutes. The providers end the call there if
+    /// its hang-up never comes.
+    pub fn call_time_limit_secs(&self) -> u32 {
+        let chars = u32::try_from(self.message.chars().count()).unwrap_or(u32::MAX);
+        let repeat = u32::try_from(self.repeat.max(1)).unwrap_or(1);
+        (chars.saturating_mul(repeat) / 10).saturating_add(120).clamp(60, 7200)
     }
 
     /// Human-readable differences from `old`, message excluded.

@@ -19,6 +19,7 @@ pub mod phone;
 pub mod provider;
 pub mod queue;
 pub mod shutdown;
+pub mod speech;
 pub mod state;
 pub mod telemetry;
 pub mod telnyx;

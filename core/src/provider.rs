@@ -61,6 +61,9 @@ pub struct CallRequest {
     pub ringing_timeout_secs: u32,
     /// Ask the provider to detect answering machines.
     pub machine_detection: bool,
+    /// Longest the call may last once answered, so a call whose hang-up
+    /// never comes cannot run for the provider's default (Telnyx: 4 h).
+    pub time_limit_secs: u32,
 }
 
 impl CallRequest {

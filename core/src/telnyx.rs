@@ -61,6 +61,7 @@ struct Dial<'a> {
     client_state: String,
     command_id: String,
     timeout_secs: u32,
+    time_limit_secs: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     answering_machine_detection: Option<&'static str>,
 }
@@ -107,14 +108,64 @@ impl ErrorBody {
     }
 }
 
-/// The speak command: what to say on an answered call.
+/// What Telnyx can say (`speech::check` asks): the speak command's facts
+/// from telnyx-python `types/calls/action_speak_params.py` (generated from
+/// Telnyx's OpenAPI spec).
+pub mod speech {
+    use crate::speech::{MessageLimit, Rules, Unit};
+
+    /// "There is a 3,000 character limit."
+    pub const LIMIT: MessageLimit =
+        MessageLimit { max: 3000, unit: Unit::Characters, source: "Telnyx speak payload" };
+
+    /// The `language` values the speak command takes.
+    pub const LANGUAGES: &[&str] = &[
+        "arb", "cmn-CN", "cy-GB", "da-DK", "de-DE", "en-AU", "en-GB", "en-GB-WLS", "en-IN", "en-US", "es-ES", "es-MX",
+        "es-US", "fr-CA", "fr-FR", "hi-IN", "is-IS", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR",
+        "pt-PT", "ro-RO", "ru-RU", "sv-SE", "tr-TR",
+    ];
+
+    /// The voice's text-to-speech providers, as `<Provider>.<Model>.<VoiceId>`.
+    const PROVIDERS: &[&str] =
+        &["AWS", "Azure", "ElevenLabs", "Telnyx", "Minimax", "Rime", "Resemble", "Inworld", "xAI"];
+
+    /// The voice Tocsin asks for when the campaign names none.
+    pub const DEFAULT_VOICE: &str = "female";
+
+    pub fn rules(voice: Option<&str>) -> Result<Rules, String> {
+        let ok = match voice.map(str::trim) {
+            None | Some("female" | "male") => true,
+            Some(v) => v.split_once('.').is_some_and(|(provider, rest)| {
+                PROVIDERS.contains(&provider) && !rest.is_empty() && !rest.chars().any(char::is_whitespace)
+            }),
+        };
+        if !ok {
+            return Err(format!(
+                "Telnyx has no voice {:?}: use female, male or <Provider>.<Model>.<VoiceId> \
+                 (e.g. AWS.Polly.Joanna-Neural; providers {})",
+                voice.unwrap_or_default(),
+                PROVIDERS.join(", ")
+            ));
+        }
+        Ok(Rules { limit: LIMIT, languages: Some(LANGUAGES) })
+    }
+}
+
+/// The speak command: what to say on an answered call, `repeat` times
+/// (Telnyx's `loop`; the payload itself is at most 3,000 characters).
 #[derive(Debug, Clone, Serialize)]
 pub struct Speak {
     pub payload: String,
     pub voice: String,
     pub language: String,
+    #[serde(rename = "loop")]
+    pub repeat: u32,
     pub command_id: String,
 }
+
+/// Telnyx's code for a command on a call that has already ended (the callee
+/// hung up first): nothing is wrong with the command.
+pub const CALL_ENDED: &str = "90018";
 
 /// Why a call command (speak, hang-up) failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -171,7 +222,9 @@ impl Client {
             webhook_url_method: "POST",
             client_state: client_state(request.call_id),
             command_id: dial_command_id(request.call_id, request.attempt),
-            timeout_secs: request.ringing_timeout_secs.clamp(1, 600),
+            timeout_secs: request.ringing_timeout_secs.clamp(5, 600),
+            // From the answer; 30-14,400 s (default and most: 4 hours).
+            time_limit_secs: request.time_limit_secs.clamp(30, 14_400),
             answering_machine_detection: request.machine_detection.then_some("detect"),
         };
         let response = self

@@ -97,6 +97,8 @@ impl Client {
             ("StatusCallback", request.webhook_url("/twilio/status")),
             ("StatusCallbackMethod", "POST".into()),
             ("Timeout", request.ringing_timeout_secs.clamp(1, 600).to_string()),
+            // Default (and most) 14,400 s.
+            ("TimeLimit", request.time_limit_secs.clamp(1, 14_400).to_string()),
         ];
         form.extend(STATUS_CALLBACK_EVENTS.iter().map(|e| ("StatusCallbackEvent", (*e).to_owned())));
         if request.machine_detection {
@@ -193,6 +195,58 @@ fn classify(status: u16, wait: Option<Duration>, error: TwilioError) -> PlaceCal
         429 => PlaceCallError::RateLimited { retry_after: wait },
         500..=599 => PlaceCallError::Transient(format!("{status} {code} {}", error.message)),
         _ => PlaceCallError::Permanent { status, code, detail: error.message },
+    }
+}
+
+/// What Twilio can say (`speech::check` asks): `<Say>` facts from Twilio's
+/// TwiML `<Say>` reference and its error 13521 ("`<Say>` element character
+/// limits exceeded").
+pub mod speech {
+    use crate::speech::{MessageLimit, Rules, Unit};
+
+    /// Languages of the standard voices `man` and `woman` (Twilio's default).
+    pub const BASIC_LANGUAGES: &[&str] = &["en-US", "en-GB", "es-ES", "fr-FR", "de-DE"];
+    /// Languages of the voice `alice`.
+    pub const ALICE_LANGUAGES: &[&str] = &[
+        "da-DK", "de-DE", "en-AU", "en-CA", "en-GB", "en-IN", "en-US", "ca-ES", "es-ES", "es-MX", "fi-FI", "fr-CA",
+        "fr-FR", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR", "pt-PT", "ru-RU", "sv-SE", "zh-CN",
+        "zh-HK", "zh-TW",
+    ];
+
+    const fn limit(max: usize, source: &'static str) -> MessageLimit {
+        MessageLimit { max, unit: Unit::Bytes, source }
+    }
+
+    /// The voice's rules: basic voices 4096 bytes, Amazon Polly 3000,
+    /// Google 5000 (error 13521); Polly and Google voices each speak their
+    /// own language, so any well-formed code goes with them.
+    pub fn rules(voice: Option<&str>) -> Result<Rules, String> {
+        match voice.map(str::trim) {
+            None | Some("man" | "woman") => Ok(Rules {
+                limit: limit(4096, "Twilio <Say>, standard voices, error 13521"),
+                languages: Some(BASIC_LANGUAGES),
+            }),
+            Some("alice") => Ok(Rules {
+                limit: limit(4096, "Twilio <Say>, standard voices, error 13521"),
+                languages: Some(ALICE_LANGUAGES),
+            }),
+            Some(v) if named(v, "Polly.") => {
+                Ok(Rules { limit: limit(3000, "Twilio <Say>, Amazon Polly voices, error 13521"), languages: None })
+            }
+            Some(v) if named(v, "Google.") => {
+                Ok(Rules { limit: limit(5000, "Twilio <Say>, Google voices, error 13521"), languages: None })
+            }
+            Some(v) => Err(format!(
+                "Twilio has no voice {v:?}: use man, woman, alice, Polly.<Name> (e.g. Polly.Joanna-Neural) \
+                 or Google.<name> (e.g. Google.en-US-Standard-C)"
+            )),
+        }
+    }
+
+    fn named(voice: &str, prefix: &str) -> bool {
+        voice.strip_prefix(prefix).is_some_and(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
     }
 }
 

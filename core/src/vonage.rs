@@ -116,6 +116,7 @@ struct CreateCall<'a> {
     event_url: [&'a str; 1],
     event_method: &'static str,
     ringing_timer: u32,
+    length_timer: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     machine_detection: Option<&'static str>,
 }
@@ -204,6 +205,8 @@ impl Client {
             event_url: [&event_url],
             event_method: "POST",
             ringing_timer: request.ringing_timeout_secs.clamp(1, 120),
+            // The spec's range: 1-7200 s.
+            length_timer: request.time_limit_secs.clamp(1, 7200),
             machine_detection: request.machine_detection.then_some("continue"),
         };
         let response = self
@@ -312,6 +315,45 @@ fn classify(status: u16, retry: Option<Duration>, problem: Problem) -> PlaceCall
     }
 }
 
+/// What Vonage can say (`speech::check` asks): NCCO `talk` facts from
+/// Vonage's NCCO JSON Schema (`specs/vonage-ncco-schema.json`).
+pub mod speech {
+    use crate::speech::{MessageLimit, Rules, Unit};
+
+    /// `talk.text`: `maxLength` 1500.
+    pub const LIMIT: MessageLimit =
+        MessageLimit { max: 1500, unit: Unit::Characters, source: "NCCO talk text, Vonage's NCCO schema" };
+
+    /// `definitions.languages` of the NCCO schema.
+    pub const LANGUAGES: &[&str] = &[
+        "ar", "bn-IN", "ca-ES", "cmn-CN", "cmn-TW", "cs-CZ", "cy-GB", "da-DK", "de-DE", "el-GR", "en-AU", "en-GB",
+        "en-GB-WLS", "en-IN", "en-US", "en-ZA", "es-ES", "es-MX", "es-US", "eu-ES", "fi-FI", "fil-PH", "fr-CA",
+        "fr-FR", "he-IL", "hi-IN", "hu-HU", "id-ID", "is-IS", "it-IT", "ja-JP", "ko-KR", "ml-IN", "nb-NO", "nl-NL",
+        "pl-PL", "pt-BR", "pt-PT", "ro-RO", "ru-RU", "sk-SK", "sv-SE", "ta-IN", "te-IN", "th-TH", "tr-TR", "uk-UA",
+        "vi-VN", "yue-CN",
+    ];
+
+    /// Vonage picks the voice by language and `style` (a number per
+    /// language); the named `voiceName` is deprecated. A campaign's voice
+    /// for Vonage is therefore a style number.
+    pub fn style(voice: Option<&str>) -> Result<u32, String> {
+        match voice {
+            None => Ok(0),
+            Some(v) => v.trim().parse::<u32>().map_err(|_| {
+                format!(
+                    "Vonage chooses its voice by language and style: give a style number such as 0 or 1 \
+                     (Vonage's text-to-speech language list), not {v:?}"
+                )
+            }),
+        }
+    }
+
+    pub fn rules(voice: Option<&str>) -> Result<Rules, String> {
+        style(voice)?;
+        Ok(Rules { limit: LIMIT, languages: Some(LANGUAGES) })
+    }
+}
+
 /// One `talk` action of an NCCO: what Vonage says when the call is answered.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TalkAction {
@@ -332,12 +374,12 @@ fn one() -> u32 {
 
 /// The answer NCCO speaking `text`. Vonage takes NCCO text as data, not
 /// markup, so JSON encoding is all the escaping it needs.
-pub fn ncco(text: &str, language: &str, repeat: u32) -> serde_json::Value {
+pub fn ncco(text: &str, language: &str, style: u32, repeat: u32) -> serde_json::Value {
     serde_json::json!([TalkAction {
         action: "talk".into(),
         text: text.into(),
         language: language.into(),
-        style: 0,
+        style,
         repeat,
         barge_in: false,
     }])

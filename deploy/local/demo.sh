@@ -6,8 +6,11 @@
 # has finished, prints the outcome table and stops what it started.
 #
 # Usage: deploy/local/demo.sh [--provider vonage|twilio|telnyx]
+#                              [--message-file FILE] [--repeat N]
 # The simulator plays all three providers (each with its own API, auth, rate
 # semantics and signed events); --provider picks the one the campaign uses.
+# --message-file and --repeat change what is said (default: a short test
+# message, once); the demo fails unless every answered call heard it in full.
 # A re-run deletes campaign "demo" (its calls and events) and calls everyone again.
 set -euo pipefail
 
@@ -15,11 +18,17 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
 PROVIDER=vonage
+MESSAGE_FILE=
+REPEAT=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --provider) PROVIDER="${2:-}"; shift 2 ;;
     --provider=*) PROVIDER="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --message-file) MESSAGE_FILE="${2:-}"; shift 2 ;;
+    --message-file=*) MESSAGE_FILE="${1#*=}"; shift ;;
+    --repeat) REPEAT="${2:-}"; shift 2 ;;
+    --repeat=*) REPEAT="${1#*=}"; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -35,6 +44,16 @@ HOOK_PORT="${TOCSIN_DEMO_WEBHOOK_PORT:-8080}"
 WORKER_PORTS=("${TOCSIN_DEMO_WORKER1_PORT:-9091}" "${TOCSIN_DEMO_WORKER2_PORT:-9092}")
 CAMPAIGN=demo
 MESSAGE="This is a test of the Tocsin alert system. If this were a real emergency, you would hear instructions now."
+if [ -n "$MESSAGE_FILE" ]; then
+  if [ ! -r "$MESSAGE_FILE" ]; then
+    echo "demo.sh: cannot read the message file $MESSAGE_FILE" >&2
+    exit 2
+  fi
+  MESSAGE="$(cat "$MESSAGE_FILE")"
+fi
+case "$REPEAT" in
+  ''|*[!0-9]*) echo "demo.sh: --repeat takes a number of times (1-10), not '$REPEAT'" >&2; exit 2 ;;
+esac
 
 echo "== local services"
 "$ROOT/deploy/local/up.sh"
@@ -141,7 +160,7 @@ done
 echo "== enqueueing examples/contacts.csv as campaign '$CAMPAIGN'"
 "$BIN/producer" delete "$CAMPAIGN" --yes >/dev/null
 "$BIN/producer" enqueue --campaign "$CAMPAIGN" --contacts examples/contacts.csv \
-  --message "$MESSAGE" --from +14155550100 --provider "$PROVIDER"
+  --message "$MESSAGE" --repeat "$REPEAT" --from +14155550100 --provider "$PROVIDER"
 
 echo "== calling through $PROVIDER (at most $TOCSIN_RATE_PER_SEC new calls per second)"
 "$BIN/producer" status "$CAMPAIGN" --wait --timeout 5m
@@ -157,4 +176,18 @@ WHERE c.name = '$CAMPAIGN' ORDER BY k.source_line;
 SQL
 SIM_STATS="$(curl -fsS "http://127.0.0.1:$SIM_PORT/_sim/stats")"
 echo "simulator: $SIM_STATS"
+
+echo "== heard in full? (what each answered call said, at the simulator)"
+curl -fsS "http://127.0.0.1:$SIM_PORT/_sim/calls" | MESSAGE="$MESSAGE" REPEAT="$REPEAT" python3 -c '
+import json, os, sys
+message, repeat = os.environ["MESSAGE"].strip(), int(os.environ["REPEAT"])
+want = " ".join([message] * repeat)
+answered = [c for c in json.load(sys.stdin) if c.get("answered_at")]
+short = [c for c in answered if c.get("spoken") != want]
+print(f"{len(answered) - len(short)} of {len(answered)} answered calls heard the {len(message)}-character message {repeat} time(s) in full")
+for c in short:
+    to, heard, error = c.get("to"), c.get("spoken") or "", c.get("answer_error") or ""
+    print(f"  {to}: heard {len(heard)} characters {error}")
+sys.exit(1 if short else 0)
+'
 echo "== demo finished"

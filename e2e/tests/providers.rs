@@ -302,3 +302,69 @@ async fn faults_never_call_anyone_twice_and_every_call_still_ends_right() {
     assert!(stats["webhook_deliveries_ok"].as_i64().unwrap() > stored, "{stats} vs {stored} stored");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telnyx_speaks_a_long_message_with_loop_and_a_refused_speak_fails_the_call() {
+    let stack = start(Credentials::Right, &[], &[]).await;
+    // 2,000 characters said three times: 6,000 in one speak would be over
+    // Telnyx's 3,000-character payload limit; `loop` says it in full.
+    let long = "Evacuate the valley now. ".repeat(80);
+    let long = long.trim();
+    assert_eq!(long.chars().count(), 1_999);
+    let csv = "number\n+14155557100\n+14155557101\n";
+    let args = stack.enqueue_args(
+        "long",
+        csv,
+        &["--message", long, "--provider", "telnyx", "--repeat", "3"],
+    );
+    assert_eq!(producer::enqueue(&stack.db.pool, &args).await.unwrap().published, 2);
+    stack.wait_terminal("long").await;
+    let heard = [long; 3].join(" ");
+    let sim_calls = stack.sim_calls().await;
+    let states: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT k.state, k.provider_call_id FROM calls k JOIN campaigns c ON c.id = k.campaign_id \
+         WHERE c.name = 'long'",
+    )
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    for (state, id) in &states {
+        assert_eq!(state, "completed");
+        let sim = sim_calls.iter().find(|c| c["provider_call_id"].as_str() == id.as_deref()).unwrap();
+        assert_eq!(sim["spoken"], heard.as_str(), "heard in full, three times");
+    }
+
+    // A speak Telnyx refuses (here: a language it does not speak, as a row
+    // saved before the check would hold) must not leave the callee in
+    // silence and the call `completed`: hung up, recorded failed with
+    // Telnyx's reason.
+    let start_at = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    let args = stack.enqueue_args(
+        "refused",
+        "number\n+14155557200\n+14155557201\n",
+        &["--message", MESSAGE, "--provider", "telnyx", "--start-at", &start_at],
+    );
+    assert_eq!(producer::enqueue(&stack.db.pool, &args).await.unwrap().published, 2);
+    sqlx::query("UPDATE campaigns SET language = 'xx-XX' WHERE name = 'refused'")
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
+    stack.wait_terminal("refused").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT k.state, k.error_detail FROM calls k JOIN campaigns c ON c.id = k.campaign_id \
+         WHERE c.name = 'refused'",
+    )
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    for (state, reason) in &rows {
+        assert_eq!(state, "failed");
+        let reason = reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("speak refused") && reason.contains("10004"), "{reason}");
+    }
+    let stats = stack.sim_stats().await;
+    assert_eq!(stats["called_more_than_once"].as_array().unwrap().len(), 0, "{stats}");
+    stack.stop().await;
+}

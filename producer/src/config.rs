@@ -136,7 +136,8 @@ pub struct EnqueueArgs {
     #[arg(long, value_parser = clap::value_parser!(Format), value_name = "csv|jsonl")]
     pub format: Option<Format>,
 
-    /// The message to speak (at most 1500 characters).
+    /// The message to speak, at most what the provider says at once: Vonage 1500 characters,
+    /// Telnyx 3000, Twilio 4096 bytes (3000 with a Polly voice, 5000 with a Google voice).
     #[arg(long, required_unless_present = "message_file", conflicts_with = "message_file")]
     pub message: Option<String>,
 
@@ -153,11 +154,13 @@ pub struct EnqueueArgs {
     #[arg(long, value_parser = clap::value_parser!(Provider), value_name = "vonage|twilio|telnyx")]
     pub provider: Option<Provider>,
 
-    /// Language of the spoken message, BCP-47 (default en-US).
+    /// Language of the spoken message (default en-US), one the provider speaks; an
+    /// equivalent code is mapped (Arabic: Vonage ar, Telnyx arb).
     #[arg(long)]
     pub language: Option<String>,
 
-    /// Provider-specific voice name (default: the provider's default voice).
+    /// Voice (default: the provider's): Vonage a style number (0, 1 …); Twilio man, woman,
+    /// alice, Polly.<Name> or Google.<name>; Telnyx female, male or e.g. AWS.Polly.Joanna-Neural.
     #[arg(long)]
     pub voice: Option<String>,
 

@@ -25,13 +25,20 @@ pub fn validate(ncco: &Value) -> Result<(), String> {
     check(root, root, ncco, "$")
 }
 
-/// The text of the NCCO's talk actions, once the NCCO is valid.
+/// What the callee hears from a valid NCCO: each talk action's text as
+/// often as its `loop` says (default 1; 0, "until the call ends", heard
+/// here once), joined by a space.
 pub fn spoken_text(ncco: &Value) -> Option<String> {
     let texts: Vec<&str> = ncco
         .as_array()?
         .iter()
         .filter(|a| a.get("action").and_then(Value::as_str) == Some("talk"))
-        .filter_map(|a| a.get("text").and_then(Value::as_str))
+        .filter_map(|a| {
+            let times = a.get("loop").and_then(Value::as_u64).unwrap_or(1).clamp(1, 100);
+            let text = a.get("text").and_then(Value::as_str)?;
+            Some(std::iter::repeat_n(text, times as usize))
+        })
+        .flatten()
         .collect();
     (!texts.is_empty()).then(|| texts.join(" "))
 }
@@ -159,9 +166,13 @@ mod tests {
 
     #[test]
     fn the_ncco_tocsin_serves_is_valid() {
-        let ncco = tocsin_core::vonage::ncco("Storm <warning> & \"now\"", "en-US", 2);
+        let ncco = tocsin_core::vonage::ncco("Storm <warning> & \"now\"", "en-US", 0, 2);
         assert_eq!(validate(&ncco), Ok(()));
-        assert_eq!(spoken_text(&ncco).as_deref(), Some("Storm <warning> & \"now\""));
+        // loop 2: heard twice.
+        assert_eq!(
+            spoken_text(&ncco).as_deref(),
+            Some("Storm <warning> & \"now\" Storm <warning> & \"now\"")
+        );
     }
 
     #[test]

@@ -47,7 +47,8 @@ pub fn limiter(per_window: u32, window: Duration) -> Limiter {
 const COMMAND_ID_WINDOW: Duration = Duration::from_secs(60);
 
 enum Command {
-    Speak { payload: String },
+    /// What the callee hears: the payload as often as `loop` says.
+    Speak { heard: String },
     Hangup,
 }
 
@@ -136,6 +137,9 @@ struct Dial {
     command_id: Option<String>,
     #[serde(default)]
     timeout_secs: Option<u32>,
+    /// From the answer; default and most 14,400 s (telnyx-ruby's dial params).
+    #[serde(default)]
+    time_limit_secs: Option<u32>,
     #[serde(default)]
     answering_machine_detection: Option<String>,
 }
@@ -267,6 +271,15 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
             "/timeout_secs",
         );
     }
+    if request.time_limit_secs.is_some_and(|t| !(1..=14_400).contains(&t)) {
+        return invalid(
+            unprocessable,
+            "10004",
+            "Invalid parameter",
+            "time_limit_secs must be at most 14400",
+            "/time_limit_secs",
+        );
+    }
     let amd = request.answering_machine_detection.clone();
     if amd.as_deref().is_some_and(|a| {
         !["disabled", "detect", "detect_beep", "detect_words", "greeting_end", "premium"].contains(&a)
@@ -337,6 +350,7 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
         webhook_url,
         outcome,
         timeout: f64::from(request.timeout_secs.unwrap_or(30)),
+        time_limit: f64::from(request.time_limit_secs.unwrap_or(14_400)),
         amd: amd.filter(|a| a != "disabled").is_some(),
         live,
     };
@@ -356,8 +370,37 @@ struct ActionBody {
     payload: Option<String>,
     #[serde(default)]
     voice: Option<String>,
+    /// "The number of times to play the audio file. Use `infinity` to loop
+    /// indefinitely. Defaults to 1." (an integer or a string)
+    #[serde(default, rename = "loop")]
+    repeat: Option<serde_json::Value>,
+    #[serde(default)]
+    language: Option<String>,
     #[serde(default)]
     command_id: Option<String>,
+}
+
+/// The speak command's `language` values, from telnyx-python
+/// `src/telnyx/types/calls/action_speak_params.py` (generated from Telnyx's
+/// OpenAPI spec). Kept apart from Tocsin's own list on purpose: the
+/// simulator is a second witness, not a copy of the adapter.
+const SPEAK_LANGUAGES: &[&str] = &[
+    "arb", "cmn-CN", "cy-GB", "da-DK", "de-DE", "en-AU", "en-GB", "en-GB-WLS", "en-IN", "en-US", "es-ES", "es-MX",
+    "es-US", "fr-CA", "fr-FR", "hi-IN", "is-IS", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR",
+    "pt-PT", "ro-RO", "ru-RU", "sv-SE", "tr-TR",
+];
+
+/// How often a speak's `loop` plays the payload (`infinity`: heard here once
+/// before the hang-up); `None` when it is neither a positive count nor
+/// `infinity`.
+fn loop_count(value: Option<&serde_json::Value>) -> Option<u32> {
+    match value {
+        None => Some(1),
+        Some(serde_json::Value::Number(n)) => n.as_u64().filter(|n| *n >= 1).map(|n| n.min(100) as u32),
+        Some(serde_json::Value::String(s)) if s == "infinity" => Some(1),
+        Some(serde_json::Value::String(s)) => s.parse::<u32>().ok().filter(|n| *n >= 1).map(|n| n.min(100)),
+        Some(_) => None,
+    }
 }
 
 /// `POST /v2/calls/{call_control_id}/actions/{speak|hangup}`.
@@ -421,6 +464,28 @@ pub async fn action(
                 Some("/payload"),
             );
         }
+        let Some(times) = loop_count(request.repeat.as_ref()) else {
+            return errors(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "10004",
+                "Invalid parameter",
+                "loop must be a positive number of times or \"infinity\"",
+                Some("/loop"),
+            );
+        };
+        if request
+            .language
+            .as_deref()
+            .is_some_and(|l| !SPEAK_LANGUAGES.contains(&l))
+        {
+            return errors(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "10004",
+                "Invalid parameter",
+                "language is not one Telnyx speaks",
+                Some("/language"),
+            );
+        }
         if request.voice.as_deref().is_none_or(|v| v.trim().is_empty()) {
             return errors(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -439,7 +504,7 @@ pub async fn action(
                 None,
             );
         }
-        Command::Speak { payload }
+        Command::Speak { heard: vec![payload.trim(); times as usize].join(" ") }
     } else {
         Command::Hangup
     };
@@ -467,6 +532,8 @@ struct CallLife {
     webhook_url: String,
     outcome: Outcome,
     timeout: f64,
+    /// Seconds from the answer after which Telnyx ends the call (`time_limit`).
+    time_limit: f64,
     amd: bool,
     live: Arc<LiveCall>,
 }
@@ -504,8 +571,11 @@ impl CallLife {
                         self.event("call.machine.detection.ended", "answered", json!({ "result": result }));
                     events.emit(sim, amd).await;
                 }
-                let source = self.converse(sim, &mut events, &mut commands, talk).await;
-                ("normal_clearing", None, source, Some(answered_at))
+                let limit = sim.scaled(self.time_limit);
+                match tokio::time::timeout(limit, self.converse(sim, &mut events, &mut commands, talk)).await {
+                    Ok(source) => ("normal_clearing", None, source, Some(answered_at)),
+                    Err(_) => ("time_limit", None, "unknown", Some(answered_at)),
+                }
             }
         };
         *self.live.phase.lock().unwrap_or_else(|e| e.into_inner()) = Phase::Ended;
@@ -542,8 +612,8 @@ impl CallLife {
     ) -> &'static str {
         let wait = sim.config.telnyx_command_wait;
         match tokio::time::timeout(wait, commands.recv()).await {
-            Ok(Some(Command::Speak { payload })) => {
-                sim.stats.spoken(&self.call_control_id, payload);
+            Ok(Some(Command::Speak { heard })) => {
+                sim.stats.spoken(&self.call_control_id, heard);
                 events.emit(sim, self.event("call.speak.started", "answered", json!({}))).await;
                 tokio::time::sleep(sim.scaled(talk)).await;
                 let ended = self.event("call.speak.ended", "answered", json!({ "status": "completed" }));

@@ -166,6 +166,10 @@ pub async fn create_call(
         Some(Ok(t)) if (1..=600).contains(&t) => t,
         Some(_) => return invalid(21230, "Timeout must be an integer between 1 and 600"),
     };
+    // The spec: "The maximum duration of the call in seconds" (an integer).
+    if get("TimeLimit").is_some_and(|t| t.parse::<u32>().is_err()) {
+        return invalid(21218, "TimeLimit must be an integer number of seconds");
+    }
     let machine_detection = get("MachineDetection");
     if machine_detection.as_deref().is_some_and(|m| m != "Enable" && m != "DetectMessageEnd") {
         return invalid(21622, "MachineDetection must be Enable or DetectMessageEnd");

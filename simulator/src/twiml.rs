@@ -25,13 +25,17 @@ fn attributes(tag: &BytesStart<'_>) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn check_say(attrs: &[(String, String)]) -> Result<(), String> {
+/// Checks a `<Say>`'s attributes; returns its `loop` (default 1; 0 is
+/// "until the call ends", heard here once).
+fn check_say(attrs: &[(String, String)]) -> Result<u32, String> {
+    let mut times = 1;
     for (name, value) in attrs {
         match name.as_str() {
             "loop" => {
-                value
+                times = value
                     .parse::<u32>()
-                    .map_err(|_| format!("<Say loop={value:?}> is not a non-negative integer"))?;
+                    .map_err(|_| format!("<Say loop={value:?}> is not a non-negative integer"))?
+                    .max(1);
             }
             "voice" | "language" => {
                 if value.trim().is_empty() {
@@ -41,11 +45,12 @@ fn check_say(attrs: &[(String, String)]) -> Result<(), String> {
             other => return Err(format!("<Say> has no attribute {other:?}")),
         }
     }
-    Ok(())
+    Ok(times)
 }
 
-/// Validates `document` and returns the text of its `<Say>` verbs (joined
-/// by a space), or why Twilio would refuse it.
+/// Validates `document` and returns what the callee hears: the text of its
+/// `<Say>` verbs, each as often as its `loop` says, joined by a space; or
+/// why Twilio would refuse it.
 pub fn spoken_text(document: &str) -> Result<String, String> {
     parse_body(document)
 }
@@ -56,6 +61,7 @@ fn parse_body(document: &str) -> Result<String, String> {
     let mut depth = 0usize;
     let mut said: Vec<String> = Vec::new();
     let mut in_say: Option<String> = None;
+    let mut say_times = 1;
     let mut root_done = false;
     loop {
         let event = reader.read_event().map_err(|e| format!("not well-formed XML: {e}"))?;
@@ -70,7 +76,7 @@ fn parse_body(document: &str) -> Result<String, String> {
                             return Err(format!("<{name}> is not a TwiML verb"));
                         }
                         if name == "Say" {
-                            check_say(&attributes(&tag)?)?;
+                            say_times = check_say(&attributes(&tag)?)?;
                             in_say = Some(String::new());
                         }
                     }
@@ -100,7 +106,7 @@ fn parse_body(document: &str) -> Result<String, String> {
                     if text.is_empty() {
                         return Err("<Say> has no text".into());
                     }
-                    said.push(text);
+                    said.extend(std::iter::repeat_n(text, say_times as usize));
                 }
                 if depth == 0 {
                     root_done = true;

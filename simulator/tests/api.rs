@@ -59,7 +59,7 @@ async fn receive(
     let counter = if verified { &r.counts.ok } else { &r.counts.bad };
     counter.fetch_add(1, Ordering::Relaxed);
     if path.starts_with("/vonage/answer") {
-        let ncco = vonage::ncco("hello", "en-US", 1).to_string();
+        let ncco = vonage::ncco("hello", "en-US", 0, 1).to_string();
         return (StatusCode::OK, [("content-type", "application/json")], ncco);
     }
     if path.starts_with("/twilio/twiml") {
@@ -143,6 +143,7 @@ fn request(setup: &Setup, n: u32) -> CallRequest {
         webhook_base: setup.receiver.base.clone(),
         ringing_timeout_secs: 30,
         machine_detection: false,
+        time_limit_secs: 300,
     }
 }
 

@@ -60,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
                     webhook_base: "http://127.0.0.1:9".into(),
                     ringing_timeout_secs: 45,
                     machine_detection: false,
+                    time_limit_secs: 300,
                 };
                 if client.place_call(&request).await.is_ok() {
                     ok.fetch_add(1, Ordering::Relaxed);

@@ -275,6 +275,7 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         webhook_base: deps.settings.public_url.clone(),
         ringing_timeout_secs: deps.settings.ringing_timeout_secs,
         machine_detection: campaign.settings.machine_detection,
+        time_limit_secs: campaign.settings.call_time_limit_secs(),
     };
     let mut result = place(client.as_ref(), &request).await;
     // A lost answer from an idempotent provider: the same request again is safe.

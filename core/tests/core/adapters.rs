@@ -27,6 +27,7 @@ fn request() -> CallRequest {
         webhook_base: "https://hooks.example.com".into(),
         ringing_timeout_secs: 45,
         machine_detection: true,
+        time_limit_secs: 300,
     }
 }
 
@@ -106,6 +107,7 @@ async fn vonage_places_a_call_with_a_jwt_and_our_urls() {
         .and(body_string_contains(r#""number":"14155552671""#))
         .and(body_string_contains(r#""machine_detection":"continue""#))
         .and(body_string_contains(r#""ringing_timer":45"#))
+        .and(body_string_contains(r#""length_timer":300"#))
         .respond_with(ResponseTemplate::new(201).set_body_json(serde_json::json!({
             "uuid": "63f61863-4a51-4f6b-86e1-46edebcf9356", "status": "started",
             "direction": "outbound", "conversation_uuid": "CON-1"
@@ -140,6 +142,7 @@ async fn twilio_places_a_call_with_basic_auth_and_a_form() {
         ))
         .and(body_string_contains("MachineDetection=Enable"))
         .and(body_string_contains("Timeout=45"))
+        .and(body_string_contains("TimeLimit=300"))
         .respond_with(ResponseTemplate::new(201).set_body_json(serde_json::json!({
             "sid": "CA0123456789abcdef0123456789abcdef", "status": "queued", "queue_time": "0"
         })))
@@ -165,6 +168,8 @@ async fn telnyx_dials_with_bearer_key_client_state_and_a_stable_command_id() {
             r#""webhook_url":"https://hooks.example.com/telnyx/events?call_id=00000000-0000-0000-0000-00000000002a"#,
         ))
         .and(body_string_contains(r#""answering_machine_detection":"detect""#))
+        // Not Telnyx's 4-hour default: a call whose hang-up never comes ends.
+        .and(body_string_contains(r#""time_limit_secs":300"#))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
             "data": {"call_control_id": "v3:abc", "call_leg_id": "l", "call_session_id": "s",
                      "is_alive": false, "record_type": "call"}
@@ -352,6 +357,8 @@ async fn telnyx_commands_classify_transient_and_refused() {
         .and(path("/v2/calls/v3:ok/actions/speak"))
         .and(header("authorization", "Bearer KEY123"))
         .and(body_string_contains(r#""payload":"hello""#))
+        // Repeats by Telnyx's `loop`, never by repeating the text.
+        .and(body_string_contains(r#""loop":3"#))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"data": {"result": "ok"}})))
         .expect(1)
         .mount(&server)
@@ -380,6 +387,7 @@ async fn telnyx_commands_classify_transient_and_refused() {
         payload: "hello".into(),
         voice: "female".into(),
         language: "en-US".into(),
+        repeat: 3,
         command_id: telnyx::call_command_id("v3:ok", "speak"),
     };
     assert_eq!(client.speak("v3:ok", &speak).await, Ok(()));

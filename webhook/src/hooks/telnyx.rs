@@ -5,7 +5,9 @@
 //! sent after the event is stored and before we answer; when Telnyx cannot
 //! take the command right now we answer 503, Telnyx redelivers the event
 //! (stored once), and the repeated command is ignored by Telnyx if the first
-//! one did arrive.
+//! one did arrive. A speak command Telnyx refuses (bad voice, too long)
+//! would leave the callee in silence: the call is hung up and recorded
+//! `failed` with Telnyx's reason.
 
 // Helpers return the finished error response as `Err`; it is built once
 // per refused request, so its size does not matter.
@@ -106,7 +108,7 @@ pub async fn events(
     if let Err(response) = store_event(&state, stored).await {
         return response;
     }
-    match command(&state, hooks, call_id, &event).await {
+    match command(&state, hooks, call_id, attempt(&query), &event).await {
         // 200, not 204: Telnyx delivers to the failover URL on any answer
         // but 200 OK (its Voice API "Receiving Webhooks" page).
         Ok(()) => StatusCode::OK.into_response(),
@@ -120,12 +122,15 @@ async fn command(
     state: &HookState,
     hooks: &TelnyxHooks,
     call_id: Option<CallId>,
+    attempt: Option<i32>,
     event: &TelnyxEvent,
 ) -> Result<(), Response> {
     let Some(leg) = event.payload.call_control_id.as_deref() else {
         return Ok(());
     };
-    let sent = match event.event_type.as_str() {
+    let hangup_id = telnyx::call_command_id(leg, "hangup");
+    let hangup = || hooks.client.hangup(leg, &hangup_id);
+    let (kind, sent) = match event.event_type.as_str() {
         "call.answered" => {
             let campaign = match call_id {
                 Some(id) => campaign_of_call(state, id, "telnyx speak").await?,
@@ -133,40 +138,90 @@ async fn command(
             };
             match campaign {
                 Some(campaign) => {
-                    // Telnyx's speak has no loop: say the message as often as the campaign asks.
-                    let times = usize::try_from(campaign.settings.repeat).unwrap_or(1).clamp(1, 10);
+                    let s = &campaign.settings;
                     let speak = Speak {
-                        payload: vec![campaign.settings.message.as_str(); times].join(" "),
-                        voice: campaign.settings.voice.clone().unwrap_or_else(|| "female".into()),
-                        language: campaign.settings.language.clone(),
+                        payload: s.message.clone(),
+                        voice: s.voice.clone().unwrap_or_else(|| telnyx::speech::DEFAULT_VOICE.into()),
+                        language: s.language.clone(),
+                        repeat: u32::try_from(s.repeat).unwrap_or(1).max(1),
                         command_id: telnyx::call_command_id(leg, "speak"),
                     };
-                    hooks.client.speak(leg, &speak).await.map(|()| "speak")
+                    ("speak", hooks.client.speak(leg, &speak).await)
                 }
                 None => {
                     warn!(?call_id, "answered call we do not know; hanging up");
-                    hooks.client.hangup(leg, &telnyx::call_command_id(leg, "hangup")).await.map(|()| "hangup")
+                    ("hangup", hangup().await)
                 }
             }
         }
-        "call.speak.ended" => {
-            hooks.client.hangup(leg, &telnyx::call_command_id(leg, "hangup")).await.map(|()| "hangup")
-        }
+        "call.speak.ended" => ("hangup", hangup().await),
         _ => return Ok(()),
     };
     match sent {
-        Ok(kind) => {
+        Ok(()) => {
             info!(?call_id, command = kind, "telnyx command sent");
             Ok(())
         }
+        Err(CommandError::Refused { code, .. }) if code == telnyx::CALL_ENDED => {
+            // The callee hung up first: its call.hangup tells the rest.
+            info!(?call_id, command = kind, "telnyx call already ended");
+            Ok(())
+        }
+        Err(CommandError::Refused { status, code, detail }) if kind == "speak" => {
+            // The message will never be spoken: end the call now rather than
+            // leave the callee in silence, and record it failed with
+            // Telnyx's reason (the hang-up's own event cannot make it
+            // `completed` afterwards: the first outcome stays).
+            warn!(?call_id, status, %code, %detail, "telnyx refused the speak command; hanging up");
+            if let Err(e) = hangup().await {
+                warn!(?call_id, error = %e, "hang-up after a refused speak failed");
+            }
+            let refusal = serde_json::json!({
+                "command": "speak", "status": status, "code": code, "detail": detail,
+            });
+            store_event(state, refused_speak(call_id, attempt, event, leg, refusal)).await.map(drop)
+        }
         Err(CommandError::Refused { status, code, detail }) => {
-            // E.g. the callee hung up first (90018): nothing left to do.
-            warn!(?call_id, status, %code, %detail, "telnyx refused the command");
+            warn!(?call_id, status, %code, %detail, command = kind, "telnyx refused the command");
             Ok(())
         }
         Err(CommandError::Transient(detail)) => {
             warn!(?call_id, %detail, "telnyx command failed; answering 503 so the event is redelivered");
             Err(ApiError::unavailable().into_response())
         }
+    }
+}
+
+/// The event recording a refused speak command: the call failed, with
+/// Telnyx's code and detail as the reason. One per call leg.
+fn refused_speak(
+    call_id: Option<CallId>,
+    attempt: Option<i32>,
+    answered: &TelnyxEvent,
+    leg: &str,
+    refusal: serde_json::Value,
+) -> StoredEvent {
+    let detail = format!(
+        "speak refused: {} {}",
+        refusal["code"].as_str().unwrap_or_default(),
+        refusal["detail"].as_str().unwrap_or_default()
+    );
+    StoredEvent {
+        provider: Provider::Telnyx.as_str(),
+        dedupe_key: format!("telnyx:speak-refused:{leg}"),
+        status: "tocsin.speak.refused".into(),
+        payload: refusal,
+        call: calls::Event {
+            call_id,
+            attempt,
+            provider_call_id: Some(leg.to_owned()),
+            state: Some(tocsin_core::CallState::Failed),
+            // The answer's own time: never after the hang-up that follows.
+            occurred_at: answered.occurred_at().or_else(|| Some(chrono::Utc::now())),
+            duration_secs: None,
+            price: None,
+            answered_by: None,
+            detail: Some(detail.trim().to_owned()),
+        },
     }
 }

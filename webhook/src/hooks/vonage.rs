@@ -28,9 +28,12 @@ pub async fn answer(
     };
     match campaign_of_call(&state, id, "vonage answer").await {
         Ok(Some(campaign)) => {
-            let repeat = u32::try_from(campaign.settings.repeat).unwrap_or(1);
-            Json(vonage::ncco(&campaign.settings.message, &campaign.settings.language, repeat))
-                .into_response()
+            let s = &campaign.settings;
+            let repeat = u32::try_from(s.repeat).unwrap_or(1);
+            // Checked when the campaign was saved (`speech::check`); a row
+            // written before that check speaks in the default style.
+            let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
+            Json(vonage::ncco(&s.message, &s.language, style, repeat)).into_response()
         }
         Ok(None) => ApiError::not_found("no such call").into_response(),
         Err(response) => response,
