@@ -47,6 +47,18 @@ impl FromStr for Provider {
     }
 }
 
+/// For provider event fields Tocsin reads: a string, or a number written as
+/// one; anything else reads as absent, so a well-signed event of an
+/// unexpected shape is stored raw, never refused.
+pub(crate) fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
 /// Everything an adapter needs to place one call.
 #[derive(Clone, Debug)]
 pub struct CallRequest {

@@ -83,12 +83,15 @@ impl CallState {
     /// answered (now or by the report). A `completed` call nobody saw
     /// answered may still be refined by a specific failure, since some
     /// providers send `completed` before the event that says why the call
-    /// ended. The SQL function `call_state_advance` states the same rule
-    /// (migrations); `core/tests/core/calls.rs` checks that they agree.
+    /// ended. And a `completed` call becomes `failed` even when answered:
+    /// its message was never spoken (Vonage's `error` event, a refused
+    /// Telnyx speak), reported apart from the call's own end. The SQL
+    /// function `call_state_advance` states the same rule (migrations);
+    /// `core/tests/core/calls.rs` checks that they agree.
     pub fn advance(self, next: CallState, answered: bool) -> CallState {
         let refines = self == Self::Completed
-            && !answered
-            && matches!(next, Self::Busy | Self::NoAnswer | Self::Rejected | Self::Failed);
+            && (next == Self::Failed
+                || (!answered && matches!(next, Self::Busy | Self::NoAnswer | Self::Rejected)));
         if next.rank() > self.rank() || refines { next } else { self }
     }
 }

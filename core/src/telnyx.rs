@@ -360,41 +360,33 @@ pub struct TelnyxEvent {
 /// event is stored raw, never refused.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct TelnyxPayload {
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub call_control_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub call_leg_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub call_session_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub connection_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub client_state: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub from: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub to: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub state: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub hangup_cause: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub hangup_source: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub sip_hangup_cause: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub start_time: Option<String>,
     /// `call.machine.detection.ended`: `human`, `machine` or `not_sure`.
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub result: Option<String>,
-}
-/// A string, or a number written as one; anything else reads as absent.
-fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Some(s),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    })
 }
 
 impl TelnyxEvent {

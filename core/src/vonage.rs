@@ -389,28 +389,43 @@ pub fn ncco(text: &str, language: &str, style: u32, repeat: u32) -> serde_json::
 /// numbers may arrive as strings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct VonageEvent {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub uuid: Option<String>,
     /// `human` / `machine` events carry `call_uuid` instead of `uuid`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub call_uuid: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub conversation_uuid: Option<String>,
-    pub status: String,
-    #[serde(default)]
+    /// The call's status; absent from `record`, `input`, `transfer` and
+    /// error events (Vonage's webhook reference).
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub status: Option<String>,
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub timestamp: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub direction: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub to: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub from: Option<String>,
     #[serde(default)]
     pub duration: Option<serde_json::Value>,
     #[serde(default)]
     pub price: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub detail: Option<String>,
+    /// Error events: "Syntax error in NCCO. Invalid value type or action."
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub reason: Option<String>,
+    /// Record events.
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub recording_url: Option<String>,
+    /// Input events (DTMF: an object in the current format, digits in the older one).
+    #[serde(default)]
+    pub dtmf: Option<serde_json::Value>,
+    /// Transfer events.
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub conversation_uuid_from: Option<String>,
 }
 
 impl VonageEvent {
@@ -418,9 +433,29 @@ impl VonageEvent {
         self.uuid.as_deref().or(self.call_uuid.as_deref())
     }
 
-    /// The call state this event moves the call to, if any.
+    /// What the event reports: its `status`, or for the events without one
+    /// `record`, `input`, `transfer` or `error` (by their fields), else `event`.
+    pub fn kind(&self) -> &str {
+        if let Some(status) = self.status.as_deref() {
+            return status;
+        }
+        if self.reason.is_some() {
+            "error"
+        } else if self.recording_url.is_some() {
+            "record"
+        } else if self.dtmf.is_some() {
+            "input"
+        } else if self.conversation_uuid_from.is_some() {
+            "transfer"
+        } else {
+            "event"
+        }
+    }
+
+    /// The call state this event moves the call to, if any. An `error`
+    /// (an NCCO Vonage refused: the message was never spoken) fails the call.
     pub fn state(&self) -> Option<CallState> {
-        Some(match self.status.as_str() {
+        Some(match self.kind() {
             "started" => CallState::Placed,
             "ringing" => CallState::Ringing,
             "answered" => CallState::Answered,
@@ -428,17 +463,25 @@ impl VonageEvent {
             "busy" => CallState::Busy,
             "timeout" | "unanswered" | "cancelled" => CallState::NoAnswer,
             "rejected" => CallState::Rejected,
-            "failed" => CallState::Failed,
+            "failed" | "error" => CallState::Failed,
             _ => return None,
         })
     }
 
-    /// Identity of the event for deduplication: uuid + status + timestamp.
+    /// Why the call failed: the failure's `detail`, or an error's `reason`.
+    pub fn failure_detail(&self) -> Option<String> {
+        match self.kind() {
+            "error" => self.reason.as_ref().map(|r| format!("vonage error: {r}")),
+            _ => self.detail.clone(),
+        }
+    }
+
+/// Identity of the event for deduplication: uuid + status + timestamp.
     pub fn dedupe_key(&self) -> String {
         format!(
             "vonage:{}:{}:{}",
-            self.call_uuid().unwrap_or("-"),
-            self.status,
+            self.call_uuid().or(self.conversation_uuid.as_deref()).unwrap_or("-"),
+            self.kind(),
             self.timestamp.as_deref().unwrap_or("-")
         )
     }

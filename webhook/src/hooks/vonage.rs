@@ -73,14 +73,14 @@ pub async fn events(
         .as_deref()
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc));
-    let answered_by = match event.status.as_str() {
-        "human" | "machine" => Some(event.status.clone()),
+    let answered_by = match event.kind() {
+        kind @ ("human" | "machine") => Some(kind.to_owned()),
         _ => None,
     };
     let stored = StoredEvent {
         provider: Provider::Vonage.as_str(),
         dedupe_key: event.dedupe_key(),
-        status: event.status.clone(),
+        status: event.kind().to_owned(),
         payload,
         call: calls::Event {
             call_id: call_id(&query),
@@ -91,7 +91,7 @@ pub async fn events(
             duration_secs: event.duration_secs(),
             price: event.price(),
             answered_by,
-            detail: event.detail.clone(),
+            detail: event.failure_detail(),
         },
     };
     store(&state, stored).await

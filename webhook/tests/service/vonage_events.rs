@@ -175,8 +175,45 @@ async fn oversized_bodies_get_413_and_malformed_ones_400() {
     let (status, body) = h.send(event_request(id, 1, junk, Some(format!("Bearer {token}")))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("malformed"), "{body}");
-    let no_status = serde_json::json!({"uuid": "u"});
-    assert_eq!(h.post(id, 1, no_status).await, StatusCode::BAD_REQUEST);
+    // Well-signed JSON of a shape we do not know is stored, not refused.
+    let no_status = serde_json::json!({"uuid": "u", "timestamp": 7});
+    assert_eq!(h.post(id, 1, no_status).await, StatusCode::NO_CONTENT);
+    assert_eq!(h.state(id).await.0, "placed");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn every_documented_vonage_event_is_stored_and_an_error_fails_the_answered_call() {
+    // Vonage's webhook reference, every event type (fixtures/vonage/events.json
+    // names its source): record, input, transfer and error carry no status
+    // and were refused 400 (and lost) before.
+    let h = harness().await;
+    let id = h.call("+14155550001", "placed", 1).await;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/vonage/events.json");
+    let fixtures: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let wanted = ["started", "ringing", "answered", "human", "completed", "record", "input", "transfer", "error"];
+    for name in wanted {
+        let f = fixtures["events"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap();
+        assert_eq!(h.post(id, 1, f["payload"].clone()).await, StatusCode::NO_CONTENT, "{name}");
+    }
+    assert_eq!(h.events().await, wanted.len() as i64);
+    // The NCCO was refused: the message was never spoken, whatever `completed` said first.
+    let (state, detail): (String, Option<String>) =
+        sqlx::query_as("SELECT state, error_detail FROM calls WHERE id = $1")
+            .bind(id)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "failed");
+    assert_eq!(detail.as_deref(), Some("vonage error: Syntax error in NCCO. Invalid value type or action."));
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM call_events ORDER BY status")
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    for kind in ["record", "input", "transfer", "error"] {
+        assert!(statuses.iter().any(|s| s == kind), "{kind} stored: {statuses:?}");
+    }
     h.cleanup().await;
 }
 
