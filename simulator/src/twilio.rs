@@ -429,7 +429,9 @@ impl CallLife {
             "in-progress" => "answered",
             _ => "completed",
         };
-        if event != "completed" {
+        // The Call resource has no `initiated` status (the spec's
+        // call_enum_status): it stays `queued` until it rings.
+        if event != "completed" && status != "initiated" {
             sim.stats.status(&self.sid, status);
         }
         let Some(url) = &self.status_callback else { return };

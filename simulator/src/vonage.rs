@@ -453,7 +453,9 @@ pub async fn list_calls(
         .skip(record_index)
         .take(page_size)
         .map(|c| {
-            json!({
+            // Fields the spec types as strings are left out, never null, while
+            // the call has no value for them (start/end time, duration, price).
+            without_nulls(json!({
                 "_links": { "self": { "href": format!("/v1/calls/{}", c.provider_call_id) } },
                 "uuid": c.provider_call_id,
                 "conversation_uuid": c.conversation_uuid,
@@ -467,7 +469,7 @@ pub async fn list_calls(
                 "start_time": c.answered_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
                 "end_time": c.ended_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
                 "network": "310260",
-            })
+            }))
         })
         .collect();
     Json(json!({
@@ -478,4 +480,12 @@ pub async fn list_calls(
         "_embedded": { "calls": page },
     }))
     .into_response()
+}
+
+/// The object without its null members.
+fn without_nulls(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(object) = value.as_object_mut() {
+        object.retain(|_, v| !v.is_null());
+    }
+    value
 }
