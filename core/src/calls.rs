@@ -52,6 +52,27 @@ pub async fn claim(
     Ok(claimed.rows_affected() == 1)
 }
 
+/// Of the provider call ids a reconciliation found, those that cannot be
+/// this attempt's call: recorded on another call's row (another campaign
+/// calling the same number), or named by events of this call from an
+/// earlier attempt (this attempt's own events would have moved the call
+/// out of `dialing`).
+pub async fn known_elsewhere(
+    pool: &PgPool,
+    call: CallId,
+    provider: Provider,
+    ids: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT provider_call_id FROM calls          WHERE provider = $2 AND provider_call_id = ANY($3) AND id <> $1          UNION          SELECT provider_call_id FROM call_events          WHERE call_id = $1 AND provider = $2 AND provider_call_id = ANY($3)",
+    )
+    .bind(call)
+    .bind(provider.as_str())
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
 /// Where a call stands, as a worker whose claim failed needs to know.
 #[derive(Debug, Clone)]
 pub struct Standing {

@@ -93,6 +93,38 @@ pub struct RemoteCall {
     pub provider_call_id: String,
     /// The provider's status word.
     pub status: String,
+    /// When the provider created it, where its listing says (Twilio's
+    /// `date_created`); `None` where the provider filtered by time itself
+    /// (Vonage's `date_start`/`date_end`).
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The time in which one attempt's create-call request can have reached
+/// the provider: from its claim to the end of its dialing lease, widened by
+/// the clock difference we allow between our database and the provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallWindow {
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+impl CallWindow {
+    /// The clock difference allowed between our database and a provider.
+    pub const CLOCK_SKEW: Duration = Duration::from_secs(10);
+
+    /// The window of an attempt claimed at `claimed_at` whose request had
+    /// `lease` to be sent and answered.
+    pub fn of_attempt(claimed_at: chrono::DateTime<chrono::Utc>, lease: Duration) -> Self {
+        let skew = chrono::Duration::from_std(Self::CLOCK_SKEW).unwrap_or_default();
+        let lease = chrono::Duration::from_std(lease).unwrap_or_default();
+        Self { from: claimed_at - skew, until: claimed_at + lease + skew }
+    }
+
+    /// Whether a listed call can be this attempt's: created inside the
+    /// window, or listed by a provider that filtered by the window itself.
+    pub fn admits(&self, call: &RemoteCall) -> bool {
+        call.created_at.is_none_or(|t| self.from <= t && t <= self.until)
+    }
 }
 
 /// Why listing calls failed.
@@ -115,12 +147,14 @@ pub trait VoiceProvider: Send + Sync {
         request: &'a CallRequest,
     ) -> BoxFuture<'a, Result<PlacedCall, PlaceCallError>>;
 
-    /// Calls to `to` created at or after `since` (for reconciling a call
-    /// whose create-call request was interrupted).
+    /// Calls to `to` that may have been created in `window` (for
+    /// reconciling a call whose create-call request was interrupted). A
+    /// provider that cannot filter by time exactly lists more, with each
+    /// call's `created_at`; `CallWindow::admits` keeps the ones that fit.
     fn list_calls<'a>(
         &'a self,
         to: &'a PhoneNumber,
-        since: chrono::DateTime<chrono::Utc>,
+        window: CallWindow,
     ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>>;
 
     /// How long the provider treats a repeated create-call request for the

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TelnyxCredentials;
 use crate::provider::{
-    BoxFuture, CallRequest, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
+    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
     rate_limit_wait,
 };
 use crate::{CallId, CallState, PhoneNumber};
@@ -311,7 +311,7 @@ impl VoiceProvider for Client {
     fn list_calls<'a>(
         &'a self,
         _to: &'a PhoneNumber,
-        _since: DateTime<Utc>,
+        _window: CallWindow,
     ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>> {
         Box::pin(async {
             Err(ListCallsError(

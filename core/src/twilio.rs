@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::config::TwilioCredentials;
 use crate::provider::{
-    BoxFuture, CallRequest, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
+    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
     rate_limit_wait,
 };
 use crate::{CallState, PhoneNumber};
@@ -41,6 +41,22 @@ struct ListedCall {
     status: String,
     #[serde(default)]
     to: Option<String>,
+    /// RFC 2822, e.g. `Tue, 31 Aug 2010 20:36:28 +0000`.
+    #[serde(default)]
+    date_created: Option<String>,
+    #[serde(default)]
+    start_time: Option<String>,
+}
+
+impl ListedCall {
+    /// When Twilio took the request (`date_created`; `start_time` if that is missing).
+    fn created_at(&self) -> Option<DateTime<Utc>> {
+        [&self.date_created, &self.start_time]
+            .into_iter()
+            .flatten()
+            .find_map(|t| DateTime::parse_from_rfc2822(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    }
 }
 
 #[derive(Deserialize)]
@@ -125,11 +141,15 @@ impl Client {
         Err(classify(status.as_u16(), wait, error))
     }
 
-    async fn list(&self, to: &PhoneNumber, since: DateTime<Utc>) -> Result<Vec<RemoteCall>, ListCallsError> {
-        let since = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    /// Calls to `to` from the window's first day on. The spec takes a date
+    /// (`YYYY-MM-DD`, UTC) for `StartTime>`, so a day's earlier calls are
+    /// listed too; each comes with its own `date_created` for the caller to
+    /// match against the window.
+    async fn list(&self, to: &PhoneNumber, window: CallWindow) -> Result<Vec<RemoteCall>, ListCallsError> {
+        let day = window.from.format("%Y-%m-%d").to_string();
         let mut request = self.http.get(self.calls_url()).query(&[
             ("To", to.as_str()),
-            ("StartTime>", since.as_str()),
+            ("StartTime>", day.as_str()),
             ("PageSize", "100"),
         ]);
         let mut found = Vec::new();
@@ -148,7 +168,7 @@ impl Client {
                 page.calls
                     .into_iter()
                     .filter(|c| c.to.as_deref().is_none_or(|t| t == to.as_str()))
-                    .map(|c| RemoteCall { provider_call_id: c.sid, status: c.status }),
+                    .map(|c| RemoteCall { created_at: c.created_at(), provider_call_id: c.sid, status: c.status }),
             );
             match page.next_page_uri.filter(|u| !u.is_empty()) {
                 Some(next) => request = self.http.get(format!("{}{next}", self.api_url)),
@@ -178,9 +198,9 @@ impl VoiceProvider for Client {
     fn list_calls<'a>(
         &'a self,
         to: &'a PhoneNumber,
-        since: DateTime<Utc>,
+        window: CallWindow,
     ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>> {
-        Box::pin(self.list(to, since))
+        Box::pin(self.list(to, window))
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::VonageCredentials;
 use crate::provider::{
-    BoxFuture, CallRequest, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
+    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
     retry_after,
 };
 use crate::{CallState, PhoneNumber};
@@ -232,13 +232,10 @@ impl Client {
 }
 
 impl Client {
-    async fn list(
-        &self,
-        to: &PhoneNumber,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<RemoteCall>, ListCallsError> {
+    async fn list(&self, to: &PhoneNumber, window: CallWindow) -> Result<Vec<RemoteCall>, ListCallsError> {
         let token = self.signer.token().map_err(|e| ListCallsError(e.to_string()))?;
-        let date_start = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let date_start = window.from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let date_end = window.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut found = Vec::new();
         let mut index = 0u64;
         // Page through the window; Vonage has no filter by number.
@@ -249,6 +246,7 @@ impl Client {
                 .bearer_auth(&token)
                 .query(&[
                     ("date_start", date_start.as_str()),
+                    ("date_end", date_end.as_str()),
                     ("page_size", "100"),
                     ("record_index", &index.to_string()),
                     ("order", "asc"),
@@ -268,7 +266,7 @@ impl Client {
                     .filter(|c| {
                         c.to.as_ref().is_some_and(|t| t.number.trim_start_matches('+') == to.digits())
                     })
-                    .map(|c| RemoteCall { provider_call_id: c.uuid, status: c.status }),
+                    .map(|c| RemoteCall { provider_call_id: c.uuid, status: c.status, created_at: None }),
             );
             index += n;
             if n == 0 || index >= page.count {
@@ -297,9 +295,9 @@ impl VoiceProvider for Client {
     fn list_calls<'a>(
         &'a self,
         to: &'a PhoneNumber,
-        since: chrono::DateTime<chrono::Utc>,
+        window: CallWindow,
     ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>> {
-        Box::pin(self.list(to, since))
+        Box::pin(self.list(to, window))
     }
 }
 

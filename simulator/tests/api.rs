@@ -295,7 +295,7 @@ async fn bad_credentials_and_bad_requests_get_each_providers_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_listed_dials_are_idempotent_and_every_event_verifies() {
     let setup = setup(&["--vonage-rate", "100", "--twilio-cps", "100"]).await;
-    let since = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let window = tocsin_core::provider::CallWindow::of_attempt(chrono::Utc::now(), Duration::from_secs(20));
     let vonage = vonage_client(&setup, "private.pem");
     let twilio = twilio_client(&setup, TOKEN);
     let telnyx = telnyx_client(&setup, "KEY1");
@@ -305,10 +305,10 @@ async fn calls_are_listed_dials_are_idempotent_and_every_event_verifies() {
     // The same call and attempt again: Telnyx answers with the same call.
     assert_eq!(telnyx.place_call(&request(&setup, 3)).await.unwrap(), x);
 
-    let listed = vonage.list_calls(&request(&setup, 1).to, since).await.unwrap();
+    let listed = vonage.list_calls(&request(&setup, 1).to, window).await.unwrap();
     assert_eq!(listed.iter().map(|c| c.provider_call_id.clone()).collect::<Vec<_>>(), [v.provider_call_id]);
-    assert!(vonage.list_calls(&request(&setup, 9).to, since).await.unwrap().is_empty());
-    let listed = twilio.list_calls(&request(&setup, 2).to, since).await.unwrap();
+    assert!(vonage.list_calls(&request(&setup, 9).to, window).await.unwrap().is_empty());
+    let listed = twilio.list_calls(&request(&setup, 2).to, window).await.unwrap();
     assert_eq!(listed.iter().map(|c| c.provider_call_id.clone()).collect::<Vec<_>>(), [t.provider_call_id]);
 
     // Let the calls run (time compressed a hundredfold; Telnyx waits for a speak command it never gets).

@@ -14,7 +14,7 @@ use tocsin_core::calls::{self, Count, Failing};
 use tocsin_core::campaign::{Campaign, CampaignStatus};
 use tocsin_core::db;
 use tocsin_core::limiter::{Limiter, Reservation};
-use tocsin_core::provider::{CallRequest, PlaceCallError, PlacedCall, Provider, VoiceProvider};
+use tocsin_core::provider::{CallRequest, CallWindow, PlaceCallError, PlacedCall, Provider, VoiceProvider};
 use tocsin_core::queue::DelayTier;
 use tocsin_core::{CallJob, CallState, CampaignId};
 use tokio_util::sync::CancellationToken;
@@ -378,26 +378,47 @@ async fn reconcile(
     dialing_at: DateTime<Utc>,
 ) -> Result<Outcome, ProcessError> {
     metrics::counter!("tocsin_reconciliations_total").increment(1);
-    // A little before the claim, for clock differences between our database
-    // and the provider; not much more, or an earlier attempt's call to the
-    // same number would be taken for this one.
-    let since = dialing_at - chrono::Duration::seconds(10);
-    match client.list_calls(&job.to, since).await {
-        Ok(calls) if calls.is_empty() => {
-            info!("provider confirms no call exists: releasing the call for a new dial");
+    // Only this attempt's call may be recorded: one created while this
+    // attempt could have been sending (claim to lease end, ± the allowed
+    // clock skew), and not a call another row (another campaign calling the
+    // same number) or an earlier attempt already owns.
+    let window = CallWindow::of_attempt(dialing_at, deps.settings.dialing_lease);
+    let listed = match client.list_calls(&job.to, window).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            warn!(error = %e, "cannot ask the provider about an interrupted call; marking unknown for the operator");
+            let detail = format!("interrupted while dialing and the provider could not be asked: {e}");
+            calls::record_unknown(&deps.pool, job.call_id, job.attempt, &detail).await?;
+            metrics::counter!("tocsin_calls_unknown_total").increment(1);
+            return Ok(Outcome::Ack);
+        }
+    };
+    let mut candidates: Vec<String> =
+        listed.iter().filter(|c| window.admits(c)).map(|c| c.provider_call_id.clone()).collect();
+    candidates.dedup();
+    let elsewhere = calls::known_elsewhere(&deps.pool, job.call_id, client.provider(), &candidates).await?;
+    candidates.retain(|id| !elsewhere.contains(id));
+    match candidates.as_slice() {
+        [] => {
+            info!(listed = listed.len(), "provider confirms no call of this attempt exists: releasing the call for a new dial");
             release(deps, job, None).await?;
             metrics::counter!("tocsin_retries_total", "reason" => "reconciled_absent").increment(1);
             Ok(Outcome::Delay(DelayTier::S1))
         }
-        Ok(calls) => {
-            let found = &calls[calls.len() - 1];
-            info!(provider_call_id = %found.provider_call_id, status = %found.status, "provider has the call: recording it");
-            calls::record_placed(&deps.pool, job.call_id, &found.provider_call_id).await?;
+        [found] => {
+            info!(provider_call_id = %found, "provider has this attempt's call: recording it");
+            calls::record_placed(&deps.pool, job.call_id, found).await?;
             Ok(Outcome::Ack)
         }
-        Err(e) => {
-            warn!(error = %e, "cannot ask the provider about an interrupted call; marking unknown for the operator");
-            let detail = format!("interrupted while dialing and the provider could not be asked: {e}");
+        several => {
+            // Two calls to this number in this attempt's window, neither
+            // owned by another row: it cannot tell which is this one.
+            warn!(candidates = ?several, "several provider calls fit this attempt; marking unknown for the operator");
+            let detail = format!(
+                "interrupted while dialing; {} provider calls to this number fit this attempt ({}), cannot tell which",
+                several.len(),
+                several.join(", ")
+            );
             calls::record_unknown(&deps.pool, job.call_id, job.attempt, &detail).await?;
             metrics::counter!("tocsin_calls_unknown_total").increment(1);
             Ok(Outcome::Ack)

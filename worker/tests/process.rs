@@ -245,6 +245,59 @@ async fn an_interrupted_dial_is_redialled_only_when_the_provider_has_no_call() {
 }
 
 #[tokio::test]
+async fn reconciliation_never_records_another_rows_call_and_says_unknown_when_it_cannot_tell() {
+    let h = harness(Settings { dialing_lease: Duration::ZERO, ..Settings::default() }).await;
+    // Another campaign calls the same number; its call is on its own row.
+    let other = CampaignId::from_name("worker-test-other");
+    sqlx::query("INSERT INTO campaigns (id, name, message, from_number) VALUES ($1, 'worker-test-other', 'hi', '+14155550100')")
+        .bind(other)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO calls (id, campaign_id, number, state, attempt, provider, provider_call_id) \
+         VALUES ($1, $2, '+14155550010', 'placed', 1, 'vonage', 'uuid-theirs')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(other)
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    let job = h.job("+14155550010").await;
+    calls::stage(&h.db.pool, &[job.call_id], CallState::Dialing).await.unwrap();
+    let listed = |uuids: &[&str]| {
+        let calls: Vec<serde_json::Value> = uuids
+            .iter()
+            .map(|u| serde_json::json!({ "uuid": u, "status": "started", "to": { "type": "phone", "number": "14155550010" } }))
+            .collect();
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "count": calls.len(), "page_size": 100, "record_index": 0, "_embedded": { "calls": calls }
+        }))
+    };
+    // The only call the provider lists is the other campaign's: not ours,
+    // so this attempt's call does not exist and the call is dialled again.
+    let only_theirs = Mock::given(method("GET")).and(path("/v1/calls")).respond_with(listed(&["uuid-theirs"]));
+    let guard = h.mock.register_as_scoped(only_theirs).await;
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Delay(DelayTier::S1));
+    assert_eq!(h.row(&job).await, ("queued".into(), 0, None, None), "never recorded with another row's call");
+    drop(guard);
+
+    // Two unowned calls fit this attempt's window: it cannot tell which is
+    // its own, so the call is unknown for the operator, never a guess.
+    calls::stage(&h.db.pool, &[job.call_id], CallState::Dialing).await.unwrap();
+    Mock::given(method("GET"))
+        .and(path("/v1/calls"))
+        .respond_with(listed(&["uuid-theirs", "uuid-a", "uuid-b"]))
+        .mount(&h.mock)
+        .await;
+    h.mock_create(created("never"), 0).await;
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    let (state, _, pcid, _) = h.row(&job).await;
+    assert_eq!((state.as_str(), pcid), ("unknown", None));
+    h.mock.verify().await;
+}
+
+#[tokio::test]
 async fn an_interrupted_dial_becomes_unknown_when_the_provider_cannot_be_asked() {
     let h = harness(Settings { dialing_lease: Duration::ZERO, ..Settings::default() }).await;
     let job = h.job("+14155550007").await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use tocsin_core::config::{TelnyxCredentials, TwilioCredentials, VonageCredentials};
-use tocsin_core::provider::{CallRequest, PlaceCallError, PlacedCall, VoiceProvider};
+use tocsin_core::provider::{CallRequest, CallWindow, PlaceCallError, PlacedCall, VoiceProvider};
 use tocsin_core::{CallId, PhoneNumber, telnyx, twilio, vonage};
 use wiremock::matchers::{body_string_contains, header, header_exists, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -294,9 +294,11 @@ async fn twilio_lists_calls_to_a_number_across_pages() {
     Mock::given(method("GET"))
         .and(path(list_path.as_str()))
         .and(query_param("To", "+14155552671"))
-        .and(query_param("StartTime>", "2026-01-01T00:00:00Z"))
+        // A date, as the spec's parameter description says (YYYY-MM-DD, UTC).
+        .and(query_param("StartTime>", "2026-01-01"))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "calls": [{"sid": "CA1", "status": "completed", "to": "+14155552671"}],
+            "calls": [{"sid": "CA1", "status": "completed", "to": "+14155552671",
+                       "date_created": "Thu, 01 Jan 2026 00:00:05 +0000"}],
             "next_page_uri": format!("{list_path}?Page=1&PageToken=PA1"), "page": 0
         })))
         .mount(&server)
@@ -305,14 +307,21 @@ async fn twilio_lists_calls_to_a_number_across_pages() {
         .and(path(list_path.as_str()))
         .and(query_param("PageToken", "PA1"))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "calls": [{"sid": "CA2", "status": "busy", "to": "+14155552671"}], "next_page_uri": null
+            "calls": [{"sid": "CA2", "status": "busy", "to": "+14155552671",
+                       "date_created": "Thu, 01 Jan 2026 09:00:00 +0000"}], "next_page_uri": null
         })))
         .mount(&server)
         .await;
-    let since = "2026-01-01T00:00:00Z".parse().unwrap();
-    let calls = client(&Adapter::Twilio, &server.uri()).list_calls(&request().to, since).await.unwrap();
+    let claimed = "2026-01-01T00:00:10Z".parse().unwrap();
+    let window = CallWindow::of_attempt(claimed, std::time::Duration::from_secs(20));
+    let calls = client(&Adapter::Twilio, &server.uri()).list_calls(&request().to, window).await.unwrap();
     let sids: Vec<&str> = calls.iter().map(|c| c.provider_call_id.as_str()).collect();
-    assert_eq!(sids, ["CA1", "CA2"]);
+    assert_eq!(sids, ["CA1", "CA2"], "the whole day is listed");
+    // Only the call created while this attempt could send fits it: CA2,
+    // nine hours later, is another attempt's call to the same number.
+    let fit: Vec<&str> =
+        calls.iter().filter(|c| window.admits(c)).map(|c| c.provider_call_id.as_str()).collect();
+    assert_eq!(fit, ["CA1"]);
 }
 
 #[tokio::test]
@@ -322,6 +331,8 @@ async fn vonage_lists_calls_by_paging_and_filters_by_number() {
     Mock::given(method("GET"))
         .and(path("/v1/calls"))
         .and(query_param("record_index", "0"))
+        .and(query_param("date_start", "2026-01-01T00:00:00Z"))
+        .and(query_param("date_end", "2026-01-01T00:00:40Z"))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
             "count": 3, "page_size": 2, "record_index": 0,
             "_embedded": {"calls": [call("u1", "14155552671"), call("u2", "14155550000")]}
@@ -337,16 +348,17 @@ async fn vonage_lists_calls_by_paging_and_filters_by_number() {
         })))
         .mount(&server)
         .await;
-    let since = "2026-01-01T00:00:00Z".parse().unwrap();
-    let calls = client(&Adapter::Vonage, &server.uri()).list_calls(&request().to, since).await.unwrap();
+    let claimed = "2026-01-01T00:00:10Z".parse().unwrap();
+    let window = CallWindow::of_attempt(claimed, std::time::Duration::from_secs(20));
+    let calls = client(&Adapter::Vonage, &server.uri()).list_calls(&request().to, window).await.unwrap();
     let ids: Vec<&str> = calls.iter().map(|c| c.provider_call_id.as_str()).collect();
     assert_eq!(ids, ["u1", "u3"]);
 }
 
 #[tokio::test]
 async fn telnyx_cannot_list_calls_and_says_so() {
-    let since = "2026-01-01T00:00:00Z".parse().unwrap();
-    let result = client(&Adapter::Telnyx, "http://127.0.0.1:9").list_calls(&request().to, since).await;
+    let window = CallWindow::of_attempt("2026-01-01T00:00:00Z".parse().unwrap(), std::time::Duration::ZERO);
+    let result = client(&Adapter::Telnyx, "http://127.0.0.1:9").list_calls(&request().to, window).await;
     assert!(result.unwrap_err().0.contains("command_id"));
 }
 
