@@ -73,6 +73,14 @@ pub async fn known_elsewhere(
     .await
 }
 
+/// The number a call dials (E.164) and whether it has ended, if the call exists.
+pub async fn number_and_end(pool: &PgPool, call: CallId) -> Result<Option<(String, bool)>, sqlx::Error> {
+    sqlx::query_as("SELECT number, call_state_terminal(state) FROM calls WHERE id = $1")
+        .bind(call)
+        .fetch_optional(pool)
+        .await
+}
+
 /// Where a call stands, as a worker whose claim failed needs to know.
 #[derive(Debug, Clone)]
 pub struct Standing {

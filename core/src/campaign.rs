@@ -244,10 +244,10 @@ pub fn check_message(text: &str) -> Result<String, FieldError> {
     if limits::MESSAGE_CHARS.contains(&chars) {
         Ok(text.to_owned())
     } else {
-        Err(FieldError::new("message", format!(
-            "must be 1 to {} characters (it is {chars})",
-            limits::MESSAGE_CHARS.end()
-        )))
+        Err(FieldError::new(
+            "message",
+            format!("must be 1 to {} characters (it is {chars})", limits::MESSAGE_CHARS.end()),
+        ))
     }
 }
 

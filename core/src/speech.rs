@@ -179,7 +179,10 @@ mod tests {
         assert!(check(Provider::Telnyx, "hi", "en-US", Some("female")).is_ok());
         assert_eq!(check(Provider::Telnyx, "hi", "en-US", Some("Joanna")).unwrap_err()[0].field, "voice");
         assert!(check(Provider::Twilio, "hi", "ja-JP", Some("Polly.Mizuki")).is_ok());
-        assert!(check(Provider::Twilio, "hi", "ja-JP", None).is_err(), "the default voice speaks 5 languages");
+        assert!(
+            check(Provider::Twilio, "hi", "ja-JP", None).is_err(),
+            "the default voice speaks 5 languages"
+        );
         assert_eq!(check(Provider::Twilio, "hi", "en-US", Some("robot")).unwrap_err()[0].field, "voice");
         assert!(check(Provider::Vonage, "hi", "en-US", Some("3")).is_ok(), "a Vonage style number");
         assert_eq!(check(Provider::Vonage, "hi", "en-US", Some("Kimberly")).unwrap_err()[0].field, "voice");

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TelnyxCredentials;
 use crate::provider::{
-    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
-    rate_limit_wait,
+    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall,
+    VoiceProvider, rate_limit_wait,
 };
 use crate::{CallId, CallState, PhoneNumber};
 
@@ -120,9 +120,35 @@ pub mod speech {
 
     /// The `language` values the speak command takes.
     pub const LANGUAGES: &[&str] = &[
-        "arb", "cmn-CN", "cy-GB", "da-DK", "de-DE", "en-AU", "en-GB", "en-GB-WLS", "en-IN", "en-US", "es-ES", "es-MX",
-        "es-US", "fr-CA", "fr-FR", "hi-IN", "is-IS", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR",
-        "pt-PT", "ro-RO", "ru-RU", "sv-SE", "tr-TR",
+        "arb",
+        "cmn-CN",
+        "cy-GB",
+        "da-DK",
+        "de-DE",
+        "en-AU",
+        "en-GB",
+        "en-GB-WLS",
+        "en-IN",
+        "en-US",
+        "es-ES",
+        "es-MX",
+        "es-US",
+        "fr-CA",
+        "fr-FR",
+        "hi-IN",
+        "is-IS",
+        "it-IT",
+        "ja-JP",
+        "ko-KR",
+        "nb-NO",
+        "nl-NL",
+        "pl-PL",
+        "pt-BR",
+        "pt-PT",
+        "ro-RO",
+        "ru-RU",
+        "sv-SE",
+        "tr-TR",
     ];
 
     /// The voice's text-to-speech providers, as `<Provider>.<Model>.<VoiceId>`.

@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use crate::config::TwilioCredentials;
 use crate::provider::{
-    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
-    rate_limit_wait,
+    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall,
+    VoiceProvider, rate_limit_wait,
 };
 use crate::{CallState, PhoneNumber};
 
@@ -165,10 +165,9 @@ impl Client {
             }
             let page: CallPage = response.json().await.map_err(|e| ListCallsError(e.to_string()))?;
             found.extend(
-                page.calls
-                    .into_iter()
-                    .filter(|c| c.to.as_deref().is_none_or(|t| t == to.as_str()))
-                    .map(|c| RemoteCall { created_at: c.created_at(), provider_call_id: c.sid, status: c.status }),
+                page.calls.into_iter().filter(|c| c.to.as_deref().is_none_or(|t| t == to.as_str())).map(
+                    |c| RemoteCall { created_at: c.created_at(), provider_call_id: c.sid, status: c.status },
+                ),
             );
             match page.next_page_uri.filter(|u| !u.is_empty()) {
                 Some(next) => request = self.http.get(format!("{}{next}", self.api_url)),
@@ -228,9 +227,9 @@ pub mod speech {
     pub const BASIC_LANGUAGES: &[&str] = &["en-US", "en-GB", "es-ES", "fr-FR", "de-DE"];
     /// Languages of the voice `alice`.
     pub const ALICE_LANGUAGES: &[&str] = &[
-        "da-DK", "de-DE", "en-AU", "en-CA", "en-GB", "en-IN", "en-US", "ca-ES", "es-ES", "es-MX", "fi-FI", "fr-CA",
-        "fr-FR", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR", "pt-PT", "ru-RU", "sv-SE", "zh-CN",
-        "zh-HK", "zh-TW",
+        "da-DK", "de-DE", "en-AU", "en-CA", "en-GB", "en-IN", "en-US", "ca-ES", "es-ES", "es-MX", "fi-FI",
+        "fr-CA", "fr-FR", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR", "pt-PT", "ru-RU",
+        "sv-SE", "zh-CN", "zh-HK", "zh-TW",
     ];
 
     const fn limit(max: usize, source: &'static str) -> MessageLimit {
@@ -250,9 +249,10 @@ pub mod speech {
                 limit: limit(4096, "Twilio <Say>, standard voices, error 13521"),
                 languages: Some(ALICE_LANGUAGES),
             }),
-            Some(v) if named(v, "Polly.") => {
-                Ok(Rules { limit: limit(3000, "Twilio <Say>, Amazon Polly voices, error 13521"), languages: None })
-            }
+            Some(v) if named(v, "Polly.") => Ok(Rules {
+                limit: limit(3000, "Twilio <Say>, Amazon Polly voices, error 13521"),
+                languages: None,
+            }),
             Some(v) if named(v, "Google.") => {
                 Ok(Rules { limit: limit(5000, "Twilio <Say>, Google voices, error 13521"), languages: None })
             }
@@ -265,7 +265,8 @@ pub mod speech {
 
     fn named(voice: &str, prefix: &str) -> bool {
         voice.strip_prefix(prefix).is_some_and(|name| {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         })
     }
 }

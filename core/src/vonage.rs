@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::VonageCredentials;
 use crate::provider::{
-    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall, VoiceProvider,
-    retry_after,
+    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall,
+    VoiceProvider, retry_after,
 };
 use crate::{CallState, PhoneNumber};
 
@@ -121,10 +121,11 @@ struct CreateCall<'a> {
     machine_detection: Option<&'static str>,
 }
 
-#[derive(Deserialize)]
-struct ListedEndpoint {
+/// An endpoint in Vonage's call listings: `{"type":"phone","number":"…"}`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ListedEndpoint {
     #[serde(default)]
-    number: String,
+    pub number: String,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +232,159 @@ impl Client {
     }
 }
 
+/// A call as Vonage reports it (`GET /v1/calls/{uuid}`, the spec's
+/// `GetCallResponse`): what an unsigned event is checked against.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct CallDetail {
+    pub uuid: String,
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub to: Option<ListedEndpoint>,
+    #[serde(default)]
+    pub duration: Option<serde_json::Value>,
+    #[serde(default)]
+    pub price: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub start_time: Option<String>,
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub end_time: Option<String>,
+}
+
+/// Why a call could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchCallError {
+    /// Worth asking again later (5xx, 429, transport, our JWT).
+    #[error("Vonage could not be asked: {0}")]
+    Unavailable(String),
+    /// Vonage refused the question for good (4xx other than 404 and 429).
+    #[error("Vonage refused the lookup: {0}")]
+    Refused(String),
+}
+
+impl Client {
+    /// `GET /v1/calls/{uuid}`: the call as Vonage has it; `None` when Vonage
+    /// has no such call (404).
+    pub async fn fetch_call(&self, uuid: &str) -> Result<Option<CallDetail>, FetchCallError> {
+        // Vonage call uuids are UUIDs: anything else names no call, and is
+        // not sent on (nor allowed to shape the request path).
+        let Ok(uuid) = uuid::Uuid::parse_str(uuid) else {
+            return Ok(None);
+        };
+        let token = self.signer.token().map_err(|e| FetchCallError::Unavailable(e.to_string()))?;
+        let response = self
+            .http
+            .get(format!("{}/v1/calls/{uuid}", self.api_url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| FetchCallError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if status.is_success() {
+            return response.json().await.map(Some).map_err(|e| FetchCallError::Unavailable(e.to_string()));
+        }
+        let problem: Problem = response.json().await.unwrap_or_default();
+        let text = format!("{status} {} {}", problem.title, problem.detail);
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            Err(FetchCallError::Unavailable(text))
+        } else {
+            Err(FetchCallError::Refused(text))
+        }
+    }
+}
+
+/// The Applications API (`/v2/applications`, HTTP Basic with the account's
+/// API key and secret): Vonage signs an application's voice callbacks only
+/// when its `capabilities.voice.signed_callbacks` is true (a setting the
+/// Dashboard drops when the application is edited there).
+pub mod applications {
+    use secrecy::{ExposeSecret, SecretString};
+
+    /// Whether the application's voice callbacks are signed now.
+    pub async fn signed_callbacks(
+        http: &reqwest::Client,
+        api_url: &str,
+        application_id: &str,
+        api_key: &str,
+        api_secret: &SecretString,
+    ) -> anyhow::Result<bool> {
+        let app = fetch(http, api_url, application_id, api_key, api_secret).await?;
+        Ok(app.pointer("/capabilities/voice/signed_callbacks").and_then(serde_json::Value::as_bool)
+            == Some(true))
+    }
+
+    /// Sets `capabilities.voice.signed_callbacks` to `on`, keeping every
+    /// other setting of the application (it is read, changed and written
+    /// back whole, as the API's update replaces the application). Returns
+    /// whether anything changed.
+    pub async fn set_signed_callbacks(
+        http: &reqwest::Client,
+        api_url: &str,
+        application_id: &str,
+        api_key: &str,
+        api_secret: &SecretString,
+        on: bool,
+    ) -> anyhow::Result<bool> {
+        let mut app = fetch(http, api_url, application_id, api_key, api_secret).await?;
+        let voice = app
+            .pointer_mut("/capabilities/voice")
+            .and_then(serde_json::Value::as_object_mut)
+            .ok_or_else(|| anyhow::anyhow!("application {application_id} has no voice capability"))?;
+        if voice.get("signed_callbacks").and_then(serde_json::Value::as_bool) == Some(on) {
+            return Ok(false);
+        }
+        voice.insert("signed_callbacks".into(), serde_json::Value::Bool(on));
+        // Read-only parts of the answer are not sent back.
+        if let Some(object) = app.as_object_mut() {
+            object.remove("_links");
+            object.remove("id");
+        }
+        let response = http
+            .put(url(api_url, application_id))
+            .basic_auth(api_key, Some(api_secret.expose_secret()))
+            .json(&app)
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            anyhow::bail!(
+                "updating application {application_id} answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(true)
+    }
+
+    fn url(api_url: &str, application_id: &str) -> String {
+        format!("{}/v2/applications/{application_id}", api_url.trim_end_matches('/'))
+    }
+
+    async fn fetch(
+        http: &reqwest::Client,
+        api_url: &str,
+        application_id: &str,
+        api_key: &str,
+        api_secret: &SecretString,
+    ) -> anyhow::Result<serde_json::Value> {
+        let response = http
+            .get(url(api_url, application_id))
+            .basic_auth(api_key, Some(api_secret.expose_secret()))
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            anyhow::bail!(
+                "reading application {application_id} answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(response.json().await?)
+    }
+}
+
 impl Client {
     async fn list(&self, to: &PhoneNumber, window: CallWindow) -> Result<Vec<RemoteCall>, ListCallsError> {
         let token = self.signer.token().map_err(|e| ListCallsError(e.to_string()))?;
@@ -324,11 +478,55 @@ pub mod speech {
 
     /// `definitions.languages` of the NCCO schema.
     pub const LANGUAGES: &[&str] = &[
-        "ar", "bn-IN", "ca-ES", "cmn-CN", "cmn-TW", "cs-CZ", "cy-GB", "da-DK", "de-DE", "el-GR", "en-AU", "en-GB",
-        "en-GB-WLS", "en-IN", "en-US", "en-ZA", "es-ES", "es-MX", "es-US", "eu-ES", "fi-FI", "fil-PH", "fr-CA",
-        "fr-FR", "he-IL", "hi-IN", "hu-HU", "id-ID", "is-IS", "it-IT", "ja-JP", "ko-KR", "ml-IN", "nb-NO", "nl-NL",
-        "pl-PL", "pt-BR", "pt-PT", "ro-RO", "ru-RU", "sk-SK", "sv-SE", "ta-IN", "te-IN", "th-TH", "tr-TR", "uk-UA",
-        "vi-VN", "yue-CN",
+        "ar",
+        "bn-IN",
+        "ca-ES",
+        "cmn-CN",
+        "cmn-TW",
+        "cs-CZ",
+        "cy-GB",
+        "da-DK",
+        "de-DE",
+        "el-GR",
+        "en-AU",
+        "en-GB",
+        "en-GB-WLS",
+        "en-IN",
+        "en-US",
+        "en-ZA",
+        "es-ES",
+        "es-MX",
+        "es-US",
+        "eu-ES",
+        "fi-FI",
+        "fil-PH",
+        "fr-CA",
+        "fr-FR",
+        "he-IL",
+        "hi-IN",
+        "hu-HU",
+        "id-ID",
+        "is-IS",
+        "it-IT",
+        "ja-JP",
+        "ko-KR",
+        "ml-IN",
+        "nb-NO",
+        "nl-NL",
+        "pl-PL",
+        "pt-BR",
+        "pt-PT",
+        "ro-RO",
+        "ru-RU",
+        "sk-SK",
+        "sv-SE",
+        "ta-IN",
+        "te-IN",
+        "th-TH",
+        "tr-TR",
+        "uk-UA",
+        "vi-VN",
+        "yue-CN",
     ];
 
     /// Vonage picks the voice by language and `style` (a number per
@@ -385,7 +583,7 @@ pub fn ncco(text: &str, language: &str, style: u32, repeat: u32) -> serde_json::
 
 /// A Vonage call event as posted to the event URL. Fields vary by status;
 /// numbers may arrive as strings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct VonageEvent {
     #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub uuid: Option<String>,
@@ -474,7 +672,7 @@ impl VonageEvent {
         }
     }
 
-/// Identity of the event for deduplication: uuid + status + timestamp.
+    /// Identity of the event for deduplication: uuid + status + timestamp.
     pub fn dedupe_key(&self) -> String {
         format!(
             "vonage:{}:{}:{}",

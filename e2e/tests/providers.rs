@@ -13,7 +13,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use clap::Parser;
-use common::{Credentials, Options, Stack, TELNYX_CONNECTION, TELNYX_KEY, TWILIO_SID, VONAGE_APP};
+use common::{
+    Credentials, Options, Stack, TELNYX_CONNECTION, TELNYX_KEY, TWILIO_SID, VONAGE_API_KEY,
+    VONAGE_API_SECRET, VONAGE_APP,
+};
 use secrecy::ExposeSecret;
 use tocsin_core::queue::Topology;
 use tocsin_core::testing::{self, TestDb};
@@ -312,11 +315,7 @@ async fn telnyx_speaks_a_long_message_with_loop_and_a_refused_speak_fails_the_ca
     let long = long.trim();
     assert_eq!(long.chars().count(), 1_999);
     let csv = "number\n+14155557100\n+14155557101\n";
-    let args = stack.enqueue_args(
-        "long",
-        csv,
-        &["--message", long, "--provider", "telnyx", "--repeat", "3"],
-    );
+    let args = stack.enqueue_args("long", csv, &["--message", long, "--provider", "telnyx", "--repeat", "3"]);
     assert_eq!(producer::enqueue(&stack.db.pool, &args).await.unwrap().published, 2);
     stack.wait_terminal("long").await;
     let heard = [long; 3].join(" ");
@@ -366,5 +365,78 @@ async fn telnyx_speaks_a_long_message_with_loop_and_a_refused_speak_fails_the_ca
     }
     let stats = stack.sim_stats().await;
     assert_eq!(stats["called_more_than_once"].as_array().unwrap().len(), 0, "{stats}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unsigned_vonage_events_are_confirmed_with_vonage_and_the_command_turns_signing_on() {
+    // An application as Vonage creates it: signed_callbacks off, every event
+    // unsigned. The webhook confirms each with Vonage (GET /v1/calls/{uuid})
+    // and applies only Vonage's answer; before, each got 401 and was lost.
+    let stack = start(Credentials::Right, &["--vonage-unsigned-callbacks"], &[]).await;
+    let first = numbers(7000);
+    enqueue(&stack, "unsigned", "vonage", &first).await;
+    stack.wait_terminal("unsigned").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT k.number, k.state, \
+                (SELECT count(*) FROM call_events e WHERE e.call_id = k.id), \
+                (SELECT count(*) FROM call_events e WHERE e.call_id = k.id AND e.dedupe_key LIKE '%:confirmed') \
+         FROM calls k JOIN campaigns c ON c.id = k.campaign_id WHERE c.name = 'unsigned'",
+    )
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 20);
+    for (number, state, events, confirmed) in &rows {
+        assert_eq!(state, expected_state(number), "{number}");
+        assert!(*events >= 1 && events == confirmed, "{number}: {events} events, {confirmed} confirmed");
+    }
+    let stats = stack.sim_stats().await;
+    assert_eq!(stats["webhook_deliveries_failed"], 0, "every unsigned event was taken: {stats}");
+
+    // `producer vonage signed-callbacks` turns signing on through the Applications API.
+    let sim = format!("http://{}", stack.sim_addr);
+    let cli = producer::config::Cli::try_parse_from([
+        "producer",
+        "--database-url",
+        "postgres://unused.invalid/none",
+        "vonage",
+        "signed-callbacks",
+        "--vonage-api-url",
+        &sim,
+        "--vonage-application-id",
+        VONAGE_APP,
+        "--vonage-api-key",
+        VONAGE_API_KEY,
+        "--vonage-api-secret",
+        VONAGE_API_SECRET,
+    ])
+    .unwrap();
+    producer::run(cli, CancellationToken::new()).await.unwrap();
+    let app: serde_json::Value = reqwest::Client::new()
+        .get(format!("{sim}/v2/applications/{VONAGE_APP}"))
+        .basic_auth(VONAGE_API_KEY, Some(VONAGE_API_SECRET))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(app["capabilities"]["voice"]["signed_callbacks"], true, "{app}");
+    enqueue(&stack, "signed", "vonage", &numbers(7100)).await;
+    stack.wait_terminal("signed").await;
+    let (events, confirmed): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE e.dedupe_key LIKE '%:confirmed') \
+         FROM call_events e JOIN calls k ON k.id = e.call_id JOIN campaigns c ON c.id = k.campaign_id \
+         WHERE c.name = 'signed'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        events >= 40 && confirmed == 0,
+        "signed events are verified, not looked up: {events} {confirmed}"
+    );
     stack.stop().await;
 }

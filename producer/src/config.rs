@@ -101,6 +101,47 @@ pub enum Command {
     Apikey(ApikeyCommand),
     /// Apply the database migrations and exit (every command also applies them first).
     Migrate,
+    /// Vonage application settings, through Vonage's Applications API.
+    #[command(subcommand)]
+    Vonage(VonageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VonageCommand {
+    /// Make Vonage sign the application's voice callbacks (signed_callbacks), or show whether it does.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  TOCSIN_VONAGE_API_KEY=... TOCSIN_VONAGE_API_SECRET=... producer vonage signed-callbacks\n",
+        "  producer vonage signed-callbacks --check\n\n",
+        "Vonage signs an application's voice callbacks only when the application's\n",
+        "capabilities.voice.signed_callbacks is true, and editing the application in the\n",
+        "Vonage Dashboard turns it off again: run this after every such edit. Without it the\n",
+        "webhook service confirms each unsigned event with Vonage (one API request per\n",
+        "event), or refuses them with --vonage-unsigned-events refuse."
+    ))]
+    SignedCallbacks(SignedCallbacksArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SignedCallbacksArgs {
+    /// The Vonage application (the one the workers call through).
+    #[arg(long = "vonage-application-id", env = "TOCSIN_VONAGE_APPLICATION_ID")]
+    pub application_id: String,
+    /// Base URL of the Vonage API.
+    #[arg(long = "vonage-api-url", env = "TOCSIN_VONAGE_API_URL", default_value = "https://api.nexmo.com")]
+    pub api_url: String,
+    /// The account's API key (the Applications API authenticates with key and secret).
+    #[arg(long = "vonage-api-key", env = "TOCSIN_VONAGE_API_KEY")]
+    pub api_key: String,
+    /// The account's API secret.
+    #[arg(long = "vonage-api-secret", env = "TOCSIN_VONAGE_API_SECRET", hide_env_values = true, value_parser = tocsin_config::secret)]
+    pub api_secret: secrecy::SecretString,
+    /// Only show the current setting.
+    #[arg(long)]
+    pub check: bool,
+    /// Turn signing off instead (not recommended).
+    #[arg(long, conflicts_with = "check")]
+    pub off: bool,
 }
 
 /// Parsers shared with the HTTP API; the rules live with the campaign type.

@@ -41,7 +41,7 @@ use anyhow::Context;
 use tocsin_core::db;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Cli, Command};
+use crate::config::{Cli, Command, SignedCallbacksArgs, VonageCommand};
 pub use crate::enqueue::{enqueue, enqueue_until};
 pub use tocsin_enqueue::Report;
 
@@ -83,6 +83,10 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 /// Runs one command. `stop` (Ctrl-C, SIGTERM) makes `enqueue` and
 /// `status --watch` finish early and cleanly.
 pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
+    // The one command that needs no database: Vonage's own API.
+    if let Command::Vonage(VonageCommand::SignedCallbacks(args)) = &cli.command {
+        return vonage_signed_callbacks(args).await;
+    }
     let pool = db::connect(&cli.database.database_url, 8).await.map_err(|e| Fatal::Unreachable {
         service: "PostgreSQL (TOCSIN_DATABASE_URL)",
         detail: e.to_string(),
@@ -120,7 +124,39 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
             say!("database schema is up to date");
             Ok(())
         }
+        Command::Vonage(_) => Ok(()),
     }
+}
+
+/// `producer vonage signed-callbacks`: reads, and unless `--check` sets,
+/// the application's `capabilities.voice.signed_callbacks`.
+async fn vonage_signed_callbacks(args: &SignedCallbacksArgs) -> anyhow::Result<()> {
+    use tocsin_core::vonage::applications;
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(15)).build()?;
+    let api = args.api_url.trim_end_matches('/');
+    let unreachable = |e: anyhow::Error| Fatal::Unreachable {
+        service: "Vonage (TOCSIN_VONAGE_API_URL)",
+        detail: format!("{e:#}"),
+    };
+    let app = &args.application_id;
+    if args.check {
+        let on = applications::signed_callbacks(&http, api, app, &args.api_key, &args.api_secret)
+            .await
+            .map_err(unreachable)?;
+        say!("application {app}: signed callbacks are {}", if on { "ON" } else { "OFF" });
+        return Ok(());
+    }
+    let on = !args.off;
+    let changed = applications::set_signed_callbacks(&http, api, app, &args.api_key, &args.api_secret, on)
+        .await
+        .map_err(unreachable)?;
+    let word = if on { "ON" } else { "OFF" };
+    if changed {
+        say!("application {app}: signed callbacks are now {word}");
+    } else {
+        say!("application {app}: signed callbacks were already {word}; nothing changed");
+    }
+    Ok(())
 }
 
 /// Turns a finished report into the exit status: interrupted (130), or

@@ -61,6 +61,19 @@ pub struct SimConfig {
     #[arg(long = "vonage-signature-secret", env = "TOCSIN_VONAGE_SIGNATURE_SECRET", default_value = "")]
     pub vonage_signature_secret: String,
 
+    /// Start the simulated Vonage application with `signed_callbacks` off, as
+    /// a new application (or one edited in the Dashboard) is: events are sent
+    /// unsigned until the Applications API turns the setting on.
+    #[arg(long = "vonage-unsigned-callbacks", env = "TOCSIN_SIM_VONAGE_UNSIGNED_CALLBACKS")]
+    pub vonage_unsigned_callbacks: bool,
+
+    /// The Vonage account's API key and secret (HTTP Basic of the
+    /// Applications API, `/v2/applications/{id}`).
+    #[arg(long = "vonage-api-key", env = "TOCSIN_VONAGE_API_KEY")]
+    pub vonage_api_key: Option<String>,
+    #[arg(long = "vonage-api-secret", env = "TOCSIN_VONAGE_API_SECRET")]
+    pub vonage_api_secret: Option<String>,
+
     /// Vonage create-call requests accepted per second per application; more get 429.
     #[arg(long = "vonage-rate", env = "TOCSIN_SIM_VONAGE_RATE", default_value_t = 2.0)]
     pub vonage_rate: f64,

@@ -98,11 +98,17 @@ pub async fn deliver(sim: &Sim, event: &Outgoing) -> bool {
             request = request.header(header::CONTENT_TYPE, event.content_type).body(event.body.clone());
         }
         request = match &event.signer {
-            Signer::Vonage { application_id } => request.bearer_auth(tocsin_core::vonage::sign_webhook(
-                &sim.config.vonage_signature_secret,
-                application_id,
-                &event.body,
-            )),
+            // Signed only while the application has signed_callbacks on.
+            Signer::Vonage { application_id }
+                if sim.vonage_signed_callbacks.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                request.bearer_auth(tocsin_core::vonage::sign_webhook(
+                    &sim.config.vonage_signature_secret,
+                    application_id,
+                    &event.body,
+                ))
+            }
+            Signer::Vonage { .. } => request,
             Signer::Twilio => {
                 let params = tocsin_core::twilio::parse_form(&event.body).unwrap_or_default();
                 let token = sim.config.twilio_auth_token.as_deref().unwrap_or_default();

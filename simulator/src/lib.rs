@@ -63,6 +63,8 @@ impl Outcome {
 pub struct Sim {
     pub config: SimConfig,
     pub vonage_public_key: Option<Vec<u8>>,
+    /// The application's `capabilities.voice.signed_callbacks`.
+    pub vonage_signed_callbacks: std::sync::atomic::AtomicBool,
     pub vonage_limiter: vonage::Limiter,
     pub twilio_queue: twilio::StartQueue,
     pub telnyx_limiter: telnyx::Limiter,
@@ -137,6 +139,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/v1/calls", post(vonage::create_call).get(vonage::list_calls))
+        .route("/v1/calls/{uuid}", get(vonage::fetch_call))
+        .route("/v2/applications/{id}", get(vonage::application).put(vonage::update_application))
         .route(
             "/2010-04-01/Accounts/{account_sid}/Calls.json",
             post(twilio::create_call).get(twilio::list_calls),
@@ -178,6 +182,7 @@ pub async fn run(
         .build()
         .context("building the HTTP client")?;
     let sim = Arc::new(Sim {
+        vonage_signed_callbacks: std::sync::atomic::AtomicBool::new(!config.vonage_unsigned_callbacks),
         vonage_limiter: vonage::limiter(config.vonage_rate),
         twilio_queue: twilio::StartQueue::new(config.twilio_cps),
         telnyx_limiter: telnyx::limiter(config.telnyx_dials_per_window, config.telnyx_window),

@@ -48,7 +48,9 @@ const COMMAND_ID_WINDOW: Duration = Duration::from_secs(60);
 
 enum Command {
     /// What the callee hears: the payload as often as `loop` says.
-    Speak { heard: String },
+    Speak {
+        heard: String,
+    },
     Hangup,
 }
 
@@ -385,9 +387,35 @@ struct ActionBody {
 /// OpenAPI spec). Kept apart from Tocsin's own list on purpose: the
 /// simulator is a second witness, not a copy of the adapter.
 const SPEAK_LANGUAGES: &[&str] = &[
-    "arb", "cmn-CN", "cy-GB", "da-DK", "de-DE", "en-AU", "en-GB", "en-GB-WLS", "en-IN", "en-US", "es-ES", "es-MX",
-    "es-US", "fr-CA", "fr-FR", "hi-IN", "is-IS", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR",
-    "pt-PT", "ro-RO", "ru-RU", "sv-SE", "tr-TR",
+    "arb",
+    "cmn-CN",
+    "cy-GB",
+    "da-DK",
+    "de-DE",
+    "en-AU",
+    "en-GB",
+    "en-GB-WLS",
+    "en-IN",
+    "en-US",
+    "es-ES",
+    "es-MX",
+    "es-US",
+    "fr-CA",
+    "fr-FR",
+    "hi-IN",
+    "is-IS",
+    "it-IT",
+    "ja-JP",
+    "ko-KR",
+    "nb-NO",
+    "nl-NL",
+    "pl-PL",
+    "pt-BR",
+    "pt-PT",
+    "ro-RO",
+    "ru-RU",
+    "sv-SE",
+    "tr-TR",
 ];
 
 /// How often a speak's `loop` plays the payload (`infinity`: heard here once
@@ -473,11 +501,7 @@ pub async fn action(
                 Some("/loop"),
             );
         };
-        if request
-            .language
-            .as_deref()
-            .is_some_and(|l| !SPEAK_LANGUAGES.contains(&l))
-        {
+        if request.language.as_deref().is_some_and(|l| !SPEAK_LANGUAGES.contains(&l)) {
             return errors(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "10004",
@@ -572,7 +596,8 @@ impl CallLife {
                     events.emit(sim, amd).await;
                 }
                 let limit = sim.scaled(self.time_limit);
-                match tokio::time::timeout(limit, self.converse(sim, &mut events, &mut commands, talk)).await {
+                match tokio::time::timeout(limit, self.converse(sim, &mut events, &mut commands, talk)).await
+                {
                     Ok(source) => ("normal_clearing", None, source, Some(answered_at)),
                     Err(_) => ("time_limit", None, "unknown", Some(answered_at)),
                 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -455,21 +455,7 @@ pub async fn list_calls(
         .map(|c| {
             // Fields the spec types as strings are left out, never null, while
             // the call has no value for them (start/end time, duration, price).
-            without_nulls(json!({
-                "_links": { "self": { "href": format!("/v1/calls/{}", c.provider_call_id) } },
-                "uuid": c.provider_call_id,
-                "conversation_uuid": c.conversation_uuid,
-                "to": { "type": "phone", "number": c.to.trim_start_matches('+') },
-                "from": { "type": "phone", "number": c.from.trim_start_matches('+') },
-                "status": c.status,
-                "direction": "outbound",
-                "rate": "0.01390000",
-                "price": c.duration_secs.map(|d| format!("{:.8}", 0.0139 * d as f64 / 60.0)),
-                "duration": c.duration_secs.map(|d| d.to_string()),
-                "start_time": c.answered_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
-                "end_time": c.ended_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
-                "network": "310260",
-            }))
+            call_json(c)
         })
         .collect();
     Json(json!({
@@ -480,6 +466,117 @@ pub async fn list_calls(
         "_embedded": { "calls": page },
     }))
     .into_response()
+}
+
+/// One call as listed: the spec's `GetCallResponse`, without the fields
+/// the call has no value for yet.
+fn call_json(c: &crate::stats::SimCall) -> serde_json::Value {
+    without_nulls(json!({
+        "_links": { "self": { "href": format!("/v1/calls/{}", c.provider_call_id) } },
+        "uuid": c.provider_call_id,
+        "conversation_uuid": c.conversation_uuid,
+        "to": { "type": "phone", "number": c.to.trim_start_matches('+') },
+        "from": { "type": "phone", "number": c.from.trim_start_matches('+') },
+        "status": c.status,
+        "direction": "outbound",
+        "rate": "0.01390000",
+        "price": c.duration_secs.map(|d| format!("{:.8}", 0.0139 * d as f64 / 60.0)),
+        "duration": c.duration_secs.map(|d| d.to_string()),
+        "start_time": c.answered_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+        "end_time": c.ended_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+        "network": "310260",
+    }))
+}
+
+/// `GET /v1/calls/{uuid}`: one call of the application, 404 if unknown.
+pub async fn fetch_call(
+    State(sim): State<Arc<Sim>>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authenticate(&sim, &headers) {
+        return response;
+    }
+    match sim.stats.calls_of("vonage", |c| c.provider_call_id == uuid).first() {
+        Some(c) => Json(call_json(c)).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "not-found", "Not Found", "No call with that uuid."),
+    }
+}
+
+/// The Applications API's HTTP Basic check (the account's key and secret).
+fn account(sim: &Sim, headers: &HeaderMap) -> Result<(), Response> {
+    let expected = match (&sim.config.vonage_api_key, &sim.config.vonage_api_secret) {
+        (Some(key), Some(secret)) => format!("{key}:{secret}"),
+        _ => return Err(unauthorized(sim, "No Vonage account key is configured on this simulator.")),
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).ok());
+    if given.as_deref() == Some(expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(unauthorized(sim, "You did not provide correct credentials."))
+    }
+}
+
+fn application_json(sim: &Sim, id: &str) -> serde_json::Value {
+    let signed = sim.vonage_signed_callbacks.load(std::sync::atomic::Ordering::Relaxed);
+    json!({
+        "id": id,
+        "name": "tocsin-simulated",
+        "capabilities": { "voice": {
+            "webhooks": {
+                "answer_url": { "address": "https://example.com/vonage/answer", "http_method": "GET" },
+                "event_url": { "address": "https://example.com/vonage/events", "http_method": "POST" },
+            },
+            "signed_callbacks": signed,
+        } },
+        "_links": { "self": { "href": format!("/v2/applications/{id}") } },
+    })
+}
+
+fn known_application(sim: &Sim, id: &str) -> Result<(), Response> {
+    if sim.config.vonage_application_id.as_ref().is_some_and(|app| app != id) {
+        return Err(problem(StatusCode::NOT_FOUND, "not-found", "Not Found", "No application with that id."));
+    }
+    Ok(())
+}
+
+/// `GET /v2/applications/{id}`.
+pub async fn application(
+    State(sim): State<Arc<Sim>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = account(&sim, &headers).and_then(|()| known_application(&sim, &id)) {
+        return response;
+    }
+    Json(application_json(&sim, &id)).into_response()
+}
+
+/// `PUT /v2/applications/{id}`: the whole application; `name` is required.
+/// Only `capabilities.voice.signed_callbacks` changes anything here.
+pub async fn update_application(
+    State(sim): State<Arc<Sim>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = account(&sim, &headers).and_then(|()| known_application(&sim, &id)) {
+        return response;
+    }
+    let Ok(update) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return problem(StatusCode::BAD_REQUEST, "validation", "Bad Request", "The body is not JSON.");
+    };
+    if update.get("name").and_then(serde_json::Value::as_str).is_none_or(str::is_empty) {
+        return problem(StatusCode::BAD_REQUEST, "validation", "Bad Request", "name is required.");
+    }
+    // Like the Dashboard's edit, an update without the setting turns it off.
+    let signed = update.pointer("/capabilities/voice/signed_callbacks").and_then(serde_json::Value::as_bool);
+    sim.vonage_signed_callbacks.store(signed == Some(true), std::sync::atomic::Ordering::Relaxed);
+    Json(application_json(&sim, &id)).into_response()
 }
 
 /// The object without its null members.

@@ -44,6 +44,23 @@ pub struct WebhookConfig {
     #[arg(long = "vonage-signature-secret", env = "TOCSIN_VONAGE_SIGNATURE_SECRET", value_parser = secret)]
     pub vonage_signature_secret: Option<SecretString>,
 
+    /// Vonage: the application's id and key, to confirm an unsigned event
+    /// with Vonage (`GET /v1/calls/{uuid}`) instead of refusing it.
+    #[command(flatten)]
+    pub vonage: tocsin_config::VonageArgs,
+
+    /// An unsigned Vonage event (an application without signed_callbacks, or
+    /// Vonage after an internal error): `confirm` asks Vonage for the call's
+    /// state and applies only that (needs TOCSIN_VONAGE_APPLICATION_ID and
+    /// TOCSIN_VONAGE_PRIVATE_KEY_PATH); `refuse` answers 401 (strict mode).
+    #[arg(long = "vonage-unsigned-events", env = "TOCSIN_VONAGE_UNSIGNED_EVENTS", default_value = "confirm", value_parser = ["confirm", "refuse"])]
+    pub vonage_unsigned_events: String,
+
+    /// Most Vonage look-ups per second for unsigned events, across this
+    /// replica (above it: 503, and Vonage sends the event again).
+    #[arg(long = "vonage-confirm-rate", env = "TOCSIN_VONAGE_CONFIRM_RATE", default_value_t = 10)]
+    pub vonage_confirm_rate: u32,
+
     /// DEVELOPMENT ONLY: accept unsigned and forged webhooks.
     #[arg(long = "insecure-skip-signature-check", env = "TOCSIN_INSECURE_SKIP_SIGNATURE_CHECK")]
     pub insecure_skip_signature_check: bool,
@@ -120,6 +137,15 @@ impl WebhookConfig {
             );
         }
         Ok(())
+    }
+
+    /// Whether unsigned Vonage events are confirmed with Vonage: `Ok(None)`
+    /// in strict mode, with checks off, or without Vonage credentials here.
+    pub fn vonage_confirm(&self) -> anyhow::Result<Option<tocsin_core::config::VonageCredentials>> {
+        if self.insecure_skip_signature_check || self.vonage_unsigned_events == "refuse" {
+            return Ok(None);
+        }
+        self.vonage.credentials()
     }
 
     /// The Vonage signature secret the event handler checks; `None` when

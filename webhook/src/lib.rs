@@ -81,6 +81,11 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
         pool: pool.clone(),
         store: store::EventStore::start(pool.clone(), Some(redials), batch),
         vonage_secret: config.vonage_secret(),
+        vonage_confirm: config
+            .vonage_confirm()?
+            .map(|credentials| hooks::vonage::Confirmer::new(&credentials, config.vonage_confirm_rate))
+            .transpose()?
+            .map(Arc::new),
     };
     let api = Arc::new(api::ApiState {
         hub: api::live::Hub::start(pool.clone()),

@@ -400,7 +400,10 @@ async fn reconcile(
     candidates.retain(|id| !elsewhere.contains(id));
     match candidates.as_slice() {
         [] => {
-            info!(listed = listed.len(), "provider confirms no call of this attempt exists: releasing the call for a new dial");
+            info!(
+                listed = listed.len(),
+                "provider confirms no call of this attempt exists: releasing the call for a new dial"
+            );
             release(deps, job, None).await?;
             metrics::counter!("tocsin_retries_total", "reason" => "reconciled_absent").increment(1);
             Ok(Outcome::Delay(DelayTier::S1))

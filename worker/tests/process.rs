@@ -276,7 +276,8 @@ async fn reconciliation_never_records_another_rows_call_and_says_unknown_when_it
     };
     // The only call the provider lists is the other campaign's: not ours,
     // so this attempt's call does not exist and the call is dialled again.
-    let only_theirs = Mock::given(method("GET")).and(path("/v1/calls")).respond_with(listed(&["uuid-theirs"]));
+    let only_theirs =
+        Mock::given(method("GET")).and(path("/v1/calls")).respond_with(listed(&["uuid-theirs"]));
     let guard = h.mock.register_as_scoped(only_theirs).await;
     assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Delay(DelayTier::S1));
     assert_eq!(h.row(&job).await, ("queued".into(), 0, None, None), "never recorded with another row's call");

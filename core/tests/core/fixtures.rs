@@ -22,8 +22,8 @@ fn every_documented_vonage_event_is_read_and_none_is_refused() {
     assert_eq!(events.len(), 15);
     for f in events {
         let name = f["name"].as_str().unwrap();
-        let event: VonageEvent = serde_json::from_value(f["payload"].clone())
-            .unwrap_or_else(|e| panic!("{name}: refused: {e}"));
+        let event: VonageEvent =
+            serde_json::from_value(f["payload"].clone()).unwrap_or_else(|e| panic!("{name}: refused: {e}"));
         assert_eq!(event.kind(), name, "{name}");
         assert_eq!(event.state().map(|s| s.as_str()), f["state"].as_str(), "{name}");
         assert!(event.call_uuid().is_some() || event.conversation_uuid.is_some(), "{name}");

@@ -41,6 +41,9 @@ pub struct HookState {
     pub store: EventStore,
     /// `None` only with the explicit development flag.
     pub vonage_secret: Option<SecretString>,
+    /// Confirms unsigned Vonage events with Vonage; `None` in strict mode
+    /// (or without Vonage credentials), where they are refused 401.
+    pub vonage_confirm: Option<Arc<vonage::Confirmer>>,
     /// `TOCSIN_PUBLIC_URL`: Twilio signs the URL it was given, which is this
     /// one, not the address a proxy forwards to.
     pub public_url: String,

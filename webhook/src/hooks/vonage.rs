@@ -1,19 +1,33 @@
 //! Vonage: the answer URL (an NCCO speaking the campaign's message) and the
 //! event URL (signed JSON events).
+//!
+//! Vonage signs voice callbacks only when the application has
+//! `signed_callbacks` on, and documents that a callback may come unsigned
+//! after an internal error. An unsigned event is not trusted: its call's
+//! uuid is looked up with Vonage (`GET /v1/calls/{uuid}`, rate-limited) and
+//! only what Vonage answers is stored and applied; when Vonage cannot be
+//! asked we answer 503 and Vonage sends the event again. A call Vonage does
+//! not know, or one to another number than the call named in the URL, is
+//! refused 401 (forged). `--vonage-unsigned-events refuse` refuses every
+//! unsigned event instead.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use tocsin_core::calls;
+use tocsin_core::config::VonageCredentials;
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 use tocsin_core::vonage::{self, VonageEvent};
+use tracing::{error, warn};
 
 use super::{HookState, Reason, attempt, call_id, campaign_of_call, missing_call_id, rejected, store};
 use crate::store::StoredEvent;
@@ -49,6 +63,11 @@ pub async fn events(
 ) -> Response {
     if !state.skip_signatures {
         let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if auth.is_none()
+            && let Some(confirmer) = &state.vonage_confirm
+        {
+            return confirm_unsigned(&state, confirmer, &query, &body).await;
+        }
         // Without a secret (Vonage not configured here) nothing verifies.
         let verified = match &state.vonage_secret {
             Some(secret) => {
@@ -95,4 +114,124 @@ pub async fn events(
         },
     };
     store(&state, stored).await
+}
+
+/// Looks up the calls of unsigned events with Vonage, within a rate.
+pub struct Confirmer {
+    client: vonage::Client,
+    limiter: governor::DefaultDirectRateLimiter,
+}
+
+impl Confirmer {
+    pub fn new(credentials: &VonageCredentials, per_second: u32) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+        Ok(Self {
+            client: vonage::Client::new(http, credentials)?,
+            limiter: governor::RateLimiter::direct(governor::Quota::per_second(rate)),
+        })
+    }
+}
+
+fn unsigned(result: &'static str) {
+    metrics::counter!("tocsin_webhook_unsigned_events_total", "provider" => "vonage", "result" => result)
+        .increment(1);
+}
+
+/// An unsigned event: only the call uuid is taken from it; the state stored
+/// and applied is Vonage's own answer for that call.
+async fn confirm_unsigned(
+    state: &HookState,
+    confirmer: &Confirmer,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Response {
+    let claimed: Option<VonageEvent> = serde_json::from_slice(body).ok();
+    let Some(uuid) = claimed.as_ref().and_then(|e| e.call_uuid()).map(str::to_owned) else {
+        unsigned("unconfirmable");
+        return rejected(
+            Provider::Vonage,
+            Reason::Signature,
+            "unsigned event without a call uuid to confirm",
+        );
+    };
+    let id = call_id(query);
+    let call = match id {
+        Some(id) => match calls::number_and_end(&state.pool, id).await {
+            Ok(call) => call,
+            Err(e) => {
+                error!(error = %e, "database unavailable while confirming an unsigned event");
+                return ApiError::unavailable().into_response();
+            }
+        },
+        None => None,
+    };
+    if call.as_ref().is_some_and(|(_, ended)| *ended) {
+        // An ended call learns nothing more from Vonage: no look-up spent.
+        unsigned("already_ended");
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    if confirmer.limiter.check().is_err() {
+        unsigned("rate_limited");
+        warn!(%uuid, "unsigned Vonage event: look-up rate reached; answering 503 so Vonage sends it again");
+        return ApiError::unavailable().into_response();
+    }
+    let detail = match confirmer.client.fetch_call(&uuid).await {
+        Ok(Some(detail)) => detail,
+        Ok(None) => {
+            unsigned("unknown_to_vonage");
+            return rejected(
+                Provider::Vonage,
+                Reason::Signature,
+                "unsigned event for a call Vonage does not have",
+            );
+        }
+        Err(e) => {
+            unsigned("unavailable");
+            error!(%uuid, error = %e, "unsigned Vonage event not confirmed; answering 503 so Vonage sends it again");
+            return ApiError::unavailable().into_response();
+        }
+    };
+    // The uuid must be a call to the number of the call the URL names: a
+    // real uuid replayed to another call's URL changes nothing.
+    if let Some((number, _)) = &call {
+        let to = detail.to.as_ref().map(|t| t.number.trim_start_matches('+'));
+        if to != Some(number.trim_start_matches('+')) {
+            unsigned("other_call");
+            return rejected(Provider::Vonage, Reason::Signature, "unsigned event for another call");
+        }
+    }
+    unsigned("confirmed");
+    // Vonage's answer, read as an event: its status, duration and price.
+    let confirmed = VonageEvent {
+        uuid: Some(detail.uuid.clone()),
+        status: detail.status.clone(),
+        duration: detail.duration.clone(),
+        price: detail.price.clone(),
+        ..VonageEvent::default()
+    };
+    let kind = confirmed.kind().to_owned();
+    let claimed_json: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into()));
+    let stored = StoredEvent {
+        provider: Provider::Vonage.as_str(),
+        dedupe_key: format!("vonage:{}:{kind}:confirmed", detail.uuid),
+        status: kind,
+        payload: serde_json::json!({ "unsigned_event": claimed_json, "confirmed_by_vonage": detail }),
+        call: calls::Event {
+            call_id: id,
+            attempt: attempt(query),
+            provider_call_id: Some(detail.uuid.clone()),
+            state: confirmed.state(),
+            occurred_at: Some(Utc::now()),
+            duration_secs: confirmed.duration_secs(),
+            price: confirmed.price(),
+            answered_by: None,
+            detail: None,
+        },
+    };
+    store(state, stored).await
 }

@@ -191,7 +191,8 @@ async fn every_documented_vonage_event_is_stored_and_an_error_fails_the_answered
     let id = h.call("+14155550001", "placed", 1).await;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/vonage/events.json");
     let fixtures: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let wanted = ["started", "ringing", "answered", "human", "completed", "record", "input", "transfer", "error"];
+    let wanted =
+        ["started", "ringing", "answered", "human", "completed", "record", "input", "transfer", "error"];
     for name in wanted {
         let f = fixtures["events"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap();
         assert_eq!(h.post(id, 1, f["payload"].clone()).await, StatusCode::NO_CONTENT, "{name}");
@@ -206,11 +207,10 @@ async fn every_documented_vonage_event_is_stored_and_an_error_fails_the_answered
             .unwrap();
     assert_eq!(state, "failed");
     assert_eq!(detail.as_deref(), Some("vonage error: Syntax error in NCCO. Invalid value type or action."));
-    let statuses: Vec<String> =
-        sqlx::query_scalar("SELECT status FROM call_events ORDER BY status")
-            .fetch_all(&h.db.pool)
-            .await
-            .unwrap();
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM call_events ORDER BY status")
+        .fetch_all(&h.db.pool)
+        .await
+        .unwrap();
     for kind in ["record", "input", "transfer", "error"] {
         assert!(statuses.iter().any(|s| s == kind), "{kind} stored: {statuses:?}");
     }
@@ -417,4 +417,113 @@ async fn vonage_events_are_refused_where_vonage_has_no_secret_and_a_service_need
     let response = app.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     twilio_only.cleanup().await;
+}
+
+/// A Vonage application key in a file, for the look-ups of unsigned events.
+fn vonage_key_file() -> std::path::PathBuf {
+    let keys = simulator::keygen::generate().unwrap();
+    let path = std::env::temp_dir().join(format!("tocsin-webhook-{}.pem", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, keys.private_pem).unwrap();
+    path
+}
+
+fn unsigned_request(id: CallId, body: serde_json::Value) -> Request<Body> {
+    event_request(id, 1, body.to_string(), None)
+}
+
+#[tokio::test]
+async fn an_unsigned_event_is_confirmed_with_vonage_and_only_vonages_answer_applies() {
+    use wiremock::matchers::{header_exists, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    // An application without signed_callbacks: Vonage posts events with no
+    // Authorization header. Only the uuid is taken from them.
+    let vonage = MockServer::start().await;
+    let key = vonage_key_file();
+    let h = harness_with(&[
+        "--vonage-application-id",
+        "app-1",
+        "--vonage-private-key-path",
+        key.to_str().unwrap(),
+        "--vonage-api-url",
+        &vonage.uri(),
+    ])
+    .await;
+    let id = h.call("+14155550001", "placed", 1).await;
+    let ours = "63f61863-4a51-4f6b-86e1-46edebcf9356";
+    let theirs = "aaaaaaaa-bbbb-cccc-dddd-0123456789ab";
+    let gone = "bbbbbbbb-bbbb-cccc-dddd-0123456789ab";
+    let down = "cccccccc-bbbb-cccc-dddd-0123456789ab";
+    let detail = |uuid: &str, status: &str, number: &str| {
+        serde_json::json!({ "uuid": uuid, "conversation_uuid": "CON-1", "status": status, "direction": "outbound",
+                            "to": { "type": "phone", "number": number }, "from": { "type": "phone", "number": "14155550100" } })
+    };
+    for (uuid, response) in [
+        (ours, ResponseTemplate::new(200).set_body_json(detail(ours, "ringing", "14155550001"))),
+        (theirs, ResponseTemplate::new(200).set_body_json(detail(theirs, "completed", "14155559999"))),
+        (gone, ResponseTemplate::new(404)),
+        (down, ResponseTemplate::new(503)),
+    ] {
+        Mock::given(method("GET"))
+            .and(path(format!("/v1/calls/{uuid}")))
+            .and(header_exists("authorization"))
+            .respond_with(response)
+            .mount(&vonage)
+            .await;
+    }
+    // The body claims completed after 999 s; Vonage says ringing: ringing it is.
+    let claim = |uuid: &str| serde_json::json!({ "uuid": uuid, "status": "completed", "duration": "999", "timestamp": "2026-11-22T10:00:00.000Z" });
+    assert_eq!(h.send(unsigned_request(id, claim(ours))).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(h.state(id).await, ("ringing".into(), None, None));
+    // Forged: a call Vonage does not have, a real call to another number,
+    // no uuid at all. Nothing stored, nothing changed.
+    for body in
+        [claim(gone), claim(theirs), serde_json::json!({ "status": "completed" }), claim("not-a-uuid")]
+    {
+        let (status, text) = h.send(unsigned_request(id, body.clone())).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body} {text}");
+    }
+    // Vonage cannot be asked: 503, so Vonage sends the event again.
+    assert_eq!(h.send(unsigned_request(id, claim(down))).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.events().await, 1);
+    assert_eq!(h.state(id).await.0, "ringing");
+    h.cleanup().await;
+
+    // Strict mode: every unsigned event is refused, Vonage never asked.
+    let strict = harness_with(&[
+        "--vonage-application-id",
+        "app-1",
+        "--vonage-private-key-path",
+        key.to_str().unwrap(),
+        "--vonage-api-url",
+        &vonage.uri(),
+        "--vonage-unsigned-events",
+        "refuse",
+    ])
+    .await;
+    let id = strict.call("+14155550001", "placed", 1).await;
+    let asked = vonage.received_requests().await.unwrap().len();
+    assert_eq!(strict.send(unsigned_request(id, claim(ours))).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(vonage.received_requests().await.unwrap().len(), asked);
+    assert_eq!(strict.events().await, 0);
+    strict.cleanup().await;
+
+    // Within Vonage's REST rate (15 requests/s per account, create-call
+    // excluded): past this replica's share, 503 and Vonage asks again later.
+    let slow = harness_with(&[
+        "--vonage-application-id",
+        "app-1",
+        "--vonage-private-key-path",
+        key.to_str().unwrap(),
+        "--vonage-api-url",
+        &vonage.uri(),
+        "--vonage-confirm-rate",
+        "1",
+    ])
+    .await;
+    let a = slow.call("+14155550001", "placed", 1).await;
+    let b = slow.call("+14155550002", "placed", 1).await;
+    assert_eq!(slow.send(unsigned_request(a, claim(ours))).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(slow.send(unsigned_request(b, claim(ours))).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    slow.cleanup().await;
+    let _ = std::fs::remove_file(key);
 }
