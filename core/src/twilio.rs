@@ -337,8 +337,22 @@ pub enum SignatureError {
 /// before signing, and its official validator accepts the URL with and
 /// without the port (twilio-python `twilio/request_validator.py`:
 /// `remove_port`, `add_port`), so a public URL with an explicit port, or a
-/// proxy that adds or drops one, still verifies.
+/// proxy that adds or drops one, still verifies. Each also with its single
+/// quotes escaped (`%27`) and unescaped, as twilio-node's validator tries
+/// (`spec/unit/webhooks/webhooks.spec.js`, the quote cases).
 fn signed_url_forms(url: &str) -> Vec<String> {
+    let mut forms = port_forms(url);
+    let quoted: Vec<String> = forms
+        .iter()
+        .flat_map(|f| [f.replace('\'', "%27"), f.replace("%27", "'")])
+        .filter(|f| !forms.contains(f))
+        .collect();
+    forms.extend(quoted);
+    forms.dedup();
+    forms
+}
+
+fn port_forms(url: &str) -> Vec<String> {
     let mut forms = vec![url.to_owned()];
     let Some(scheme_end) = url.find("://") else { return forms };
     let (scheme, rest) = (&url[..scheme_end], &url[scheme_end + 3..]);

@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod faults;
 pub mod keygen;
 pub mod ncco;
+pub mod schema;
 pub mod stats;
 pub mod telnyx;
 pub mod twilio;

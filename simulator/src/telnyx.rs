@@ -668,19 +668,31 @@ impl CallLife {
     }
 
     fn event(&self, event_type: &str, state: &str, extra: serde_json::Value) -> Outgoing {
+        // Each event type has its own payload fields (telnyx-python's
+        // webhook event types; fixtures/telnyx/events.json): the call's
+        // ids everywhere, `from`/`to` where the type has them, `state` on
+        // initiated, answered and hang-up, `direction` on initiated only.
         let mut payload = json!({
             "call_control_id": self.call_control_id,
             "call_leg_id": self.call_leg_id,
             "call_session_id": self.call_session_id,
             "connection_id": self.connection_id,
             "client_state": self.client_state,
-            "direction": "outgoing",
-            "from": self.from,
-            "to": self.to,
-            "state": state,
         });
-        if let (Some(map), serde_json::Value::Object(more)) = (payload.as_object_mut(), extra) {
-            map.extend(more);
+        if let Some(map) = payload.as_object_mut() {
+            if !event_type.starts_with("call.speak.") {
+                map.insert("from".into(), json!(self.from));
+                map.insert("to".into(), json!(self.to));
+            }
+            if matches!(event_type, "call.initiated" | "call.answered" | "call.hangup") {
+                map.insert("state".into(), json!(state));
+            }
+            if event_type == "call.initiated" {
+                map.insert("direction".into(), json!("outgoing"));
+            }
+            if let serde_json::Value::Object(more) = extra {
+                map.extend(more);
+            }
         }
         let body = json!({ "data": {
             "record_type": "event",

@@ -354,8 +354,9 @@ impl CallLife {
                 self.callback(sim, &mut emitter, &mut seq, "in-progress", &extra).await;
                 tokio::time::sleep(sim.scaled(talk)).await;
                 let duration = talk.round() as i64;
+                // CallDuration only: the documented completion parameter
+                // (fixtures/twilio/status-callbacks.json).
                 extra.push(("CallDuration", duration.to_string()));
-                extra.push(("Duration", ((duration + 59) / 60).max(1).to_string()));
                 self.end(sim, &mut emitter, &mut seq, "completed", &extra, Some(duration)).await;
             }
         }

@@ -291,9 +291,10 @@ impl CallLife {
                 if self.machine_detection.is_some() {
                     let status = if self.outcome == Outcome::Machine { "machine" } else { "human" };
                     // These two carry `call_uuid` instead of `uuid`.
+                    // (Vonage's webhook reference lists no `direction` here.)
                     let body = json!({
                         "call_uuid": self.uuid, "conversation_uuid": self.conversation,
-                        "status": status, "direction": "outbound", "timestamp": now_iso(),
+                        "status": status, "timestamp": now_iso(),
                         "from": self.from, "to": self.to,
                     });
                     events.emit(sim, self.outgoing(body)).await;

@@ -2,7 +2,12 @@
 //! provider's rate semantics, auth errors, validation errors, listing and
 //! Telnyx's `command_id` idempotency; and every event it sends verifies
 //! with the provider's scheme (checked by a receiver using `tocsin-core`'s
-//! verifiers).
+//! verifiers). `fidelity`: the adapters' requests and the simulator's
+//! answers and events against the providers' own specs and documented
+//! payloads.
+
+#[path = "api/fidelity.rs"]
+mod fidelity;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +36,8 @@ struct Received {
 
 struct Receiver {
     counts: Received,
+    /// Every request received: path and query, and body.
+    requests: std::sync::Mutex<Vec<(String, Bytes)>>,
     base: String,
     telnyx_key: telnyx::PublicKey,
 }
@@ -58,6 +65,8 @@ async fn receive(
     };
     let counter = if verified { &r.counts.ok } else { &r.counts.bad };
     counter.fetch_add(1, Ordering::Relaxed);
+    let target = uri.path_and_query().map_or(path, |p| p.as_str()).to_owned();
+    r.requests.lock().unwrap().push((target, body.clone()));
     if path.starts_with("/vonage/answer") {
         let ncco = vonage::ncco("hello", "en-US", 0, 1).to_string();
         return (StatusCode::OK, [("content-type", "application/json")], ncco);
@@ -94,6 +103,7 @@ async fn setup(extra: &[&str]) -> Setup {
     let (listener, addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let receiver = Arc::new(Receiver {
         counts: Received::default(),
+        requests: std::sync::Mutex::default(),
         base: format!("http://{addr}"),
         telnyx_key: telnyx::PublicKey::from_base64(&public).unwrap(),
     });
@@ -117,12 +127,13 @@ async fn setup(extra: &[&str]) -> Setup {
         "conn",
         "--telnyx-signing-seed-path",
         dir.join("telnyx_seed").to_str().unwrap(),
-        "--time-scale",
-        "0.01",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    if !extra.contains(&"--time-scale") {
+        args.extend(["--time-scale".to_owned(), "0.01".to_owned()]);
+    }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let simulator::config::Command::Serve(config) =
         simulator::config::Cli::try_parse_from(args).unwrap().command

@@ -1,0 +1,413 @@
+//! Faithful to the providers' own material, not to our understanding of it:
+//! the adapters' requests are checked against the providers' OpenAPI specs
+//! (`simulator/specs/`, vendored from the official ones) and the parameter
+//! lists of their official SDKs (`fixtures/`); the simulator's answers
+//! against the same specs; the events it sends against the documented
+//! payloads in `fixtures/`. Every fixture names its source.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+use simulator::schema;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use super::*;
+
+fn spec(name: &str) -> Value {
+    let file = format!("{}/specs/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"))).unwrap()
+}
+
+fn fixture(name: &str) -> Value {
+    let file = format!("{}/../fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let value: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}")))
+            .unwrap();
+    assert!(value["source"].as_str().is_some_and(|s| !s.is_empty()), "{name} names no source");
+    value
+}
+
+/// A JSON pointer to `/paths/{path}/…`.
+fn at_path(api_path: &str, rest: &str) -> String {
+    format!("/paths/{}{rest}", api_path.replace('~', "~0").replace('/', "~1"))
+}
+
+fn schema_at<'a>(root: &'a Value, pointer: &str) -> &'a Value {
+    root.pointer(pointer).unwrap_or_else(|| panic!("no schema at {pointer}"))
+}
+
+fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(root, root.pointer(r.trim_start_matches('#')).unwrap()),
+        None => schema,
+    }
+}
+
+/// Every property name a schema allows, through `$ref`, `allOf` and `oneOf`.
+fn properties(root: &Value, schema: &Value) -> BTreeSet<String> {
+    let schema = resolve(root, schema);
+    let mut out: BTreeSet<String> = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    for key in ["allOf", "oneOf", "anyOf"] {
+        for sub in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
+            out.extend(properties(root, sub));
+        }
+    }
+    out
+}
+
+fn check(root: &Value, schema: &Value, value: &Value, what: &str) {
+    if let Err(e) = schema::check_openapi(root, schema, value, "$") {
+        panic!("{what} does not fit the spec: {e}\n{value:#}");
+    }
+}
+
+fn keys(value: &Value) -> BTreeSet<String> {
+    value.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn names(list: &Value) -> BTreeSet<String> {
+    list.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
+/// A form body as the spec's object: repeated names as arrays, numbers and
+/// booleans as the property's type says (a form carries only strings).
+fn form_as_object(root: &Value, schema: &Value, body: &[u8]) -> Value {
+    let props = resolve(root, schema)["properties"].as_object().unwrap().clone();
+    let mut out = serde_json::Map::new();
+    for (name, text) in twilio::parse_form(body).unwrap() {
+        let kind = props.get(&name).map(|p| resolve(root, p)["type"].as_str().unwrap_or("string").to_owned());
+        let value = match kind.as_deref() {
+            Some("integer") => {
+                json!(text.parse::<i64>().unwrap_or_else(|_| panic!("{name}={text}: not an integer")))
+            }
+            Some("number") => json!(text.parse::<f64>().unwrap()),
+            Some("boolean") => json!(text.parse::<bool>().unwrap()),
+            _ => json!(text),
+        };
+        match (kind.as_deref(), out.get_mut(&name)) {
+            (Some("array"), Some(Value::Array(items))) => items.push(value),
+            (Some("array"), _) => {
+                out.insert(name, json!([value]));
+            }
+            _ => {
+                out.insert(name, value);
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+#[tokio::test]
+async fn the_adapters_requests_fit_the_providers_specs_and_sdk_parameters() {
+    tocsin_core::telemetry::install_crypto_provider();
+    let server = MockServer::start().await;
+    let created = json!({ "uuid": "63f61863-4a51-4f6b-86e1-46edebcf9356", "status": "started",
+                          "direction": "outbound", "conversation_uuid": "CON-1" });
+    Mock::given(method("POST"))
+        .and(path("/v1/calls"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(created))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/2010-04-01/Accounts/{SID}/Calls.json")))
+        .respond_with(
+            ResponseTemplate::new(201).set_body_json(json!({ "sid": "CA0123", "status": "queued" })),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v2/calls"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "data": { "call_control_id": "v3:x" } })),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "data": { "result": "ok" } })))
+        .mount(&server)
+        .await;
+    let keys_pem = simulator::keygen::generate().unwrap().private_pem;
+    let vonage = vonage::Client::new(
+        http(),
+        &VonageCredentials {
+            api_url: server.uri(),
+            application_id: "app".into(),
+            private_key_pem: SecretString::from(keys_pem),
+        },
+    )
+    .unwrap();
+    let twilio = twilio::Client::new(
+        http(),
+        &TwilioCredentials {
+            api_url: server.uri(),
+            account_sid: SID.into(),
+            auth_token: SecretString::from(TOKEN.to_owned()),
+        },
+    );
+    let telnyx = telnyx::Client::new(
+        http(),
+        &TelnyxCredentials {
+            api_url: server.uri(),
+            api_key: SecretString::from("KEY1".to_owned()),
+            connection_id: "conn".into(),
+        },
+    );
+    let request = CallRequest {
+        call_id: CallId(uuid::Uuid::from_u128(42)),
+        attempt: 1,
+        to: PhoneNumber::from_e164("+14155552671").unwrap(),
+        from: PhoneNumber::from_e164("+14155550100").unwrap(),
+        webhook_base: "https://hooks.example.com".into(),
+        ringing_timeout_secs: 45,
+        machine_detection: true,
+        time_limit_secs: 600,
+    };
+    vonage.place_call(&request).await.unwrap();
+    twilio.place_call(&request).await.unwrap();
+    telnyx.place_call(&request).await.unwrap();
+    let speak = telnyx::Speak {
+        payload: "Evacuate now.".into(),
+        voice: "female".into(),
+        language: "en-US".into(),
+        repeat: 3,
+        command_id: telnyx::call_command_id("v3:x", "speak"),
+    };
+    telnyx.speak("v3:x", &speak).await.unwrap();
+    telnyx.hangup("v3:x", &telnyx::call_command_id("v3:x", "hangup")).await.unwrap();
+
+    let vonage_spec = spec("vonage-voice.json");
+    let twilio_spec = spec("twilio-calls.json");
+    let telnyx_params = fixture("telnyx/commands.json");
+    let calls = "/2010-04-01/Accounts/{AccountSid}/Calls.json";
+    let mut seen = BTreeSet::new();
+    for r in server.received_requests().await.unwrap() {
+        let p = r.url.path().to_owned();
+        let json_body = || serde_json::from_slice::<Value>(&r.body).unwrap();
+        if p == "/v1/calls" {
+            // Vonage: the create-call body against the spec (oneOf NCCO | answer_url).
+            let schema =
+                schema_at(&vonage_spec, &at_path("/", "/post/requestBody/content/application~1json/schema"));
+            let body = json_body();
+            check(&vonage_spec, schema, &body, "Vonage create-call");
+            let unknown: Vec<String> =
+                keys(&body).difference(&properties(&vonage_spec, schema)).cloned().collect();
+            assert!(unknown.is_empty(), "Vonage create-call fields not in the spec: {unknown:?}");
+        } else if p.ends_with("/Calls.json") {
+            let pointer =
+                at_path(calls, "/post/requestBody/content/application~1x-www-form-urlencoded/schema");
+            let schema = schema_at(&twilio_spec, &pointer);
+            let form = form_as_object(&twilio_spec, schema, &r.body);
+            check(&twilio_spec, schema, &form, "Twilio create-call");
+            let unknown: Vec<String> =
+                keys(&form).difference(&properties(&twilio_spec, schema)).cloned().collect();
+            assert!(unknown.is_empty(), "Twilio create-call parameters not in the spec: {unknown:?}");
+        } else {
+            // Telnyx has no spec here: the parameters its official SDK's
+            // request types define (telnyx-python), and the required ones.
+            let command = match p.as_str() {
+                "/v2/calls" => "dial",
+                p if p.ends_with("/actions/speak") => "speak",
+                p if p.ends_with("/actions/hangup") => "hangup",
+                other => panic!("unexpected request {other}"),
+            };
+            let body = json_body();
+            let documented = names(&telnyx_params[command]["params"]);
+            let unknown: Vec<String> = keys(&body).difference(&documented).cloned().collect();
+            assert!(unknown.is_empty(), "Telnyx {command} parameters not in the SDK: {unknown:?}");
+            let missing: Vec<String> =
+                names(&telnyx_params[command]["required"]).difference(&keys(&body)).cloned().collect();
+            assert!(missing.is_empty(), "Telnyx {command} lacks required {missing:?}");
+            if let Some(ranges) = telnyx_params[command]["ranges"].as_object() {
+                for (name, range) in ranges {
+                    if let Some(v) = body[name].as_f64() {
+                        // null: the SDK states no bound on that side.
+                        let min = range[0].as_f64().unwrap_or(f64::MIN);
+                        let max = range[1].as_f64().unwrap_or(f64::MAX);
+                        assert!((min..=max).contains(&v), "Telnyx {command} {name}={v} outside {min}-{max}");
+                    }
+                }
+            }
+            seen.insert(command.to_owned());
+        }
+        seen.insert(p);
+    }
+    assert!(
+        seen.contains("/v1/calls")
+            && seen.contains("dial")
+            && seen.contains("speak")
+            && seen.contains("hangup")
+    );
+    assert!(seen.iter().any(|p| p.ends_with("/Calls.json")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulators_answers_fit_the_providers_specs_throughout_a_call() {
+    // Slow enough that every state lasts several looks (Twilio's
+    // `initiated` until it rings: 60 ms).
+    let setup = setup(&["--vonage-rate", "100", "--twilio-cps", "100", "--time-scale", "0.2"]).await;
+    let vonage_spec = spec("vonage-voice.json");
+    let twilio_spec = spec("twilio-calls.json");
+    let calls = "/2010-04-01/Accounts/{AccountSid}/Calls.json";
+    let pem = std::fs::read_to_string(setup.dir.join("private.pem")).unwrap();
+    let token = vonage::JwtSigner::new("app".into(), &SecretString::from(pem)).unwrap().token().unwrap();
+    let base = &setup.receiver.base;
+
+    let created = http()
+        .post(format!("{}/v1/calls", setup.sim))
+        .bearer_auth(&token)
+        .json(&json!({
+            "to": [{ "type": "phone", "number": "14155551001" }],
+            "from": { "type": "phone", "number": "14155550100" },
+            "answer_url": [format!("{base}/vonage/answer")],
+            "event_url": [format!("{base}/vonage/events")],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let schema =
+        schema_at(&vonage_spec, &at_path("/", "/post/responses/201/content/application~1json/schema"));
+    check(&vonage_spec, schema, &created, "Vonage create-call answer");
+    let uuid = created["uuid"].as_str().unwrap().to_owned();
+
+    let events = ["initiated", "ringing", "answered", "completed"];
+    let mut form: Vec<(&str, String)> = vec![
+        ("To", "+14155551002".into()),
+        ("From", "+14155550100".into()),
+        ("Url", format!("{base}/twilio/twiml")),
+        ("StatusCallback", format!("{base}/twilio/status")),
+    ];
+    form.extend(events.iter().map(|e| ("StatusCallbackEvent", (*e).to_owned())));
+    let url = format!("{}{}", setup.sim, calls.replace("{AccountSid}", SID));
+    let created = http().post(&url).basic_auth(SID, Some(TOKEN)).form(&form).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let call_schema = json!({ "$ref": "#/components/schemas/api.v2010.account.call" });
+    check(&twilio_spec, &call_schema, &created, "Twilio create-call answer");
+
+    // Look at both calls all through their lives: every answer fits its
+    // schema in every state (no null where the spec has a string, no
+    // status outside the Call resource's own list).
+    let vonage_list =
+        schema_at(&vonage_spec, &at_path("/", "/get/responses/200/content/application~1json/schema"));
+    let vonage_one =
+        schema_at(&vonage_spec, &at_path("/{uuid}", "/get/responses/200/content/application~1json/schema"));
+    let twilio_list =
+        schema_at(&twilio_spec, &at_path(calls, "/get/responses/200/content/application~1json/schema"));
+    let mut statuses = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // Ended before this look: this look sees the final states, then stop.
+        let stats: Value =
+            http().get(format!("{}/_sim/stats", setup.sim)).send().await.unwrap().json().await.unwrap();
+        let ended = stats["calls_ended"] == 2;
+        let get = |url: String, vonage: bool| {
+            let request = http().get(url);
+            let request =
+                if vonage { request.bearer_auth(&token) } else { request.basic_auth(SID, Some(TOKEN)) };
+            async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+        };
+        let list = get(format!("{}/v1/calls", setup.sim), true).await;
+        check(&vonage_spec, vonage_list, &list, "Vonage list-calls answer");
+        let one = get(format!("{}/v1/calls/{uuid}", setup.sim), true).await;
+        check(&vonage_spec, vonage_one, &one, "Vonage get-call answer");
+        let listed = get(url.clone(), false).await;
+        check(&twilio_spec, twilio_list, &listed, "Twilio list-calls answer");
+        statuses.insert(format!("vonage {}", one["status"].as_str().unwrap_or_default()));
+        for call in listed["calls"].as_array().unwrap() {
+            statuses.insert(format!("twilio {}", call["status"].as_str().unwrap_or_default()));
+        }
+        if ended {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "calls did not end: {stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(statuses.contains("vonage completed") && statuses.contains("twilio completed"), "{statuses:?}");
+    setup.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulators_events_carry_only_the_documented_fields() {
+    let setup =
+        setup(&["--vonage-rate", "100", "--twilio-cps", "100", "--telnyx-command-wait", "200ms"]).await;
+    let mut request = request(&setup, 1);
+    request.machine_detection = true;
+    vonage_client(&setup, "private.pem").place_call(&request).await.unwrap();
+    request.to = PhoneNumber::from_e164("+14155551002").unwrap();
+    twilio_client(&setup, TOKEN).place_call(&request).await.unwrap();
+    request.to = PhoneNumber::from_e164("+14155551003").unwrap();
+    telnyx_client(&setup, "KEY1").place_call(&request).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats: Value =
+            http().get(format!("{}/_sim/stats", setup.sim)).send().await.unwrap().json().await.unwrap();
+        if stats["calls_ended"] == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "calls did not end: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let vonage_doc = fixture("vonage/events.json");
+    let twilio_doc = fixture("twilio/status-callbacks.json");
+    let telnyx_doc = fixture("telnyx/events.json");
+    let twilio_params = names(&twilio_doc["parameters"]);
+    let twilio_statuses = names(&twilio_doc["call_statuses"]);
+    let mut seen = BTreeSet::new();
+    for (target, body) in setup.receiver.requests.lock().unwrap().iter() {
+        if target.starts_with("/vonage/events") {
+            let event: Value = serde_json::from_slice(body).unwrap();
+            let status = event["status"].as_str().unwrap();
+            let documented = vonage_doc["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == status)
+                .unwrap_or_else(|| panic!("Vonage sends no {status:?} event"));
+            let extra: Vec<String> =
+                keys(&event).difference(&keys(&documented["payload"])).cloned().collect();
+            assert!(extra.is_empty(), "Vonage {status}: fields not in the reference: {extra:?}");
+            seen.insert(format!("vonage {status}"));
+        } else if target.starts_with("/twilio/status") {
+            let form = twilio::parse_form(body).unwrap();
+            for (name, value) in &form {
+                assert!(twilio_params.contains(name), "Twilio callback parameter {name} is not documented");
+                if name == "CallStatus" {
+                    assert!(twilio_statuses.contains(value), "CallStatus {value} is not documented");
+                    seen.insert(format!("twilio {value}"));
+                }
+            }
+        } else if target.starts_with("/telnyx/events") {
+            let event: Value = serde_json::from_slice(body).unwrap();
+            let kind = event["data"]["event_type"].as_str().unwrap();
+            let documented = telnyx_doc["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == kind)
+                .unwrap_or_else(|| panic!("Telnyx sends no {kind:?} event"));
+            let extra: Vec<String> = keys(&event["data"]["payload"])
+                .difference(&names(&documented["payload_fields"]))
+                .cloned()
+                .collect();
+            assert!(extra.is_empty(), "Telnyx {kind}: payload fields not in the SDK type: {extra:?}");
+            let data_keys = keys(&event["data"]);
+            let documented_data = keys(&documented["body"]["data"]);
+            let extra: Vec<String> = data_keys.difference(&documented_data).cloned().collect();
+            assert!(extra.is_empty(), "Telnyx {kind}: data fields not in the SDK type: {extra:?}");
+            seen.insert(format!("telnyx {kind}"));
+        }
+    }
+    for wanted in ["vonage started", "vonage completed", "twilio completed", "telnyx call.hangup"] {
+        assert!(seen.contains(wanted), "no {wanted} event seen: {seen:?}");
+    }
+    setup.stop.cancel();
+}
