@@ -23,7 +23,7 @@ pub struct DatabaseArgs {
     /// PostgreSQL connection URL.
     #[arg(
         long = "database-url",
-        env = "TOCSIN_DATABASE_URL",
+        env = "TOCSIN_DATABASE_URL", hide_env_values = true,
         default_value = "postgres://localhost/tocsin",
         value_parser = secret,
         hide_default_value = false
@@ -36,7 +36,7 @@ pub struct AmqpArgs {
     /// RabbitMQ connection URL.
     #[arg(
         long = "amqp-url",
-        env = "TOCSIN_AMQP_URL",
+        env = "TOCSIN_AMQP_URL", hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         value_parser = secret
     )]
@@ -53,7 +53,7 @@ pub struct RedisArgs {
     /// Redis URL of the shared rate limiter.
     #[arg(
         long = "redis-url",
-        env = "TOCSIN_REDIS_URL",
+        env = "TOCSIN_REDIS_URL", hide_env_values = true,
         default_value = "redis://127.0.0.1:6379",
         value_parser = secret
     )]
@@ -76,7 +76,12 @@ pub struct TelemetryArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct VonageArgs {
     /// Base URL of the Vonage API (the simulator's in tests and the demo).
-    #[arg(long = "vonage-api-url", env = "TOCSIN_VONAGE_API_URL", default_value = "https://api.nexmo.com")]
+    #[arg(
+        long = "vonage-api-url",
+        env = "TOCSIN_VONAGE_API_URL",
+        hide_env_values = true,
+        default_value = "https://api.nexmo.com"
+    )]
     pub vonage_api_url: String,
 
     /// Vonage application id (the `application_id` JWT claim).
@@ -92,7 +97,12 @@ pub struct VonageArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct TwilioArgs {
     /// Base URL of the Twilio API.
-    #[arg(long = "twilio-api-url", env = "TOCSIN_TWILIO_API_URL", default_value = "https://api.twilio.com")]
+    #[arg(
+        long = "twilio-api-url",
+        env = "TOCSIN_TWILIO_API_URL",
+        hide_env_values = true,
+        default_value = "https://api.twilio.com"
+    )]
     pub twilio_api_url: String,
 
     /// Twilio account SID (`AC…`).
@@ -100,7 +110,7 @@ pub struct TwilioArgs {
     pub twilio_account_sid: Option<String>,
 
     /// Twilio auth token: API password and webhook signing key.
-    #[arg(long = "twilio-auth-token", env = "TOCSIN_TWILIO_AUTH_TOKEN", value_parser = secret)]
+    #[arg(long = "twilio-auth-token", env = "TOCSIN_TWILIO_AUTH_TOKEN", hide_env_values = true, value_parser = secret)]
     pub twilio_auth_token: Option<SecretString>,
 }
 
@@ -108,11 +118,16 @@ pub struct TwilioArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct TelnyxArgs {
     /// Base URL of the Telnyx API.
-    #[arg(long = "telnyx-api-url", env = "TOCSIN_TELNYX_API_URL", default_value = "https://api.telnyx.com")]
+    #[arg(
+        long = "telnyx-api-url",
+        env = "TOCSIN_TELNYX_API_URL",
+        hide_env_values = true,
+        default_value = "https://api.telnyx.com"
+    )]
     pub telnyx_api_url: String,
 
     /// Telnyx API key (Bearer).
-    #[arg(long = "telnyx-api-key", env = "TOCSIN_TELNYX_API_KEY", value_parser = secret)]
+    #[arg(long = "telnyx-api-key", env = "TOCSIN_TELNYX_API_KEY", hide_env_values = true, value_parser = secret)]
     pub telnyx_api_key: Option<SecretString>,
 
     /// Telnyx Call Control connection id.

@@ -118,3 +118,37 @@ mod tests {
         assert_eq!(replace_database("postgres://localhost", "t1"), "postgres://localhost/t1");
     }
 }
+
+/// Every secret, and every URL that can carry a password, set to a value
+/// holding the marker `0b1c-secret`, which no `--help` may print.
+pub const SECRET_ENV: &[(&str, &str)] = &[
+    ("TOCSIN_DATABASE_URL", "postgres://tocsin:0b1c-secret-db@db.internal/tocsin"),
+    ("TOCSIN_AMQP_URL", "amqp://tocsin:0b1c-secret-mq@mq.internal/%2f"),
+    ("TOCSIN_REDIS_URL", "redis://:0b1c-secret-redis@redis.internal:6379"),
+    ("TOCSIN_VONAGE_API_URL", "https://user:0b1c-secret-vonage-url@api.nexmo.com"),
+    ("TOCSIN_TWILIO_API_URL", "https://user:0b1c-secret-twilio-url@api.twilio.com"),
+    ("TOCSIN_TELNYX_API_URL", "https://user:0b1c-secret-telnyx-url@api.telnyx.com"),
+    ("TOCSIN_PUBLIC_URL", "https://user:0b1c-secret-public-url@hooks.example.com"),
+    ("TOCSIN_TWILIO_AUTH_TOKEN", "0b1c-secret-twilio-token"),
+    ("TOCSIN_TELNYX_API_KEY", "KEY0b1c-secret-telnyx"),
+    ("TOCSIN_VONAGE_SIGNATURE_SECRET", "0b1c-secret-vonage-signature"),
+    ("TOCSIN_VONAGE_API_KEY", "0b1c-secret-vonage-key"),
+    ("TOCSIN_VONAGE_API_SECRET", "0b1c-secret-vonage-api"),
+];
+
+/// Runs `binary` with `args` (ending in `--help`) with every `SECRET_ENV`
+/// variable set, as in a Kubernetes pod, and panics if the help prints one
+/// of their values.
+pub fn assert_help_hides_secrets(binary: &str, args: &[&str]) {
+    let output = std::process::Command::new(binary)
+        .args(args)
+        .envs(SECRET_ENV.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("running {binary}: {e}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{binary} {args:?} failed: {text}");
+    assert!(text.contains("TOCSIN_"), "{binary} {args:?}: the help names no variable");
+    for line in text.lines().filter(|l| l.contains("0b1c-secret")) {
+        panic!("{binary} {args:?} prints a secret: {line}");
+    }
+}

@@ -128,10 +128,15 @@ pub struct SignedCallbacksArgs {
     #[arg(long = "vonage-application-id", env = "TOCSIN_VONAGE_APPLICATION_ID")]
     pub application_id: String,
     /// Base URL of the Vonage API.
-    #[arg(long = "vonage-api-url", env = "TOCSIN_VONAGE_API_URL", default_value = "https://api.nexmo.com")]
+    #[arg(
+        long = "vonage-api-url",
+        env = "TOCSIN_VONAGE_API_URL",
+        hide_env_values = true,
+        default_value = "https://api.nexmo.com"
+    )]
     pub api_url: String,
     /// The account's API key (the Applications API authenticates with key and secret).
-    #[arg(long = "vonage-api-key", env = "TOCSIN_VONAGE_API_KEY")]
+    #[arg(long = "vonage-api-key", env = "TOCSIN_VONAGE_API_KEY", hide_env_values = true)]
     pub api_key: String,
     /// The account's API secret.
     #[arg(long = "vonage-api-secret", env = "TOCSIN_VONAGE_API_SECRET", hide_env_values = true, value_parser = tocsin_config::secret)]

@@ -258,3 +258,11 @@ async fn killed_producer_finishes_on_rerun_with_every_contact_enqueued_once() {
     assert_eq!((again.published, again.already_enqueued), (0, N as u64));
     env.cleanup().await;
 }
+
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    let producer = env!("CARGO_BIN_EXE_producer");
+    for args in [&["--help"][..], &["enqueue", "--help"], &["vonage", "signed-callbacks", "--help"]] {
+        tocsin_core::testing::assert_help_hides_secrets(producer, args);
+    }
+}

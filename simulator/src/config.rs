@@ -58,7 +58,12 @@ pub struct SimConfig {
     pub vonage_application_id: Option<String>,
 
     /// Secret the simulated Vonage signs event webhooks with (HS256).
-    #[arg(long = "vonage-signature-secret", env = "TOCSIN_VONAGE_SIGNATURE_SECRET", default_value = "")]
+    #[arg(
+        long = "vonage-signature-secret",
+        env = "TOCSIN_VONAGE_SIGNATURE_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub vonage_signature_secret: String,
 
     /// Start the simulated Vonage application with `signed_callbacks` off, as
@@ -69,9 +74,9 @@ pub struct SimConfig {
 
     /// The Vonage account's API key and secret (HTTP Basic of the
     /// Applications API, `/v2/applications/{id}`).
-    #[arg(long = "vonage-api-key", env = "TOCSIN_VONAGE_API_KEY")]
+    #[arg(long = "vonage-api-key", env = "TOCSIN_VONAGE_API_KEY", hide_env_values = true)]
     pub vonage_api_key: Option<String>,
-    #[arg(long = "vonage-api-secret", env = "TOCSIN_VONAGE_API_SECRET")]
+    #[arg(long = "vonage-api-secret", env = "TOCSIN_VONAGE_API_SECRET", hide_env_values = true)]
     pub vonage_api_secret: Option<String>,
 
     /// Vonage create-call requests accepted per second per application; more get 429.
@@ -84,7 +89,7 @@ pub struct SimConfig {
     pub twilio_account_sid: Option<String>,
 
     /// The Twilio auth token: Basic-auth password and the key callbacks are signed with.
-    #[arg(long = "twilio-auth-token", env = "TOCSIN_TWILIO_AUTH_TOKEN")]
+    #[arg(long = "twilio-auth-token", env = "TOCSIN_TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub twilio_auth_token: Option<String>,
 
     /// Calls per second Twilio starts per account. Calls above it are accepted
@@ -98,7 +103,7 @@ pub struct SimConfig {
 
     // --- Telnyx
     /// The Telnyx API key requests must carry (Bearer).
-    #[arg(long = "telnyx-api-key", env = "TOCSIN_TELNYX_API_KEY")]
+    #[arg(long = "telnyx-api-key", env = "TOCSIN_TELNYX_API_KEY", hide_env_values = true)]
     pub telnyx_api_key: Option<String>,
 
     /// The Call Control connection id dials must name (any, when unset).

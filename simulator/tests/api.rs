@@ -341,3 +341,8 @@ async fn calls_are_listed_dials_are_idempotent_and_every_event_verifies() {
     assert_eq!(spoken, ["hello", "hello"], "{calls:?}");
     setup.stop.cancel();
 }
+
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    tocsin_core::testing::assert_help_hides_secrets(env!("CARGO_BIN_EXE_simulator"), &["serve", "--help"]);
+}

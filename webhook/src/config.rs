@@ -29,7 +29,12 @@ pub struct WebhookConfig {
     pub telnyx: tocsin_config::TelnyxArgs,
 
     /// Base URL at which providers reach this service (Twilio signs the URLs it is given).
-    #[arg(long = "public-url", env = "TOCSIN_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long = "public-url",
+        env = "TOCSIN_PUBLIC_URL",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub public_url: String,
     /// RabbitMQ, for publishing redials of busy / unanswered calls.
     #[command(flatten)]
@@ -41,7 +46,7 @@ pub struct WebhookConfig {
 
     /// Secret Vonage signs its event webhooks with (HS256). Required unless
     /// signature checks are disabled.
-    #[arg(long = "vonage-signature-secret", env = "TOCSIN_VONAGE_SIGNATURE_SECRET", value_parser = secret)]
+    #[arg(long = "vonage-signature-secret", env = "TOCSIN_VONAGE_SIGNATURE_SECRET", hide_env_values = true, value_parser = secret)]
     pub vonage_signature_secret: Option<SecretString>,
 
     /// Vonage: the application's id and key, to confirm an unsigned event

@@ -28,7 +28,12 @@ pub struct WorkerConfig {
     pub telemetry: TelemetryArgs,
 
     /// Base URL at which providers reach the webhook service (answer and event URLs).
-    #[arg(long = "public-url", env = "TOCSIN_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long = "public-url",
+        env = "TOCSIN_PUBLIC_URL",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub public_url: String,
 
     /// Listen address of /healthz, /readyz and /metrics.

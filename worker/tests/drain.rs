@@ -129,3 +129,8 @@ async fn sigterm_finishes_in_flight_calls_and_leaves_the_rest_queued() {
     topology.delete(&channel).await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    tocsin_core::testing::assert_help_hides_secrets(env!("CARGO_BIN_EXE_worker"), &["--help"]);
+}

@@ -10,3 +10,8 @@ mod common;
 mod parsers_never_panic;
 mod ui;
 mod vonage_events;
+
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    tocsin_core::testing::assert_help_hides_secrets(env!("CARGO_BIN_EXE_webhook"), &["--help"]);
+}
