@@ -239,12 +239,21 @@ impl TelnyxArgs {
 /// bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let duration = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration ({e}); try 500ms, 25s, 2m or 1h"))?,
+    };
+    // Every duration Tocsin takes is far below a year; a bound keeps the
+    // deadlines computed from it from overflowing.
+    if duration > MAX_DURATION {
+        return Err(format!("{s:?} is longer than the most accepted, 366 days"));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); try 500ms, 25s, 2m or 1h"))
+    Ok(duration)
 }
+
+/// The longest duration any flag takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {
@@ -258,6 +267,9 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("3 fortnights").is_err());
+        assert!(parse_duration("99999999999999999999").is_err(), "too large for u64");
+        assert!(parse_duration("999999999999999").is_err(), "fits, but past a year");
+        assert!(parse_duration("366d").is_ok() && parse_duration("367d").is_err());
         assert!(parse_duration("abc").is_err());
     }
 

@@ -106,6 +106,15 @@ pub async fn create(
     if name.is_empty() || name.len() > 200 {
         return Err(KeyError::Refused("--name must be 1 to 200 characters".into()));
     }
+    // An empty prefix matches every campaign: a key meant to be restricted
+    // would be unrestricted. No prefix at all is how to ask for that.
+    if prefixes.iter().any(|p| p.trim().is_empty()) {
+        return Err(KeyError::Refused(
+            "--campaign-prefix must not be empty (an empty prefix matches every campaign; \
+             leave the flag out for a key that may see all campaigns)"
+                .into(),
+        ));
+    }
     let generated = generate()?;
     let inserted = sqlx::query(
         "INSERT INTO api_keys (key_id, name, hash, scopes, campaign_prefixes) VALUES ($1, $2, $3, $4, $5) \

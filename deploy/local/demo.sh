@@ -158,7 +158,8 @@ for i in 0 1; do
 done
 
 echo "== enqueueing examples/contacts.csv as campaign '$CAMPAIGN'"
-"$BIN/producer" delete "$CAMPAIGN" --yes >/dev/null
+# Exit 2: there was no campaign "demo" yet.
+"$BIN/producer" delete "$CAMPAIGN" --yes >/dev/null 2>&1 || [ $? -eq 2 ]
 "$BIN/producer" enqueue --campaign "$CAMPAIGN" --contacts examples/contacts.csv \
   --message "$MESSAGE" --repeat "$REPEAT" --from +14155550100 --provider "$PROVIDER"
 

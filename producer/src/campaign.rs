@@ -116,10 +116,10 @@ pub async fn delete(pool: &PgPool, name: &str, yes: bool) -> anyhow::Result<()> 
         .context("deleting the campaign")?;
     tx.commit().await?;
     if deleted.rows_affected() == 0 {
-        say!("no campaign named {name:?}");
-    } else {
-        say!("deleted campaign {name:?}");
+        // The documented exit code for an unknown campaign (2), as `status` has.
+        return Err(usage(format!("no campaign named {name:?}")));
     }
+    say!("deleted campaign {name:?}");
     Ok(())
 }
 

@@ -452,7 +452,8 @@ pub enum ApikeyCommand {
         /// Comma-separated scopes: campaigns:write, campaigns:read, campaigns:control.
         #[arg(long)]
         scope: String,
-        /// Limit the key to campaigns whose name starts with this (repeatable).
+        /// Limit the key to campaigns whose name starts with this (repeatable; not empty:
+        /// leave the flag out for a key that may see every campaign).
         #[arg(long, value_name = "PREFIX")]
         campaign_prefix: Vec<String>,
     },

@@ -41,14 +41,31 @@ pub fn fatal(e: EnqueueError) -> anyhow::Error {
     }
 }
 
+/// The most `--message-file` reads: 5,000 characters of 4-byte UTF-8, and room.
+const MAX_MESSAGE_FILE_BYTES: u64 = 32 * 1024;
+
 /// Reads the message from `--message` or `--message-file`.
 fn message(args: &EnqueueArgs) -> anyhow::Result<String> {
     let usage = |m: String| anyhow::Error::from(Fatal::Usage(m));
     match (&args.message, &args.message_file) {
         (Some(m), _) => Ok(m.clone()),
         (None, Some(path)) => {
-            let bytes = std::fs::read(path)
+            // A bounded read: `/dev/zero` or a log file by mistake must end
+            // in an error, not fill the memory.
+            use std::io::Read;
+            let limit = MAX_MESSAGE_FILE_BYTES;
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
                 .map_err(|e| usage(format!("--message-file {}: cannot read: {e}", path.display())))?;
+            if bytes.len() as u64 > limit {
+                return Err(usage(format!(
+                    "--message-file {}: larger than {} KiB; a message is at most {} characters",
+                    path.display(),
+                    limit / 1024,
+                    tocsin_core::campaign::limits::MESSAGE_CHARS.end()
+                )));
+            }
             String::from_utf8(bytes)
                 .map_err(|_| usage(format!("--message-file {}: not valid UTF-8 text", path.display())))
         }

@@ -76,6 +76,47 @@ async fn exit_codes_and_messages_for_bad_input_and_usage() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("no campaign named"), "{}", stderr(&o));
 
+    // Numbers past any sense, files without end, an unknown campaign to
+    // delete and an empty key prefix: a clear error and the documented exit
+    // code, never a panic (101), a hang or 0.
+    let o = enqueue(good.to_str().unwrap(), &["--retry-delay", "99999999999999999999"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = enqueue(good.to_str().unwrap(), &["--retry-delay", "999999999999999"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = env.run_bin(&["status", "exits", "--watch", "--timeout", "999999999999999"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("366 days"), "{}", stderr(&o));
+    let started = Instant::now();
+    let o = env.run_bin(&[
+        "enqueue",
+        "--campaign",
+        "exits",
+        "--contacts",
+        good.to_str().unwrap(),
+        "--message-file",
+        "/dev/zero",
+        "--from",
+        "+14155550100",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("larger than 32 KiB"), "{}", stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let o = env.run_bin(&["delete", "no-such-campaign", "--yes"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no campaign named"), "{}", stderr(&o));
+    let o = env.run_bin(&[
+        "apikey",
+        "create",
+        "--name",
+        "ops",
+        "--scope",
+        "campaigns:read",
+        "--campaign-prefix",
+        "",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("must not be empty"), "{}", stderr(&o));
+
     let o = enqueue(good.to_str().unwrap(), &[]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("enqueued"), "{}", stdout(&o));
