@@ -104,21 +104,6 @@ pub async fn redis_url() -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::replace_database;
-
-    #[test]
-    fn database_name_is_replaced() {
-        assert_eq!(replace_database("postgres://localhost/tocsin", "t1"), "postgres://localhost/t1");
-        assert_eq!(
-            replace_database("postgres://u:p@h:5432/x?sslmode=disable", "t1"),
-            "postgres://u:p@h:5432/t1?sslmode=disable"
-        );
-        assert_eq!(replace_database("postgres://localhost", "t1"), "postgres://localhost/t1");
-    }
-}
-
 /// Every secret, and every URL that can carry a password, set to a value
 /// holding the marker `0b1c-secret`, which no `--help` may print.
 pub const SECRET_ENV: &[(&str, &str)] = &[
@@ -150,5 +135,20 @@ pub fn assert_help_hides_secrets(binary: &str, args: &[&str]) {
     assert!(text.contains("TOCSIN_"), "{binary} {args:?}: the help names no variable");
     if let Some(line) = text.lines().find(|l| l.contains("0b1c-secret")) {
         panic!("{binary} {args:?} prints a secret: {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_database;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(replace_database("postgres://localhost/tocsin", "t1"), "postgres://localhost/t1");
+        assert_eq!(
+            replace_database("postgres://u:p@h:5432/x?sslmode=disable", "t1"),
+            "postgres://u:p@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(replace_database("postgres://localhost", "t1"), "postgres://localhost/t1");
     }
 }
