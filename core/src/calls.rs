@@ -279,6 +279,33 @@ pub async fn cancel_campaign_waiting(
     Ok(done.rows_affected())
 }
 
+/// The longest a claimed call waits between the worker's last look at its
+/// campaign and the do-not-call list and its create-call request (the look
+/// is taken this long before the rate-limit slot).
+pub const LAST_CHECK_LEAD: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether `number` is on the do-not-call list (the worker's last check).
+pub async fn on_do_not_call(pool: &PgPool, number: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM do_not_call WHERE number = $1)")
+        .bind(number)
+        .fetch_one(pool)
+        .await
+}
+
+/// Skips a call a worker has claimed but not yet dialled, whose number was
+/// put on the do-not-call list meanwhile.
+pub async fn skip_claimed_do_not_call(pool: &PgPool, call: CallId) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calls SET state = 'skipped', error_code = 'do_not_call', \
+         error_detail = 'on the do-not-call list', ended_at = now(), updated_at = now() \
+         WHERE id = $1 AND state = 'dialing'",
+    )
+    .bind(call)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Skips every waiting call, in any campaign, to these numbers (they were
 /// put on the do-not-call list); returns how many. Calls being dialled finish.
 pub async fn skip_do_not_call(db: impl PgExecutor<'_>, numbers: &[String]) -> Result<u64, sqlx::Error> {

@@ -76,6 +76,10 @@ pub async fn add(pool: &PgPool, numbers: &[String], reason: Option<&str>) -> any
         .await
         .context("skipping waiting calls to do-not-call numbers")?;
     tx.commit().await?;
+    // A call claimed and waiting for its slot looks at the list once more,
+    // `LAST_CHECK_LEAD` before it is sent. Wait that out (with room) so that
+    // once this returns, no new call starts to these numbers.
+    tokio::time::sleep(tocsin_core::calls::LAST_CHECK_LEAD * 3).await;
     Ok((added, skipped))
 }
 

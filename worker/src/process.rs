@@ -229,8 +229,7 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     }
     // Look at the campaign once more just before the slot: a pause or a
     // cancel must stop dialing within a couple of seconds.
-    let check_at =
-        slot.checked_sub(Duration::from_millis(100)).unwrap_or(slot).max(tokio::time::Instant::now());
+    let check_at = slot.checked_sub(calls::LAST_CHECK_LEAD).unwrap_or(slot).max(tokio::time::Instant::now());
     if !sleep_or_shutdown(deps, check_at).await {
         release(deps, job, None).await?;
         return Ok(Outcome::Delay(DelayTier::S1));
@@ -254,6 +253,21 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
             return Err(e.into());
         }
     };
+    // A number put on the do-not-call list while its call waited for the
+    // slot: `dnc add` returns only after this check's lead has passed, so
+    // no call starts to it once that command has returned.
+    match calls::on_do_not_call(&deps.pool, job.to.as_str()).await {
+        Ok(true) => {
+            calls::skip_claimed_do_not_call(&deps.pool, job.call_id).await?;
+            info!("number put on the do-not-call list while its call waited: skipped");
+            return Ok(Outcome::Ack);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            release(deps, job, None).await?;
+            return Err(e.into());
+        }
+    }
     // The contact's own zone, as at the gate: with the campaign's zone here a
     // contact whose window is open while the campaign's is closed would loop.
     if campaign.status != CampaignStatus::Active

@@ -440,3 +440,26 @@ async fn a_pause_while_a_job_waits_for_its_slot_stops_the_dial() {
     assert_eq!(h.row(&job).await.0, "queued");
     h.mock.verify().await;
 }
+
+#[tokio::test]
+async fn a_number_put_on_the_do_not_call_list_while_its_call_waits_for_the_slot_is_not_dialled() {
+    let h = harness(Settings::default()).await;
+    h.mock_create(created("never"), 0).await;
+    let job = h.job("+14155550032").await;
+    // The account's next slot is 1.5 s away: the call is claimed and waits.
+    let account = h.deps.providers[&Provider::Vonage].account();
+    h.deps.limiter.cool_down(&account, Duration::from_millis(1500)).await;
+    let pool = h.db.pool.clone();
+    let dnc = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        sqlx::query("INSERT INTO do_not_call (number, reason) VALUES ('+14155550032', 'asked')")
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    dnc.await.unwrap();
+    let (state, _, _, code) = h.row(&job).await;
+    assert_eq!((state.as_str(), code.as_deref()), ("skipped", Some("do_not_call")));
+    h.mock.verify().await;
+}
