@@ -303,6 +303,24 @@ async fn errors_401_403_and_400_naming_the_field() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(bad_request(&v).contains("alerts:"), "{v}");
 
+    // Oversized and unstorable input is a 4xx naming the field, never a 503
+    // Alertmanager would retry for ever.
+    let mut huge: Value = serde_json::from_str(&good).unwrap();
+    huge["groupKey"] = json!("k".repeat(1 << 20));
+    let (s, v) = h.post(ROUTE, Some(&writer), huge.to_string()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(bad_request(&v).contains("groupKey: must be at most 2048 bytes"), "{v}");
+    let mut nul: Value = serde_json::from_str(&good).unwrap();
+    nul["commonLabels"]["team"] = json!("ops\u{0}db");
+    nul["alerts"][0]["annotations"]["summary"] = json!("disk\u{0}full");
+    let (s, v) = h.post(ROUTE, Some(&writer), nul.to_string()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    for field in
+        ["commonLabels.team: must not contain a NUL", "alerts[0].annotations.summary: must not contain a NUL"]
+    {
+        assert!(bad_request(&v).contains(field), "{field}: {v}");
+    }
+
     // Route configuration errors name the parameter or label.
     let (s, v) = h.post("/api/v1/alertmanager?from=%2B14155550100", Some(&writer), good.clone()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);

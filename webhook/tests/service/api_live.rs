@@ -191,6 +191,14 @@ async fn stream_resumes_from_last_event_id_without_gaps() {
     // Errors keep the standard shape.
     let (status, v) = h.open("live-1", Some("garbage")).await.err().unwrap();
     assert_eq!((status, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
+    // Well-formed, but not a position this stream ever gave: beyond what
+    // PostgreSQL can read, or ahead of the database. It used to open the
+    // stream at 200 and send nothing, ever.
+    for id in ["9223372036854775808:9223372036854775809:", "99999999999:99999999999:"] {
+        let (status, v) = h.open("live-1", Some(id)).await.err().unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{id}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("Last-Event-ID"), "{v}");
+    }
     let (status, _) = h.open("nope", None).await.err().unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
 

@@ -105,15 +105,38 @@ struct AlertBody {
     fingerprint: Field<String>,
 }
 
+/// The most a notification's strings may hold, in bytes: Alertmanager's own
+/// are far shorter, and a group key is an index key in PostgreSQL (whose
+/// B-tree entries stop near 2.7 KB).
+const MAX_KEY_BYTES: usize = 2048;
+const MAX_TEXT_BYTES: usize = 16 * 1024;
+
+/// Whether a string can be stored: no NUL (PostgreSQL refuses it in text)
+/// and at most `max` bytes; otherwise the error, naming `field`.
+fn storable(field: &str, s: &str, max: usize, errors: &mut Errors) -> bool {
+    if s.contains('\0') {
+        errors.add(field, "must not contain a NUL character");
+        false
+    } else if s.len() > max {
+        errors.add(field, &format!("must be at most {max} bytes (it is {})", s.len()));
+        false
+    } else {
+        true
+    }
+}
+
 /// A map of strings (labels, annotations); `key` names it in errors.
 fn labels(field: Field<Map<String, Value>>, key: &str, errors: &mut Errors) -> Labels {
     let mut out = Labels::new();
     for (k, v) in field.get(key, "must be an object of strings", errors).unwrap_or_default() {
+        let name = format!("{key}.{}", k.replace('\0', "\\0"));
         match v {
             Value::String(s) => {
-                out.insert(k, s);
+                if storable(&name, &k, MAX_KEY_BYTES, errors) && storable(&name, &s, MAX_TEXT_BYTES, errors) {
+                    out.insert(k, s);
+                }
             }
-            _ => errors.add(&format!("{key}.{k}"), "must be a string"),
+            _ => errors.add(&name, "must be a string"),
         }
     }
     out
@@ -127,7 +150,8 @@ pub fn parse_notification(bytes: &[u8]) -> Result<Notification, ApiError> {
         errors.add("version", "must be \"4\" (Alertmanager's webhook payload version)");
     }
     let group_key = match b.group_key {
-        Field::Valid(k) if !k.is_empty() => k,
+        Field::Valid(k) if !k.is_empty() && storable("groupKey", &k, MAX_KEY_BYTES, &mut errors) => k,
+        Field::Valid(k) if !k.is_empty() => String::new(),
         _ => {
             errors.add("groupKey", "required, a non-empty string");
             String::new()
@@ -141,6 +165,8 @@ pub fn parse_notification(bytes: &[u8]) -> Result<Notification, ApiError> {
         errors.add("status", "must be \"firing\" or \"resolved\"");
     }
     let receiver = b.receiver.get("receiver", "must be a string", &mut errors).unwrap_or_default();
+    let receiver =
+        if storable("receiver", &receiver, MAX_KEY_BYTES, &mut errors) { receiver } else { String::new() };
     let group_labels = labels(b.group_labels, "groupLabels", &mut errors);
     let common_labels = labels(b.common_labels, "commonLabels", &mut errors);
     let common_annotations = labels(b.common_annotations, "commonAnnotations", &mut errors);
@@ -197,7 +223,12 @@ fn check_alert(i: usize, a: Value, errors: &mut Errors) -> Option<Alert> {
     }
     // Alertmanager always sends it; without one, the labels identify the alert.
     let fingerprint = match a.fingerprint {
-        Field::Valid(f) if !f.is_empty() => f,
+        Field::Valid(f)
+            if !f.is_empty() && storable(&format!("alerts[{i}].fingerprint"), &f, MAX_KEY_BYTES, errors) =>
+        {
+            f
+        }
+        Field::Valid(f) if !f.is_empty() => String::new(),
         Field::Absent | Field::Null => {
             let text = serde_json::to_string(&alert_labels).unwrap_or_default();
             hex::encode(&enqueue::sha256(&text)[..8])

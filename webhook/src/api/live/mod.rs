@@ -377,6 +377,15 @@ pub async fn events(
     // A feed that is not running yet starts at the current snapshot.
     let now: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&state.pool).await?;
     let now = Snapshot::parse(&now).ok_or_else(ApiError::unavailable)?;
+    // A position ahead of the database was never given by this stream (and
+    // past 2^63 PostgreSQL cannot even read it): refused, never a stream
+    // that waits for transactions that will not come.
+    if resume.as_ref().is_some_and(|r| r.is_after(&now)) {
+        return Err(ApiError::bad_request(
+            "Last-Event-ID: not an event id from this stream (it is ahead of the database)",
+        )
+        .into());
+    }
     let (rx, joined_at) = state.hub.join(&name, || now);
     let stream = Listener {
         pool: state.pool.clone(),

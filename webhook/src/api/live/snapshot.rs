@@ -41,6 +41,11 @@ impl Snapshot {
         Some(Self { xmin, xmax, xip })
     }
 
+    /// Whether this snapshot sees transactions `other` has not started yet.
+    pub fn is_after(&self, other: &Snapshot) -> bool {
+        self.xmax > other.xmax
+    }
+
     /// Whether transaction `xid`'s rows are visible in this snapshot.
     pub fn visible(&self, xid: u64) -> bool {
         xid < self.xmin || (xid < self.xmax && self.xip.binary_search(&xid).is_err())
