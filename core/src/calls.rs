@@ -30,26 +30,58 @@ fn attempt_i32(attempt: u32) -> i32 {
 
 /// Claims the call for `attempt`: one conditional UPDATE, so of all the
 /// workers holding a copy of the job exactly one proceeds to dial. Clears
-/// what an earlier attempt recorded.
+/// what an earlier attempt recorded, and sets the attempt's URL token (see
+/// `new_url_token`), which its answer and event URLs must carry.
 pub async fn claim(
     pool: &PgPool,
     call: CallId,
     attempt: u32,
     provider: Provider,
+    url_token: &str,
 ) -> Result<bool, sqlx::Error> {
     let claimed = sqlx::query(
         "UPDATE calls SET state = 'dialing', attempt = $2, provider = $3, dialing_at = now(), \
                 updated_at = now(), provider_call_id = NULL, placed_at = NULL, answered_at = NULL, \
                 ended_at = NULL, answered_by = NULL, duration_secs = NULL, error_code = NULL, \
-                error_detail = NULL \
+                error_detail = NULL, url_token = $4 \
          WHERE id = $1 AND state IN ('queued', 'retry_wait') AND attempt < $2",
     )
     .bind(call)
     .bind(attempt_i32(attempt))
     .bind(provider.as_str())
+    .bind(url_token)
     .execute(pool)
     .await?;
     Ok(claimed.rows_affected() == 1)
+}
+
+/// A fresh URL token: 122 random bits (a v4 UUID's), as 32 hex digits.
+pub fn new_url_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Whether `given` is the URL token of the call's current attempt, compared
+/// in constant time. A call claimed before tokens existed (none stored, no
+/// longer waiting) is let through so an upgrade loses no call in flight.
+pub async fn url_token_matches(
+    pool: &PgPool,
+    call: CallId,
+    given: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<(Option<String>, String)> =
+        sqlx::query_as("SELECT url_token, state FROM calls WHERE id = $1")
+            .bind(call)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match row {
+        None => false,
+        Some((Some(stored), _)) => given.is_some_and(|g| constant_time_eq(stored.as_bytes(), g.as_bytes())),
+        Some((None, state)) => !matches!(state.as_str(), "queued" | "retry_wait"),
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Of the provider call ids a reconciliation found, those that cannot be

@@ -69,6 +69,8 @@ pub struct CallRequest {
     /// Base URL of the webhook service (`TOCSIN_PUBLIC_URL`, no trailing
     /// slash). Each adapter appends its provider's routes and `?call_id=`.
     pub webhook_base: String,
+    /// This attempt's secret (`calls::claim`), carried by every URL.
+    pub url_token: String,
     /// Seconds to let the phone ring before giving up.
     pub ringing_timeout_secs: u32,
     /// Ask the provider to detect answering machines.
@@ -79,11 +81,14 @@ pub struct CallRequest {
 }
 
 impl CallRequest {
-    /// `{webhook_base}{path}?call_id={call_id}&attempt={attempt}`: every
-    /// event names its call and attempt, so a late event of an earlier
-    /// attempt never moves a redial.
+    /// `{webhook_base}{path}?call_id={call_id}&attempt={attempt}&token={url_token}`:
+    /// every event names its call and attempt, so a late event of an earlier
+    /// attempt never moves a redial, and proves it with the attempt's token.
     pub fn webhook_url(&self, path: &str) -> String {
-        format!("{}{path}?call_id={}&attempt={}", self.webhook_base, self.call_id, self.attempt)
+        format!(
+            "{}{path}?call_id={}&attempt={}&token={}",
+            self.webhook_base, self.call_id, self.attempt, self.url_token
+        )
     }
 }
 

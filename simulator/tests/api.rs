@@ -152,6 +152,7 @@ fn request(setup: &Setup, n: u32) -> CallRequest {
         to: PhoneNumber::from_e164(&format!("+1415555{:04}", 1000 + n)).unwrap(),
         from: PhoneNumber::from_e164("+14155550100").unwrap(),
         webhook_base: setup.receiver.base.clone(),
+        url_token: "tok3n".into(),
         ringing_timeout_secs: 30,
         machine_detection: false,
         time_limit_secs: 300,

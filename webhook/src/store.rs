@@ -27,12 +27,25 @@ use tracing::{error, info, warn};
 /// call (applied by `calls::apply_events`).
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
+    /// How the event proves it is for the call it names.
+    pub proof: CallProof,
     pub provider: &'static str,
     pub dedupe_key: String,
     /// The provider's own status word.
     pub status: String,
     pub payload: serde_json::Value,
     pub call: calls::Event,
+}
+
+/// How an event proves the call it names (`call.call_id`) is its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallProof {
+    /// The call id came from a part the provider signed (Twilio signs the
+    /// URL with its query; Telnyx signs the body's `client_state`).
+    Signed,
+    /// The call id came from the URL's query, which the signature does not
+    /// cover (Vonage): the URL must carry the attempt's token too.
+    Token(Option<String>),
 }
 
 /// What storing did.
@@ -195,14 +208,31 @@ pub async fn store_batch(
     let states: Vec<Option<&str>> = events.iter().map(|e| e.call.state.map(CallState::as_str)).collect();
     let occurred: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.call.occurred_at).collect();
     let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    let signed: Vec<bool> = events.iter().map(|e| e.proof == CallProof::Signed).collect();
+    let tokens: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| match &e.proof {
+            CallProof::Token(t) => t.as_deref(),
+            CallProof::Signed => None,
+        })
+        .collect();
+    // An event changes only the call it proves to be for: named in a signed
+    // part, or with the URL token of the call's current attempt. Otherwise
+    // (a signed event replayed to another call's URL, a forged query) it is
+    // stored flagged `unknown_call` and changes nothing. Calls claimed before
+    // tokens existed (none stored, no longer waiting) are let through.
     let inserted: Vec<(String, bool)> = sqlx::query_as(
         "INSERT INTO call_events (call_id, attempt, provider, dedupe_key, provider_call_id, status, state, \
                                   occurred_at, unknown_call, payload) \
          SELECT u.call_id, u.attempt, u.provider, u.key, u.pcid, u.status, u.state, u.occurred, \
-                u.call_id IS NULL OR NOT EXISTS (SELECT 1 FROM calls k WHERE k.id = u.call_id), u.payload \
+                u.call_id IS NULL OR NOT EXISTS ( \
+                    SELECT 1 FROM calls k WHERE k.id = u.call_id \
+                      AND (u.signed OR u.token = k.url_token \
+                           OR (k.url_token IS NULL AND k.state NOT IN ('queued', 'retry_wait')))), \
+                u.payload \
          FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                     $8::timestamptz[], $9::jsonb[]) \
-              AS u(call_id, attempt, provider, key, pcid, status, state, occurred, payload) \
+                     $8::timestamptz[], $9::jsonb[], $10::bool[], $11::text[]) \
+              AS u(call_id, attempt, provider, key, pcid, status, state, occurred, payload, signed, token) \
          ON CONFLICT (dedupe_key) DO NOTHING \
          RETURNING dedupe_key, unknown_call",
     )
@@ -215,6 +245,8 @@ pub async fn store_batch(
     .bind(&states)
     .bind(&occurred)
     .bind(&payloads)
+    .bind(&signed)
+    .bind(&tokens)
     .fetch_all(&mut *tx)
     .await
     .map_err(db)?;

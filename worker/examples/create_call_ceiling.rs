@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
                     from: PhoneNumber::from_e164("+14155550100").unwrap(),
                     // Nothing listens here: the simulator's event deliveries fail fast.
                     webhook_base: "http://127.0.0.1:9".into(),
+                    url_token: "t".into(),
                     ringing_timeout_secs: 45,
                     machine_detection: false,
                     time_limit_secs: 300,

@@ -224,7 +224,8 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     };
     metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
     let slot = reserved_at + wait;
-    if !calls::claim(&deps.pool, job.call_id, job.attempt, provider).await? {
+    let url_token = calls::new_url_token();
+    if !calls::claim(&deps.pool, job.call_id, job.attempt, provider, &url_token).await? {
         return decide_unclaimed(deps, job, client.as_ref()).await;
     }
     // Look at the campaign once more just before the slot: a pause or a
@@ -287,6 +288,7 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         to: job.to.clone(),
         from: campaign.settings.from.clone(),
         webhook_base: deps.settings.public_url.clone(),
+        url_token,
         ringing_timeout_secs: deps.settings.ringing_timeout_secs,
         machine_detection: campaign.settings.machine_detection,
         time_limit_secs: campaign.settings.call_time_limit_secs(),

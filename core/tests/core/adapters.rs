@@ -25,6 +25,7 @@ fn request() -> CallRequest {
         to: PhoneNumber::from_e164("+14155552671").unwrap(),
         from: PhoneNumber::from_e164("+14155550100").unwrap(),
         webhook_base: "https://hooks.example.com".into(),
+        url_token: "tok3n".into(),
         ringing_timeout_secs: 45,
         machine_detection: true,
         time_limit_secs: 300,

@@ -73,6 +73,37 @@ pub(crate) fn call_id(query: &HashMap<String, String>) -> Option<CallId> {
     query.get("call_id")?.parse().ok()
 }
 
+/// The attempt's URL token the worker put in the URL (`&token=`), if any.
+pub(crate) fn url_token(query: &HashMap<String, String>) -> Option<String> {
+    query.get("token").cloned()
+}
+
+/// The campaign of the call an answer document is for, if the request
+/// carries the URL token of the call's current attempt (checked in constant
+/// time): the message is disclosed to nobody else. `Ok(None)` for an unknown
+/// call or a wrong token alike; `Err` is the 503 when the database is down.
+pub(crate) async fn campaign_for_answer(
+    state: &HookState,
+    id: CallId,
+    query: &HashMap<String, String>,
+    doing: &'static str,
+) -> Result<Option<Campaign>, Response> {
+    let token = query.get("token").map(String::as_str);
+    match tocsin_core::calls::url_token_matches(&state.pool, id, token).await {
+        Ok(true) => campaign_of_call(state, id, doing).await,
+        Ok(false) => {
+            warn!(call_id = %id, doing, "answer document asked for without the call's URL token");
+            metrics::counter!("tocsin_webhook_rejected_total", "provider" => "any", "reason" => "token")
+                .increment(1);
+            Ok(None)
+        }
+        Err(e) => {
+            error!(error = %e, call_id = %id, doing, "database unavailable");
+            Err(ApiError::unavailable().into_response())
+        }
+    }
+}
+
 /// The attempt the worker named in the URL (`&attempt=`), if any.
 pub(crate) fn attempt(query: &HashMap<String, String>) -> Option<i32> {
     query.get("attempt")?.parse().ok()

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::{HookState, Reason, attempt, campaign_of_call, rejected, store_event};
 use crate::config::TelnyxSettings;
-use crate::store::StoredEvent;
+use crate::store::{CallProof, StoredEvent};
 
 /// What the webhook needs to verify Telnyx events and command calls.
 #[derive(Clone)]
@@ -84,11 +84,17 @@ pub async fn events(
         Ok(w) => w.data,
         Err(e) => return refused(Reason::Malformed, &e.to_string()),
     };
-    let call_id = super::call_id(&query).or_else(|| event.call_id());
+    // `client_state` is in the signed body; the query is not signed, and
+    // must then carry the attempt's token.
+    let (call_id, proof) = match event.call_id() {
+        Some(id) => (Some(id), CallProof::Signed),
+        None => (super::call_id(&query), CallProof::Token(super::url_token(&query))),
+    };
     let state_change = event.state();
     let failed =
         matches!(state_change, Some(tocsin_core::CallState::Failed | tocsin_core::CallState::Rejected));
     let stored = StoredEvent {
+        proof: proof.clone(),
         provider: Provider::Telnyx.as_str(),
         dedupe_key: event.dedupe_key(),
         status: event.event_type.clone(),
@@ -108,7 +114,7 @@ pub async fn events(
     if let Err(response) = store_event(&state, stored).await {
         return response;
     }
-    match command(&state, hooks, call_id, attempt(&query), &event).await {
+    match command(&state, hooks, call_id, attempt(&query), &proof, &event).await {
         // 200, not 204: Telnyx delivers to the failover URL on any answer
         // but 200 OK (its Voice API "Receiving Webhooks" page).
         Ok(()) => StatusCode::OK.into_response(),
@@ -123,6 +129,7 @@ async fn command(
     hooks: &TelnyxHooks,
     call_id: Option<CallId>,
     attempt: Option<i32>,
+    proof: &CallProof,
     event: &TelnyxEvent,
 ) -> Result<(), Response> {
     let Some(leg) = event.payload.call_control_id.as_deref() else {
@@ -179,7 +186,7 @@ async fn command(
             let refusal = serde_json::json!({
                 "command": "speak", "status": status, "code": code, "detail": detail,
             });
-            store_event(state, refused_speak(call_id, attempt, event, leg, refusal)).await.map(drop)
+            store_event(state, refused_speak(call_id, attempt, proof, event, leg, refusal)).await.map(drop)
         }
         Err(CommandError::Refused { status, code, detail }) => {
             warn!(?call_id, status, %code, %detail, command = kind, "telnyx refused the command");
@@ -197,6 +204,7 @@ async fn command(
 fn refused_speak(
     call_id: Option<CallId>,
     attempt: Option<i32>,
+    proof: &CallProof,
     answered: &TelnyxEvent,
     leg: &str,
     refusal: serde_json::Value,
@@ -207,6 +215,7 @@ fn refused_speak(
         refusal["detail"].as_str().unwrap_or_default()
     );
     StoredEvent {
+        proof: proof.clone(),
         provider: Provider::Telnyx.as_str(),
         dedupe_key: format!("telnyx:speak-refused:{leg}"),
         status: "tocsin.speak.refused".into(),

@@ -19,8 +19,8 @@ use tocsin_core::provider::Provider;
 use tocsin_core::twilio::{self, TwilioStatus};
 use tracing::warn;
 
-use super::{HookState, Reason, attempt, call_id, campaign_of_call, missing_call_id, rejected, store};
-use crate::store::StoredEvent;
+use super::{HookState, Reason, attempt, call_id, campaign_for_answer, missing_call_id, rejected, store};
+use crate::store::{CallProof, StoredEvent};
 
 fn refused(reason: Reason, detail: &str) -> Response {
     rejected(Provider::Twilio, reason, detail)
@@ -62,7 +62,7 @@ pub async fn twiml(
     let Some(id) = call_id(&query) else {
         return missing_call_id();
     };
-    let document = match campaign_of_call(&state, id, "twiml").await {
+    let document = match campaign_for_answer(&state, id, &query, "twiml").await {
         Ok(Some(campaign)) => {
             let repeat = u32::try_from(campaign.settings.repeat).unwrap_or(1);
             twilio::twiml(
@@ -101,6 +101,8 @@ pub async fn status(
     let payload: serde_json::Map<String, serde_json::Value> =
         params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
     let event = StoredEvent {
+        // Twilio signs the URL with its query: the call id cannot be forged.
+        proof: CallProof::Signed,
         provider: Provider::Twilio.as_str(),
         dedupe_key: callback.dedupe_key(),
         status: callback.call_status.clone(),

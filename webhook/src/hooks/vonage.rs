@@ -29,8 +29,10 @@ use tocsin_core::provider::Provider;
 use tocsin_core::vonage::{self, VonageEvent};
 use tracing::{error, warn};
 
-use super::{HookState, Reason, attempt, call_id, campaign_of_call, missing_call_id, rejected, store};
-use crate::store::StoredEvent;
+use super::{
+    HookState, Reason, attempt, call_id, campaign_for_answer, missing_call_id, rejected, store, url_token,
+};
+use crate::store::{CallProof, StoredEvent};
 
 /// `GET|POST /vonage/answer?call_id=…`: the NCCO for the call's campaign.
 pub async fn answer(
@@ -40,7 +42,7 @@ pub async fn answer(
     let Some(id) = call_id(&query) else {
         return missing_call_id();
     };
-    match campaign_of_call(&state, id, "vonage answer").await {
+    match campaign_for_answer(&state, id, &query, "vonage answer").await {
         Ok(Some(campaign)) => {
             let s = &campaign.settings;
             let repeat = u32::try_from(s.repeat).unwrap_or(1);
@@ -97,6 +99,8 @@ pub async fn events(
         _ => None,
     };
     let stored = StoredEvent {
+        // Vonage's signature covers the body, not our query string.
+        proof: CallProof::Token(url_token(&query)),
         provider: Provider::Vonage.as_str(),
         dedupe_key: event.dedupe_key(),
         status: event.kind().to_owned(),
@@ -217,6 +221,7 @@ async fn confirm_unsigned(
     let claimed_json: serde_json::Value = serde_json::from_slice(body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into()));
     let stored = StoredEvent {
+        proof: CallProof::Token(url_token(query)),
         provider: Provider::Vonage.as_str(),
         dedupe_key: format!("vonage:{}:{kind}:confirmed", detail.uuid),
         status: kind,

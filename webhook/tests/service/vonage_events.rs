@@ -89,10 +89,24 @@ impl Harness {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// Posts a signed event to the call's event URL, with its attempt's URL
+    /// token when it has one (as the URL a worker gives Vonage does).
     async fn post(&self, id: CallId, attempt: i32, body: serde_json::Value) -> StatusCode {
         let bytes = body.to_string();
         let token = tocsin_core::vonage::sign_webhook(SECRET, "app", bytes.as_bytes());
-        self.send(event_request(id, attempt, bytes, Some(format!("Bearer {token}")))).await.0
+        // (The database may be down on purpose: then no token.)
+        let url_token: Option<String> = sqlx::query_scalar("SELECT url_token FROM calls WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+        let mut request = event_request(id, attempt, bytes, Some(format!("Bearer {token}")));
+        if let Some(t) = url_token {
+            *request.uri_mut() = format!("{}&token={t}", request.uri()).parse().unwrap();
+        }
+        self.send(request).await.0
     }
 }
 
@@ -384,7 +398,7 @@ async fn busy_calls_are_redialled_after_the_retry_delay_and_late_events_stay_out
 
     // With max_attempts reached, a second busy is final.
     // A worker claims attempt 2 and places it.
-    assert!(calls::claim(&h.db.pool, id, 2, Provider::Vonage).await.unwrap());
+    assert!(calls::claim(&h.db.pool, id, 2, Provider::Vonage, "t2").await.unwrap());
     calls::record_placed(&h.db.pool, id, "u2").await.unwrap();
     assert_eq!(h.post(id, 2, event("u2", "busy", "2026-11-22T10:01:00.000Z")).await, StatusCode::NO_CONTENT);
     assert_eq!(h.state(id).await.0, "busy");
@@ -526,4 +540,76 @@ async fn an_unsigned_event_is_confirmed_with_vonage_and_only_vonages_answer_appl
     assert_eq!(slow.send(unsigned_request(b, claim(ours))).await.0, StatusCode::SERVICE_UNAVAILABLE);
     slow.cleanup().await;
     let _ = std::fs::remove_file(key);
+}
+
+#[tokio::test]
+async fn an_event_changes_only_the_call_whose_url_token_it_carries_and_the_answer_needs_it_too() {
+    let h = harness().await;
+    // A call still waiting (queued: never claimed, no token) and one a
+    // worker claimed for attempt 1 with its token.
+    let waiting = h.call("+14155550001", "queued", 0).await;
+    let claimed = h.call("+14155550002", "queued", 0).await;
+    assert!(calls::claim(&h.db.pool, claimed, 1, Provider::Vonage, "a1b2c3").await.unwrap());
+
+    // A correctly signed `completed` of some call, replayed to the waiting
+    // call's URL (its call id is UUID v5 of the campaign and the number):
+    // stored, flagged, and the call is still waiting (it used to complete).
+    let replay = event("u-other", "completed", "2026-11-22T10:00:00.000Z");
+    let body = replay.to_string();
+    let token = tocsin_core::vonage::sign_webhook(SECRET, "app", body.as_bytes());
+    let request = Request::post(format!("/vonage/events?call_id={waiting}"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(body))
+        .unwrap();
+    assert_eq!(h.send(request).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(h.state(waiting).await.0, "queued");
+    let flagged: bool =
+        sqlx::query_scalar("SELECT unknown_call FROM call_events WHERE dedupe_key LIKE 'vonage:u-other:%'")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert!(flagged);
+
+    // The claimed call: a wrong or missing token changes nothing, its own token does.
+    let post = |token: Option<&str>, status: &str, ts: &str| {
+        let body = event("u-2", status, ts).to_string();
+        let signed = tocsin_core::vonage::sign_webhook(SECRET, "app", body.as_bytes());
+        let query = token.map(|t| format!("&token={t}")).unwrap_or_default();
+        Request::post(format!("/vonage/events?call_id={claimed}&attempt=1{query}"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {signed}"))
+            .body(Body::from(body))
+            .unwrap()
+    };
+    assert_eq!(
+        h.send(post(Some("wrong"), "ringing", "2026-11-22T10:00:01.000Z")).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(h.send(post(None, "answered", "2026-11-22T10:00:02.000Z")).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(h.state(claimed).await.0, "dialing");
+    assert_eq!(
+        h.send(post(Some("a1b2c3"), "ringing", "2026-11-22T10:00:03.000Z")).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(h.state(claimed).await.0, "ringing");
+
+    // The answer document (the message) only with the attempt's token.
+    let answer = |id: CallId, token: &str| {
+        Request::get(format!("/vonage/answer?call_id={id}&token={token}")).body(Body::empty()).unwrap()
+    };
+    let (status, body) = h.send(answer(claimed, "wrong")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!body.contains("Flood"), "{body}");
+    assert_eq!(
+        h.send(Request::get(format!("/vonage/answer?call_id={claimed}")).body(Body::empty()).unwrap())
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(h.send(answer(waiting, "")).await.0, StatusCode::NOT_FOUND);
+    let (status, body) = h.send(answer(claimed, "a1b2c3")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("Flood"), "{body}");
+    h.cleanup().await;
 }
