@@ -240,6 +240,9 @@ fn in_range(
 /// often lower, limit is checked with the rest of the settings).
 pub fn check_message(text: &str) -> Result<String, FieldError> {
     let text = text.trim();
+    if text.contains('\0') {
+        return Err(FieldError::new("message", "must not contain a NUL character"));
+    }
     let chars = text.chars().count();
     if limits::MESSAGE_CHARS.contains(&chars) {
         Ok(text.to_owned())
@@ -304,11 +307,20 @@ impl Settings {
                 Err(e) => errors.push(e),
             }
         }
-        if let Some(l) = changes.language {
-            s.language = l;
+        // (PostgreSQL refuses NUL in text: named here, not a 500 later.)
+        match changes.language {
+            Some(l) if l.contains('\0') => {
+                errors.push(FieldError::new("language", "must not contain a NUL character"))
+            }
+            Some(l) => s.language = l,
+            None => {}
         }
-        if let Some(v) = changes.voice {
-            s.voice = Some(v);
+        match changes.voice {
+            Some(v) if v.contains('\0') => {
+                errors.push(FieldError::new("voice", "must not contain a NUL character"))
+            }
+            Some(v) => s.voice = Some(v),
+            None => {}
         }
         if let Some(p) = changes.provider {
             s.provider = p;

@@ -129,6 +129,14 @@ impl ContactReader {
             }
         };
         let reject = |reason| Row::Rejected(Rejection { line: raw.line, value: raw.number.clone(), reason });
+        // PostgreSQL refuses NUL in text and JSONB: one such value would fail
+        // the whole batch it is written in, so the line is rejected alone.
+        if raw.number.contains('\0') || raw.timezone.as_deref().is_some_and(|t| t.contains('\0')) {
+            return reject(Reason::Malformed("contains a NUL character".into()));
+        }
+        if json_has_nul(&raw.attributes) {
+            return reject(Reason::Malformed("an attribute contains a NUL character".into()));
+        }
         let number = match PhoneNumber::parse(&raw.number, self.default_region.as_deref()) {
             Ok(n) => n,
             Err(e) => return reject(Reason::Invalid(e.to_string())),
@@ -146,6 +154,24 @@ impl ContactReader {
         }
         Row::Contact(Contact { line: raw.line, number, timezone, attributes: raw.attributes })
     }
+}
+
+/// Whether serialized JSON text holds a NUL: the escape `\u0000` (not itself
+/// escaped, i.e. after an even run of backslashes) or a raw NUL byte.
+fn json_has_nul(json: &str) -> bool {
+    if json.contains('\0') {
+        return true;
+    }
+    let bytes = json.as_bytes();
+    let mut from = 0;
+    while let Some(at) = json[from..].find("\\u0000").map(|i| i + from) {
+        let backslashes = bytes[..at].iter().rev().take_while(|b| **b == b'\\').count();
+        if backslashes % 2 == 0 {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 /// A set of numbers with the line each was first seen on: open addressing
@@ -220,6 +246,14 @@ mod tests {
 
     use super::*;
     use crate::input::{Columns, Format, Source};
+
+    #[test]
+    fn nul_is_found_in_json_text_and_an_escaped_backslash_is_not_one() {
+        assert!(json_has_nul(r#"{"name":"a\u0000b"}"#));
+        assert!(!json_has_nul(r#"{"name":"a\\u0000b"}"#), "a backslash, then the text u0000");
+        assert!(json_has_nul(r#"{"name":"a\\\u0000b"}"#));
+        assert!(!json_has_nul(r#"{"name":"plain"}"#));
+    }
 
     fn rows(csv: &str, region: Option<&str>) -> Vec<String> {
         let dir = std::env::temp_dir().join(format!("tocsin-contacts-{}", uuid::Uuid::new_v4()));

@@ -83,6 +83,30 @@ async fn csv_with_every_rejection_reason_is_reported_by_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_one_line_rejects_that_line_and_loses_nothing_around_it() {
+    // PostgreSQL refuses NUL in text and JSONB: one such line used to stop
+    // the run after the batches before it (and the re-run the same way).
+    let env = Env::new("producer-nul").await;
+    let mut csv = csv_of(2_500, 0).into_bytes();
+    let at = csv.windows(12).position(|w| w == b"Contact 1200").unwrap();
+    csv[at + 3] = 0;
+    let list = env.file("nul.csv", &csv);
+    let report = env.enqueue("nul-csv", &list, &[]).await.unwrap();
+    assert_eq!((report.new_contacts, report.malformed), (2_499, 1));
+    let jsonl = env.file(
+        "nul.jsonl",
+        "{\"number\":\"+14155552671\",\"name\":\"A\\u0000da\"}\n{\"number\":\"+14155552672\",\"name\":\"Bo\"}\n",
+    );
+    let report = env.enqueue("nul-jsonl", &jsonl, &[]).await.unwrap();
+    assert_eq!((report.new_contacts, report.malformed), (1, 1));
+    let message = env.file("message.txt", "Evacuate\0 now");
+    let err =
+        env.enqueue("nul-message", &jsonl, &["--message-file", message.to_str().unwrap()]).await.unwrap_err();
+    assert!(err.to_string().contains("NUL"), "{err:#}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_from_a_file_and_from_stdin() {
     let env = Env::new("producer-jsonl").await;
     let jsonl = env.file(

@@ -37,6 +37,45 @@ pub struct StoredEvent {
     pub call: calls::Event,
 }
 
+impl StoredEvent {
+    /// Replaces every NUL in the event's texts (payload strings and keys
+    /// included) with U+FFFD.
+    fn clean_nul(&mut self) {
+        fn text(s: &mut String) {
+            if s.contains('\0') {
+                *s = s.replace('\0', "\u{FFFD}");
+            }
+        }
+        fn json(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) => text(s),
+                serde_json::Value::Array(items) => items.iter_mut().for_each(json),
+                serde_json::Value::Object(map) => {
+                    if map.keys().any(|k| k.contains('\0')) {
+                        let old = std::mem::take(map);
+                        for (k, v) in old {
+                            map.insert(k.replace('\0', "\u{FFFD}"), v);
+                        }
+                    }
+                    map.values_mut().for_each(json);
+                }
+                _ => {}
+            }
+        }
+        text(&mut self.dedupe_key);
+        text(&mut self.status);
+        json(&mut self.payload);
+        for field in [&mut self.call.provider_call_id, &mut self.call.answered_by, &mut self.call.detail] {
+            if let Some(s) = field {
+                text(s);
+            }
+        }
+        if let CallProof::Token(Some(t)) = &mut self.proof {
+            text(t);
+        }
+    }
+}
+
 /// How an event proves the call it names (`call.call_id`) is its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallProof {
@@ -66,6 +105,10 @@ pub enum StoreError {
     /// PostgreSQL aborted the batch to break a deadlock: worth another try.
     #[error("database deadlock: {0}")]
     Deadlock(String),
+    /// PostgreSQL refused a value of the batch (a data exception, an
+    /// integrity or size limit): one event's fault, not the database's.
+    #[error("database refused a value: {0}")]
+    Refused(String),
     #[error("publishing a redial: {0}")]
     Publish(String),
     #[error("the event store is shutting down")]
@@ -109,8 +152,11 @@ impl EventStore {
         Self { tx }
     }
 
-    /// Stores `event` durably; returns once its batch is committed.
-    pub async fn store(&self, event: StoredEvent) -> Result<Stored, StoreError> {
+    /// Stores `event` durably; returns once its batch is committed. NUL
+    /// characters (which PostgreSQL refuses in text and JSONB) are replaced
+    /// by U+FFFD first: a provider's event is stored, never refused for them.
+    pub async fn store(&self, mut event: StoredEvent) -> Result<Stored, StoreError> {
+        event.clean_nul();
         let (reply, answer) = oneshot::channel();
         self.tx.send(Pending { event, reply }).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -168,6 +214,26 @@ async fn write_batch(pool: &PgPool, redials: Option<&RedialPublisher>, batch: Ve
         warn!(error = %e, attempt, events = events.len(), "event batch hit a deadlock; retrying");
         result = store_batch(pool, redials, &events).await;
     }
+    // One event the database refuses must not fail the others of its batch:
+    // each is written again on its own, and answered for itself.
+    if matches!(result, Err(StoreError::Refused(_))) && events.len() > 1 {
+        warn!(
+            events = events.len(),
+            "the database refused a value in an event batch; storing each event alone"
+        );
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in &events {
+            outcomes.push(store_batch(pool, redials, std::slice::from_ref(event)).await.map(|o| o[0]));
+        }
+        metrics::histogram!("tocsin_webhook_store_seconds").record(started.elapsed().as_secs_f64());
+        for (pending, outcome) in batch.into_iter().zip(outcomes) {
+            if let Err(e) = &outcome {
+                error!(error = %e, key = %pending.event.dedupe_key, "event not stored; answering 503");
+            }
+            let _ = pending.reply.send(outcome);
+        }
+        return;
+    }
     metrics::histogram!("tocsin_webhook_store_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Ok(outcomes) => {
@@ -193,6 +259,12 @@ pub async fn store_batch(
     let db = |e: sqlx::Error| match &e {
         sqlx::Error::Database(d) if d.code().as_deref() == Some("40P01") => {
             StoreError::Deadlock(e.to_string())
+        }
+        // Classes 22 (data exception), 23 (integrity), 54 (program limit).
+        sqlx::Error::Database(d)
+            if d.code().is_some_and(|c| ["22", "23", "54"].contains(&&c[..2.min(c.len())])) =>
+        {
+            StoreError::Refused(e.to_string())
         }
         _ => StoreError::Database(e.to_string()),
     };

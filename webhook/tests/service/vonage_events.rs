@@ -34,7 +34,8 @@ impl std::ops::Deref for Harness {
 }
 
 async fn harness_with(extra: &[&str]) -> Harness {
-    let mut flags = vec!["--max-body-bytes", "4096"];
+    let mut flags =
+        if extra.contains(&"--max-body-bytes") { vec![] } else { vec!["--max-body-bytes", "4096"] };
     flags.extend_from_slice(extra);
     let base = common::App::start("webhook", &flags).await;
     let campaign = CampaignId::from_name("hook-test");
@@ -283,6 +284,60 @@ async fn a_busy_after_a_bare_completed_wins_and_unknown_calls_are_flagged() {
             .await
             .unwrap();
     assert!(flagged);
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nul_is_stored_cleaned_and_one_refused_event_never_fails_its_batch() {
+    let h = harness_with(&["--batch-window", "50ms", "--max-body-bytes", "65536"]).await;
+    // A NUL in a signed event's strings: PostgreSQL refuses it in JSONB, so
+    // it used to answer 503 for ever. Stored, with U+FFFD in its place.
+    let id = h.call("+14155554100", "placed", 1).await;
+    let mut with_nul = event("u-nul", "ringing", "2026-11-22T10:00:00.000Z");
+    with_nul["network"] = serde_json::json!("GB\u{0}FIXED");
+    assert_eq!(h.post(id, 1, with_nul).await, StatusCode::NO_CONTENT);
+    assert_eq!(h.state(id).await.0, "ringing");
+    let stored: String = sqlx::query_scalar(
+        "SELECT payload->>'network' FROM call_events WHERE dedupe_key LIKE 'vonage:u-nul:%'",
+    )
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, "GB\u{FFFD}FIXED");
+
+    // One event the database refuses (a call uuid too long for the event
+    // index) among 30 good ones in the same group commit: the good ones are
+    // stored and answered 204; only it gets 503.
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(h.call(&format!("+1415555{:04}", 4200 + i), "placed", 1).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let app = h.app.clone();
+        let body = event(&format!("g{i}"), "ringing", "2026-11-22T10:00:01.000Z").to_string();
+        let token = tocsin_core::vonage::sign_webhook(SECRET, "app", body.as_bytes());
+        let request = event_request(*id, 1, body, Some(format!("Bearer {token}")));
+        tasks.push(tokio::spawn(async move { app.oneshot(request).await.unwrap().status() }));
+    }
+    let bad = {
+        let app = h.app.clone();
+        // Random hex does not compress below PostgreSQL's ~2.7 KB B-tree limit.
+        let long: String = (0..250).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
+        let body = event(&long, "ringing", "2026-11-22T10:00:01.000Z").to_string();
+        let token = tocsin_core::vonage::sign_webhook(SECRET, "app", body.as_bytes());
+        let request = event_request(ids[0], 1, body, Some(format!("Bearer {token}")));
+        tokio::spawn(async move { app.oneshot(request).await.unwrap().status() })
+    };
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(bad.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    let ringing: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE state = 'ringing'")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ringing, 31);
     h.cleanup().await;
 }
 
