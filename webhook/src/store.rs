@@ -65,10 +65,11 @@ impl StoredEvent {
         text(&mut self.dedupe_key);
         text(&mut self.status);
         json(&mut self.payload);
-        for field in [&mut self.call.provider_call_id, &mut self.call.answered_by, &mut self.call.detail] {
-            if let Some(s) = field {
-                text(s);
-            }
+        for s in [&mut self.call.provider_call_id, &mut self.call.answered_by, &mut self.call.detail]
+            .into_iter()
+            .flatten()
+        {
+            text(s);
         }
         if let CallProof::Token(Some(t)) = &mut self.proof {
             text(t);
