@@ -206,6 +206,15 @@ impl TwilioArgs {
                  Twilio needs the auth token to authenticate API requests"
             )
         })?;
+        // `AC` and 32 hexadecimal digits, as every Twilio account SID.
+        let well_formed = account_sid.len() == 34
+            && account_sid.starts_with("AC")
+            && account_sid[2..].chars().all(|c| c.is_ascii_hexdigit());
+        if !well_formed {
+            anyhow::bail!(
+                "TOCSIN_TWILIO_ACCOUNT_SID is not a Twilio account SID (AC followed by 32 hexadecimal digits)"
+            );
+        }
         Ok(Some(TwilioCredentials {
             api_url: self.twilio_api_url.trim_end_matches('/').to_owned(),
             account_sid,
@@ -260,6 +269,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_malformed_twilio_account_sid_stops_at_start_naming_the_variable() {
+        let args = |sid: &str| TwilioArgs {
+            twilio_api_url: "https://api.twilio.com".into(),
+            twilio_account_sid: Some(sid.into()),
+            twilio_auth_token: Some(SecretString::from("t")),
+        };
+        let error = args("ACnot-a-sid").credentials().unwrap_err().to_string();
+        assert!(error.contains("TOCSIN_TWILIO_ACCOUNT_SID"), "{error}");
+        assert!(args("AC0123456789abcdef0123456789abcdef").credentials().unwrap().is_some());
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("25s").unwrap(), Duration::from_secs(25));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
@@ -290,7 +311,7 @@ mod tests {
     fn half_configured_twilio_and_telnyx_name_the_missing_variable() {
         let twilio = TwilioArgs {
             twilio_api_url: "http://127.0.0.1:1/".into(),
-            twilio_account_sid: Some("AC1".into()),
+            twilio_account_sid: Some("AC0123456789abcdef0123456789abcdef".into()),
             twilio_auth_token: None,
         };
         let err = twilio.credentials().unwrap_err().to_string();

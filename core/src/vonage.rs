@@ -55,7 +55,16 @@ impl JwtSigner {
                 "TOCSIN_VONAGE_PRIVATE_KEY_PATH does not hold an RSA private key in PEM form: {e}"
             )
         })?;
-        Ok(Self { application_id, key, cached: Mutex::new(None) })
+        let signer = Self { application_id, key, cached: Mutex::new(None) };
+        // A key that parses may still not sign (the application's *public*
+        // key given by mistake): sign one token now, so the binary stops at
+        // start naming the variable instead of failing every call later.
+        signer.token().map_err(|e| {
+            anyhow::anyhow!(
+                "TOCSIN_VONAGE_PRIVATE_KEY_PATH does not hold a key that can sign (is it the public key?): {e}"
+            )
+        })?;
+        Ok(signer)
     }
 
     /// A valid token: the cached one, or a fresh one when it nears expiry.

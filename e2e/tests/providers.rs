@@ -192,10 +192,18 @@ async fn missing_secrets_stop_the_binaries_at_start_naming_the_variable() {
     let amqp_url = testing::amqp_url().await;
     let redis_url = testing::redis_url().await;
     let prefix = testing::unique_prefix("prov-cfg");
+    // The Vonage application's public key given where its private key belongs.
+    let public_pem = std::env::temp_dir().join(format!("{prefix}-public.pem"));
+    std::fs::write(&public_pem, simulator::keygen::generate().unwrap().public_pem).unwrap();
+    let public_pem = public_pem.to_str().unwrap().to_owned();
     for (flags, variable) in [
-        (["--twilio-account-sid", TWILIO_SID], "TOCSIN_TWILIO_AUTH_TOKEN"),
-        (["--telnyx-connection-id", TELNYX_CONNECTION], "TOCSIN_TELNYX_API_KEY"),
-        (["--vonage-application-id", VONAGE_APP], "TOCSIN_VONAGE_PRIVATE_KEY_PATH"),
+        (vec!["--twilio-account-sid", TWILIO_SID], "TOCSIN_TWILIO_AUTH_TOKEN"),
+        (vec!["--telnyx-connection-id", TELNYX_CONNECTION], "TOCSIN_TELNYX_API_KEY"),
+        (vec!["--vonage-application-id", VONAGE_APP], "TOCSIN_VONAGE_PRIVATE_KEY_PATH"),
+        (
+            vec!["--vonage-application-id", VONAGE_APP, "--vonage-private-key-path", &public_pem],
+            "TOCSIN_VONAGE_PRIVATE_KEY_PATH",
+        ),
     ] {
         let mut args = vec![
             "worker",
