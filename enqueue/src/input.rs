@@ -348,10 +348,23 @@ struct CsvState {
 
 /// A parsed CSV record: the fields live in `output`, split at `ends`.
 enum Parsed {
-    Fields { line: u64 },
+    Fields {
+        line: u64,
+    },
     Blank,
-    TooLong { line: u64, len: u64 },
-    Unterminated { line: u64 },
+    TooLong {
+        line: u64,
+        len: u64,
+    },
+    Unterminated {
+        line: u64,
+    },
+    /// A quoted field opened on `line` ran on into `next`, a line that reads
+    /// as a contact of its own: a closing quote is missing, most likely.
+    Swallows {
+        line: u64,
+        next: u64,
+    },
 }
 
 impl CsvState {
@@ -393,7 +406,7 @@ impl CsvState {
                         ),
                     });
                 }
-                Some(Parsed::Unterminated { line }) => {
+                Some(Parsed::Unterminated { line } | Parsed::Swallows { line, .. }) => {
                     return Err(OpenError::BadHeader {
                         name: name.to_owned(),
                         line,
@@ -403,6 +416,17 @@ impl CsvState {
                 Some(Parsed::Fields { line }) => break line,
             }
         };
+        // Old Mac files end lines with CR alone: the whole file reads as one
+        // line, and would look like a header with no contacts.
+        if state.line_buf.iter().rev().skip_while(|&&b| b == b'\r').any(|&b| b == b'\r') {
+            return Err(OpenError::BadHeader {
+                name: name.to_owned(),
+                line,
+                detail: "the lines end with CR alone (old Mac line endings), so the file reads as one line; \
+                         convert them first, e.g. tr '\\r' '\\n' < list.csv > fixed.csv"
+                    .into(),
+            });
+        }
         let bad = |detail: String| OpenError::BadHeader { name: name.to_owned(), line, detail };
         let mut headers = Vec::new();
         for field in state.fields() {
@@ -504,6 +528,21 @@ impl CsvState {
                 let first = consumed[0].0;
                 if consumed.len() == 1 {
                     self.line_buf = consumed.pop().and_then(|c| c.1).unwrap_or_default();
+                    return Ok(Some(Parsed::Fields { line: first }));
+                }
+                // A field that runs across lines is legal CSV (an address,
+                // a note), but not when the lines it took are contacts
+                // themselves: then a closing quote is missing, and they are
+                // read again on their own instead of vanishing silently.
+                // (The record's last line holds the closing quote and the
+                // fields after it: only the lines wholly inside are checked.)
+                let swallowed = consumed[1..consumed.len() - 1]
+                    .iter()
+                    .find(|(_, text, _)| text.as_deref().is_some_and(|t| self.reads_as_contact(t)))
+                    .map(|(line, _, _)| *line);
+                if let Some(next) = swallowed {
+                    let Parsed::Unterminated { line } = self.unterminated(consumed) else { unreachable!() };
+                    return Ok(Some(Parsed::Swallows { line, next }));
                 }
                 return Ok(Some(Parsed::Fields { line: first }));
             }
@@ -511,6 +550,21 @@ impl CsvState {
                 return Ok(Some(self.unterminated(consumed)));
             }
         }
+    }
+
+    /// Whether a physical line, split naively on the delimiter, has the
+    /// header's width and a phone number in the number column.
+    fn reads_as_contact(&self, text: &[u8]) -> bool {
+        if self.width == 0 {
+            return false;
+        }
+        let fields: Vec<&[u8]> = text.split(|b| *b == self.delimiter).collect();
+        if fields.len() != self.width {
+            return false;
+        }
+        let number = fields[self.number_index];
+        let digits = number.iter().filter(|b| b.is_ascii_digit()).count();
+        (7..=15).contains(&digits) && number.iter().all(|b| b.is_ascii_digit() || b" +-().\"\t\r".contains(b))
     }
 
     /// Gives up on a record whose quote never closed: its first line is
@@ -578,6 +632,17 @@ impl CsvState {
                         value: String::new(),
                         bad: Bad::Malformed(format!(
                             "a quoted field is never closed (no closing \" within {MAX_RECORD_LINES} lines)"
+                        )),
+                    }));
+                }
+                Parsed::Swallows { line, next } => {
+                    return Ok(Some(Record::Bad {
+                        line,
+                        value: String::new(),
+                        bad: Bad::Malformed(format!(
+                            "a quoted field opened on this line runs on into line {next}, which reads as a \
+                             contact of its own: a closing \" is missing? (the lines after this one are read \
+                             on their own)"
                         )),
                     }));
                 }
@@ -759,6 +824,28 @@ mod tests {
         });
         std::fs::remove_dir_all(dir).unwrap();
         out
+    }
+
+    #[test]
+    fn an_unbalanced_quote_is_reported_where_it_opened_and_swallows_no_contact() {
+        let csv = b"number,name\n+14155551000,\"Bob\n+14155551001,Ann\n+14155551002,Cy\n+14155551003,\"Dee\"\n+14155551004,Eve\n";
+        let out = read(Format::Csv, csv).unwrap();
+        assert_eq!(out.len(), 5, "{out:#?}");
+        assert!(out[0].starts_with("2 bad Malformed") && out[0].contains("line 3"), "{}", out[0]);
+        for (i, n) in [(1, "+14155551001"), (2, "+14155551002"), (3, "+14155551003"), (4, "+14155551004")] {
+            assert!(out[i].contains(n), "{out:#?}");
+        }
+        // A field that legitimately runs across lines (an address) stays one contact.
+        let address = b"number,address\n+14155551000,\"1 Main St\nFloor 2\"\n+14155551001,x\n";
+        let out = read(Format::Csv, address).unwrap();
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert!(out[0].contains("Floor 2"), "{out:#?}");
+    }
+
+    #[test]
+    fn cr_only_line_endings_are_named() {
+        let err = read(Format::Csv, b"number,name\r+14155551000,Ann\r+14155551001,Bo\r").unwrap_err();
+        assert!(err.to_string().contains("CR alone"), "{err}");
     }
 
     #[test]
