@@ -351,3 +351,49 @@ async fn errors_401_403_and_400_naming_the_field() {
     assert_eq!(h.scalar("SELECT count(*) FROM campaigns").await, 1);
     h.cleanup().await;
 }
+
+#[tokio::test]
+async fn alert_groups_are_scoped_to_the_callers_prefix() {
+    // Two tenants whose Alertmanagers send the same group key, each with a
+    // key restricted to its own prefix and a route naming that prefix.
+    let h = harness().await;
+    let a = h.key("team-a", &["campaigns:write"], &["a-"]).await;
+    let b = h.key("team-b", &["campaigns:write"], &["b-"]).await;
+    h.save_numbers("oncall", &["+14155550101", "+14155550102"]).await;
+    let route = |prefix: &str| format!("{ROUTE}&campaign_prefix={prefix}&cancel_on_resolve=true");
+    let firing = notification("firing", &[("aaa", "firing", "2026-11-22T10:00:00Z")], &[]);
+    let resolved = notification("resolved", &[("aaa", "resolved", "2026-11-22T10:00:00Z")], &[]);
+
+    let (s, v) = h.post(&route("a-"), Some(&a), firing.clone()).await;
+    assert_eq!((s, v["action"].as_str()), (StatusCode::OK, Some("started")), "{v}");
+    let a_campaign = v["campaign"].as_str().unwrap().to_owned();
+
+    // B's resolved of the same group neither closes A's period nor names
+    // A's campaign (it used to do both, and cancel A's calls).
+    let (s, v) = h.post(&route("b-"), Some(&b), resolved.clone()).await;
+    assert_eq!((s, v["action"].as_str()), (StatusCode::OK, Some("no_period")), "{v}");
+    assert!(!v.to_string().contains(&a_campaign), "{v}");
+    // Nor can B use A's prefix.
+    let (s, _) = h.post(&route("a-"), Some(&b), resolved.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // B's firing of the same group is B's own period; it does not close A's,
+    // so A's next repeat is a repeat, not a second broadcast to A's people.
+    let (s, v) = h.post(&route("b-"), Some(&b), firing.clone()).await;
+    assert_eq!((s, v["action"].as_str()), (StatusCode::OK, Some("started")), "{v}");
+    assert!(v["campaign"].as_str().unwrap().starts_with("b-"), "{v}");
+    let (s, v) = h.post(&route("a-"), Some(&a), firing.clone()).await;
+    assert_eq!(
+        (s, v["action"].as_str(), v["campaign"].as_str()),
+        (StatusCode::OK, Some("repeated"), Some(a_campaign.as_str())),
+        "{v}"
+    );
+    let a_calls: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM calls k JOIN campaigns c ON c.id = k.campaign_id WHERE c.name = $1 AND k.state = 'queued'",
+    )
+    .bind(&a_campaign)
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(a_calls, 2, "A's calls are untouched");
+    h.cleanup().await;
+}

@@ -124,7 +124,16 @@ async fn firing(
     let derived = n.campaign_name(&route.campaign_prefix, start);
     caller.check_campaign(&derived)?;
 
-    let claim = periods::claim_firing(&state.pool, caller, n, &instances, &derived, list, payload).await?;
+    let claim = periods::claim_firing(
+        &state.pool,
+        caller,
+        &route.campaign_prefix,
+        n,
+        &instances,
+        (&derived, list),
+        payload,
+    )
+    .await?;
     let mut answer = json!({
         "status": "firing",
         "action": claim.action,
@@ -190,7 +199,8 @@ async fn resolved(
         None => route.cancel_on_resolve,
     };
     let action = if cancel { "cancelled" } else { "resolved" };
-    let (lock, period) = periods::resolve(&state.pool, caller, n, cancel, action, payload).await?;
+    let (lock, period) =
+        periods::resolve(&state.pool, caller, &route.campaign_prefix, n, action, payload).await?;
     let Some(period) = period else {
         lock.release().await;
         return Ok(Json(json!({ "status": "resolved", "action": "no_period", "campaign": null })));

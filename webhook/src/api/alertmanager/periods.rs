@@ -46,13 +46,12 @@ pub struct GroupLock {
 }
 
 impl GroupLock {
-    async fn take(pool: &PgPool, group_key: &str) -> Result<Self> {
+    /// The lock of one group within one scope.
+    async fn take(pool: &PgPool, scope: &str, group_key: &str) -> Result<Self> {
+        let key = format!("{scope}\u{1f}{group_key}");
         let mut conn = pool.acquire().await?.detach();
-        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 8))")
-            .bind(group_key)
-            .execute(&mut conn)
-            .await?;
-        Ok(Self { conn, key: group_key.to_owned() })
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 8))").bind(&key).execute(&mut conn).await?;
+        Ok(Self { conn, key })
     }
 
     async fn begin(&mut self) -> Result<Transaction<'_, Postgres>> {
@@ -100,24 +99,28 @@ impl Claim {
 }
 
 /// Claims the period these firing alerts (`instances`) belong to, or
-/// starts one that broadcasts as `campaign` to `contact_list`, and records
-/// the notification.
+/// starts one that broadcasts as `campaign` to `contact_list` (the pair),
+/// and records
+/// the notification. Periods are per `scope` (the route's campaign prefix,
+/// which the caller is allowed) and group: another tenant's group of the
+/// same key is never seen nor closed.
 pub async fn claim_firing(
     pool: &PgPool,
     caller: &Caller,
+    scope: &str,
     n: &Notification,
     instances: &[String],
-    campaign: &str,
-    contact_list: &str,
+    (campaign, contact_list): (&str, &str),
     payload: Value,
 ) -> Result<Claim> {
-    let mut lock = GroupLock::take(pool, &n.group_key).await?;
+    let mut lock = GroupLock::take(pool, scope, &n.group_key).await?;
     let mut tx = lock.begin().await?;
     let latest: Option<Period> = sqlx::query_as(
         "SELECT id, campaign, contact_list, instances, enqueued_at, resolved_at FROM alert_periods \
-         WHERE group_key = $1 ORDER BY id DESC LIMIT 1",
+         WHERE group_key = $1 AND (scope = $2 OR scope IS NULL) ORDER BY id DESC LIMIT 1",
     )
     .bind(&n.group_key)
+    .bind(scope)
     .fetch_optional(&mut *tx)
     .await?;
     let same = latest.filter(|p| p.instances.iter().any(|i| instances.contains(i)));
@@ -146,16 +149,19 @@ pub async fn claim_firing(
             // The group's previous period (if still open) ended without a resolved
             // notification reaching us: these alerts are a new firing.
             sqlx::query(
-                "UPDATE alert_periods SET resolved_at = now() WHERE group_key = $1 AND resolved_at IS NULL",
+                "UPDATE alert_periods SET resolved_at = now() \
+                 WHERE group_key = $1 AND (scope = $2 OR scope IS NULL) AND resolved_at IS NULL",
             )
             .bind(&n.group_key)
+            .bind(scope)
             .execute(&mut *tx)
             .await?;
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO alert_periods (group_key, campaign, contact_list, instances) \
-                 VALUES ($1, $2, $3, $4) RETURNING id",
+                "INSERT INTO alert_periods (group_key, scope, campaign, contact_list, instances) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
             )
             .bind(&n.group_key)
+            .bind(scope)
             .bind(campaign)
             .bind(contact_list)
             .bind(instances)
@@ -184,29 +190,30 @@ pub struct Ended {
     pub campaign: String,
 }
 
-/// Ends the period these alerts fired in and records the notification
-/// (`action`, or `no_period` when none is found). With `cancel`, the
-/// caller must be allowed the period's campaign. The group's lock is still
-/// held, for the cancel.
+/// Ends the period these alerts fired in (within `scope`) and records the
+/// notification (`action`, or `no_period` when none is found). The caller
+/// must be allowed the period's campaign, or nothing is ended nor named.
+/// The group's lock is still held, for the cancel.
 pub async fn resolve(
     pool: &PgPool,
     caller: &Caller,
+    scope: &str,
     n: &Notification,
-    cancel: bool,
     action: &'static str,
     payload: Value,
 ) -> Result<(GroupLock, Option<Ended>)> {
     let instances: Vec<String> = n.alerts.iter().map(|a| a.instance()).collect();
-    let mut lock = GroupLock::take(pool, &n.group_key).await?;
+    let mut lock = GroupLock::take(pool, scope, &n.group_key).await?;
     let mut tx = lock.begin().await?;
     // The period these alerts fired in; a late resolved notification of an
     // older period does not end the current one.
     let period: Option<Period> = sqlx::query_as(
         "SELECT id, campaign, contact_list, instances, enqueued_at, resolved_at FROM alert_periods \
-         WHERE group_key = $1 AND instances && $2 ORDER BY id DESC LIMIT 1",
+         WHERE group_key = $1 AND (scope = $3 OR scope IS NULL) AND instances && $2 ORDER BY id DESC LIMIT 1",
     )
     .bind(&n.group_key)
     .bind(&instances)
+    .bind(scope)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(period) = period else {
@@ -214,9 +221,7 @@ pub async fn resolve(
         tx.commit().await?;
         return Ok((lock, None));
     };
-    if cancel {
-        caller.check_campaign(&period.campaign)?;
-    }
+    caller.check_campaign(&period.campaign)?;
     sqlx::query("UPDATE alert_periods SET resolved_at = coalesce(resolved_at, now()) WHERE id = $1")
         .bind(period.id)
         .execute(&mut *tx)
