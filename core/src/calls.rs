@@ -121,6 +121,8 @@ pub struct Standing {
     pub dialing_at: Option<DateTime<Utc>>,
     /// The database's clock when read (the lease is measured on it).
     pub now: DateTime<Utc>,
+    /// The claimed attempt's URL token (a resend must carry the same).
+    pub url_token: Option<String>,
 }
 
 impl Standing {
@@ -132,18 +134,19 @@ impl Standing {
 
 /// The call's state, attempt and dialing time; `None` when it no longer exists.
 pub async fn standing(pool: &PgPool, call: CallId) -> Result<Option<Standing>, sqlx::Error> {
-    type Row = (String, i32, Option<DateTime<Utc>>, DateTime<Utc>);
+    type Row = (String, i32, Option<DateTime<Utc>>, DateTime<Utc>, Option<String>);
     let row: Option<Row> =
-        sqlx::query_as("SELECT state, attempt, dialing_at, now() FROM calls WHERE id = $1")
+        sqlx::query_as("SELECT state, attempt, dialing_at, now(), url_token FROM calls WHERE id = $1")
             .bind(call)
             .fetch_optional(pool)
             .await?;
-    Ok(row.map(|(state, attempt, dialing_at, now)| Standing {
+    Ok(row.map(|(state, attempt, dialing_at, now, url_token)| Standing {
         // The column's CHECK lists exactly `CallState::ALL`.
         state: state.parse().unwrap_or(CallState::Unknown),
         attempt: u32::try_from(attempt).unwrap_or(0),
         dialing_at,
         now,
+        url_token,
     }))
 }
 

@@ -226,7 +226,7 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     let slot = reserved_at + wait;
     let url_token = calls::new_url_token();
     if !calls::claim(&deps.pool, job.call_id, job.attempt, provider, &url_token).await? {
-        return decide_unclaimed(deps, job, client.as_ref()).await;
+        return decide_unclaimed(deps, job, client.as_ref(), &campaign, &account).await;
     }
     // Look at the campaign once more just before the slot: a pause or a
     // cancel must stop dialing within a couple of seconds.
@@ -366,6 +366,8 @@ async fn decide_unclaimed(
     deps: &Deps,
     job: &CallJob,
     client: &dyn VoiceProvider,
+    campaign: &Campaign,
+    account: &str,
 ) -> Result<Outcome, ProcessError> {
     let Some(standing) = calls::standing(&deps.pool, job.call_id).await? else {
         warn!("call no longer exists, dropping job");
@@ -376,12 +378,61 @@ async fn decide_unclaimed(
         return Ok(Outcome::Ack);
     }
     let dialing_for = standing.dialing_for();
+    // A provider that ignores a repeated create-call of the same call and
+    // attempt within a window (Telnyx's command_id, 60 s): while it is open,
+    // sending the same request again is safe whether or not the worker that
+    // claimed the call got its request out (it died, most likely, and its
+    // job came back). Much better than waiting out the lease to find the
+    // provider cannot be asked, and marking the call `unknown`.
+    if let (Some(window), Some(token)) = (client.idempotency_window(), standing.url_token.clone())
+        && dialing_for + IDEMPOTENT_MARGIN < window
+    {
+        return resend_within_window(deps, job, client, campaign, account, token).await;
+    }
     if dialing_for < deps.settings.dialing_lease {
         // Another worker may be dialing right now: look again later.
         return Ok(Outcome::Delay(DelayTier::at_least(deps.settings.dialing_lease - dialing_for)));
     }
     let dialing_at = standing.dialing_at.unwrap_or(standing.now);
     reconcile(deps, job, client, dialing_at).await
+}
+
+/// How much of a provider's idempotency window a resend leaves unused: its
+/// own wait for a slot and request, and clock differences.
+const IDEMPOTENT_MARGIN: Duration = Duration::from_secs(15);
+
+/// Sends the claimed attempt's request again, the same (same command id,
+/// same URL token), within the provider's idempotency window.
+async fn resend_within_window(
+    deps: &Deps,
+    job: &CallJob,
+    client: &dyn VoiceProvider,
+    campaign: &Campaign,
+    account: &str,
+    url_token: String,
+) -> Result<Outcome, ProcessError> {
+    metrics::counter!("tocsin_retries_total", "reason" => "idempotent_resend").increment(1);
+    match deps.limiter.reserve(account).await {
+        Reservation::Granted(wait) if wait < IDEMPOTENT_MARGIN / 3 => tokio::time::sleep(wait).await,
+        // No slot soon enough: try again shortly, still inside the window.
+        _ => return Ok(Outcome::Delay(DelayTier::S1)),
+    }
+    info!(
+        "call claimed by a worker that did not finish: sending the same request again within the provider's window"
+    );
+    let request = CallRequest {
+        call_id: job.call_id,
+        attempt: job.attempt,
+        to: job.to.clone(),
+        from: campaign.settings.from.clone(),
+        webhook_base: deps.settings.public_url.clone(),
+        url_token,
+        ringing_timeout_secs: deps.settings.ringing_timeout_secs,
+        machine_detection: campaign.settings.machine_detection,
+        time_limit_secs: campaign.settings.call_time_limit_secs(),
+    };
+    let result = place(client, &request).await;
+    record(deps, job, campaign, account, campaign.settings.provider, result).await
 }
 
 /// A call stuck in `dialing`: a worker died mid-request, or the request's

@@ -38,8 +38,15 @@ async fn harness(settings: Settings) -> Harness {
         private_key_pem: SecretString::from(keys.private_pem),
     };
     let http = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
-    let client: Arc<dyn VoiceProvider> = Arc::new(vonage::Client::new(http, &credentials).unwrap());
-    let providers = HashMap::from([(Provider::Vonage, client)]);
+    let client: Arc<dyn VoiceProvider> = Arc::new(vonage::Client::new(http.clone(), &credentials).unwrap());
+    let telnyx_credentials = tocsin_core::config::TelnyxCredentials {
+        api_url: mock.uri(),
+        api_key: SecretString::from("KEY1".to_owned()),
+        connection_id: "conn".into(),
+    };
+    let telnyx: Arc<dyn VoiceProvider> =
+        Arc::new(tocsin_core::telnyx::Client::new(http, &telnyx_credentials));
+    let providers = HashMap::from([(Provider::Vonage, client), (Provider::Telnyx, telnyx)]);
     let conn = RedisLimiter::connect(&redis_url).await.unwrap();
     let prefix = testing::unique_prefix("worker");
     let limiter = Limiter::new(
@@ -461,5 +468,35 @@ async fn a_number_put_on_the_do_not_call_list_while_its_call_waits_for_the_slot_
     dnc.await.unwrap();
     let (state, _, _, code) = h.row(&job).await;
     assert_eq!((state.as_str(), code.as_deref()), ("skipped", Some("do_not_call")));
+    h.mock.verify().await;
+}
+
+#[tokio::test]
+async fn a_telnyx_call_left_by_a_dead_worker_is_sent_again_with_the_same_command_id_within_the_window() {
+    use wiremock::matchers::body_string_contains;
+    let h = harness(Settings::default()).await;
+    sqlx::query("UPDATE campaigns SET provider = 'telnyx' WHERE id = $1")
+        .bind(h.campaign)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    let job = h.job("+14155550040").await;
+    // A worker claimed the call and died; its job came back at once (well
+    // within the 60 s Telnyx ignores a repeated command_id, and the lease).
+    assert!(calls::claim(&h.db.pool, job.call_id, 1, Provider::Telnyx, "tok-1").await.unwrap());
+    Mock::given(method("POST"))
+        .and(path("/v2/calls"))
+        .and(body_string_contains(tocsin_core::telnyx::dial_command_id(job.call_id, 1)))
+        .and(body_string_contains("token=tok-1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "data": { "call_control_id": "v3:resent" } })),
+        )
+        .expect(1)
+        .mount(&h.mock)
+        .await;
+    // It used to wait out the lease and end `unknown` (Telnyx cannot list calls).
+    assert_eq!(process(&h.deps, &job).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&job).await, ("placed".into(), 1, Some("v3:resent".into()), None));
     h.mock.verify().await;
 }
