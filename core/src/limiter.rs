@@ -135,7 +135,12 @@ fn micros(d: Duration) -> i64 {
 pub struct Limiter {
     /// `None`: no shared limit at all (benchmark baseline only).
     redis: Option<RedisLimiter>,
-    local_rate: f64,
+    /// The account rate all workers share.
+    rate: f64,
+    /// How many workers configuration says share it.
+    expected_workers: u32,
+    /// How many are consuming the work queue now (`set_workers_running`).
+    running_workers: std::sync::atomic::AtomicU32,
     max_wait: Duration,
     state: std::sync::Mutex<FallbackState>,
 }
@@ -160,10 +165,30 @@ impl Limiter {
         metrics::gauge!("tocsin_limiter_fallback_active").set(0.0);
         Self {
             redis: Some(redis),
-            local_rate: rate_per_sec / f64::from(expected_workers.max(1)),
+            rate: rate_per_sec,
+            expected_workers: expected_workers.max(1),
+            running_workers: std::sync::atomic::AtomicU32::new(0),
             max_wait,
             state: std::sync::Mutex::new(FallbackState::default()),
         }
+    }
+
+    /// Tells the limiter how many workers consume the work queue now (the
+    /// broker's consumer count). When Redis is down each worker allows the
+    /// rate divided by the larger of this and `expected_workers`, so the sum
+    /// stays under the rate even when more workers run than configured.
+    pub fn set_workers_running(&self, n: u32) {
+        let old = self.running_workers.swap(n, std::sync::atomic::Ordering::Relaxed);
+        if old != n {
+            // Buckets made for another share are made again at the new one.
+            self.lock().local.clear();
+        }
+    }
+
+    /// This worker's share of the rate while Redis is down.
+    pub fn local_rate(&self) -> f64 {
+        let running = self.running_workers.load(std::sync::atomic::Ordering::Relaxed);
+        self.rate / f64::from(self.expected_workers.max(running).max(1))
     }
 
     /// No limiter: every request goes out at once and only a provider 429
@@ -172,7 +197,9 @@ impl Limiter {
     pub fn disabled() -> Self {
         Self {
             redis: None,
-            local_rate: f64::INFINITY,
+            rate: f64::INFINITY,
+            expected_workers: 1,
+            running_workers: std::sync::atomic::AtomicU32::new(0),
             max_wait: Duration::ZERO,
             state: std::sync::Mutex::new(FallbackState::default()),
         }
@@ -220,16 +247,16 @@ impl Limiter {
             metrics::gauge!("tocsin_limiter_fallback_active").set(1.0);
             tracing::error!(
                 error = %why,
-                local_rate = self.local_rate,
-                "Redis unreachable: falling back to a local rate limiter (rate / expected workers)"
+                local_rate = self.local_rate(),
+                "Redis unreachable: falling back to a local rate limiter (rate / workers running)"
             );
         }
     }
 
     async fn reserve_locally(&self, account: &str) -> Reservation {
         let limiter = {
+            let rate = self.local_rate();
             let mut state = self.lock();
-            let rate = self.local_rate;
             state
                 .local
                 .entry(account.to_owned())

@@ -173,6 +173,10 @@ async fn session(
         .context("starting to consume the work queue")?;
     *broker.lock().unwrap_or_else(|p| p.into_inner()) = Some(amqp.status().clone());
     info!(queue = %topology.work_queue(), prefetch = config.prefetch, "consuming");
+    // How many workers really share the rate (the work queue's consumers),
+    // for the local fallback limiter while Redis is down.
+    let counter =
+        tokio::spawn(count_workers(channel.clone(), topology.work_queue(), deps.clone(), shutdown.clone()));
 
     let result = loop {
         let delivery = tokio::select! {
@@ -195,6 +199,7 @@ async fn session(
         });
     };
 
+    counter.abort();
     if result.is_ok() {
         // Stop deliveries; unacked jobs we never started go back when the channel closes.
         let _ = consume_channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
@@ -209,6 +214,24 @@ async fn session(
     }
     result
 }
+
+/// Every few seconds, the work queue's consumer count (a passive declare)
+/// goes to the limiter: the workers sharing the rate, counted by the broker.
+async fn count_workers(channel: lapin::Channel, queue: String, deps: Arc<Deps>, shutdown: CancellationToken) {
+    loop {
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        if let Ok(q) = channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
+            deps.limiter.set_workers_running(q.consumer_count());
+            metrics::gauge!("tocsin_workers_running").set(f64::from(q.consumer_count()));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(WORKER_COUNT_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+const WORKER_COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// Resolves when no job holds an in-flight permit.
 async fn wait_idle(in_flight: &Arc<Semaphore>, prefetch: u16) {

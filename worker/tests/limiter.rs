@@ -148,3 +148,31 @@ async fn while_redis_is_unreachable_a_local_limiter_takes_over_then_redis_again(
     }
     assert!(back, "never returned to Redis");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_fallback_shares_the_rate_among_the_workers_really_running() {
+    let url = testing::redis_url().await;
+    let upstream: SocketAddr =
+        url.trim_start_matches("redis://").parse().unwrap_or("127.0.0.1:6379".parse().unwrap());
+    let proxy = Proxy::start("127.0.0.1:0".parse().unwrap(), upstream).await;
+    let redis = limiter(&format!("redis://{}", proxy.addr), 10.0, Duration::from_secs(5)).await;
+    // Configured for one worker, but the broker counts four consumers: each
+    // may send 2.5/s while Redis is down, not the whole 10/s (four workers
+    // at 10/s each is how a 20 s outage drew 66 × 429 at the provider).
+    let limiter = Limiter::new(redis, 10.0, 1, Duration::from_secs(5));
+    limiter.set_workers_running(4);
+    assert!((limiter.local_rate() - 2.5).abs() < 1e-9);
+    proxy.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    for _ in 0..4 {
+        let Reservation::Granted(wait) = limiter.reserve("acct").await else { panic!("refused") };
+        tokio::time::sleep(wait).await;
+    }
+    assert!(limiter.fallback_active());
+    // Four slots at 2.5/s: at least 1.2 s after the first.
+    assert!(started.elapsed() >= Duration::from_millis(1150), "{:?}", started.elapsed());
+    // Fewer running than configured: the configured count still holds.
+    limiter.set_workers_running(0);
+    assert!((limiter.local_rate() - 10.0).abs() < 1e-9);
+}
