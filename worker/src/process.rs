@@ -282,17 +282,7 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         release(deps, job, None).await?;
         return Ok(Outcome::Delay(DelayTier::S1));
     }
-    let request = CallRequest {
-        call_id: job.call_id,
-        attempt: job.attempt,
-        to: job.to.clone(),
-        from: campaign.settings.from.clone(),
-        webhook_base: deps.settings.public_url.clone(),
-        url_token,
-        ringing_timeout_secs: deps.settings.ringing_timeout_secs,
-        machine_detection: campaign.settings.machine_detection,
-        time_limit_secs: campaign.settings.call_time_limit_secs(),
-    };
+    let request = call_request(deps, job, &campaign, url_token);
     let mut result = place(client.as_ref(), &request).await;
     // A lost answer from an idempotent provider: the same request again is safe.
     if let (Err(PlaceCallError::Ambiguous(_)), Some(window)) = (&result, client.idempotency_window()) {
@@ -308,6 +298,21 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         }
     }
     record(deps, job, &campaign, &account, provider, result).await
+}
+
+/// The create-call request of a claimed attempt.
+fn call_request(deps: &Deps, job: &CallJob, campaign: &Campaign, url_token: String) -> CallRequest {
+    CallRequest {
+        call_id: job.call_id,
+        attempt: job.attempt,
+        to: job.to.clone(),
+        from: campaign.settings.from.clone(),
+        webhook_base: deps.settings.public_url.clone(),
+        url_token,
+        ringing_timeout_secs: deps.settings.ringing_timeout_secs,
+        machine_detection: campaign.settings.machine_detection,
+        time_limit_secs: campaign.settings.call_time_limit_secs(),
+    }
 }
 
 /// Sleeps until `until`; `false` if shutdown began first.
@@ -420,17 +425,7 @@ async fn resend_within_window(
     info!(
         "call claimed by a worker that did not finish: sending the same request again within the provider's window"
     );
-    let request = CallRequest {
-        call_id: job.call_id,
-        attempt: job.attempt,
-        to: job.to.clone(),
-        from: campaign.settings.from.clone(),
-        webhook_base: deps.settings.public_url.clone(),
-        url_token,
-        ringing_timeout_secs: deps.settings.ringing_timeout_secs,
-        machine_detection: campaign.settings.machine_detection,
-        time_limit_secs: campaign.settings.call_time_limit_secs(),
-    };
+    let request = call_request(deps, job, campaign, url_token);
     let result = place(client, &request).await;
     record(deps, job, campaign, account, campaign.settings.provider, result).await
 }
