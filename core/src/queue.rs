@@ -66,6 +66,11 @@ impl DelayTier {
         }
     }
 
+    /// The tier of a `name` (`1s`, `5s` …).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// The tier nearest to `wanted` (on a log scale), so a 4-minute retry
     /// delay waits 2 minutes rather than 10.
     pub fn nearest(wanted: Duration) -> Self {

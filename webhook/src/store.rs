@@ -148,6 +148,9 @@ pub struct EventStore {
 impl EventStore {
     /// Starts the batcher. `redials` publishes next attempts; `None` disables redials.
     pub fn start(pool: PgPool, redials: Option<Arc<RedialPublisher>>, config: BatchConfig) -> Self {
+        if let Some(publisher) = &redials {
+            tokio::spawn(publisher.clone().run_outbox(pool.clone()));
+        }
         let (tx, rx) = mpsc::channel(config.max_events * 4);
         tokio::spawn(batcher(pool, redials, config, rx));
         Self { tx }
@@ -340,18 +343,34 @@ pub async fn store_batch(
         }
     }
 
-    // The calls move on, and the redials the batch triggers are published
-    // before the commit: a failed commit leaves at most a job whose claim
-    // will fail, never a redial without a job.
+    // The calls move on, and the redials the batch triggers go to the
+    // outbox in the same transaction: whatever RabbitMQ does, the events are
+    // stored and answered, and no call waits in `retry_wait` without its job
+    // on its way (the outbox is published after the commit, and again until
+    // the broker confirms).
     let redial_jobs = calls::apply_events(&mut tx, &applied, redials.is_some()).await.map_err(db)?;
-    if let Some(publisher) = redials {
-        for (tier, jobs) in redial_jobs {
-            publisher.publish(&jobs, tier).await?;
-            metrics::counter!("tocsin_redials_total").increment(jobs.len() as u64);
-            info!(count = jobs.len(), tier = tier.name(), "redials scheduled");
-        }
+    let mut queued = 0;
+    for (tier, jobs) in &redial_jobs {
+        let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.call_id.0).collect();
+        let bodies: Vec<Vec<u8>> = jobs.iter().map(CallJob::to_bytes).collect();
+        sqlx::query(
+            "INSERT INTO redial_outbox (call_id, job, delay_tier) \
+             SELECT u.id, u.job, $3 FROM unnest($1::uuid[], $2::bytea[]) AS u(id, job)",
+        )
+        .bind(&ids)
+        .bind(&bodies)
+        .bind(tier.name())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        queued += jobs.len();
     }
     tx.commit().await.map_err(db)?;
+    if let (Some(publisher), true) = (redials, queued > 0) {
+        metrics::counter!("tocsin_redials_total").increment(queued as u64);
+        info!(count = queued, "redials scheduled");
+        publisher.wake.notify_one();
+    }
     Ok(outcomes)
 }
 
@@ -360,11 +379,89 @@ pub struct RedialPublisher {
     url: String,
     topology: Topology,
     inner: Mutex<Option<(lapin::Connection, Publisher)>>,
+    /// Rung when a batch put redials in the outbox.
+    wake: tokio::sync::Notify,
 }
+
+/// How often the outbox is looked at when nothing rings.
+const OUTBOX_EVERY: Duration = Duration::from_secs(2);
+/// The most redials one outbox pass publishes.
+const OUTBOX_BATCH: i64 = 500;
 
 impl RedialPublisher {
     pub fn new(url: String, topology: Topology) -> Self {
-        Self { url, topology, inner: Mutex::new(None) }
+        Self { url, topology, inner: Mutex::new(None), wake: tokio::sync::Notify::new() }
+    }
+
+    /// Publishes the outbox until the process ends: when a batch rings, and
+    /// every few seconds (redials left by a broker outage, or by a replica
+    /// that stopped).
+    pub async fn run_outbox(self: Arc<Self>, pool: PgPool) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(OUTBOX_EVERY) => {}
+            }
+            loop {
+                match self.publish_outbox(&pool).await {
+                    Ok(n) => {
+                        if failing {
+                            info!(
+                                "RabbitMQ is reachable again: the redials kept in the outbox are being published"
+                            );
+                            failing = false;
+                        }
+                        if n < OUTBOX_BATCH as usize {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            error!(error = %e, "redials kept in the outbox: RabbitMQ is unreachable; the events are stored, the redials are published when it is back");
+                        }
+                        failing = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass: publishes up to `OUTBOX_BATCH` redials and deletes them
+    /// once the broker confirmed them; returns how many.
+    pub async fn publish_outbox(&self, pool: &PgPool) -> Result<usize, StoreError> {
+        let db = |e: sqlx::Error| StoreError::Database(e.to_string());
+        let mut tx = pool.begin().await.map_err(db)?;
+        let rows: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT id, job, delay_tier FROM redial_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(OUTBOX_BATCH)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut done = Vec::with_capacity(rows.len());
+        for (id, body, tier) in &rows {
+            // A row that cannot be read (never written by this code) is dropped, logged.
+            let (Ok(job), Some(tier)) = (CallJob::decode(body), DelayTier::from_name(tier)) else {
+                error!(id, "unreadable redial in the outbox; dropped");
+                done.push(*id);
+                continue;
+            };
+            self.publish(std::slice::from_ref(&job), tier).await?;
+            done.push(*id);
+        }
+        sqlx::query("DELETE FROM redial_outbox WHERE id = ANY($1)")
+            .bind(&done)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        metrics::gauge!("tocsin_redial_outbox_published").set(done.len() as f64);
+        Ok(done.len())
     }
 
     /// Connects and declares the topology now (start-up check).

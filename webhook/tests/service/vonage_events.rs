@@ -668,3 +668,72 @@ async fn an_event_changes_only_the_call_whose_url_token_it_carries_and_the_answe
     assert!(body.contains("Flood"), "{body}");
     h.cleanup().await;
 }
+
+#[tokio::test]
+async fn with_rabbitmq_down_events_are_stored_and_their_redials_wait_in_the_outbox() {
+    use std::sync::Arc;
+    use webhook::store::{BatchConfig, CallProof, EventStore, RedialPublisher, Stored, StoredEvent};
+    let h = harness().await;
+    let busy = h.call("+14155550001", "placed", 1).await;
+    let other = h.call("+14155550002", "placed", 1).await;
+    // A broker nobody answers on: the redial cannot be published now.
+    let down =
+        Arc::new(RedialPublisher::new("amqp://guest:guest@127.0.0.1:1/%2f".into(), Topology::new(&h.prefix)));
+    let store = EventStore::start(h.db.pool.clone(), Some(down), BatchConfig::default());
+    let stored = |id: CallId, uuid: &str, status: &str| StoredEvent {
+        proof: CallProof::Signed,
+        provider: "vonage",
+        dedupe_key: format!("vonage:{uuid}:{status}"),
+        status: status.into(),
+        payload: serde_json::json!({ "status": status }),
+        call: calls::Event {
+            call_id: Some(id),
+            attempt: Some(1),
+            provider_call_id: Some(uuid.into()),
+            state: Some(status.parse().unwrap()),
+            occurred_at: Some(chrono::Utc::now()),
+            duration_secs: None,
+            price: None,
+            answered_by: None,
+            detail: None,
+        },
+    };
+    // The busy event (which calls for a redial) and an unrelated one: both
+    // stored and answered; they used to fail together with 503.
+    let (a, b) =
+        tokio::join!(store.store(stored(busy, "u1", "busy")), store.store(stored(other, "u2", "ringing")));
+    assert_eq!((a.unwrap(), b.unwrap()), (Stored::Applied, Stored::Applied));
+    assert_eq!(h.state(busy).await.0, "retry_wait");
+    assert_eq!(h.state(other).await.0, "ringing");
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM redial_outbox WHERE call_id = $1")
+        .bind(busy)
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 1);
+
+    // The broker is back (here: a publisher that reaches it): the outbox is
+    // published and emptied, and the redial reaches the work queue.
+    let up = RedialPublisher::new(h.amqp_url.clone(), Topology::new(&h.prefix));
+    assert_eq!(up.publish_outbox(&h.db.pool).await.unwrap(), 1);
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM redial_outbox").fetch_one(&h.db.pool).await.unwrap();
+    assert_eq!(left, 0);
+    let conn = tocsin_core::queue::connect(&h.amqp_url, "outbox-test").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            Topology::new(&h.prefix).work_queue().into(),
+            "outbox-test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery =
+        tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap().unwrap();
+    let job = CallJob::decode(&delivery.data).unwrap();
+    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    assert_eq!((job.call_id, job.attempt), (busy, 2));
+    h.cleanup().await;
+}
