@@ -79,6 +79,26 @@ impl Harness {
             .unwrap()
     }
 
+    /// The next job in the work queue (within 10 s), acked.
+    async fn next_job(&self) -> CallJob {
+        let conn = tocsin_core::queue::connect(&self.amqp_url, "hook-test").await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                Topology::new(&self.prefix).work_queue().into(),
+                "hook-test".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let delivery =
+            tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap().unwrap();
+        let job = CallJob::decode(&delivery.data).unwrap();
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        job
+    }
+
     async fn events(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM call_events").fetch_one(&self.db.pool).await.unwrap()
     }
@@ -434,21 +454,7 @@ async fn busy_calls_are_redialled_after_the_retry_delay_and_late_events_stay_out
     assert_eq!(h.state(id).await.0, "retry_wait");
 
     // The next attempt arrives in the work queue after the 1 s delay tier.
-    let conn = tocsin_core::queue::connect(&h.amqp_url, "redial-test").await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            Topology::new(&h.prefix).work_queue().into(),
-            "redial-test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let delivery =
-        tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap().unwrap();
-    let job = CallJob::decode(&delivery.data).unwrap();
-    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    let job = h.next_job().await;
     assert_eq!((job.call_id, job.attempt), (id, 2));
 
     // With max_attempts reached, a second busy is final.
@@ -719,21 +725,7 @@ async fn with_rabbitmq_down_events_are_stored_and_their_redials_wait_in_the_outb
     let left: i64 =
         sqlx::query_scalar("SELECT count(*) FROM redial_outbox").fetch_one(&h.db.pool).await.unwrap();
     assert_eq!(left, 0);
-    let conn = tocsin_core::queue::connect(&h.amqp_url, "outbox-test").await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            Topology::new(&h.prefix).work_queue().into(),
-            "outbox-test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let delivery =
-        tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap().unwrap();
-    let job = CallJob::decode(&delivery.data).unwrap();
-    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    let job = h.next_job().await;
     assert_eq!((job.call_id, job.attempt), (busy, 2));
     h.cleanup().await;
 }
