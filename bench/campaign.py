@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,8 @@ import time
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-BIN = os.path.join(ROOT, "target", "release")
+# BENCH_BIN runs another build (e.g. a baseline worktree's target/release).
+BIN = os.environ.get("BENCH_BIN", os.path.join(ROOT, "target", "release"))
 BASE_DB = os.environ.get("TOCSIN_DATABASE_URL", "postgres://localhost/tocsin")
 PROCS = []
 
@@ -106,6 +108,7 @@ def main():
     p.add_argument("--sim-arg", action="append", default=[], help="extra simulator flag (repeatable)")
     p.add_argument("--worker-arg", action="append", default=[], help="extra worker flag (repeatable)")
     p.add_argument("--kill-every", type=float, default=0.0, help="SIGKILL a random worker this often (s)")
+    p.add_argument("--kill-for", type=float, default=0.0, help="stop killing this long after enqueueing (s; 0 = until done)")
     p.add_argument("--restart-rabbitmq-at", type=float, default=0.0, help="restart RabbitMQ this long after enqueueing (s)")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--base-port", type=int, default=19000)
@@ -129,7 +132,8 @@ def main():
         "TOCSIN_VONAGE_API_URL": f"http://127.0.0.1:{sim_port}",
         "TOCSIN_PUBLIC_URL": f"http://127.0.0.1:{hook_port}",
         "TOCSIN_RATE_PER_SEC": str(args.rate),
-        "RUST_LOG": "warn",
+        # The sweeper's info lines are counted below (jobs it re-published).
+        "RUST_LOG": "warn,worker::sweep=info",
     })
     procs = PROCS
 
@@ -183,6 +187,8 @@ def main():
     finished = False
     while time.time() < deadline:
         now = time.time()
+        if next_kill and args.kill_for and now - t_enqueue >= args.kill_for:
+            next_kill = None
         if next_kill and now >= next_kill:
             i = random.randrange(args.workers)
             victim = workers[i]
@@ -222,6 +228,29 @@ def main():
     span = stats["first_to_last_call_secs"]
     achieved = (vonage_calls - 1) / span if span > 0 else 0.0
 
+    # Jobs dead-lettered: still in the dead-letter queue, or drained by the
+    # sweeper into dead_jobs (a build without the table counts the queue).
+    dead_queue = 0
+    for line in sh("rabbitmqctl", "-q", "list_queues", "name", "messages").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == f"{run}.calls.dead":
+            dead_queue = int(parts[1])
+    try:
+        dead_table = int(psql(db_url, "SELECT count(*) FROM dead_jobs", attempts=1))
+    except Exception:
+        dead_table = 0
+    # What the workers' logs say: jobs re-published by the sweeper, jobs
+    # re-published fresh after redeliveries.
+    republished = recycled = 0
+    for name in os.listdir(work):
+        if name.startswith("worker-") and name.endswith(".log"):
+            for line in open(os.path.join(work, name), errors="replace"):
+                if "re-published the jobs of calls" in line:
+                    m = re.search(r"calls=(\d+)", line)
+                    republished += int(m.group(1)) if m else 0
+                elif "re-published fresh" in line:
+                    recycled += 1
+
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -247,6 +276,8 @@ def main():
         "sim_429s": stats["rate_limited_429"], "numbers_called_twice": twice,
         "not_finished": not_finished, "states": states, "unknown_reasons": unknown,
         "kills": kills, "rabbitmq_restarted": rabbit_restarted,
+        "dead_lettered": dead_queue + dead_table, "sweeper_republished": republished,
+        "jobs_recycled": recycled,
         "worker_cpu_seconds": round(cpu, 2),
         "cpu_ms_per_call": round(1000 * cpu / max(stats["calls"], 1), 3),
         "calls_per_sec_end_to_end": round(stats["calls"] / elapsed, 1) if elapsed else 0,

@@ -43,7 +43,7 @@ pub async fn claim(
         "UPDATE calls SET state = 'dialing', attempt = $2, provider = $3, dialing_at = now(), \
                 updated_at = now(), provider_call_id = NULL, placed_at = NULL, answered_at = NULL, \
                 ended_at = NULL, answered_by = NULL, duration_secs = NULL, error_code = NULL, \
-                error_detail = NULL, url_token = $4 \
+                error_detail = NULL, url_token = $4, job_due_at = NULL \
          WHERE id = $1 AND state IN ('queued', 'retry_wait') AND attempt < $2",
     )
     .bind(call)
@@ -181,7 +181,7 @@ pub async fn release(pool: &PgPool, call: CallId, count: Option<Count<'_>>) -> R
                 attempt = attempt - 1, \
                 transient_failures = transient_failures + $2, \
                 rate_limited = rate_limited + $3, \
-                error_detail = coalesce($4, error_detail), updated_at = now() \
+                error_detail = coalesce($4, error_detail), updated_at = now(), job_due_at = NULL \
          WHERE id = $1 AND state = 'dialing' \
          RETURNING transient_failures, rate_limited",
     )
@@ -194,6 +194,21 @@ pub async fn release(pool: &PgPool, call: CallId, count: Option<Count<'_>>) -> R
     let (t, r) = counts.unwrap_or((0, 0));
     let n = if rate_limited > 0 { r } else { t };
     Ok(u32::try_from(n).unwrap_or(0))
+}
+
+/// A worker put the job of a waiting call off until `due` from now (its
+/// calling window is closed, its start is later, its account is paused):
+/// the sweeper must not take the wait for a lost job.
+pub async fn defer(pool: &PgPool, call: CallId, due: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calls SET job_due_at = now() + make_interval(secs => $2) \
+         WHERE id = $1 AND state IN ('queued', 'retry_wait')",
+    )
+    .bind(call)
+    .bind(due.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The provider has the call (its create-call answer, or found when
@@ -590,13 +605,186 @@ pub mod redial {
         .fetch_all(&mut *tx)
         .await?;
         let mut by_tier: HashMap<&'static str, (DelayTier, Vec<CallJob>)> = HashMap::new();
+        let (mut ids, mut dues) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
         for (call_id, campaign_id, number, attempt, delay) in rows {
             let Ok(to) = PhoneNumber::from_e164(&number) else { continue };
             let next = u32::try_from(attempt).unwrap_or(0) + 1;
             let job = CallJob { v: JOB_VERSION, call_id, campaign_id, to, attempt: next };
             let tier = DelayTier::nearest(Duration::from_secs(u64::try_from(delay).unwrap_or(0)));
+            ids.push(call_id.0);
+            dues.push(tier.duration().as_secs_f64());
             by_tier.entry(tier.name()).or_insert_with(|| (tier, Vec::new())).1.push(job);
         }
+        // When each job comes back: the tier's delay, not the campaign's (the
+        // sweeper would take a job of a longer tier for lost).
+        sqlx::query(
+            "UPDATE calls k SET job_due_at = now() + make_interval(secs => u.due) \
+             FROM unnest($1::uuid[], $2::float8[]) AS u(id, due) WHERE k.id = u.id",
+        )
+        .bind(&ids)
+        .bind(&dues)
+        .execute(&mut *tx)
+        .await?;
         Ok(by_tier.into_values().collect())
+    }
+}
+
+/// The sweeper's side: calls that stopped moving. A job can be lost to
+/// the broker (dead-lettered, or gone with a crashed node) and a final
+/// event to the provider (it gave up redelivering); the worker's sweeper
+/// (one at a time across workers) finds such calls here and moves them on.
+/// Every function marks the calls it returns as looked at now, so each is
+/// handled at most once per quiet period.
+pub mod sweep {
+    use super::*;
+
+    /// Waiting calls (`queued`, `retry_wait`) of active campaigns whose job
+    /// was due more than `quiet` ago, and whose campaign has not changed
+    /// status for as long (a paused campaign's jobs circle without writing
+    /// here, and need a moment after a resume): their jobs, to publish
+    /// again within the caller's transaction.
+    pub async fn overdue_waiting(
+        tx: &mut PgConnection,
+        quiet: Duration,
+        limit: i64,
+    ) -> Result<Vec<CallJob>, sqlx::Error> {
+        let rows: Vec<(CallId, CampaignId, String, i32)> = sqlx::query_as(
+            "UPDATE calls k SET job_due_at = now() \
+             FROM (SELECT k.id FROM calls k JOIN campaigns c ON c.id = k.campaign_id \
+                   WHERE k.state IN ('queued', 'retry_wait') AND c.status = 'active' \
+                     AND c.updated_at < now() - make_interval(secs => $1) \
+                     AND coalesce(k.job_due_at, k.updated_at) < now() - make_interval(secs => $1) \
+                   ORDER BY k.id LIMIT $2 FOR UPDATE OF k SKIP LOCKED) AS due \
+             WHERE k.id = due.id \
+             RETURNING k.id, k.campaign_id, k.number, k.attempt + 1",
+        )
+        .bind(quiet.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(jobs(rows))
+    }
+
+    /// Calls left `dialing` more than `quiet` (the dialing lease and more):
+    /// the job of the claimed attempt, whose next worker reconciles it.
+    /// (Reached through `campaigns`, so the `(campaign_id, state)` index
+    /// finds the few such calls of each campaign without a scan of `calls`.)
+    pub async fn abandoned_dialing(
+        tx: &mut PgConnection,
+        quiet: Duration,
+        limit: i64,
+    ) -> Result<Vec<CallJob>, sqlx::Error> {
+        let rows: Vec<(CallId, CampaignId, String, i32)> = sqlx::query_as(
+            "UPDATE calls k SET job_due_at = now() \
+             FROM (SELECT k.id FROM campaigns c JOIN calls k ON k.campaign_id = c.id \
+                   WHERE k.state = 'dialing' \
+                     AND coalesce(k.job_due_at, k.updated_at) < now() - make_interval(secs => $1) \
+                   ORDER BY k.id LIMIT $2 FOR UPDATE OF k SKIP LOCKED) AS due \
+             WHERE k.id = due.id \
+             RETURNING k.id, k.campaign_id, k.number, k.attempt",
+        )
+        .bind(quiet.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(jobs(rows))
+    }
+
+    fn jobs(rows: Vec<(CallId, CampaignId, String, i32)>) -> Vec<CallJob> {
+        rows.into_iter()
+            .filter_map(|(call_id, campaign_id, number, attempt)| {
+                let to = PhoneNumber::from_e164(&number).ok()?;
+                let attempt = u32::try_from(attempt).ok().filter(|a| *a >= 1)?;
+                Some(CallJob { v: JOB_VERSION, call_id, campaign_id, to, attempt })
+            })
+            .collect()
+    }
+
+    /// A call in progress at the provider (`placed`, `ringing`, `answered`)
+    /// from which no event has come for a while.
+    #[derive(Debug, Clone)]
+    pub struct Silent {
+        pub call_id: CallId,
+        pub attempt: i32,
+        pub provider: Provider,
+        pub provider_call_id: String,
+        pub state: CallState,
+    }
+
+    /// Calls in progress with no event for more than `quiet` (longer than a
+    /// call rings, plus the stall time), marked as looked at now.
+    pub async fn silent_in_progress(
+        pool: &PgPool,
+        quiet: Duration,
+        limit: i64,
+    ) -> Result<Vec<Silent>, sqlx::Error> {
+        let rows: Vec<(CallId, i32, String, String, String)> = sqlx::query_as(
+            "UPDATE calls k SET job_due_at = now() \
+             FROM (SELECT k.id FROM campaigns c JOIN calls k ON k.campaign_id = c.id \
+                   WHERE k.state IN ('placed', 'ringing', 'answered') AND k.provider_call_id IS NOT NULL \
+                     AND coalesce(k.job_due_at, k.updated_at) < now() - make_interval(secs => $1) \
+                   ORDER BY k.id LIMIT $2 FOR UPDATE OF k SKIP LOCKED) AS due \
+             WHERE k.id = due.id \
+             RETURNING k.id, k.attempt, k.provider, k.provider_call_id, k.state",
+        )
+        .bind(quiet.as_secs_f64())
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(call_id, attempt, provider, provider_call_id, state)| {
+                Some(Silent {
+                    call_id,
+                    attempt,
+                    provider: provider.parse().ok()?,
+                    provider_call_id,
+                    state: state.parse().ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// The provider says the call ended and how: applied as its final event
+    /// would have been (forward only), with any redial it earns returned
+    /// for the caller to publish before it commits.
+    pub async fn ended(
+        tx: &mut PgConnection,
+        call: &Silent,
+        state: CallState,
+        detail: Option<String>,
+        duration_secs: Option<i32>,
+    ) -> Result<Vec<(DelayTier, Vec<CallJob>)>, sqlx::Error> {
+        let event = Event {
+            call_id: Some(call.call_id),
+            attempt: Some(call.attempt),
+            state: Some(state),
+            provider_call_id: Some(call.provider_call_id.clone()),
+            occurred_at: Some(Utc::now()),
+            duration_secs,
+            detail,
+            ..Event::default()
+        };
+        apply_events(tx, &[&event], true).await
+    }
+
+    /// The call ended at the provider (or the provider no longer knows it)
+    /// and nothing says how: an answered call is `completed` (it was
+    /// answered and is over), any other `unknown` for the operator.
+    pub async fn ended_unseen(pool: &PgPool, call: &Silent, detail: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE calls SET \
+                state = CASE WHEN answered_at IS NOT NULL THEN 'completed' ELSE 'unknown' END, \
+                error_code = CASE WHEN answered_at IS NOT NULL THEN error_code ELSE 'final_event_lost' END, \
+                error_detail = CASE WHEN answered_at IS NOT NULL THEN error_detail ELSE $3 END, \
+                ended_at = now(), updated_at = now() \
+             WHERE id = $1 AND attempt = $2 AND state IN ('placed', 'ringing', 'answered')",
+        )
+        .bind(call.call_id)
+        .bind(call.attempt)
+        .bind(detail)
+        .execute(pool)
+        .await?;
+        Ok(())
     }
 }

@@ -28,6 +28,10 @@ pub enum JobDecodeError {
     UnsupportedVersion(u8),
     #[error("job attempt must be at least 1")]
     ZeroAttempt,
+    #[error(
+        "job names call {call} which is not the call of its campaign and number ({expected}): no such call can exist"
+    )]
+    ForeignCall { call: CallId, expected: CallId },
 }
 
 impl CallJob {
@@ -47,6 +51,10 @@ impl CallJob {
         }
         if job.attempt == 0 {
             return Err(JobDecodeError::ZeroAttempt);
+        }
+        let expected = CallId::derive(job.campaign_id, &job.to);
+        if job.call_id != expected {
+            return Err(JobDecodeError::ForeignCall { call: job.call_id, expected });
         }
         Ok(job)
     }
@@ -77,5 +85,9 @@ mod tests {
         assert!(matches!(CallJob::decode(v2), Err(JobDecodeError::UnsupportedVersion(2))));
         let bad_number = br#"{"v":1,"call_id":"6f1c2b7e-5a3d-4c8e-9b0a-7d2e1f4c3a5b","campaign_id":"6f1c2b7e-5a3d-4c8e-9b0a-7d2e1f4c3a5b","to":"4155550100","attempt":1}"#;
         assert!(CallJob::decode(bad_number).is_err());
+        // The call id is derived from the campaign and the number: a job
+        // naming another id names a call that cannot exist.
+        let foreign = br#"{"v":1,"call_id":"6f1c2b7e-5a3d-4c8e-9b0a-7d2e1f4c3a5b","campaign_id":"6f1c2b7e-5a3d-4c8e-9b0a-7d2e1f4c3a5b","to":"+14155550100","attempt":1}"#;
+        assert!(matches!(CallJob::decode(foreign), Err(JobDecodeError::ForeignCall { .. })));
     }
 }

@@ -11,6 +11,7 @@ pub mod calls;
 pub mod campaign;
 pub mod config;
 pub mod db;
+pub mod dead;
 pub mod http;
 pub mod ids;
 pub mod job;

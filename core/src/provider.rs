@@ -1,11 +1,12 @@
-//! What every provider adapter shares: the request to place a call and the
-//! outcome type whose variants are the worker's decisions.
+//! What every provider adapter shares: the request to place a call, the
+//! outcome type whose variants are the worker's decisions, and what a
+//! provider says of the calls we placed (listed, or one looked up).
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::{CallId, PhoneNumber};
+use crate::{CallId, CallState, PhoneNumber};
 
 /// The voice providers Tocsin can place calls through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -132,10 +133,62 @@ impl CallWindow {
     }
 }
 
-/// Why listing calls failed.
+/// Why asking the provider about its calls (listing them, or one call's
+/// status) failed: nothing is known, ask again later.
 #[derive(Debug, thiserror::Error)]
-#[error("listing calls failed: {0}")]
+#[error("asking the provider about its calls failed: {0}")]
 pub struct ListCallsError(pub String);
+
+/// What the provider says about one call we placed, asked by its own call id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteStatus {
+    /// The provider has no such call (404), or no longer keeps it (Telnyx
+    /// keeps a call's status for 10 minutes after it ends).
+    Gone,
+    /// Still in progress at the provider (queued, dialing, ringing or answered).
+    Live,
+    /// Ended at the provider.
+    Ended {
+        /// The terminal state the provider's status maps to (completed,
+        /// busy, no_answer, rejected, failed, cancelled), by the same table
+        /// as its events; `None` where the provider does not say how the
+        /// call ended (Telnyx).
+        state: Option<CallState>,
+        /// The provider's own status word (`timeout`, `no-answer`, …):
+        /// several words map to one state.
+        detail: Option<String>,
+        /// How long the call lasted, in seconds, where the provider says.
+        duration_secs: Option<i32>,
+    },
+}
+
+impl RemoteStatus {
+    /// The answer for a provider status word: `Ended` when `state` (its
+    /// mapping) is terminal, `Live` when it is a state on the way there.
+    pub(crate) fn of_status(
+        status: &str,
+        state: Option<CallState>,
+        duration_secs: Option<i32>,
+    ) -> Option<Self> {
+        let state = state?;
+        Some(if state.is_terminal() {
+            Self::Ended { state: Some(state), detail: Some(status.to_owned()), duration_secs }
+        } else {
+            Self::Live
+        })
+    }
+}
+
+/// `base` (an API's base URL) with `segments` appended, each percent-encoded
+/// as one path segment: an id from a provider never shapes the path.
+pub(crate) fn api_url(base: &str, segments: &[&str]) -> Result<reqwest::Url, String> {
+    let mut url = reqwest::Url::parse(base).map_err(|e| format!("bad API URL {base:?}: {e}"))?;
+    url.path_segments_mut()
+        .map_err(|()| format!("API URL {base:?} cannot take a path"))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -161,6 +214,16 @@ pub trait VoiceProvider: Send + Sync {
         to: &'a PhoneNumber,
         window: CallWindow,
     ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>>;
+
+    /// What the provider says about one call we placed, by the provider's
+    /// call id recorded at create-call (for a call whose final event never
+    /// came). 404 (no such call, or no longer kept; Telnyx's 422 90015
+    /// too) is `Gone`; 5xx, 429, other refusals, unreadable answers, status
+    /// words Tocsin does not know and connection failures are errors.
+    fn call_status<'a>(
+        &'a self,
+        provider_call_id: &'a str,
+    ) -> BoxFuture<'a, Result<RemoteStatus, ListCallsError>>;
 
     /// How long the provider treats a repeated create-call request for the
     /// same call and attempt as the same request (Telnyx's `command_id`: 60 s).

@@ -24,8 +24,65 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use crate::CallJob;
 
 /// How many times RabbitMQ redelivers a job (worker crashes, nacks) before
-/// dead-lettering it.
+/// dead-lettering it. A queue argument, fixed when the queue was first
+/// declared; the worker never lets a job get near it (`RECYCLE_AFTER`), so
+/// it only guards against a worker that could not run its own check.
 pub const DELIVERY_LIMIT: i64 = 5;
+
+/// A job the broker has redelivered this many times (each return is a
+/// worker that died, or gave the job back, while holding it) is published
+/// again as a fresh message and the old one acked, before the delivery
+/// limit can dead-letter it: dying workers are no fault of the job's.
+pub const RECYCLE_AFTER: i64 = 2;
+
+/// Header naming why the worker dead-lettered a job.
+pub const DEAD_REASON_HEADER: &str = "x-tocsin-dead-reason";
+
+/// How many times the broker has delivered this message before (a quorum
+/// queue's `x-delivery-count`; 0 on the first delivery).
+pub fn delivery_count(properties: &BasicProperties) -> i64 {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count"))
+        .and_then(amqp_int)
+        .unwrap_or(0)
+}
+
+/// Why a message is in the dead-letter queue: the worker's reason header,
+/// else the broker's (`x-death`'s first `reason`, e.g. `delivery_limit`).
+pub fn dead_reason(properties: &BasicProperties) -> String {
+    let headers = properties.headers().as_ref().map(FieldTable::inner);
+    let ours = headers.and_then(|h| h.get(DEAD_REASON_HEADER)).and_then(amqp_text);
+    let broker = || {
+        let AMQPValue::FieldArray(deaths) = headers?.get("x-death")? else { return None };
+        let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else { return None };
+        amqp_text(first.inner().get("reason")?).map(|r| format!("broker: {r}"))
+    };
+    ours.or_else(broker).unwrap_or_else(|| "unknown".into())
+}
+
+fn amqp_int(value: &AMQPValue) -> Option<i64> {
+    match value {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+fn amqp_text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
 
 pub const ROUTE_CALL: &str = "call";
 pub const ROUTE_DEAD: &str = "dead";
@@ -263,6 +320,26 @@ impl Publisher {
     /// the tier's TTL expires.
     pub async fn publish_delayed(&self, job: &CallJob, tier: DelayTier) -> Result<(), PublishError> {
         check(self.send(job, &Topology::delay_route(tier)).await?.await?)
+    }
+
+    /// Publishes a message the worker gives up on (`body` as received, which
+    /// may not decode) to the dead-letter queue with its reason, and waits
+    /// for the confirm.
+    pub async fn publish_dead(&self, body: &[u8], reason: &str) -> Result<(), PublishError> {
+        let mut headers = FieldTable::default();
+        headers.insert(DEAD_REASON_HEADER.into(), long(reason));
+        let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.topology.exchange().into(),
+                ROUTE_DEAD.into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                props,
+            )
+            .await?;
+        check(confirm.await?)
     }
 
     async fn send(&self, job: &CallJob, route: &str) -> lapin::Result<lapin::PublisherConfirm> {

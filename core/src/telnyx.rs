@@ -1,7 +1,8 @@
 //! Telnyx Call Control (API v2): the dial client (Bearer API key, JSON,
-//! idempotent `command_id`), the speak and hang-up commands the webhook
-//! service sends once a call is answered, the event payload, and the
-//! Ed25519 webhook signature. Request and response structs are private.
+//! idempotent `command_id`), a call's status, the speak and hang-up
+//! commands the webhook service sends once a call is answered, the event
+//! payload, and the Ed25519 webhook signature. Request and response structs
+//! are private.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TelnyxCredentials;
 use crate::provider::{
     BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall,
-    VoiceProvider, rate_limit_wait,
+    RemoteStatus, VoiceProvider, api_url, rate_limit_wait,
 };
 use crate::{CallId, CallState, PhoneNumber};
 
@@ -75,6 +76,49 @@ struct DialData {
 struct DialResponse {
     data: DialData,
 }
+
+/// "Retrieve a call status" (`GET /v2/calls/{call_control_id}`): the fields
+/// a status lookup reads of telnyx-python's `CallRetrieveStatusResponse`
+/// (`src/telnyx/types/call_retrieve_status_response.py`; the whole shape is
+/// `fixtures/telnyx/call-status.json`).
+#[derive(Deserialize)]
+struct CallStatusData {
+    /// "Indicates whether the call is alive or not. For Dial command it will
+    /// always be `false` (dialing is asynchronous)."
+    is_alive: bool,
+    /// "Indicates the duration of the call in seconds".
+    #[serde(default)]
+    call_duration: Option<i64>,
+    /// "ISO 8601 formatted date indicating when the call ended. Only present
+    /// when the call is not alive".
+    #[serde(default)]
+    end_time: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CallStatusResponse {
+    /// `Optional[Data]` in the SDK type.
+    #[serde(default)]
+    data: Option<CallStatusData>,
+}
+
+impl CallStatusData {
+    /// Ended only when Telnyx says the call is not alive *and* gives its end:
+    /// a call not alive yet (still dialing, as the dial's own answer says)
+    /// has no end time. Telnyx says nothing of how a call ended, so the
+    /// state is left to its `call.hangup` (or to the caller).
+    fn remote_status(&self) -> RemoteStatus {
+        if self.is_alive || self.end_time.is_none() {
+            return RemoteStatus::Live;
+        }
+        let duration_secs = self.call_duration.and_then(|d| i32::try_from(d).ok());
+        RemoteStatus::Ended { state: None, detail: None, duration_secs }
+    }
+}
+
+/// Telnyx's code for a `call_control_id` it does not accept ("Invalid Call
+/// Control ID": the example error of the endpoint's documented 422).
+const INVALID_CALL_CONTROL_ID: &str = "90015";
 
 #[derive(Deserialize)]
 struct ErrorItem {
@@ -284,6 +328,40 @@ impl Client {
         self.command(call_control_id, "hangup", &serde_json::json!({ "command_id": command_id })).await
     }
 
+    /// `GET /v2/calls/{call_control_id}`. Telnyx keeps a call's status only
+    /// for a while: "Returns the status of a call (data is available 10
+    /// minutes after call ended)" (telnyx-python
+    /// `src/telnyx/resources/calls/calls.py`, `retrieve_status`; the same
+    /// sentence on developers.telnyx.com, "Retrieve a call status"). What it
+    /// answers after that is not documented: the endpoint's documented errors
+    /// are a 422 (whose examples include 90015 "Invalid Call Control ID") and
+    /// a generic default. Either a 404 or a 90015 for an id Telnyx itself
+    /// gave us therefore reads as `Gone`.
+    async fn status(&self, call_control_id: &str) -> Result<RemoteStatus, ListCallsError> {
+        let url = api_url(&self.api_url, &["v2", "calls", call_control_id]).map_err(ListCallsError)?;
+        let response =
+            self.http.get(url).bearer_auth(self.api_key.expose_secret()).send().await.map_err(|e| {
+                ListCallsError(format!("Telnyx could not be asked about call {call_control_id}: {e}"))
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            let answer: CallStatusResponse = response.json().await.map_err(|e| {
+                ListCallsError(format!("unreadable Telnyx answer about call {call_control_id}: {e}"))
+            })?;
+            return answer.data.map(|d| d.remote_status()).ok_or_else(|| {
+                ListCallsError(format!("Telnyx's answer about call {call_control_id} has no data"))
+            });
+        }
+        let error: ErrorBody = response.json().await.unwrap_or_default();
+        let (code, detail) = error.code_and_detail();
+        if status == reqwest::StatusCode::NOT_FOUND
+            || (status == reqwest::StatusCode::UNPROCESSABLE_ENTITY && code == INVALID_CALL_CONTROL_ID)
+        {
+            return Ok(RemoteStatus::Gone);
+        }
+        Err(ListCallsError(format!("Telnyx answered {status} {code} about call {call_control_id}: {detail}")))
+    }
+
     async fn command(
         &self,
         call_control_id: &str,
@@ -344,6 +422,13 @@ impl VoiceProvider for Client {
                 "Telnyx cannot list calls by number; rely on the dial's command_id (60 s)".into(),
             ))
         })
+    }
+
+    fn call_status<'a>(
+        &'a self,
+        provider_call_id: &'a str,
+    ) -> BoxFuture<'a, Result<RemoteStatus, ListCallsError>> {
+        Box::pin(self.status(provider_call_id))
     }
 
     fn idempotency_window(&self) -> Option<Duration> {
@@ -647,6 +732,28 @@ mod tests {
             event(r#"{"data":{"event_type":"call.answered","id":"e"}}"#).state(),
             Some(CallState::Answered)
         );
+    }
+
+    /// The documented answer (`fixtures/telnyx/call-status.json`, telnyx-python's
+    /// `CallRetrieveStatusResponse` with the OpenAPI example) reads as an ended
+    /// call; a live one, and one not alive yet (no end), as live.
+    #[test]
+    fn call_status_reads_the_documented_answer() {
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../../fixtures/telnyx/call-status.json")).unwrap();
+        let read = |body: &serde_json::Value| {
+            serde_json::from_value::<CallStatusResponse>(body.clone()).unwrap().data.unwrap().remote_status()
+        };
+        let mut body = fixture["body"].clone();
+        assert_eq!(read(&body), RemoteStatus::Ended { state: None, detail: None, duration_secs: Some(50) });
+        body["data"]["is_alive"] = serde_json::json!(true);
+        body["data"].as_object_mut().unwrap().remove("end_time");
+        assert_eq!(read(&body), RemoteStatus::Live);
+        body["data"]["is_alive"] = serde_json::json!(false);
+        assert_eq!(read(&body), RemoteStatus::Live, "not alive yet: no end time");
+        let error: ErrorBody =
+            serde_json::from_value(fixture["error_invalid_call_control_id"]["body"].clone()).unwrap();
+        assert_eq!(error.code_and_detail().0, INVALID_CALL_CONTROL_ID);
     }
 
     #[test]

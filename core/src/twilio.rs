@@ -1,8 +1,9 @@
 //! Twilio Programmable Voice: the create-call client (HTTP Basic auth, form
-//! body), call listing for reconciliation, the answer document (TwiML), the
-//! status-callback payload and the `X-Twilio-Signature` scheme. Request and
-//! response structs are private: the rest of Tocsin sees `CallRequest`,
-//! `PlacedCall`, `PlaceCallError` and `TwilioStatus`.
+//! body), call listing for reconciliation and one call's fetch, the answer
+//! document (TwiML), the status-callback payload and the
+//! `X-Twilio-Signature` scheme. Request and response structs are private:
+//! the rest of Tocsin sees `CallRequest`, `PlacedCall`, `PlaceCallError`,
+//! `RemoteStatus` and `TwilioStatus`.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use serde::Deserialize;
 use crate::config::TwilioCredentials;
 use crate::provider::{
     BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall,
-    VoiceProvider, rate_limit_wait,
+    RemoteStatus, VoiceProvider, api_url, rate_limit_wait,
 };
 use crate::{CallState, PhoneNumber};
 
@@ -57,6 +58,18 @@ impl ListedCall {
             .find_map(|t| DateTime::parse_from_rfc2822(t).ok())
             .map(|t| t.with_timezone(&Utc))
     }
+}
+
+/// The Call resource as fetched (`GET …/Calls/{Sid}.json`, twilio-oai's
+/// `FetchCall`): the fields a status lookup reads.
+#[derive(Deserialize)]
+struct FetchedCall {
+    #[serde(default)]
+    status: String,
+    /// "The length of the call in seconds. This value is empty for busy,
+    /// failed, unanswered, or ongoing calls." (a string, or null)
+    #[serde(default)]
+    duration: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +189,44 @@ impl Client {
         }
         Err(ListCallsError("more than 100 pages of calls; giving up".into()))
     }
+
+    /// `GET …/Calls/{Sid}.json`: the call's `status` (the spec's
+    /// `call_enum_status`) through the callbacks' table (`status_state`).
+    async fn status(&self, sid: &str) -> Result<RemoteStatus, ListCallsError> {
+        let resource = format!("{sid}.json");
+        let url = api_url(&self.api_url, &["2010-04-01", "Accounts", &self.account_sid, "Calls", &resource])
+            .map_err(ListCallsError)?;
+        let response = self
+            .http
+            .get(url)
+            .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
+            .send()
+            .await
+            .map_err(|e| ListCallsError(format!("Twilio could not be asked about call {sid}: {e}")))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(RemoteStatus::Gone);
+        }
+        if !status.is_success() {
+            let error: TwilioError = response.json().await.unwrap_or_default();
+            return Err(ListCallsError(format!(
+                "Twilio answered {status} {} about call {sid}: {}",
+                error.code(),
+                error.message
+            )));
+        }
+        let call: FetchedCall = response
+            .json()
+            .await
+            .map_err(|e| ListCallsError(format!("unreadable Twilio answer about call {sid}: {e}")))?;
+        let duration = call.duration.as_deref().and_then(|d| d.trim().parse().ok());
+        RemoteStatus::of_status(&call.status, status_state(&call.status), duration).ok_or_else(|| {
+            ListCallsError(format!(
+                "Twilio reports call {sid} as {:?}, a status Tocsin does not know",
+                call.status
+            ))
+        })
+    }
 }
 
 impl VoiceProvider for Client {
@@ -201,14 +252,28 @@ impl VoiceProvider for Client {
     ) -> BoxFuture<'a, Result<Vec<RemoteCall>, ListCallsError>> {
         Box::pin(self.list(to, window))
     }
+
+    fn call_status<'a>(
+        &'a self,
+        provider_call_id: &'a str,
+    ) -> BoxFuture<'a, Result<RemoteStatus, ListCallsError>> {
+        Box::pin(self.status(provider_call_id))
+    }
+}
+
+impl TwilioError {
+    /// The error code, a number in Twilio's answers (a string tolerated).
+    fn code(&self) -> String {
+        match &self.code {
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            _ => String::new(),
+        }
+    }
 }
 
 fn classify(status: u16, wait: Option<Duration>, error: TwilioError) -> PlaceCallError {
-    let code = match error.code {
-        Some(serde_json::Value::Number(n)) => n.to_string(),
-        Some(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    };
+    let code = error.code();
     match status {
         // 20429: too many concurrent requests; never processed, safe to retry.
         429 => PlaceCallError::RateLimited { retry_after: wait },
@@ -436,17 +501,7 @@ impl TwilioStatus {
 
     /// The call state this callback moves the call to.
     pub fn state(&self) -> Option<CallState> {
-        Some(match self.call_status.as_str() {
-            "queued" | "initiated" => CallState::Placed,
-            "ringing" => CallState::Ringing,
-            "in-progress" => CallState::Answered,
-            "completed" => CallState::Completed,
-            "busy" => CallState::Busy,
-            "no-answer" => CallState::NoAnswer,
-            "failed" => CallState::Failed,
-            "canceled" => CallState::Cancelled,
-            _ => return None,
-        })
+        status_state(&self.call_status)
     }
 
     /// Identity for deduplication: `CallSid` + `SequenceNumber` (which
@@ -484,6 +539,23 @@ impl TwilioStatus {
             _ => None,
         }
     }
+}
+
+/// The call state a Twilio status word stands for: the one table of
+/// Twilio's words, read for the status callbacks (`CallStatus`) and for a
+/// call fetched (the Call resource's `status`, which has no `initiated`).
+fn status_state(status: &str) -> Option<CallState> {
+    Some(match status {
+        "queued" | "initiated" => CallState::Placed,
+        "ringing" => CallState::Ringing,
+        "in-progress" => CallState::Answered,
+        "completed" => CallState::Completed,
+        "busy" => CallState::Busy,
+        "no-answer" => CallState::NoAnswer,
+        "failed" => CallState::Failed,
+        "canceled" => CallState::Cancelled,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -34,6 +34,11 @@ TOCSIN_METRICS = {
     "tocsin_calls_unknown_total": "counter",
     "tocsin_limiter_fallback_active": "gauge",
     "tocsin_retries_total": "counter",
+    "tocsin_jobs_recycled_total": "counter",
+    "tocsin_dead_jobs": "gauge",
+    "tocsin_sweeper_leader": "gauge",
+    "tocsin_sweeper_republished_total": "counter",
+    "tocsin_sweeper_settled_total": "counter",
     # webhook
     "tocsin_webhook_events_total": "counter",
     "tocsin_webhook_rejected_total": "counter",

@@ -101,6 +101,18 @@ pub enum Command {
     Apikey(ApikeyCommand),
     /// Apply the database migrations and exit (every command also applies them first).
     Migrate,
+    /// Put dead-lettered call jobs back in the work queue (after fixing what sent them there).
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  producer requeue-dead --campaign storm-warning\n",
+        "  producer requeue-dead                          # every campaign's\n\n",
+        "The workers' sweeper moves jobs from the dead-letter queue into the `dead_jobs` table,\n",
+        "where `producer status` counts them per campaign. A job is dead-lettered only for a\n",
+        "reason in the job itself (it cannot be decoded, or names a call that cannot exist);\n",
+        "undecodable ones cannot be put back and stay listed (`SELECT * FROM dead_jobs`).\n",
+        "Putting a job back is always safe: a job whose call has been handled is dropped."
+    ))]
+    RequeueDead(RequeueDeadArgs),
     /// Vonage application settings, through Vonage's Applications API.
     #[command(subcommand)]
     Vonage(VonageCommand),
@@ -390,6 +402,15 @@ pub struct ListImportArgs {
 pub struct NameArg {
     /// Campaign name.
     pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RequeueDeadArgs {
+    /// Only this campaign's dead-lettered jobs (default: every campaign's).
+    #[arg(long)]
+    pub campaign: Option<String>,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
 }
 
 #[derive(Args, Debug)]

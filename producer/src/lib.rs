@@ -38,10 +38,11 @@ pub mod lists;
 pub mod status;
 
 use anyhow::Context;
-use tocsin_core::db;
+use secrecy::ExposeSecret;
+use tocsin_core::{db, queue};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Cli, Command, SignedCallbacksArgs, VonageCommand};
+use crate::config::{Cli, Command, RequeueDeadArgs, SignedCallbacksArgs, VonageCommand};
 pub use crate::enqueue::{enqueue, enqueue_until};
 pub use tocsin_enqueue::Report;
 
@@ -124,8 +125,48 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
             say!("database schema is up to date");
             Ok(())
         }
+        Command::RequeueDead(args) => requeue_dead(&pool, &args).await,
         Command::Vonage(_) => Ok(()),
     }
+}
+
+/// `producer requeue-dead`: publishes dead-lettered jobs (of one campaign
+/// or all) to the work queue again, a batch per transaction: a batch leaves
+/// `dead_jobs` only once the broker has confirmed it.
+async fn requeue_dead(pool: &sqlx::PgPool, args: &RequeueDeadArgs) -> anyhow::Result<()> {
+    let campaign = match &args.campaign {
+        Some(name) => Some(campaign::find(pool, name).await?.id),
+        None => None,
+    };
+    let amqp = queue::connect(args.amqp.amqp_url.expose_secret(), "tocsin-producer")
+        .await
+        .map_err(|e| Fatal::Unreachable { service: "RabbitMQ (TOCSIN_AMQP_URL)", detail: e.to_string() })?;
+    let topology = queue::Topology::new(&args.amqp.queue_prefix);
+    let channel = amqp.create_channel().await?;
+    topology.declare(&channel).await.context("declaring the queue topology")?;
+    let publisher = queue::Publisher::new(&amqp, topology).await?;
+    let mut requeued = 0usize;
+    loop {
+        let mut tx = pool.begin().await?;
+        let jobs = tocsin_core::dead::take(&mut tx, campaign, 1000).await?;
+        if jobs.is_empty() {
+            break;
+        }
+        publisher.publish_all(&jobs).await.context("publishing the jobs back to the work queue")?;
+        tx.commit().await?;
+        requeued += jobs.len();
+    }
+    queue::close(&amqp, "requeue-dead done").await;
+    let scope = args.campaign.as_deref().map_or("all campaigns".to_owned(), |c| format!("campaign {c}"));
+    say!("put {requeued} dead-lettered jobs back in the work queue ({scope})");
+    let undecodable = tocsin_core::dead::undecodable(pool).await?;
+    if undecodable > 0 {
+        say!(
+            "{undecodable} dead-lettered messages cannot be decoded and were left in dead_jobs \
+             (SELECT id, reason, dead_at, convert_from(body, 'UTF8') FROM dead_jobs WHERE campaign_id IS NULL)"
+        );
+    }
+    Ok(())
 }
 
 /// `producer vonage signed-callbacks`: reads, and unless `--check` sets,

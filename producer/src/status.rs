@@ -36,6 +36,8 @@ pub struct Status {
     /// Seconds until every call has finished at the current rate.
     pub eta_secs: Option<u64>,
     pub schedule: String,
+    /// Jobs of this campaign in the dead-letter store (`producer requeue-dead`).
+    pub dead_jobs: i64,
 }
 
 impl Status {
@@ -57,7 +59,7 @@ impl Status {
             (None, _) if self.status == CampaignStatus::Paused => CampaignStatus::Paused.to_string(),
             (None, _) => "- (no calls in the last minute)".to_owned(),
         };
-        vec![
+        let mut lines = vec![
             format!("{}: {} via {}, {} calls", self.campaign, self.status, self.provider, self.total),
             format!(
                 "  finished  {:>9} ({:.1}%)  answered {}  busy {}  no answer {}  failed {}  cancelled {}  skipped {}  unknown {}",
@@ -83,7 +85,14 @@ impl Status {
                 self.calls_per_sec
             ),
             format!("  schedule  {}", self.schedule),
-        ]
+        ];
+        if self.dead_jobs > 0 {
+            lines.push(format!(
+                "  dead      {} jobs dead-lettered; after a fix: producer requeue-dead --campaign {}",
+                self.dead_jobs, self.campaign
+            ));
+        }
+        lines
     }
 }
 
@@ -127,6 +136,7 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
         calls_per_sec,
         eta_secs,
         schedule: c.schedule(Utc::now()),
+        dead_jobs: tocsin_core::dead::count_for(pool, c.id).await.context("counting dead-lettered jobs")?,
     })
 }
 

@@ -211,6 +211,11 @@ pub struct FaultArgs {
     /// Share of events held back and delivered after the call's next event.
     #[arg(long = "fault-reorder-rate", env = "TOCSIN_SIM_FAULT_REORDER_RATE", default_value_t = 0.0)]
     pub reorder_rate: f64,
+
+    /// Share of events never delivered, as when a provider gives up redelivering them
+    /// (answer documents are still fetched): the call's record stays at the provider.
+    #[arg(long = "fault-drop-event-rate", env = "TOCSIN_SIM_FAULT_DROP_EVENT_RATE", default_value_t = 0.0)]
+    pub drop_event_rate: f64,
 }
 
 /// Weights of the outcomes drawn for unpinned numbers.
@@ -281,6 +286,7 @@ impl SimConfig {
             ("--fault-lost-response-rate", f.lost_response_rate),
             ("--fault-duplicate-rate", f.duplicate_rate),
             ("--fault-reorder-rate", f.reorder_rate),
+            ("--fault-drop-event-rate", f.drop_event_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 anyhow::bail!("{name} must be between 0 and 1");

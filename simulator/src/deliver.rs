@@ -68,6 +68,10 @@ impl Emitter {
 }
 
 async fn send(sim: &Sim, event: &Outgoing) {
+    if sim.chance(sim.config.faults.drop_event_rate) {
+        sim.stats.dropped_event();
+        return;
+    }
     deliver(sim, event).await;
     if sim.chance(sim.config.faults.duplicate_rate) {
         sim.stats.duplicated();

@@ -148,6 +148,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         )
         .route("/2010-04-01/Accounts/{account_sid}/Calls/{call}", get(twilio::fetch_call))
         .route("/v2/calls", post(telnyx::dial))
+        .route("/v2/calls/{call_control_id}", get(telnyx::call_status))
         .route("/v2/calls/{call_control_id}/actions/{action}", post(telnyx::action))
         .route("/_sim/stats", get(stats::stats))
         .route("/_sim/calls", get(stats::calls))

@@ -57,6 +57,7 @@ struct Counters {
     deliveries_ok: u64,
     deliveries_failed: u64,
     duplicated: u64,
+    dropped_events: u64,
     reordered: u64,
     answer_invalid: u64,
     commands: u64,
@@ -206,6 +207,10 @@ impl Stats {
         self.lock().counters.duplicated += 1;
     }
 
+    pub fn dropped_event(&self) {
+        self.lock().counters.dropped_events += 1;
+    }
+
     pub fn reordered(&self) {
         self.lock().counters.reordered += 1;
     }
@@ -284,6 +289,7 @@ impl Stats {
             timeouts: c.timeouts,
             lost_responses: c.lost_responses,
             duplicated_deliveries: c.duplicated,
+            dropped_events: c.dropped_events,
             reordered_deliveries: c.reordered,
             answer_documents_invalid: c.answer_invalid,
             telnyx_commands: c.commands,
@@ -348,6 +354,8 @@ pub struct StatsReport {
     pub timeouts: u64,
     pub lost_responses: u64,
     pub duplicated_deliveries: u64,
+    /// Events never delivered (`--fault-drop-event-rate`).
+    pub dropped_events: u64,
     pub reordered_deliveries: u64,
     pub answer_documents_invalid: u64,
     pub telnyx_commands: u64,

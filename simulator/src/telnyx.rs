@@ -2,11 +2,13 @@
 //! API-key auth, validation with Telnyx's error codes (10009, 10015, 10016,
 //! …), the dial rate per rolling window (429 code 90103 with
 //! `x-ratelimit-*` headers) and `command_id` idempotency (a repeat within
-//! 60 s returns the first answer and dials nothing); and the speak and
-//! hang-up actions. A call emits `call.initiated`, then `call.answered` and
-//! waits for the speak command, then `call.speak.started`/`ended`, and waits
-//! for the hang-up; or a `call.hangup` with the cause of its outcome. Events
-//! are Ed25519-signed with a timestamp, as Telnyx signs them.
+//! 60 s returns the first answer and dials nothing); the speak and
+//! hang-up actions; and a call's status (`GET /v2/calls/{id}`), told until
+//! 10 simulated minutes after the call ends. A call emits `call.initiated`,
+//! then `call.answered` and waits for the speak command, then
+//! `call.speak.started`/`ended`, and waits for the hang-up; or a
+//! `call.hangup` with the cause of its outcome. Events are Ed25519-signed
+//! with a timestamp, as Telnyx signs them.
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
@@ -65,6 +67,10 @@ struct LiveCall {
     commands: mpsc::UnboundedSender<Command>,
     phase: Mutex<Phase>,
     command_ids: Mutex<HashSet<String>>,
+    /// What the status endpoint reports besides the call control id.
+    call_leg_id: String,
+    call_session_id: String,
+    client_state: Option<String>,
 }
 
 /// The calls the simulated Telnyx knows, and recent dial `command_id`s.
@@ -335,6 +341,9 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
         commands: tx,
         phase: Mutex::new(Phase::Ringing),
         command_ids: Mutex::new(HashSet::new()),
+        call_leg_id: call_leg_id.clone(),
+        call_session_id: call_session_id.clone(),
+        client_state: request.client_state.clone(),
     });
     sim.telnyx_calls
         .calls
@@ -364,6 +373,77 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
     let mut response = (StatusCode::OK, Json(data)).into_response();
     rate_headers(&mut response, limit, remaining, Duration::ZERO);
     response
+}
+
+/// How long after a call ends Telnyx still tells its status: "data is
+/// available 10 minutes after call ended" (telnyx-python
+/// `src/telnyx/resources/calls/calls.py`, `retrieve_status`), in simulated
+/// seconds.
+const STATUS_KEPT_SECS: f64 = 600.0;
+
+/// The endpoint's documented refusal of a call control id (its 422's
+/// example 90015), for an id this simulator never gave or no longer keeps.
+/// What Telnyx answers once a call's data has gone is not documented; this
+/// is its one documented answer for an id it does not accept.
+fn invalid_call_control_id() -> Response {
+    errors(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "90015",
+        "Invalid Call Control ID",
+        "The call_control_id provided was not valid.",
+        Some("/call_control_id"),
+    )
+}
+
+/// `GET /v2/calls/{call_control_id}` ("Retrieve a call status"): the call as
+/// telnyx-python's `CallRetrieveStatusResponse` lays it out
+/// (`fixtures/telnyx/call-status.json`). Alive from the dial until the
+/// hang-up; `end_time` only once it is not; `start_time` is the dial, and
+/// `call_duration` the talk time (in the documented example the two spans
+/// differ: 110 s from start to end, a duration of 50).
+pub async fn call_status(
+    State(sim): State<Arc<Sim>>,
+    Path(call_control_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authenticate(&sim, &headers) {
+        return response;
+    }
+    let live =
+        sim.telnyx_calls.calls.lock().unwrap_or_else(|e| e.into_inner()).get(&call_control_id).cloned();
+    let call = sim.stats.calls_of("telnyx", |c| c.provider_call_id == call_control_id).into_iter().next();
+    let (Some(live), Some(call)) = (live, call) else {
+        return invalid_call_control_id();
+    };
+    let now = chrono::Utc::now();
+    let kept = chrono::Duration::from_std(sim.scaled(STATUS_KEPT_SECS)).unwrap_or(chrono::Duration::MAX);
+    if call.ended_at.is_some_and(|end| now - end > kept) {
+        return invalid_call_control_id();
+    }
+    let talk = match (call.ended, call.answered_at) {
+        (true, _) => call.duration_secs.unwrap_or(0),
+        (false, Some(answered)) => (now - answered).num_seconds(),
+        (false, None) => 0,
+    };
+    let iso = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut data = json!({
+        "call_control_id": call_control_id,
+        "call_leg_id": live.call_leg_id,
+        "call_session_id": live.call_session_id,
+        "is_alive": !call.ended,
+        "record_type": "call",
+        "call_duration": talk,
+        "start_time": iso(call.created),
+    });
+    if let Some(map) = data.as_object_mut() {
+        if let Some(state) = &live.client_state {
+            map.insert("client_state".into(), json!(state));
+        }
+        if let Some(end) = call.ended_at {
+            map.insert("end_time".into(), json!(iso(end)));
+        }
+    }
+    Json(json!({ "data": data })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -265,7 +265,12 @@ fn listed(account: &str, call: &SimCall) -> serde_json::Value {
     let mut r =
         call_resource(account, &call.provider_call_id, &call.to, &call.from, &call.status, call.created);
     r["queue_time"] = json!(((call.queue_secs * 1000.0) as u64).to_string());
-    r["start_time"] = json!(call.answered_at.map(rfc2822));
+    // "The start time of the call … Empty if the call has not yet been
+    // dialed": when it left the queue, answered or not.
+    let dialed = call
+        .started_at
+        .and_then(|s| chrono::Duration::from_std(Duration::from_secs_f64((s - call.at).max(0.0))).ok());
+    r["start_time"] = json!(dialed.map(|d| rfc2822(call.created + d)));
     r["end_time"] = json!(call.ended_at.map(rfc2822));
     r["duration"] = json!(call.duration_secs.map(|d| d.to_string()));
     r

@@ -1,6 +1,7 @@
 //! The simulator's APIs through Tocsin's own adapters and raw HTTP: each
-//! provider's rate semantics, auth errors, validation errors, listing and
-//! Telnyx's `command_id` idempotency; and every event it sends verifies
+//! provider's rate semantics, auth errors, validation errors, listing,
+//! one call's status through its life, and Telnyx's `command_id`
+//! idempotency; and every event it sends verifies
 //! with the provider's scheme (checked by a receiver using `tocsin-core`'s
 //! verifiers). `fidelity`: the adapters' requests and the simulator's
 //! answers and events against the providers' own specs and documented
@@ -20,8 +21,8 @@ use axum::routing::any;
 use clap::Parser;
 use secrecy::SecretString;
 use tocsin_core::config::{TelnyxCredentials, TwilioCredentials, VonageCredentials};
-use tocsin_core::provider::{CallRequest, PlaceCallError, VoiceProvider};
-use tocsin_core::{CallId, PhoneNumber, telnyx, twilio, vonage};
+use tocsin_core::provider::{CallRequest, PlaceCallError, RemoteStatus, VoiceProvider};
+use tocsin_core::{CallId, CallState, PhoneNumber, telnyx, twilio, vonage};
 use tokio_util::sync::CancellationToken;
 
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
@@ -340,6 +341,108 @@ async fn calls_are_listed_dials_are_idempotent_and_every_event_verifies() {
         http().get(format!("{}/_sim/calls", setup.sim)).send().await.unwrap().json().await.unwrap();
     let spoken: Vec<&str> = calls.iter().filter_map(|c| c["spoken"].as_str()).collect();
     assert_eq!(spoken, ["hello", "hello"], "{calls:?}");
+    setup.stop.cancel();
+}
+
+async fn calls_ended(setup: &Setup) -> u64 {
+    let stats: serde_json::Value =
+        http().get(format!("{}/_sim/stats", setup.sim)).send().await.unwrap().json().await.unwrap();
+    stats["calls_ended"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_adapter_asks_the_status_of_one_call_through_its_life() {
+    // Slow enough that a call just placed is still in progress when asked.
+    let setup = setup(&["--vonage-rate", "100", "--twilio-cps", "100", "--time-scale", "0.2"]).await;
+    let vonage = vonage_client(&setup, "private.pem");
+    let twilio = twilio_client(&setup, TOKEN);
+    let telnyx = telnyx_client(&setup, "KEY1");
+    let clients: [&dyn VoiceProvider; 3] = [&vonage, &twilio, &telnyx];
+    // Per provider an answered call, a busy one (numbers ending in 7) and
+    // an unanswered one (8), each asked about as soon as it is placed.
+    let mut placed = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        for last in [1, 7, 8] {
+            let n = 10 * (i as u32 + 1) + last;
+            let id = client.place_call(&request(&setup, n)).await.unwrap().provider_call_id;
+            assert_eq!(
+                client.call_status(&id).await.unwrap(),
+                RemoteStatus::Live,
+                "{} {n}",
+                client.provider()
+            );
+            placed.push((*client, last, id));
+        }
+    }
+    // Every call ends but Telnyx's answered one, which waits for a speak command.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while calls_ended(&setup).await < 8 {
+        assert!(std::time::Instant::now() < deadline, "the calls did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended = |state, word: &str| RemoteStatus::Ended {
+        state: Some(state),
+        detail: Some(word.to_owned()),
+        duration_secs: None,
+    };
+    for (client, last, id) in &placed {
+        let status = client.call_status(id).await.unwrap();
+        let expected = match (client.provider().as_str(), *last) {
+            ("vonage", 1) | ("twilio", 1) => {
+                let RemoteStatus::Ended { duration_secs, .. } = &status else { panic!("{status:?}") };
+                assert!(duration_secs.is_some_and(|d| d > 0), "{status:?}");
+                RemoteStatus::Ended {
+                    state: Some(CallState::Completed),
+                    detail: Some("completed".into()),
+                    duration_secs: *duration_secs,
+                }
+            }
+            ("vonage", 7) | ("twilio", 7) => ended(CallState::Busy, "busy"),
+            ("vonage", _) => ended(CallState::NoAnswer, "timeout"),
+            ("twilio", _) => ended(CallState::NoAnswer, "no-answer"),
+            ("telnyx", 1) => RemoteStatus::Live,
+            // Telnyx does not say how a call ended, only that it did.
+            _ => RemoteStatus::Ended { state: None, detail: None, duration_secs: Some(0) },
+        };
+        assert_eq!(status, expected, "{} call {id} (number ending in {last})", client.provider());
+    }
+
+    // Calls the provider does not have.
+    assert_eq!(vonage.call_status(&uuid::Uuid::new_v4().to_string()).await.unwrap(), RemoteStatus::Gone);
+    assert_eq!(twilio.call_status(&format!("CA{}", "0".repeat(32))).await.unwrap(), RemoteStatus::Gone);
+    assert_eq!(telnyx.call_status("v3:unknown").await.unwrap(), RemoteStatus::Gone);
+    // Refused credentials are an error, never a call that is gone.
+    let (_, _, vonage_id) = &placed[0];
+    assert!(vonage_client(&setup, "other.pem").call_status(vonage_id).await.is_err());
+    let (_, _, twilio_id) = &placed[3];
+    assert!(twilio_client(&setup, "wrong").call_status(twilio_id).await.is_err());
+    let (_, _, telnyx_id) = &placed[6];
+    assert!(telnyx_client(&setup, "KEYwrong").call_status(telnyx_id).await.is_err());
+    setup.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telnyx_tells_a_calls_status_for_ten_minutes_after_it_ends() {
+    // Ten simulated minutes are 0.6 s here.
+    let setup = setup(&["--time-scale", "0.001"]).await;
+    let telnyx = telnyx_client(&setup, "KEY1");
+    let id = telnyx.place_call(&request(&setup, 7)).await.unwrap().provider_call_id;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ended_seen = None;
+    let gone_after = loop {
+        assert!(std::time::Instant::now() < deadline, "the status was never forgotten");
+        match telnyx.call_status(&id).await.unwrap() {
+            RemoteStatus::Live => assert!(ended_seen.is_none(), "alive again after its end"),
+            RemoteStatus::Ended { .. } => {
+                ended_seen.get_or_insert_with(std::time::Instant::now);
+            }
+            RemoteStatus::Gone => {
+                break ended_seen.expect("forgotten before it was seen ended").elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(gone_after >= Duration::from_millis(400), "forgotten {gone_after:?} after the end");
     setup.stop.cancel();
 }
 

@@ -84,6 +84,16 @@ pub struct WorkerConfig {
     #[arg(long = "max-transient-retries", env = "TOCSIN_MAX_TRANSIENT_RETRIES", default_value_t = 5)]
     pub max_transient_retries: u32,
 
+    /// How often the sweeper (one worker at a time) looks for calls that stopped moving.
+    #[arg(long = "sweep-every", env = "TOCSIN_SWEEP_EVERY", default_value = "15s", value_parser = parse_duration)]
+    pub sweep_every: Duration,
+
+    /// How long past its due time a call may stand still before the sweeper moves it on:
+    /// a waiting call's job is published again, a call left dialing is reconciled, a call
+    /// in progress with no event for its ringing time plus this is looked up at its provider.
+    #[arg(long = "stall-after", env = "TOCSIN_STALL_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub stall_after: Duration,
+
     /// How long SIGTERM waits for in-flight calls before exiting.
     #[arg(long = "shutdown-grace", env = "TOCSIN_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -111,6 +121,13 @@ impl WorkerConfig {
         if self.expected_workers == 0 {
             anyhow::bail!("TOCSIN_EXPECTED_WORKERS must be at least 1");
         }
+        if self.sweep_every < Duration::from_secs(1) || self.stall_after < Duration::from_secs(1) {
+            anyhow::bail!(
+                "TOCSIN_SWEEP_EVERY and TOCSIN_STALL_AFTER must be at least 1s (got {:?} and {:?})",
+                self.sweep_every,
+                self.stall_after
+            );
+        }
         if self.prefetch == 0 {
             anyhow::bail!("TOCSIN_PREFETCH must be at least 1");
         }
@@ -118,6 +135,10 @@ impl WorkerConfig {
             anyhow::bail!("TOCSIN_PUBLIC_URL must be an http(s) URL, got {:?}", self.public_url);
         }
         Ok(())
+    }
+
+    pub fn sweep_settings(&self) -> crate::sweep::SweepSettings {
+        crate::sweep::SweepSettings { every: self.sweep_every, stall_after: self.stall_after }
     }
 
     pub fn public_url(&self) -> &str {

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod process;
+pub mod sweep;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -177,6 +178,14 @@ async fn session(
     // for the local fallback limiter while Redis is down.
     let counter =
         tokio::spawn(count_workers(channel.clone(), topology.work_queue(), deps.clone(), shutdown.clone()));
+    let sweep_channel = amqp.create_channel().await.context("opening the sweeper's channel")?;
+    let sweeper = tokio::spawn(sweep::run(
+        deps.clone(),
+        config.sweep_settings(),
+        sweep_channel,
+        publisher.clone(),
+        shutdown.clone(),
+    ));
 
     let result = loop {
         let delivery = tokio::select! {
@@ -200,6 +209,7 @@ async fn session(
     };
 
     counter.abort();
+    sweeper.abort();
     if result.is_ok() {
         // Stop deliveries; unacked jobs we never started go back when the channel closes.
         let _ = consume_channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
@@ -265,10 +275,28 @@ async fn handle(deps: &Deps, publisher: &Publisher, delivery: Delivery) {
         Ok(job) => job,
         Err(e) => {
             error!(error = %e, "undecodable job; dead-lettering");
-            dead_letter(&delivery).await;
+            dead_letter(publisher, &delivery, &e.to_string()).await;
             return;
         }
     };
+    // Returned by workers that died holding it (or gave it back): a fresh
+    // copy goes to the back of the queue before the delivery limit could
+    // dead-letter a job that did nothing wrong.
+    let redelivered = queue::delivery_count(&delivery.properties);
+    if redelivered >= queue::RECYCLE_AFTER {
+        match publisher.publish(&job).await {
+            Ok(()) => {
+                warn!(call_id = %job.call_id, redelivered, "job returned by workers that died holding it (or gave it back): re-published fresh");
+                metrics::counter!("tocsin_jobs_recycled_total").increment(1);
+                ack(&delivery).await;
+            }
+            Err(e) => {
+                error!(error = %e, call_id = %job.call_id, "could not re-publish a redelivered job; returning it to the queue");
+                requeue(&delivery).await;
+            }
+        }
+        return;
+    }
     let outcome = match process(deps, &job).await {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -294,7 +322,7 @@ async fn handle(deps: &Deps, publisher: &Publisher, delivery: Delivery) {
         },
         Outcome::DeadLetter(reason) => {
             error!(%reason, call_id = %job.call_id, "dead-lettering job");
-            dead_letter(&delivery).await;
+            dead_letter(publisher, &delivery, &reason).await;
         }
     }
 }
@@ -314,8 +342,14 @@ async fn requeue(delivery: &Delivery) {
     }
 }
 
-async fn dead_letter(delivery: &Delivery) {
+/// Sends the message to the dead-letter queue with its reason (the broker
+/// dead-letters a rejected one without it if that publish fails).
+async fn dead_letter(publisher: &Publisher, delivery: &Delivery, reason: &str) {
     metrics::counter!("tocsin_jobs_dead_lettered_total").increment(1);
+    if publisher.publish_dead(&delivery.data, reason).await.is_ok() {
+        ack(delivery).await;
+        return;
+    }
     let options = BasicNackOptions { requeue: false, ..Default::default() };
     if let Err(e) = delivery.nack(options).await {
         error!(error = %e, "nack failed; the job will be redelivered");

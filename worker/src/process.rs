@@ -194,7 +194,7 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     };
     let account = client.account();
     if let Some(left) = deps.account_paused(&account) {
-        return Ok(Outcome::Delay(DelayTier::at_least(left)));
+        return Ok(defer(deps, job, DelayTier::at_least(left)).await?);
     }
 
     // Reserve a slot, claim the call, then send exactly on the slot: the
@@ -347,9 +347,17 @@ async fn campaign_gate(
         CampaignStatus::Paused => return Ok(Some(Outcome::Delay(DelayTier::S5))),
         CampaignStatus::Active => {}
     }
-    Ok(campaign
-        .wait_before_calling(contact_zone, Utc::now())
-        .map(|wait| Outcome::Delay(DelayTier::at_least(wait))))
+    let Some(wait) = campaign.wait_before_calling(contact_zone, Utc::now()) else {
+        return Ok(None);
+    };
+    Ok(Some(defer(deps, job, DelayTier::at_least(wait)).await?))
+}
+
+/// Puts a waiting call's job off by `tier`, telling the sweeper when it is
+/// due (a long wait is not a lost job).
+async fn defer(deps: &Deps, job: &CallJob, tier: DelayTier) -> Result<Outcome, sqlx::Error> {
+    calls::defer(&deps.pool, job.call_id, tier.duration()).await?;
+    Ok(Outcome::Delay(tier))
 }
 
 /// The contact's own time zone, when the list gave one (`None`: the

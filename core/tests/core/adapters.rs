@@ -1,14 +1,19 @@
 //! Every provider adapter against a `wiremock` server, one test per outcome
 //! class: placed, rate limited (with the provider's wait headers),
 //! transient (5xx, nothing listening), permanent (4xx with the provider's
-//! code and detail) and ambiguous (no answer after the request was sent).
+//! code and detail) and ambiguous (no answer after the request was sent);
+//! and each adapter's reading of one call's status (ended, live, gone, or
+//! an error). The same lookups against the simulator are in
+//! `simulator/tests/api.rs`.
 
 use std::time::Duration;
 
 use secrecy::SecretString;
 use tocsin_core::config::{TelnyxCredentials, TwilioCredentials, VonageCredentials};
-use tocsin_core::provider::{CallRequest, CallWindow, PlaceCallError, PlacedCall, VoiceProvider};
-use tocsin_core::{CallId, PhoneNumber, telnyx, twilio, vonage};
+use tocsin_core::provider::{
+    CallRequest, CallWindow, PlaceCallError, PlacedCall, RemoteStatus, VoiceProvider,
+};
+use tocsin_core::{CallId, CallState, PhoneNumber, telnyx, twilio, vonage};
 use wiremock::matchers::{body_string_contains, header, header_exists, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -413,4 +418,168 @@ async fn telnyx_commands_classify_transient_and_refused() {
         })
     );
     assert!(matches!(client.hangup("v3:flaky", "c2").await, Err(telnyx::CommandError::Transient(_))));
+}
+
+/// Mounts `GET {path}` answering `response` on a fresh server and asks the
+/// adapter for that call's status.
+async fn status_with(
+    adapter: &Adapter,
+    call_path: &str,
+    id: &str,
+    response: ResponseTemplate,
+) -> Result<RemoteStatus, String> {
+    let server = MockServer::start().await;
+    Mock::given(method("GET")).and(path(call_path)).respond_with(response).expect(1).mount(&server).await;
+    client(adapter, &server.uri()).call_status(id).await.map_err(|e| e.to_string())
+}
+
+fn ended(state: Option<CallState>, detail: Option<&str>, duration_secs: Option<i32>) -> RemoteStatus {
+    RemoteStatus::Ended { state, detail: detail.map(str::to_owned), duration_secs }
+}
+
+#[tokio::test]
+async fn vonage_call_status_reads_the_calls_status_with_the_events_table() {
+    let uuid = "63f61863-4a51-4f6b-86e1-46edebcf9356";
+    let at = format!("/v1/calls/{uuid}");
+    let answer = |body: serde_json::Value| ResponseTemplate::new(200).set_body_json(body);
+    let call = |status: &str| serde_json::json!({"uuid": uuid, "status": status, "direction": "outbound"});
+    let completed = serde_json::json!({"uuid": uuid, "status": "completed", "duration": "12",
+        "price": "0.00450000", "start_time": "2020-01-01 12:00:00", "end_time": "2020-01-01 12:00:12"});
+    let status = |response| status_with(&Adapter::Vonage, &at, uuid, response);
+    assert_eq!(
+        status(answer(completed)).await,
+        Ok(ended(Some(CallState::Completed), Some("completed"), Some(12)))
+    );
+    // Several words, one state: the word is kept as the detail.
+    assert_eq!(
+        status(answer(call("timeout"))).await,
+        Ok(ended(Some(CallState::NoAnswer), Some("timeout"), None))
+    );
+    assert_eq!(
+        status(answer(call("rejected"))).await,
+        Ok(ended(Some(CallState::Rejected), Some("rejected"), None))
+    );
+    for live in ["started", "ringing", "answered", "machine"] {
+        assert_eq!(status(answer(call(live))).await, Ok(RemoteStatus::Live), "{live}");
+    }
+    let unknown = status(answer(call("teleported"))).await.unwrap_err();
+    assert!(unknown.contains("teleported"), "{unknown}");
+    let not_found = ResponseTemplate::new(404).set_body_json(serde_json::json!({
+        "type": "https://developer.nexmo.com/api-errors#not-found", "title": "Not Found"
+    }));
+    assert_eq!(status(not_found).await, Ok(RemoteStatus::Gone));
+    // Not a Vonage uuid: names no call, and is never sent.
+    let no_server = client(&Adapter::Vonage, "http://127.0.0.1:9").call_status("../applications").await;
+    assert_eq!(no_server.unwrap(), RemoteStatus::Gone);
+}
+
+#[tokio::test]
+async fn twilio_call_status_reads_the_call_resource() {
+    let sid = "CA0123456789abcdef0123456789abcdef";
+    let at = format!("/2010-04-01/Accounts/{SID}/Calls/{sid}.json");
+    let answer = |status: &str, duration: Option<&str>| {
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "sid": sid, "account_sid": SID, "status": status, "duration": duration,
+            "direction": "outbound-api", "answered_by": null
+        }))
+    };
+    let status = |response| status_with(&Adapter::Twilio, &at, sid, response);
+    assert_eq!(
+        status(answer("completed", Some("30"))).await,
+        Ok(ended(Some(CallState::Completed), Some("completed"), Some(30)))
+    );
+    for (word, state) in [
+        ("busy", CallState::Busy),
+        ("no-answer", CallState::NoAnswer),
+        ("failed", CallState::Failed),
+        ("canceled", CallState::Cancelled),
+    ] {
+        assert_eq!(status(answer(word, None)).await, Ok(ended(Some(state), Some(word), None)), "{word}");
+    }
+    for live in ["queued", "ringing", "in-progress"] {
+        assert_eq!(status(answer(live, None)).await, Ok(RemoteStatus::Live), "{live}");
+    }
+    let not_found = ResponseTemplate::new(404).set_body_json(serde_json::json!({
+        "code": 20404, "message": "The requested resource was not found", "status": 404
+    }));
+    assert_eq!(status(not_found).await, Ok(RemoteStatus::Gone));
+    let refused = ResponseTemplate::new(401).set_body_json(serde_json::json!({
+        "code": 20003, "message": "Authenticate", "status": 401
+    }));
+    let error = status(refused).await.unwrap_err();
+    assert!(error.contains("20003") && error.contains(sid), "{error}");
+}
+
+#[tokio::test]
+async fn telnyx_call_status_is_alive_or_ended_without_a_state() {
+    let id = "v3:MdI91X4lWFEs7IgbBEOT9M4AigoY08M0WWZFISt1Yw2axZ_IiE4pqg";
+    let at = format!("/v2/calls/{id}");
+    let answer = |data: serde_json::Value| {
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({ "data": data }))
+    };
+    let ids = |alive: bool| {
+        serde_json::json!({"call_control_id": id, "call_leg_id": "l", "call_session_id": "s",
+        "is_alive": alive, "record_type": "call", "start_time": "2019-01-23T18:10:02.574Z"})
+    };
+    let status = |response| status_with(&Adapter::Telnyx, &at, id, response);
+    let mut over = ids(false);
+    over["end_time"] = "2019-01-23T18:11:52.574Z".into();
+    over["call_duration"] = 50.into();
+    // Telnyx does not say how the call ended: that is its `call.hangup`'s to tell.
+    assert_eq!(status(answer(over)).await, Ok(ended(None, None, Some(50))));
+    assert_eq!(status(answer(ids(true))).await, Ok(RemoteStatus::Live));
+    // Not alive, no end: still dialing (the dial's own answer is not alive either).
+    assert_eq!(status(answer(ids(false))).await, Ok(RemoteStatus::Live));
+    // Kept 10 minutes after the end; then a 404, or the documented
+    // 90015 "Invalid Call Control ID", for an id Telnyx itself gave.
+    assert_eq!(status(ResponseTemplate::new(404)).await, Ok(RemoteStatus::Gone));
+    let invalid = ResponseTemplate::new(422).set_body_json(serde_json::json!({"errors": [{
+        "code": "90015", "title": "Invalid Call Control ID",
+        "detail": "The call_control_id provided was not valid.", "source": {"pointer": "/call_control_id"}
+    }]}));
+    assert_eq!(status(invalid).await, Ok(RemoteStatus::Gone));
+    let other = ResponseTemplate::new(422).set_body_json(serde_json::json!({"errors": [{
+        "code": "10004", "title": "Missing required parameter"
+    }]}));
+    assert!(status(other).await.unwrap_err().contains("10004"));
+    // The id is one path segment, whatever it holds.
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v2/calls/v3:a%2F..%2Factions"))
+        .respond_with(ResponseTemplate::new(404))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let odd = client(&Adapter::Telnyx, &server.uri()).call_status("v3:a/../actions").await;
+    assert_eq!(odd.unwrap(), RemoteStatus::Gone);
+}
+
+#[tokio::test]
+async fn call_status_failures_are_errors_never_gone() {
+    let paths = [
+        (
+            Adapter::Vonage,
+            "/v1/calls/63f61863-4a51-4f6b-86e1-46edebcf9356",
+            "63f61863-4a51-4f6b-86e1-46edebcf9356",
+        ),
+        (
+            Adapter::Twilio,
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Calls/CA0123456789abcdef0123456789abcdef.json",
+            "CA0123456789abcdef0123456789abcdef",
+        ),
+        (Adapter::Telnyx, "/v2/calls/v3:abc", "v3:abc"),
+    ];
+    for (adapter, call_path, id) in &paths {
+        for response in [
+            ResponseTemplate::new(503).set_body_string("busy"),
+            ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+            ResponseTemplate::new(200).set_body_string("<html>"),
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(3)),
+        ] {
+            let result = status_with(adapter, call_path, id, response).await;
+            assert!(result.is_err(), "{call_path}: {result:?}");
+        }
+        let unreachable = client(adapter, "http://127.0.0.1:9").call_status(id).await;
+        assert!(unreachable.is_err(), "{call_path}: {unreachable:?}");
+    }
 }

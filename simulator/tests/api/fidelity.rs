@@ -291,6 +291,20 @@ async fn the_simulators_answers_fit_the_providers_specs_throughout_a_call() {
     let created: Value = created.json().await.unwrap();
     let call_schema = json!({ "$ref": "#/components/schemas/api.v2010.account.call" });
     check(&twilio_spec, &call_schema, &created, "Twilio create-call answer");
+    // Fetching one call (`GET …/Calls/{Sid}.json`, twilio-oai's `FetchCall`,
+    // which the vendored selection leaves out) answers the same Call
+    // resource: its 200 is `api.v2010.account.call` in twilio/twilio-oai
+    // spec/json/twilio_api_v2010.json.
+    let fetch_url =
+        format!("{}/2010-04-01/Accounts/{SID}/Calls/{}.json", setup.sim, created["sid"].as_str().unwrap());
+    let unknown = http()
+        .get(format!("{}/2010-04-01/Accounts/{SID}/Calls/CA{}.json", setup.sim, "0".repeat(32)))
+        .basic_auth(SID, Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.json::<Value>().await.unwrap()["code"], 20404);
 
     // Look at both calls all through their lives: every answer fits its
     // schema in every state (no null where the spec has a string, no
@@ -320,6 +334,9 @@ async fn the_simulators_answers_fit_the_providers_specs_throughout_a_call() {
         check(&vonage_spec, vonage_one, &one, "Vonage get-call answer");
         let listed = get(url.clone(), false).await;
         check(&twilio_spec, twilio_list, &listed, "Twilio list-calls answer");
+        let fetched = get(fetch_url.clone(), false).await;
+        check(&twilio_spec, &call_schema, &fetched, "Twilio fetch-call answer");
+        statuses.insert(format!("twilio fetched {}", fetched["status"].as_str().unwrap_or_default()));
         statuses.insert(format!("vonage {}", one["status"].as_str().unwrap_or_default()));
         for call in listed["calls"].as_array().unwrap() {
             statuses.insert(format!("twilio {}", call["status"].as_str().unwrap_or_default()));
@@ -330,7 +347,95 @@ async fn the_simulators_answers_fit_the_providers_specs_throughout_a_call() {
         assert!(std::time::Instant::now() < deadline, "calls did not end: {stats}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(statuses.contains("vonage completed") && statuses.contains("twilio completed"), "{statuses:?}");
+    assert!(
+        ["vonage completed", "twilio completed", "twilio fetched in-progress", "twilio fetched completed"]
+            .iter()
+            .all(|s| statuses.contains(*s)),
+        "{statuses:?}"
+    );
+    setup.stop.cancel();
+}
+
+/// Whether one "Retrieve a call status" answer fits telnyx-python's type as
+/// the fixture lists it: only its fields, each of its type, the required
+/// ones, the enums' values, and `end_time` only when the call is not alive.
+fn fits_telnyx_call_status(doc: &Value, answer: &Value) -> Result<(), String> {
+    let data = answer["data"].as_object().ok_or("no data object")?;
+    let fields = doc["fields"].as_object().unwrap();
+    for (name, value) in data {
+        let kind =
+            fields.get(name).and_then(Value::as_str).ok_or(format!("{name} is not in the SDK type"))?;
+        let fits = match kind {
+            "string" => value.is_string(),
+            "boolean" => value.is_boolean(),
+            "integer" => value.is_i64() || value.is_u64(),
+            other => return Err(format!("the fixture names an unknown type {other}")),
+        };
+        if !fits {
+            return Err(format!("{name} = {value} is not a {kind}"));
+        }
+        if let Some(allowed) = doc["enums"][name].as_array()
+            && !allowed.contains(value)
+        {
+            return Err(format!("{name} = {value} is not one of {allowed:?}"));
+        }
+    }
+    if let Some(missing) = names(&doc["required"]).into_iter().find(|n| !data.contains_key(n)) {
+        return Err(format!("required {missing} is missing"));
+    }
+    let alive = data["is_alive"].as_bool().unwrap_or_default();
+    if let Some(early) =
+        names(&doc["only_when_not_alive"]).into_iter().find(|n| alive && data.contains_key(n))
+    {
+        return Err(format!("{early} while the call is alive"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulators_telnyx_call_status_has_the_sdk_types_fields_throughout_a_call() {
+    let setup = setup(&["--time-scale", "0.05", "--telnyx-command-wait", "300ms"]).await;
+    let doc = fixture("telnyx/call-status.json");
+    // The check itself passes the documented answer.
+    fits_telnyx_call_status(&doc, &doc["body"]).unwrap();
+    let id = telnyx_client(&setup, "KEY1").place_call(&request(&setup, 1)).await.unwrap().provider_call_id;
+    let get = |key: &'static str, id: String| {
+        let request = http().get(format!("{}/v2/calls/{id}", setup.sim)).bearer_auth(key);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    // Answered, no speak command: it rings, is answered, and the callee hangs up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut alive_seen = false;
+    let ended = loop {
+        let (status, answer) = get("KEY1", id.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+        if let Err(e) = fits_telnyx_call_status(&doc, &answer) {
+            panic!("the simulator's call status does not fit the SDK type: {e}\n{answer:#}");
+        }
+        assert_eq!(answer["data"]["call_control_id"], id.as_str());
+        if answer["data"]["is_alive"] == false {
+            break answer;
+        }
+        alive_seen = true;
+        assert!(std::time::Instant::now() < deadline, "the call did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(alive_seen, "the call was never seen alive");
+    // Ended, the answer has every field of the type (the dial gave a client_state).
+    assert_eq!(keys(&ended["data"]), keys(&doc["body"]["data"]), "{ended:#}");
+
+    // An id it never gave: the endpoint's documented refusal.
+    let (status, refused) = get("KEY1", "v3:unknown".into()).await;
+    let documented = &doc["error_invalid_call_control_id"];
+    assert_eq!(status, documented["status"], "{refused}");
+    assert_eq!(refused["errors"][0]["code"], documented["body"]["errors"][0]["code"]);
+    assert_eq!(refused["errors"][0]["title"], documented["body"]["errors"][0]["title"]);
+    // Its other routes' authentication.
+    let (status, refused) = get("KEYwrong", id).await;
+    assert_eq!((status, &refused["errors"][0]["code"]), (401, &json!("10009")));
     setup.stop.cancel();
 }
 

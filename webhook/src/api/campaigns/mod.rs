@@ -186,6 +186,8 @@ struct CampaignRow {
     provider: String,
     created_at: DateTime<Utc>,
     counts: Value,
+    /// Its jobs in the dead-letter store (`producer requeue-dead`).
+    dead_jobs: i64,
 }
 
 fn render(row: CampaignRow) -> Value {
@@ -202,6 +204,7 @@ fn render(row: CampaignRow) -> Value {
         "total": total,
         "finished": finished,
         "states": states,
+        "dead_jobs": row.dead_jobs,
     })
 }
 
@@ -210,7 +213,8 @@ pub async fn campaign_status(pool: &PgPool, name: &str) -> Result<Option<Value>,
     let row: Option<CampaignRow> = sqlx::query_as(
         "SELECT c.name, c.status, c.provider, c.created_at, \
                 coalesce((SELECT jsonb_object_agg(state, n) FROM \
-                   (SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts \
+                   (SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts, \
+                (SELECT count(*) FROM dead_jobs d WHERE d.campaign_id = c.id) AS dead_jobs \
          FROM campaigns c WHERE c.id = $1",
     )
     .bind(CampaignId::from_name(name))
@@ -232,7 +236,8 @@ pub async fn list(State(state): State<Arc<ApiState>>, caller: Auth<Read>) -> Res
     let rows: Vec<CampaignRow> = sqlx::query_as(
         "SELECT c.name, c.status, c.provider, c.created_at, \
                 coalesce((SELECT jsonb_object_agg(state, n) FROM \
-                   (SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts \
+                   (SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts, \
+                (SELECT count(*) FROM dead_jobs d WHERE d.campaign_id = c.id) AS dead_jobs \
          FROM campaigns c \
          WHERE cardinality($1::text[]) = 0 OR EXISTS (SELECT 1 FROM unnest($1::text[]) p WHERE starts_with(c.name, p)) \
          ORDER BY c.created_at DESC LIMIT 500",
