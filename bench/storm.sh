@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Crash storms: workers SIGKILLed and restarted while they hold jobs (each
 # kill returns a prefetch's worth of unacked jobs to the broker).
-#   1. 3 workers (prefetch 16, dialing lease 20 s, 5 calls/s), 300 contacts,
+#   1. 3 workers (prefetch 16, dialing lease 20 s with a 5 s limiter wait and
+#      provider timeout, 5 calls/s), 300 contacts,
 #      a worker killed about every second for 60 s;
 #   2. the same with 600 contacts, 2 kills a second for 120 s.
 # Each ends when every contact is terminal (or after TIMEOUT s). Reports,
@@ -25,7 +26,8 @@ if [ "${BUILD:-1}" != 0 ]; then
 fi
 mkdir -p bench/results
 OUT="bench/results/storm-$(date +%Y%m%d-%H%M%S).jsonl"
-common=(--workers 3 --prefetch 16 --rate 5 --worker-arg=--dialing-lease=20s --timeout "$TIMEOUT")
+common=(--workers 3 --prefetch 16 --rate 5 --worker-arg=--dialing-lease=20s
+        --worker-arg=--limiter-max-wait=5s --worker-arg=--provider-timeout=5s --timeout "$TIMEOUT")
 # The sweeper looks for calls stalled a minute (a build without it has no such flag).
 sweeper=(--worker-arg=--stall-after=60s)
 run() { # label contacts kill-every kill-for
