@@ -314,6 +314,19 @@ pub async fn cancel_waiting(pool: &PgPool, call: CallId) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// Expires one waiting call: its campaign's deadline has passed, so it is
+/// never dialled. A call being dialled or in progress is left to finish.
+pub async fn expire_waiting(pool: &PgPool, call: CallId) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE calls SET state = 'expired', ended_at = now(), updated_at = now() \
+         WHERE id = $1 AND state IN ('queued', 'retry_wait')",
+    )
+    .bind(call)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Cancels every waiting call of a campaign; returns how many.
 pub async fn cancel_campaign_waiting(
     db: impl PgExecutor<'_>,
@@ -596,6 +609,7 @@ pub mod redial {
              FROM campaigns c \
              WHERE k.id = ANY($1) AND c.id = k.campaign_id AND c.status = 'active' \
                AND k.attempt < c.max_attempts \
+               AND (c.expires_at IS NULL OR c.expires_at > now()) \
                AND (k.state IN ('busy', 'no_answer') \
                     OR (k.state = 'failed' AND k.error_detail = ANY($2))) \
              RETURNING k.id, k.campaign_id, k.number, k.attempt, c.retry_delay_secs",
@@ -663,6 +677,19 @@ pub mod sweep {
         .fetch_all(&mut *tx)
         .await?;
         Ok(jobs(rows))
+    }
+
+    /// Every waiting call of a campaign whose deadline has passed becomes
+    /// `expired` at once (not when its job next comes round); returns how many.
+    pub async fn expire_past_deadlines(pool: &PgPool) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE calls k SET state = 'expired', ended_at = now(), updated_at = now() \
+             FROM campaigns c \
+             WHERE c.id = k.campaign_id AND c.expires_at <= now() AND k.state IN ('queued', 'retry_wait')",
+        )
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Calls left `dialing` more than `quiet` (the dialing lease and more):

@@ -198,6 +198,8 @@ pub struct Settings {
     pub retry_delay_secs: i32,
     pub machine_detection: bool,
     pub start_at: Option<DateTime<Utc>>,
+    /// The deadline: no call starts after it; calls still waiting end `expired`.
+    pub expires_at: Option<DateTime<Utc>>,
     pub window: Option<CallingWindow>,
     pub timezone: Tz,
 }
@@ -216,8 +218,19 @@ pub struct Changes {
     pub retry_delay_secs: Option<i64>,
     pub machine_detection: Option<bool>,
     pub start_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<Deadline>,
     pub window: Option<CallingWindow>,
     pub timezone: Option<Tz>,
+}
+
+/// A deadline as asked for: a time, or a span from when it is applied. A
+/// span never moves a deadline the campaign already has, so re-running the
+/// same `--expires-in 2h` command changes nothing; a time does (with
+/// `--update-settings` for an existing campaign).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deadline {
+    At(DateTime<Utc>),
+    In(Duration),
 }
 
 fn in_range(
@@ -291,6 +304,7 @@ impl Settings {
             retry_delay_secs: 300,
             machine_detection: false,
             start_at: None,
+            expires_at: None,
             window: None,
             timezone: chrono_tz::UTC,
         }
@@ -348,6 +362,35 @@ impl Settings {
         if let Some(v) = changes.start_at {
             s.start_at = Some(v);
         }
+        let deadline = match changes.expires_at {
+            Some(Deadline::In(_)) if s.expires_at.is_some() => None,
+            Some(Deadline::In(span)) => match chrono::Duration::from_std(span) {
+                Ok(span) => Some(Utc::now() + span),
+                Err(_) => {
+                    errors.push(FieldError::new("expires_at", "is too far ahead"));
+                    None
+                }
+            },
+            Some(Deadline::At(t)) => Some(t),
+            None => None,
+        };
+        if let Some(v) = deadline {
+            // A deadline set now must lie ahead: one already past would
+            // expire every waiting call at once.
+            if v <= Utc::now() {
+                errors.push(FieldError::new("expires_at", format!("{} is already past", v.to_rfc3339())));
+            } else {
+                s.expires_at = Some(v);
+            }
+        }
+        if let (Some(start), Some(end)) = (s.start_at, s.expires_at)
+            && end <= start
+        {
+            errors.push(FieldError::new(
+                "expires_at",
+                format!("{} is not after the start ({})", end.to_rfc3339(), start.to_rfc3339()),
+            ));
+        }
         if let Some(w) = changes.window {
             s.window = Some(w);
         }
@@ -394,6 +437,7 @@ impl Settings {
         diff("retry delay", format!("{}s", old.retry_delay_secs), format!("{}s", self.retry_delay_secs));
         diff("machine detection", old.machine_detection.to_string(), self.machine_detection.to_string());
         diff("start at", time(old.start_at), time(self.start_at));
+        diff("expires at", time(old.expires_at), time(self.expires_at));
         diff("window", window(old.window), window(self.window));
         diff("time zone", old.timezone.name().to_owned(), self.timezone.name().to_owned());
         out
@@ -423,15 +467,19 @@ impl Campaign {
         window.opens_in(now, contact_zone.unwrap_or(self.settings.timezone))
     }
 
+    /// Whether the campaign's deadline has passed at `now`: no call starts.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.settings.expires_at.is_some_and(|end| end <= now)
+    }
+
     /// The schedule in words, with whether the window is open now.
     pub fn schedule(&self, now: DateTime<Utc>) -> String {
         let mut parts = Vec::new();
+        let human = |d: chrono::Duration| {
+            humantime::format_duration(Duration::from_secs(d.num_seconds().max(0) as u64)).to_string()
+        };
         match self.settings.start_at {
-            Some(t) if t > now => parts.push(format!(
-                "starts {} (in {})",
-                t.to_rfc3339(),
-                humantime::format_duration(Duration::from_secs((t - now).num_seconds().max(0) as u64))
-            )),
+            Some(t) if t > now => parts.push(format!("starts {} (in {})", t.to_rfc3339(), human(t - now))),
             Some(t) => parts.push(format!("started {}", t.to_rfc3339())),
             None => {}
         }
@@ -442,6 +490,13 @@ impl Campaign {
                 if w.is_open(now, self.settings.timezone) { "open" } else { "closed" }
             )),
             None => parts.push("any time of day".into()),
+        }
+        match self.settings.expires_at {
+            Some(t) if t > now => parts.push(format!("expires {} (in {})", t.to_rfc3339(), human(t - now))),
+            Some(t) => {
+                parts.push(format!("expired {} (no call starts; waiting calls are expired)", t.to_rfc3339()))
+            }
+            None => {}
         }
         parts.join("; ")
     }
@@ -567,6 +622,7 @@ impl<'r> FromRow<'r, PgRow> for Campaign {
             retry_delay_secs: row.try_get("retry_delay_secs")?,
             machine_detection: row.try_get("machine_detection")?,
             start_at: row.try_get("start_at")?,
+            expires_at: row.try_get("expires_at")?,
             window,
             timezone: parse_timezone(&timezone).map_err(|e| decode_err("timezone", e))?,
         };
@@ -653,6 +709,64 @@ mod tests {
         assert_eq!((s.message.as_str(), s.repeat, s.max_attempts), ("Storm warning.", 3, 1));
         let changed = s.apply(Changes { max_attempts: Some(4), ..Changes::default() }).unwrap();
         assert_eq!(changed.changes_from(&s), ["max attempts: 1 → 4"]);
+    }
+
+    #[test]
+    fn a_deadline_lies_ahead_after_the_start_and_a_span_never_moves_one() {
+        let base = Settings::new(Changes {
+            message: Some("m".into()),
+            from: Some(PhoneNumber::from_e164("+14155550100").unwrap()),
+            ..Changes::default()
+        })
+        .unwrap();
+        let past = Utc::now() - chrono::Duration::minutes(1);
+        let errors =
+            base.apply(Changes { expires_at: Some(Deadline::At(past)), ..Changes::default() }).unwrap_err();
+        assert_eq!(errors[0].field, "expires_at");
+        assert!(errors[0].message.contains("already past"), "{}", errors[0].message);
+
+        let soon = base
+            .apply(Changes {
+                expires_at: Some(Deadline::In(Duration::from_secs(7200))),
+                ..Changes::default()
+            })
+            .unwrap();
+        let deadline = soon.expires_at.unwrap();
+        assert!((deadline - Utc::now() - chrono::Duration::hours(2)).num_seconds().abs() < 5);
+        // The same span again (a re-run) keeps the deadline; a time moves it.
+        let again = soon
+            .apply(Changes {
+                expires_at: Some(Deadline::In(Duration::from_secs(7200))),
+                ..Changes::default()
+            })
+            .unwrap();
+        assert_eq!(again.expires_at, Some(deadline));
+        assert!(again.changes_from(&soon).is_empty());
+        let later = deadline + chrono::Duration::hours(1);
+        let moved =
+            soon.apply(Changes { expires_at: Some(Deadline::At(later)), ..Changes::default() }).unwrap();
+        assert_eq!(moved.changes_from(&soon).len(), 1, "{:?}", moved.changes_from(&soon));
+
+        let start = Utc::now() + chrono::Duration::hours(3);
+        let errors = base
+            .apply(Changes {
+                start_at: Some(start),
+                expires_at: Some(Deadline::In(Duration::from_secs(3600))),
+                ..Changes::default()
+            })
+            .unwrap_err();
+        assert!(errors[0].message.contains("not after the start"), "{}", errors[0].message);
+
+        let campaign = Campaign {
+            id: CampaignId::from_name("d"),
+            name: "d".into(),
+            status: CampaignStatus::Active,
+            settings: soon,
+        };
+        assert!(!campaign.expired(Utc::now()));
+        assert!(campaign.expired(deadline));
+        assert!(campaign.schedule(Utc::now()).contains("expires "), "{}", campaign.schedule(Utc::now()));
+        assert!(campaign.schedule(deadline).contains("expired "), "{}", campaign.schedule(deadline));
     }
 
     #[test]

@@ -40,7 +40,7 @@ macro_rules! select_campaign {
         concat!(
             "SELECT c.id, c.name, c.message, c.language, c.provider, c.from_number, c.status, ",
             "c.repeat, c.max_attempts, c.retry_delay_secs, c.voice, c.machine_detection, c.start_at, ",
-            "c.window_start, c.window_end, c.timezone FROM campaigns c ",
+            "c.expires_at, c.window_start, c.window_end, c.timezone FROM campaigns c ",
             $rest
         )
     };

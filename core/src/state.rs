@@ -23,10 +23,12 @@ pub enum CallState {
     Cancelled,
     Skipped,
     Unknown,
+    /// Still waiting when its campaign's deadline passed: never dialled.
+    Expired,
 }
 
 impl CallState {
-    pub const ALL: [CallState; 14] = [
+    pub const ALL: [CallState; 15] = [
         Self::Queued,
         Self::RetryWait,
         Self::Dialing,
@@ -41,6 +43,7 @@ impl CallState {
         Self::Cancelled,
         Self::Skipped,
         Self::Unknown,
+        Self::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl CallState {
             Self::Cancelled => "cancelled",
             Self::Skipped => "skipped",
             Self::Unknown => "unknown",
+            Self::Expired => "expired",
         }
     }
 

@@ -79,6 +79,62 @@ async fn calls_whose_final_events_never_came_are_settled_with_their_provider() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_deadline_waiting_calls_expire_at_once_and_none_starts() {
+    let stack = common::start(Options { worker_extra: sweeping(), ..Options::default() }).await;
+    // The calling window opens in two hours; the deadline is in three seconds.
+    let now = chrono::Utc::now();
+    let window = format!(
+        "{}-{}",
+        (now + chrono::Duration::hours(2)).format("%H:%M"),
+        (now + chrono::Duration::hours(3)).format("%H:%M")
+    );
+    let numbers: Vec<String> = (0..5).map(|n| format!("+1415555{:04}", 4300 + n)).collect();
+    let mut csv = String::from("number\n");
+    for n in &numbers {
+        csv.push_str(&format!("{n}\n"));
+    }
+    let args = stack.enqueue_args(
+        "deadline",
+        &csv,
+        &["--message", "Deadline test.", "--window", &window, "--timezone", "UTC", "--expires-in", "3s"],
+    );
+    assert_eq!(producer::enqueue(&stack.db.pool, &args).await.unwrap().published, 5);
+    // Re-running the same command keeps the deadline (a span never moves one).
+    let deadline: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT expires_at FROM campaigns WHERE name = 'deadline'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    producer::enqueue(&stack.db.pool, &args).await.unwrap();
+    let again: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT expires_at FROM campaigns WHERE name = 'deadline'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(again, deadline);
+
+    // The jobs wait an hour in a delay queue; the sweeper expires the calls
+    // at the deadline, not when the jobs come back.
+    stack.wait_terminal("deadline").await;
+    let ended: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT state, ended_at FROM calls").fetch_all(&stack.db.pool).await.unwrap();
+    assert_eq!(ended.len(), 5);
+    for (state, at) in ended {
+        assert_eq!(state, "expired");
+        assert!(at >= deadline, "expired at {at}, before the deadline {deadline}");
+    }
+    let summary: (i64, i64) =
+        sqlx::query_as("SELECT expired, terminal FROM campaign_summary WHERE campaign = 'deadline'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(summary, (5, 5));
+    assert_eq!(stack.sim_stats().await["calls"], 0, "no call started");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_and_dead_lettered_jobs_are_found_counted_and_put_back() {
     let stack = common::start(Options { worker_extra: sweeping(), ..Options::default() }).await;
     let numbers: Vec<String> = (0..3).map(|n| format!("+1415555{:04}", 4200 + n)).collect();

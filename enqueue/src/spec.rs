@@ -184,11 +184,13 @@ pub async fn write(pool: &PgPool, p: &Prepared) -> Result<(), EnqueueError> {
         }
         "UPDATE campaigns SET message = $3, language = $4, voice = $5, provider = $6, from_number = $7, \
          repeat = $8, max_attempts = $9, retry_delay_secs = $10, machine_detection = $11, start_at = $12, \
-         window_start = $13, window_end = $14, timezone = $15, updated_at = now() WHERE id = $1 AND name = $2"
+         window_start = $13, window_end = $14, timezone = $15, expires_at = $16, updated_at = now() \
+         WHERE id = $1 AND name = $2"
     } else {
         "INSERT INTO campaigns (id, name, message, language, voice, provider, from_number, repeat, max_attempts, \
-         retry_delay_secs, machine_detection, start_at, window_start, window_end, timezone) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (name) DO NOTHING"
+         retry_delay_secs, machine_detection, start_at, window_start, window_end, timezone, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT (name) DO NOTHING"
     };
     sqlx::query(query)
         .bind(p.id)
@@ -206,6 +208,7 @@ pub async fn write(pool: &PgPool, p: &Prepared) -> Result<(), EnqueueError> {
         .bind(s.window.map(|w| w.open))
         .bind(s.window.map(|w| w.close))
         .bind(s.timezone.name())
+        .bind(s.expires_at)
         .execute(pool)
         .await
         .map_err(EnqueueError::db("writing the campaign"))?;

@@ -230,6 +230,16 @@ pub struct EnqueueArgs {
     #[arg(long, value_parser = parse_start_at, value_name = "TIME")]
     pub start_at: Option<DateTime<Utc>>,
 
+    /// Deadline (RFC 3339): no call starts after it; calls still waiting then end `expired`
+    /// (calls in progress finish).
+    #[arg(long, value_parser = parse_start_at, value_name = "TIME", conflicts_with = "expires_in")]
+    pub expires_at: Option<DateTime<Utc>>,
+
+    /// Deadline as a duration from now, e.g. 90m or 2h (instead of --expires-at); it sets a
+    /// deadline the campaign has not got, and never moves one (re-running is safe).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub expires_in: Option<Duration>,
+
     /// Call only within this daily window, local time, e.g. 09:00-20:00 (needs --timezone
     /// or a per-contact time zone column).
     #[arg(long, value_parser = parse_window, value_name = "HH:MM-HH:MM")]

@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sqlx::PgPool;
 use tocsin_core::PhoneNumber;
-use tocsin_core::campaign::Changes;
+use tocsin_core::campaign::{Changes, Deadline};
 use tocsin_enqueue::input::Columns;
 use tocsin_enqueue::{Contacts, Counters, EnqueueError, Observer, Rejection, Report, Source, Spec};
 use tokio_util::sync::CancellationToken;
@@ -92,6 +92,7 @@ pub fn spec(args: &EnqueueArgs) -> anyhow::Result<Spec> {
         retry_delay_secs: args.retry_delay.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
         machine_detection: args.machine_detection,
         start_at: args.start_at,
+        expires_at: args.expires_at.map(Deadline::At).or(args.expires_in.map(Deadline::In)),
         window: args.window,
         timezone: args.timezone,
     };

@@ -62,7 +62,7 @@ impl Status {
         let mut lines = vec![
             format!("{}: {} via {}, {} calls", self.campaign, self.status, self.provider, self.total),
             format!(
-                "  finished  {:>9} ({:.1}%)  answered {}  busy {}  no answer {}  failed {}  cancelled {}  skipped {}  unknown {}",
+                "  finished  {:>9} ({:.1}%)  answered {}  busy {}  no answer {}  failed {}  cancelled {}  skipped {}  unknown {}  expired {}",
                 self.finished,
                 pct(self.finished),
                 s(CallState::Completed),
@@ -71,7 +71,8 @@ impl Status {
                 s(CallState::Failed) + s(CallState::Rejected),
                 s(CallState::Cancelled),
                 s(CallState::Skipped),
-                s(CallState::Unknown)
+                s(CallState::Unknown),
+                s(CallState::Expired)
             ),
             format!(
                 "  pending   {:>9}  queued {}  waiting to redial {}  in progress {}",

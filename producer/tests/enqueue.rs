@@ -239,6 +239,8 @@ async fn campaign_settings_are_written_and_changed_only_on_purpose() {
             "de-DE",
             "--repeat",
             "2",
+            "--expires-at",
+            "2030-01-02T20:00:00Z",
         ],
     )
     .await
@@ -246,6 +248,7 @@ async fn campaign_settings_are_written_and_changed_only_on_purpose() {
     let c = tocsin_core::db::campaign(&env.db.pool, CampaignId::from_name("sched")).await.unwrap().unwrap();
     let s = &c.settings;
     assert_eq!(s.start_at.unwrap().to_rfc3339(), "2030-01-02T08:00:00+00:00");
+    assert_eq!(s.expires_at.unwrap().to_rfc3339(), "2030-01-02T20:00:00+00:00");
     assert_eq!(s.window.unwrap().to_string(), "09:00-20:00");
     assert_eq!((s.timezone, s.max_attempts, s.retry_delay_secs), (chrono_tz::Europe::Berlin, 3, 120));
     assert!(s.machine_detection);

@@ -272,6 +272,7 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     // The contact's own zone, as at the gate: with the campaign's zone here a
     // contact whose window is open while the campaign's is closed would loop.
     if campaign.status != CampaignStatus::Active
+        || campaign.expired(Utc::now())
         || campaign.wait_before_calling(contact_zone, Utc::now()).is_some()
     {
         release(deps, job, None).await?;
@@ -344,8 +345,18 @@ async fn campaign_gate(
             calls::cancel_waiting(&deps.pool, job.call_id).await?;
             return Ok(Some(Outcome::Ack));
         }
-        CampaignStatus::Paused => return Ok(Some(Outcome::Delay(DelayTier::S5))),
-        CampaignStatus::Active => {}
+        CampaignStatus::Paused | CampaignStatus::Active => {}
+    }
+    // Past the deadline no call starts, paused or not.
+    if campaign.expired(Utc::now()) {
+        if calls::expire_waiting(&deps.pool, job.call_id).await? {
+            metrics::counter!("tocsin_calls_expired_total").increment(1);
+            info!("campaign's deadline has passed: call expired");
+        }
+        return Ok(Some(Outcome::Ack));
+    }
+    if campaign.status == CampaignStatus::Paused {
+        return Ok(Some(Outcome::Delay(DelayTier::S5)));
     }
     let Some(wait) = campaign.wait_before_calling(contact_zone, Utc::now()) else {
         return Ok(None);

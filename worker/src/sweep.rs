@@ -4,8 +4,9 @@
 //! lock go with it and another worker takes over at its next tick).
 //!
 //! Every tick the leader
-//! 1. drains the dead-letter queue into `dead_jobs` (see `tocsin_core::dead`)
-//!    and publishes their count as the `tocsin_dead_jobs` gauge;
+//! 1. drains the dead-letter queue into `dead_jobs` (see `tocsin_core::dead`;
+//!    every worker shows their count as the `tocsin_dead_jobs` gauge), and
+//!    expires the waiting calls of campaigns past their deadline;
 //! 2. re-publishes the job of every call left `dialing` past its lease and
 //!    the stall time (its next worker reconciles it with the provider);
 //! 3. when the work queue has no job ready (none is waiting its turn),
@@ -67,6 +68,11 @@ pub async fn run(
             () = tokio::time::sleep(settings.every) => {}
             () = shutdown.cancelled() => return,
         }
+        // Every worker shows the store's count (a worker that stopped
+        // leading must not keep an old figure alive).
+        if let Ok(n) = dead::total(&deps.pool).await {
+            metrics::gauge!("tocsin_dead_jobs").set(n as f64);
+        }
         if !leader.hold(&deps).await {
             continue;
         }
@@ -125,7 +131,11 @@ async fn tick(
     publisher: &Publisher,
 ) -> anyhow::Result<()> {
     drain_dead(deps, channel, publisher).await?;
-    metrics::gauge!("tocsin_dead_jobs").set(dead::total(&deps.pool).await? as f64);
+    let expired = sweep::expire_past_deadlines(&deps.pool).await?;
+    if expired > 0 {
+        info!(calls = expired, "campaign deadlines passed: waiting calls expired");
+        metrics::counter!("tocsin_calls_expired_total").increment(expired);
+    }
 
     let lease = deps.settings.dialing_lease + settings.stall_after;
     republish(deps, publisher, Stalled::Dialing(lease)).await?;

@@ -353,6 +353,29 @@ async fn paused_campaigns_wait_cancelled_ones_cancel_and_closed_windows_delay() 
 }
 
 #[tokio::test]
+async fn past_the_deadline_no_call_starts_and_waiting_calls_expire() {
+    let h = harness(Settings { campaign_ttl: Duration::ZERO, ..Settings::default() }).await;
+    h.mock_create(created("never"), 0).await;
+    let waiting = h.job("+14155550019").await;
+    let paused = h.job("+14155550029").await;
+    sqlx::query("UPDATE campaigns SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(h.campaign)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(process(&h.deps, &waiting).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&waiting).await.0, "expired");
+    // Paused or not: the deadline ends the wait.
+    h.set_campaign("paused").await;
+    assert_eq!(process(&h.deps, &paused).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&paused).await.0, "expired");
+    // A redial that comes round after the deadline is dropped too.
+    assert_eq!(process(&h.deps, &waiting).await.unwrap(), Outcome::Ack);
+    assert_eq!(h.row(&waiting).await.0, "expired");
+    h.mock.verify().await;
+}
+
+#[tokio::test]
 async fn a_contacts_own_time_zone_decides_its_calling_window() {
     let h = harness(Settings { campaign_ttl: Duration::ZERO, ..Settings::default() }).await;
     h.mock_create(created("uuid-tz"), 1).await;

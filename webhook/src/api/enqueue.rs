@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
-use tocsin_core::campaign::{self, CallingWindow, Changes, Control, Handle};
+use tocsin_core::campaign::{self, CallingWindow, Changes, Control, Deadline, Handle};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 use tocsin_core::{PhoneNumber, apikey};
@@ -51,6 +51,17 @@ pub fn parse_start_at(s: &str) -> Result<DateTime<Utc>, String> {
     campaign::parse_start_at(s)
 }
 
+/// `expires_at`: the deadline, an RFC 3339 time.
+pub fn parse_expires_at(s: &str) -> Result<Deadline, String> {
+    campaign::parse_start_at(s).map(Deadline::At)
+}
+
+/// `expires_in`: a duration from now (`90m`, `2h`), the deadline's other
+/// form (it sets a deadline the campaign does not have yet, never moves one).
+pub fn parse_expires_in(s: &str) -> Result<Deadline, String> {
+    tocsin_config::parse_duration(s).map(Deadline::In)
+}
+
 /// `window`: the daily calling window in local time, `HH:MM-HH:MM`.
 pub fn parse_window(s: &str) -> Result<CallingWindow, String> {
     CallingWindow::parse(s)
@@ -72,6 +83,7 @@ pub struct Settings {
     pub voice: Option<String>,
     pub repeat: Option<i64>,
     pub start_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<Deadline>,
     pub window: Option<CallingWindow>,
     pub timezone: Option<chrono_tz::Tz>,
     pub max_attempts: Option<i64>,
@@ -186,6 +198,7 @@ pub async fn enqueue(
         retry_delay_secs: s.retry_delay_secs,
         machine_detection: s.machine_detection,
         start_at: s.start_at,
+        expires_at: s.expires_at,
         window: s.window,
         timezone: s.timezone,
     };

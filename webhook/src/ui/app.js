@@ -7,7 +7,7 @@
 "use strict";
 
 const KEY = "tocsin.apiKey";
-const OUTCOMES = ["completed", "busy", "no_answer", "rejected", "failed", "unknown", "cancelled", "skipped"];
+const OUTCOMES = ["completed", "busy", "no_answer", "rejected", "failed", "unknown", "cancelled", "skipped", "expired"];
 const ACTIVE = ["dialing", "placed", "ringing", "answered"];
 const WAITING = ["queued", "retry_wait"];
 const LABELS = { no_answer: "no answer", retry_wait: "retry wait" };
@@ -150,7 +150,7 @@ function summary(c) {
   const sum = (list) => list.reduce((n, k) => n + (s[k] || 0), 0);
   const waiting = sum(WAITING);
   const active = sum(ACTIVE);
-  const neverDialled = (s.cancelled || 0) + (s.skipped || 0);
+  const neverDialled = (s.cancelled || 0) + (s.skipped || 0) + (s.expired || 0);
   return { total: c.total, finished: c.finished, waiting, active, started: c.total - waiting - neverDialled };
 }
 

@@ -157,6 +157,29 @@ async fn invalid_bodies_get_400_naming_every_field_and_oversize_413() {
     }
     assert!(!m.contains("contacts[0]"), "{m}");
 
+    // A deadline: a time or a span, not both; a past one is named.
+    let both = json!({
+        "name": "deadline", "message": "m", "from": "+14155550100", "contacts": [{"number": "+14155550101"}],
+        "expires_at": "2030-01-01T00:00:00Z", "expires_in": "2h",
+    });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(both.to_string()), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].as_str().unwrap().contains("expires_in: give either"), "{v}");
+    let bad = json!({
+        "name": "deadline", "message": "m", "from": "+14155550100", "contacts": [{"number": "+14155550101"}],
+        "expires_in": "soon",
+    });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(bad.to_string()), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].as_str().unwrap().contains("expires_in:"), "{v}");
+    let past = json!({
+        "name": "deadline", "message": "m", "from": "+14155550100", "contacts": [{"number": "+14155550101"}],
+        "expires_at": "2020-01-01T00:00:00Z",
+    });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(past.to_string()), None).await;
+    assert!(s.is_client_error(), "{s} {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("expires_at"), "{v}");
+
     let many: Vec<String> = (0..200).map(|i| format!("+1415555{i:04}")).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
     let (s, v, _) =

@@ -28,6 +28,8 @@ pub struct CreateBody {
     retry_delay_secs: Field<i64>,
     machine_detection: Field<bool>,
     start_at: Field<String>,
+    expires_at: Field<String>,
+    expires_in: Field<String>,
     window: Field<String>,
     timezone: Field<String>,
     default_region: Field<String>,
@@ -93,6 +95,19 @@ impl CreateBody {
             .start_at
             .string("start_at", &mut errors)
             .and_then(|s| enqueue::parse_start_at(&s).map_err(|e| errors.add("start_at", &e)).ok());
+        // The deadline: a time, or a duration from now; not both.
+        let deadline_given = self.expires_at.is_given() && self.expires_in.is_given();
+        let expires_at = self
+            .expires_at
+            .string("expires_at", &mut errors)
+            .and_then(|s| enqueue::parse_expires_at(&s).map_err(|e| errors.add("expires_at", &e)).ok());
+        let expires_in = self
+            .expires_in
+            .string("expires_in", &mut errors)
+            .and_then(|s| enqueue::parse_expires_in(&s).map_err(|e| errors.add("expires_in", &e)).ok());
+        if deadline_given {
+            errors.add("expires_in", "give either expires_at or expires_in, not both");
+        }
         let window = self
             .window
             .string("window", &mut errors)
@@ -146,6 +161,7 @@ impl CreateBody {
                 voice,
                 repeat,
                 start_at,
+                expires_at: expires_at.or(expires_in),
                 window,
                 timezone,
                 max_attempts,
