@@ -36,6 +36,8 @@ pub struct Status {
     /// Seconds until every call has finished at the current rate.
     pub eta_secs: Option<u64>,
     pub schedule: String,
+    /// The deadline, if any: no call starts after it.
+    pub expires_at: Option<chrono::DateTime<Utc>>,
     /// Jobs of this campaign in the dead-letter store (`producer requeue-dead`).
     pub dead_jobs: i64,
 }
@@ -137,6 +139,7 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
         calls_per_sec,
         eta_secs,
         schedule: c.schedule(Utc::now()),
+        expires_at: c.settings.expires_at,
         dead_jobs: tocsin_core::dead::count_for(pool, c.id).await.context("counting dead-lettered jobs")?,
     })
 }

@@ -44,6 +44,13 @@ pub struct WorkerConfig {
     #[arg(long = "rate-per-sec", env = "TOCSIN_RATE_PER_SEC", default_value_t = 2.0)]
     pub rate_per_sec: f64,
 
+    /// Room kept between the slots and the provider's limit: at most `rate` calls reach the
+    /// provider in any 1 s + this, measured as each is sent, so a request that leaves late
+    /// (a busy machine) never makes a rolling second hold `rate + 1`. Costs guard ÷ (1 s + guard)
+    /// of the rate; with 0, sends are still admitted per rolling second, with no room for transit.
+    #[arg(long = "rate-guard", env = "TOCSIN_RATE_GUARD", default_value = "15ms", value_parser = parse_duration)]
+    pub rate_guard: Duration,
+
     /// Longest a job waits for its rate-limit slot; beyond it, the job goes back to a delay queue.
     #[arg(long = "limiter-max-wait", env = "TOCSIN_LIMITER_MAX_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub limiter_max_wait: Duration,
@@ -116,6 +123,12 @@ impl WorkerConfig {
                  ({:?}): a call waits for its slot and its request while claimed",
                 self.dialing_lease,
                 self.limiter_max_wait + self.provider_timeout
+            );
+        }
+        if self.rate_guard > Duration::from_millis(500) {
+            anyhow::bail!(
+                "TOCSIN_RATE_GUARD must be at most 500ms (it costs guard ÷ (1 s + guard) of the rate), got {:?}",
+                self.rate_guard
             );
         }
         if self.expected_workers == 0 {

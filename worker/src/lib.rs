@@ -47,11 +47,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .context("connecting to Redis (TOCSIN_REDIS_URL)")?;
     let limiter = match config.limiter {
         config::LimiterMode::Redis => Limiter::new(
-            RedisLimiter::new(
+            RedisLimiter::with_guard(
                 redis,
                 &config.redis.redis_prefix,
                 config.rate_per_sec,
                 config.limiter_max_wait,
+                config.rate_guard,
             ),
             config.rate_per_sec,
             config.expected_workers,

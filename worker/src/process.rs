@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tocsin_core::calls::{self, Count, Failing};
 use tocsin_core::campaign::{Campaign, CampaignStatus};
 use tocsin_core::db;
-use tocsin_core::limiter::{Limiter, Reservation};
+use tocsin_core::limiter::{Admission, Limiter, Reservation};
 use tocsin_core::provider::{CallRequest, CallWindow, PlaceCallError, PlacedCall, Provider, VoiceProvider};
 use tocsin_core::queue::DelayTier;
 use tocsin_core::{CallJob, CallState, CampaignId};
@@ -279,7 +279,7 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         let gate = campaign_gate(deps, job, &campaign, contact_zone).await?;
         return Ok(gate.unwrap_or(Outcome::Delay(DelayTier::S1)));
     }
-    if !sleep_or_shutdown(deps, slot).await {
+    if !sleep_or_shutdown(deps, slot).await || !admitted(deps, &account).await {
         release(deps, job, None).await?;
         return Ok(Outcome::Delay(DelayTier::S1));
     }
@@ -292,6 +292,9 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
             metrics::counter!("tocsin_retries_total", "reason" => "idempotent_resend").increment(1);
             if let Reservation::Granted(wait) = deps.limiter.reserve(&account).await {
                 tokio::time::sleep(wait).await;
+                if !admitted(deps, &account).await {
+                    break;
+                }
                 result = place(client.as_ref(), &request).await;
             } else {
                 break;
@@ -313,6 +316,29 @@ fn call_request(deps: &Deps, job: &CallJob, campaign: &Campaign, url_token: Stri
         ringing_timeout_secs: deps.settings.ringing_timeout_secs,
         machine_detection: campaign.settings.machine_detection,
         time_limit_secs: campaign.settings.call_time_limit_secs(),
+    }
+}
+
+/// The longest a send waits for the limiter's admission (normally a few
+/// milliseconds, when it woke late for its slot).
+const MAX_ADMISSION_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until the limiter admits a send of `account` (see
+/// `tocsin_core::limiter`); `false` on shutdown or after
+/// `MAX_ADMISSION_WAIT`, when the caller gives the attempt back.
+async fn admitted(deps: &Deps, account: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + MAX_ADMISSION_WAIT;
+    loop {
+        match deps.limiter.admit(account).await {
+            Admission::Go => return true,
+            Admission::Wait(wait) => {
+                metrics::counter!("tocsin_limiter_admission_waits_total").increment(1);
+                let until = tokio::time::Instant::now() + wait;
+                if until > deadline || !sleep_or_shutdown(deps, until).await {
+                    return false;
+                }
+            }
+        }
     }
 }
 
@@ -440,6 +466,9 @@ async fn resend_within_window(
         Reservation::Granted(wait) if wait < IDEMPOTENT_MARGIN / 3 => tokio::time::sleep(wait).await,
         // No slot soon enough: try again shortly, still inside the window.
         _ => return Ok(Outcome::Delay(DelayTier::S1)),
+    }
+    if !admitted(deps, account).await {
+        return Ok(Outcome::Delay(DelayTier::S1));
     }
     info!(
         "call claimed by a worker that did not finish: sending the same request again within the provider's window"

@@ -185,6 +185,8 @@ struct CampaignRow {
     status: String,
     provider: String,
     created_at: DateTime<Utc>,
+    /// The deadline, if any: no call starts after it.
+    expires_at: Option<DateTime<Utc>>,
     counts: Value,
     /// Its jobs in the dead-letter store (`producer requeue-dead`).
     dead_jobs: i64,
@@ -201,6 +203,7 @@ fn render(row: CampaignRow) -> Value {
         "status": row.status,
         "provider": row.provider,
         "created_at": row.created_at,
+        "expires_at": row.expires_at,
         "total": total,
         "finished": finished,
         "states": states,
@@ -211,7 +214,7 @@ fn render(row: CampaignRow) -> Value {
 /// A campaign's status and its calls by state; `None` when unknown.
 pub async fn campaign_status(pool: &PgPool, name: &str) -> Result<Option<Value>, sqlx::Error> {
     let row: Option<CampaignRow> = sqlx::query_as(
-        "SELECT c.name, c.status, c.provider, c.created_at, \
+        "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, \
                 coalesce((SELECT jsonb_object_agg(state, n) FROM \
                    (SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts, \
                 (SELECT count(*) FROM dead_jobs d WHERE d.campaign_id = c.id) AS dead_jobs \
@@ -234,7 +237,7 @@ fn unknown(name: &str) -> ApiError {
 /// `GET /api/v1/campaigns`: the campaigns this key may see, newest first.
 pub async fn list(State(state): State<Arc<ApiState>>, caller: Auth<Read>) -> Result<Json<Value>> {
     let rows: Vec<CampaignRow> = sqlx::query_as(
-        "SELECT c.name, c.status, c.provider, c.created_at, \
+        "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, \
                 coalesce((SELECT jsonb_object_agg(state, n) FROM \
                    (SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts, \
                 (SELECT count(*) FROM dead_jobs d WHERE d.campaign_id = c.id) AS dead_jobs \
