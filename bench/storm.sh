@@ -14,6 +14,7 @@
 #   bench/storm.sh                  the build in target/release
 #   BASE=/tmp/base bench/storm.sh   also a baseline worktree's build, each
 #                                   scenario baseline first, in the same run
+#   SCENARIOS=2 bench/storm.sh      one scenario only
 # BUILD=0 uses the release binaries already built.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,8 +38,14 @@ run() { # label contacts kill-every kill-for
   fi
   python3 bench/campaign.py --label "$label" "${common[@]}" "${sweeper[@]}" "$@" | tee -a "$OUT"
 }
-run storm-1s-60s --contacts 300 --kill-every 1 --kill-for 60
-run storm-0.5s-120s --contacts 600 --kill-every 0.5 --kill-for 120
+# SCENARIOS="2" runs only the second.
+SCENARIOS="${SCENARIOS:-1 2}"
+for s in $SCENARIOS; do
+  case "$s" in
+    1) run storm-1ps-60s --contacts 300 --kill-every 1 --kill-for 60 ;;
+    2) run storm-2ps-120s --contacts 600 --kill-every 0.5 --kill-for 120 ;;
+  esac
+done
 python3 - "$OUT" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
