@@ -90,6 +90,10 @@ impl Default for Stats {
 
 /// A newly accepted call.
 pub struct NewCall<'a> {
+    /// When its create-call request arrived (`Stats::arrival`, taken before
+    /// the request is authenticated and checked): the instant a provider's
+    /// rate limit counts, which the busiest-window figures are about.
+    pub arrived: f64,
     pub provider: &'static str,
     pub provider_call_id: &'a str,
     pub to: &'a str,
@@ -105,9 +109,14 @@ impl Stats {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Seconds since the simulator started: a request's arrival.
+    pub fn arrival(&self) -> f64 {
+        self.lock().started.elapsed().as_secs_f64()
+    }
+
     pub fn call_accepted(&self, call: NewCall<'_>) {
         let mut inner = self.lock();
-        let at = inner.started.elapsed().as_secs_f64();
+        let at = call.arrived;
         let index = inner.calls.len();
         inner.index.insert(call.provider_call_id.to_owned(), index);
         let to = if call.to.starts_with('+') { call.to.to_owned() } else { format!("+{}", call.to) };

@@ -154,6 +154,7 @@ struct Dial {
 
 /// `POST /v2/calls`.
 pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrived = sim.stats.arrival();
     let key = match authenticate(&sim, &headers) {
         Ok(k) => k,
         Err(response) => return response,
@@ -327,6 +328,7 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
         dials.insert(command_id.clone(), (Instant::now(), data.clone()));
     }
     sim.stats.call_accepted(NewCall {
+        arrived,
         provider: "telnyx",
         provider_call_id: &call_control_id,
         to: &to,

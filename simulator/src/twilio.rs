@@ -113,6 +113,7 @@ pub async fn create_call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = sim.stats.arrival();
     if let Err(response) = authenticate(&sim, &headers, &account_sid) {
         return response;
     }
@@ -182,6 +183,7 @@ pub async fn create_call(
     let sid = format!("CA{}", uuid::Uuid::new_v4().simple());
     let outcome = sim.outcome_for(&to);
     sim.stats.call_accepted(NewCall {
+        arrived,
         provider: "twilio",
         provider_call_id: &sid,
         to: &to,

@@ -106,6 +106,7 @@ fn valid_vonage_number(n: &str) -> bool {
 }
 
 pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrived = sim.stats.arrival();
     let claims = match authenticate(&sim, &headers) {
         Ok(c) => c,
         Err(response) => return response,
@@ -195,6 +196,7 @@ pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: 
     let conversation = format!("CON-{}", uuid::Uuid::new_v4());
     let outcome = sim.outcome_for(&to.number);
     sim.stats.call_accepted(NewCall {
+        arrived,
         provider: "vonage",
         provider_call_id: &uuid,
         to: &to.number,
