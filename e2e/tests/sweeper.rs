@@ -20,11 +20,17 @@ fn sweeping() -> Vec<String> {
 }
 
 async fn enqueue(stack: &Stack, name: &str, provider: &str, numbers: &[String]) {
+    enqueue_with(stack, name, provider, numbers, &[]).await;
+}
+
+async fn enqueue_with(stack: &Stack, name: &str, provider: &str, numbers: &[String], extra: &[&str]) {
     let mut csv = String::from("number\n");
     for n in numbers {
         csv.push_str(&format!("{n}\n"));
     }
-    let args = stack.enqueue_args(name, &csv, &["--message", "Sweeper test.", "--provider", provider]);
+    let mut flags = vec!["--message", "Sweeper test.", "--provider", provider];
+    flags.extend_from_slice(extra);
+    let args = stack.enqueue_args(name, &csv, &flags);
     let report = producer::enqueue(&stack.db.pool, &args).await.unwrap();
     assert_eq!(report.published, numbers.len() as u64);
 }
@@ -55,9 +61,19 @@ async fn calls_whose_final_events_never_came_are_settled_with_their_provider() {
         let numbers: Vec<String> = (0..4).map(|n| format!("+1415555{:04}", 4100 + 10 * i + 5 + n)).collect();
         enqueue(&stack, provider, provider, &numbers).await;
     }
-    for provider in ["vonage", "twilio", "telnyx"] {
+    // A busy number with a redial allowed: the busy the sweeper learns
+    // schedules the redial as the event would have.
+    let busy = vec!["+14155554197".to_owned()];
+    enqueue_with(&stack, "redial", "vonage", &busy, &["--max-attempts", "2", "--retry-delay", "1s"]).await;
+    for provider in ["vonage", "twilio", "telnyx", "redial"] {
         stack.wait_terminal(provider).await;
     }
+    let redialled: (String, i32) = sqlx::query_as("SELECT state, attempt FROM calls WHERE number = $1")
+        .bind(&busy[0])
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(redialled, ("busy".into(), 2), "dialled twice, busy both times");
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM call_events").fetch_one(&stack.db.pool).await.unwrap();
     assert_eq!(stored, 0, "no event was delivered: the sweeper settled every call");
@@ -73,8 +89,11 @@ async fn calls_whose_final_events_never_came_are_settled_with_their_provider() {
         assert_eq!((state.as_str(), code.as_deref()), ("unknown", Some("final_event_lost")), "{number}");
     }
     let stats = stack.sim_stats().await;
-    assert_eq!(stats["calls"], 12, "{stats}");
-    assert_eq!(stats["called_more_than_once"].as_array().unwrap().len(), 0, "{stats}");
+    assert_eq!(stats["calls"], 14, "{stats}");
+    // Only the redialled number was called twice, once per attempt.
+    let twice = stats["called_more_than_once"].as_array().unwrap();
+    assert_eq!(twice.len(), 1, "{stats}");
+    assert_eq!(twice[0]["count"], 2, "{stats}");
     stack.stop().await;
 }
 
