@@ -39,6 +39,17 @@ pub async fn claim(
     provider: Provider,
     url_token: &str,
 ) -> Result<bool, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    claim_in(&mut conn, call, attempt, provider, url_token).await
+}
+
+async fn claim_in(
+    conn: &mut PgConnection,
+    call: CallId,
+    attempt: u32,
+    provider: Provider,
+    url_token: &str,
+) -> Result<bool, sqlx::Error> {
     let claimed = sqlx::query(
         "UPDATE calls SET state = 'dialing', attempt = $2, provider = $3, dialing_at = now(), \
                 updated_at = now(), provider_call_id = NULL, placed_at = NULL, answered_at = NULL, \
@@ -50,9 +61,63 @@ pub async fn claim(
     .bind(attempt_i32(attempt))
     .bind(provider.as_str())
     .bind(url_token)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(claimed.rows_affected() == 1)
+}
+
+/// How a claim under a concurrent-call cap went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CappedClaim {
+    /// The call is ours to dial.
+    Claimed,
+    /// The call is no longer waiting (handled, or in flight elsewhere).
+    NotWaiting,
+    /// `cap` calls of the provider are in progress: nothing was claimed.
+    Full,
+}
+
+/// Calls of `provider` in progress (`dialing` to `answered`): what its
+/// concurrent-call cap counts.
+pub async fn in_progress(pool: &PgPool, provider: Provider) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM calls WHERE provider = $1 AND state IN ('dialing', 'placed', 'ringing', 'answered')",
+    )
+    .bind(provider.as_str())
+    .fetch_one(pool)
+    .await
+}
+
+/// `claim`, but only while fewer than `cap` calls of `provider` are in
+/// progress: the count and the claim happen under one advisory lock per
+/// provider, so two workers never both take its last free line. A line
+/// comes back when its call ends (its final event, or the sweeper's look-up
+/// when that event is lost).
+pub async fn claim_within_cap(
+    pool: &PgPool,
+    call: CallId,
+    attempt: u32,
+    provider: Provider,
+    url_token: &str,
+    cap: u32,
+) -> Result<CappedClaim, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("tocsin.cap:{provider}"))
+        .execute(&mut *tx)
+        .await?;
+    let busy: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM calls WHERE provider = $1 AND state IN ('dialing', 'placed', 'ringing', 'answered')",
+    )
+    .bind(provider.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    if busy >= i64::from(cap) {
+        return Ok(CappedClaim::Full);
+    }
+    let claimed = claim_in(&mut tx, call, attempt, provider, url_token).await?;
+    tx.commit().await?;
+    Ok(if claimed { CappedClaim::Claimed } else { CappedClaim::NotWaiting })
 }
 
 /// A fresh URL token: 122 random bits (a v4 UUID's), as 32 hex digits.

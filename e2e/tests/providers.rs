@@ -448,3 +448,29 @@ async fn unsigned_vonage_events_are_confirmed_with_vonage_and_the_command_turns_
     );
     stack.stop().await;
 }
+
+/// A Telnyx account with 2 lines (Telnyx's cap at sign-up): the workers
+/// never have more than 2 calls in progress, so the simulator, enforcing
+/// the cap as Telnyx does, refuses none; every contact is reached. (Without
+/// the workers' cap, 10 of these 12 calls fail at the simulator.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concurrent_call_cap_is_never_exceeded() {
+    let stack =
+        start(Credentials::Right, &["--telnyx-max-concurrent", "2"], &["--max-concurrent-calls", "telnyx=2"])
+            .await;
+    // Answered calls only, so each holds its line while the message plays.
+    let numbers: Vec<String> = (0..12).map(|i| format!("+1415555{:04}", 3500 + 10 * i)).collect();
+    enqueue(&stack, "capped", "telnyx", &numbers).await;
+    stack.wait_terminal("capped").await;
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM calls ORDER BY number")
+        .fetch_all(&stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(states, vec!["completed"; 12]);
+    let stats = stack.sim_stats().await;
+    assert_eq!(stats["concurrency_rejected"], 0, "{stats}");
+    let most = stats["max_concurrent_calls_per_provider"]["telnyx"].as_u64().unwrap();
+    assert!((1..=2).contains(&most), "{most} calls at once: {stats}");
+    assert_eq!(stats["called_more_than_once"].as_array().unwrap().len(), 0, "{stats}");
+    stack.stop().await;
+}

@@ -123,6 +123,11 @@ pub struct SimConfig {
     )]
     pub telnyx_dials_per_window: u32,
 
+    /// Calls a Telnyx account may have in progress at once (2 at sign-up, 10 after
+    /// verification); past it the call fails (SIP 403 "User channel limit exceeded"). 0: no cap.
+    #[arg(long = "telnyx-max-concurrent", env = "TOCSIN_SIM_TELNYX_MAX_CONCURRENT", default_value_t = 0)]
+    pub telnyx_max_concurrent: usize,
+
     /// The Telnyx rate window.
     #[arg(long = "telnyx-window", env = "TOCSIN_SIM_TELNYX_WINDOW", default_value = "5s", value_parser = parse_duration)]
     pub telnyx_window: Duration,

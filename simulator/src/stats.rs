@@ -34,6 +34,8 @@ pub struct SimCall {
     pub status: String,
     pub ended: bool,
     pub ended_at: Option<DateTime<Utc>>,
+    /// Seconds since start when it ended (for the concurrency figures).
+    pub ended_secs: Option<f64>,
     pub answered_at: Option<DateTime<Utc>>,
     pub duration_secs: Option<i64>,
     /// What the answer document (or Telnyx speak command) made the call say.
@@ -48,6 +50,7 @@ pub struct SimCall {
 
 #[derive(Default)]
 struct Counters {
+    concurrency_rejected: u64,
     rate_limited: u64,
     storm_429: u64,
     rejected: u64,
@@ -134,6 +137,7 @@ impl Stats {
             status: call.status.to_owned(),
             ended: false,
             ended_at: None,
+            ended_secs: None,
             answered_at: None,
             duration_secs: None,
             spoken: None,
@@ -165,12 +169,24 @@ impl Stats {
     }
 
     pub fn ended(&self, provider_call_id: &str, status: &str, duration_secs: Option<i64>) {
+        let now = self.arrival();
         self.update(provider_call_id, |c| {
+            c.ended_secs = c.ended_secs.or(Some(now));
             c.status = status.to_owned();
             c.ended = true;
             c.ended_at = Some(Utc::now());
             c.duration_secs = duration_secs;
         });
+    }
+
+    /// Calls of `provider` accepted and not yet ended.
+    pub fn active(&self, provider: &str) -> usize {
+        self.lock().calls.iter().filter(|c| c.provider == provider && !c.ended).count()
+    }
+
+    /// A dial refused for the account's concurrent-call cap.
+    pub fn concurrency_rejected(&self) {
+        self.lock().counters.concurrency_rejected += 1;
     }
 
     pub fn spoken(&self, provider_call_id: &str, text: String) {
@@ -300,6 +316,8 @@ impl Stats {
             duplicated_deliveries: c.duplicated,
             dropped_events: c.dropped_events,
             reordered_deliveries: c.reordered,
+            max_concurrent_calls_per_provider: max_concurrent(&inner.calls),
+            concurrency_rejected: c.concurrency_rejected,
             answer_documents_invalid: c.answer_invalid,
             telnyx_commands: c.commands,
             idempotent_replays: c.idempotent_replays,
@@ -314,6 +332,30 @@ impl Stats {
     pub fn calls_of(&self, provider: &str, filter: impl Fn(&SimCall) -> bool) -> Vec<SimCall> {
         self.lock().calls.iter().filter(|c| c.provider == provider && filter(c)).cloned().collect()
     }
+}
+
+/// The most calls of each provider in progress at once (from acceptance to
+/// end; a call not ended yet counts to the end).
+fn max_concurrent(calls: &[SimCall]) -> HashMap<String, u64> {
+    let mut edges: HashMap<&str, Vec<(f64, i64)>> = HashMap::new();
+    for c in calls {
+        let e = edges.entry(c.provider).or_default();
+        e.push((c.at, 1));
+        e.push((c.ended_secs.unwrap_or(f64::INFINITY), -1));
+    }
+    edges
+        .into_iter()
+        .map(|(p, mut e)| {
+            // Ends before starts at the same instant: a line freed is reusable.
+            e.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let (mut now, mut most) = (0i64, 0i64);
+            for (_, d) in e {
+                now += d;
+                most = most.max(now);
+            }
+            (p.to_owned(), u64::try_from(most).unwrap_or(0))
+        })
+        .collect()
 }
 
 /// The most timestamps inside any half-open window `[t, t + width)`.
@@ -366,6 +408,10 @@ pub struct StatsReport {
     /// Events never delivered (`--fault-drop-event-rate`).
     pub dropped_events: u64,
     pub reordered_deliveries: u64,
+    /// The most calls in progress at once, per provider.
+    pub max_concurrent_calls_per_provider: HashMap<String, u64>,
+    /// Dials refused for the account's concurrent-call cap (`--telnyx-max-concurrent`).
+    pub concurrency_rejected: u64,
     pub answer_documents_invalid: u64,
     pub telnyx_commands: u64,
     /// Telnyx dials answered from the `command_id` cache instead of dialling again.

@@ -318,7 +318,16 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
     let call_control_id = format!("v3:{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random));
     let call_leg_id = uuid::Uuid::new_v4().to_string();
     let call_session_id = uuid::Uuid::new_v4().to_string();
-    let outcome = sim.outcome_for(&to);
+    let mut outcome = sim.outcome_for(&to);
+    // Past the account's channel limit the call fails: Telnyx rejects it
+    // with SIP 403 "User channel limit exceeded" (the project's provider
+    // notes, Concurrency). The simulator reports it as its failed outcome
+    // and counts it (`concurrency_rejected`).
+    let cap = sim.config.telnyx_max_concurrent;
+    if cap > 0 && sim.stats.active("telnyx") >= cap {
+        sim.stats.concurrency_rejected();
+        outcome = Outcome::Failed;
+    }
     let data = json!({ "data": {
         "call_control_id": call_control_id, "call_leg_id": call_leg_id,
         "call_session_id": call_session_id, "is_alive": false, "record_type": "call",

@@ -91,6 +91,13 @@ pub struct WorkerConfig {
     #[arg(long = "max-transient-retries", env = "TOCSIN_MAX_TRANSIENT_RETRIES", default_value_t = 5)]
     pub max_transient_retries: u32,
 
+    /// Concurrent-call caps, per provider: e.g. `telnyx=10` (Telnyx allows 2 at sign-up, 10
+    /// after verification) or `telnyx=10,twilio=50`. A call takes a line from its claim to its
+    /// end; a job waits (held) while every line is taken. Shared by all workers (counted in
+    /// PostgreSQL). Empty: no cap.
+    #[arg(long = "max-concurrent-calls", env = "TOCSIN_MAX_CONCURRENT_CALLS", default_value = "", value_parser = parse_caps)]
+    pub max_concurrent_calls: Caps,
+
     /// How often the sweeper (one worker at a time) looks for calls that stopped moving.
     #[arg(long = "sweep-every", env = "TOCSIN_SWEEP_EVERY", default_value = "15s", value_parser = parse_duration)]
     pub sweep_every: Duration,
@@ -104,6 +111,31 @@ pub struct WorkerConfig {
     /// How long SIGTERM waits for in-flight calls before exiting.
     #[arg(long = "shutdown-grace", env = "TOCSIN_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// Concurrent-call caps per provider.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caps(pub std::collections::HashMap<tocsin_core::provider::Provider, u32>);
+
+/// `telnyx=10,twilio=50`: a cap of at least 1 per named provider, each once.
+pub fn parse_caps(s: &str) -> Result<Caps, String> {
+    let mut caps = std::collections::HashMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, n) =
+            part.split_once('=').ok_or_else(|| format!("{part:?} is not PROVIDER=N (e.g. telnyx=10)"))?;
+        let provider: tocsin_core::provider::Provider =
+            name.trim().parse().map_err(|_| format!("{name:?} is not vonage, twilio or telnyx"))?;
+        let n: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("{part:?}: the cap must be a whole number of calls, at least 1"))?;
+        if caps.insert(provider, n).is_some() {
+            return Err(format!("{provider} is capped twice"));
+        }
+    }
+    Ok(Caps(caps))
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,5 +188,22 @@ impl WorkerConfig {
 
     pub fn public_url(&self) -> &str {
         self.public_url.trim_end_matches('/')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tocsin_core::provider::Provider;
+
+    #[test]
+    fn caps_name_each_provider_once_with_at_least_one_line() {
+        let caps = parse_caps("telnyx=10, twilio=50").unwrap();
+        assert_eq!((caps.0[&Provider::Telnyx], caps.0[&Provider::Twilio]), (10, 50));
+        assert!(parse_caps("").unwrap().0.is_empty());
+        assert!(parse_caps("telnyx").unwrap_err().contains("PROVIDER=N"));
+        assert!(parse_caps("pigeon=3").unwrap_err().contains("vonage, twilio or telnyx"));
+        assert!(parse_caps("telnyx=0").unwrap_err().contains("at least 1"));
+        assert!(parse_caps("telnyx=2,telnyx=3").unwrap_err().contains("twice"));
     }
 }

@@ -78,6 +78,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         ringing_timeout_secs: config.ringing_timeout_secs,
         dialing_lease: config.dialing_lease,
         max_transient_retries: config.max_transient_retries,
+        caps: config.max_concurrent_calls.0.clone(),
         ..Settings::default()
     };
     let deps = Arc::new(Deps::new(pool.clone(), limiter, providers, settings, shutdown.clone()));

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use rand::Rng;
 use sqlx::PgPool;
-use tocsin_core::calls::{self, Count, Failing};
+use tocsin_core::calls::{self, CappedClaim, Count, Failing};
 use tocsin_core::campaign::{Campaign, CampaignStatus};
 use tocsin_core::db;
 use tocsin_core::limiter::{Admission, Limiter, Reservation};
@@ -50,6 +50,8 @@ pub struct Settings {
     pub auth_failures_before_pause: u32,
     /// How long an account stays paused after repeated 401/403s.
     pub auth_pause: Duration,
+    /// Concurrent-call caps per provider (absent: no cap).
+    pub caps: HashMap<Provider, u32>,
 }
 
 impl Default for Settings {
@@ -62,6 +64,7 @@ impl Default for Settings {
             campaign_ttl: Duration::from_secs(1),
             auth_failures_before_pause: 3,
             auth_pause: Duration::from_secs(120),
+            caps: HashMap::new(),
         }
     }
 }
@@ -205,29 +208,54 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     // job and ask again when its turn is nearer, instead of bouncing it
     // through a delay queue: a bounced job comes back late and leaves the
     // slots it could have used empty.
+    //
+    // With a concurrent-call cap, the job first waits (held, like a refused
+    // reservation) until the provider has a free line, and the claim takes
+    // the line under the cap's lock; a line taken meanwhile by another
+    // worker sends this one back to waiting, with a new slot.
     let held_since = Instant::now();
-    let (reserved_at, wait) = loop {
-        let at = tokio::time::Instant::now();
-        match deps.limiter.reserve(&account).await {
-            Reservation::Granted(wait) => break (at, wait),
-            Reservation::Refused(wait) => {
-                metrics::counter!("tocsin_limiter_refused_total").increment(1);
-                if held_since.elapsed() >= MAX_HOLD {
-                    return Ok(Outcome::Delay(DelayTier::S5));
-                }
-                let nap = (wait / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                if !sleep_or_shutdown(deps, tokio::time::Instant::now() + nap).await {
-                    return Ok(Outcome::Delay(DelayTier::S1));
+    let cap = deps.settings.caps.get(&provider).copied();
+    let (slot, url_token) = loop {
+        if let Some(cap) = cap
+            && !wait_for_a_line(deps, provider, cap, held_since).await?
+        {
+            return Ok(Outcome::Delay(DelayTier::S5));
+        }
+        let (reserved_at, wait) = loop {
+            let at = tokio::time::Instant::now();
+            match deps.limiter.reserve(&account).await {
+                Reservation::Granted(wait) => break (at, wait),
+                Reservation::Refused(wait) => {
+                    metrics::counter!("tocsin_limiter_refused_total").increment(1);
+                    if held_since.elapsed() >= MAX_HOLD {
+                        return Ok(Outcome::Delay(DelayTier::S5));
+                    }
+                    let nap = (wait / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                    if !sleep_or_shutdown(deps, tokio::time::Instant::now() + nap).await {
+                        return Ok(Outcome::Delay(DelayTier::S1));
+                    }
                 }
             }
+        };
+        metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
+        let url_token = calls::new_url_token();
+        let claimed = match cap {
+            None => calls::claim(&deps.pool, job.call_id, job.attempt, provider, &url_token).await?,
+            Some(cap) => {
+                match calls::claim_within_cap(&deps.pool, job.call_id, job.attempt, provider, &url_token, cap)
+                    .await?
+                {
+                    CappedClaim::Claimed => true,
+                    CappedClaim::NotWaiting => false,
+                    CappedClaim::Full => continue,
+                }
+            }
+        };
+        if !claimed {
+            return decide_unclaimed(deps, job, client.as_ref(), &campaign, &account).await;
         }
+        break (reserved_at + wait, url_token);
     };
-    metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
-    let slot = reserved_at + wait;
-    let url_token = calls::new_url_token();
-    if !calls::claim(&deps.pool, job.call_id, job.attempt, provider, &url_token).await? {
-        return decide_unclaimed(deps, job, client.as_ref(), &campaign, &account).await;
-    }
     // Look at the campaign once more just before the slot: a pause or a
     // cancel must stop dialing within a couple of seconds.
     let check_at = slot.checked_sub(calls::LAST_CHECK_LEAD).unwrap_or(slot).max(tokio::time::Instant::now());
@@ -302,6 +330,30 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         }
     }
     record(deps, job, &campaign, &account, provider, result).await
+}
+
+/// How often a job held for a free line looks again.
+const LINE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Waits until fewer than `cap` calls of `provider` are in progress;
+/// `false` on shutdown or once the job has been held `MAX_HOLD`.
+async fn wait_for_a_line(
+    deps: &Deps,
+    provider: Provider,
+    cap: u32,
+    held_since: Instant,
+) -> Result<bool, sqlx::Error> {
+    loop {
+        if calls::in_progress(&deps.pool, provider).await? < i64::from(cap) {
+            return Ok(true);
+        }
+        metrics::counter!("tocsin_concurrency_waits_total", "provider" => provider.as_str()).increment(1);
+        if held_since.elapsed() >= MAX_HOLD
+            || !sleep_or_shutdown(deps, tokio::time::Instant::now() + LINE_CHECK_EVERY).await
+        {
+            return Ok(false);
+        }
+    }
 }
 
 /// The create-call request of a claimed attempt.
