@@ -210,6 +210,13 @@ def main():
     elapsed = time.time() - t_enqueue
     cpu = cpu_done + sum(cpu_seconds(w.pid) for w in workers.values())
     stats = http_json(f"http://127.0.0.1:{sim_port}/_sim/stats")
+    # Calls in progress at the simulator: the most at once, how long each
+    # lasted (accepted to ended), and calls completed per second over the
+    # run (first accepted to last ended) - what a concurrent-call cap bounds.
+    sim_calls = http_json(f"http://127.0.0.1:{sim_port}/_sim/calls")
+    ended = [c for c in sim_calls if c.get("ended_secs") is not None]
+    mean_call_secs = sum(c["ended_secs"] - c["at"] for c in ended) / len(ended) if ended else 0.0
+    line_span = (max(c["ended_secs"] for c in ended) - min(c["at"] for c in sim_calls)) if ended else 0.0
     # Where the CPU went, per call (services: their live processes' growth
     # over the run; PostgreSQL backends that exited meanwhile are missed).
     per_call = 1000 / max(stats["calls"], 1)
@@ -276,6 +283,10 @@ def main():
         "sim_429s": stats["rate_limited_429"], "numbers_called_twice": twice,
         "not_finished": not_finished, "states": states, "unknown_reasons": unknown,
         "kills": kills, "rabbitmq_restarted": rabbit_restarted,
+        "max_concurrent": max(stats.get("max_concurrent_calls_per_provider", {}).values(), default=None),
+        "concurrency_rejected": stats.get("concurrency_rejected"),
+        "mean_call_secs": round(mean_call_secs, 3),
+        "calls_per_sec_over_lines": round(len(ended) / line_span, 3) if line_span else 0.0,
         "dead_lettered": dead_queue + dead_table, "sweeper_republished": republished,
         "jobs_recycled": recycled,
         "worker_cpu_seconds": round(cpu, 2),
