@@ -77,15 +77,14 @@ pub enum CappedClaim {
     Full,
 }
 
+/// Counts the calls of provider `$1` in progress (`dialing` to `answered`),
+/// through the partial index `calls_in_progress`.
+const IN_PROGRESS: &str = "SELECT count(*) FROM calls WHERE provider = $1 AND state IN ('dialing', 'placed', 'ringing', 'answered')";
+
 /// Calls of `provider` in progress (`dialing` to `answered`): what its
 /// concurrent-call cap counts.
 pub async fn in_progress(pool: &PgPool, provider: Provider) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM calls WHERE provider = $1 AND state IN ('dialing', 'placed', 'ringing', 'answered')",
-    )
-    .bind(provider.as_str())
-    .fetch_one(pool)
-    .await
+    sqlx::query_scalar(IN_PROGRESS).bind(provider.as_str()).fetch_one(pool).await
 }
 
 /// `claim`, but only while fewer than `cap` calls of `provider` are in
@@ -106,12 +105,7 @@ pub async fn claim_within_cap(
         .bind(format!("tocsin.cap:{provider}"))
         .execute(&mut *tx)
         .await?;
-    let busy: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM calls WHERE provider = $1 AND state IN ('dialing', 'placed', 'ringing', 'answered')",
-    )
-    .bind(provider.as_str())
-    .fetch_one(&mut *tx)
-    .await?;
+    let busy: i64 = sqlx::query_scalar(IN_PROGRESS).bind(provider.as_str()).fetch_one(&mut *tx).await?;
     if busy >= i64::from(cap) {
         return Ok(CappedClaim::Full);
     }
