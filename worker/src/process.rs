@@ -216,10 +216,12 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     let held_since = Instant::now();
     let cap = deps.settings.caps.get(&provider).copied();
     let (slot, url_token) = loop {
+        // Held as long as a job may be: back to a delay queue, and the
+        // sweeper told it is waiting its turn, not lost.
         if let Some(cap) = cap
             && !wait_for_a_line(deps, provider, cap, held_since).await?
         {
-            return Ok(Outcome::Delay(DelayTier::S5));
+            return Ok(defer(deps, job, DelayTier::S5).await?);
         }
         let (reserved_at, wait) = loop {
             let at = tokio::time::Instant::now();
@@ -228,7 +230,7 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
                 Reservation::Refused(wait) => {
                     metrics::counter!("tocsin_limiter_refused_total").increment(1);
                     if held_since.elapsed() >= MAX_HOLD {
-                        return Ok(Outcome::Delay(DelayTier::S5));
+                        return Ok(defer(deps, job, DelayTier::S5).await?);
                     }
                     let nap = (wait / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
                     if !sleep_or_shutdown(deps, tokio::time::Instant::now() + nap).await {
