@@ -69,22 +69,20 @@ async fn a_job_held_by_workers_that_keep_dying_is_still_called() {
     let limiter = RedisLimiter::new(redis.clone(), &prefix, 1.0, Duration::from_secs(1));
     limiter.cool_down(&account, Duration::from_secs(600)).await.unwrap();
 
-    let ready = || async {
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let q = channel
-            .queue_declare(topology.work_queue().as_str().into(), passive, FieldTable::default())
-            .await
-            .unwrap();
-        q.message_count()
+    // Messages ready in a queue (a passive declare).
+    let messages = |queue: String| {
+        let channel = &channel;
+        async move {
+            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+            channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .unwrap()
+                .message_count()
+        }
     };
-    let dead = || async {
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let q = channel
-            .queue_declare(topology.dead_queue().as_str().into(), passive, FieldTable::default())
-            .await
-            .unwrap();
-        q.message_count()
-    };
+    let ready = || messages(topology.work_queue());
+    let dead = || messages(topology.dead_queue());
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_worker"))
             .args(["--database-url", db.url.expose_secret(), "--amqp-url", &amqp_url])
