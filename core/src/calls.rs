@@ -29,7 +29,8 @@ fn attempt_i32(attempt: u32) -> i32 {
 // ---------------------------------------------------------------------------
 
 /// Claims the call for `attempt`: one conditional UPDATE, so of all the
-/// workers holding a copy of the job exactly one proceeds to dial. Clears
+/// workers holding a copy of the job exactly one proceeds to dial. A call
+/// whose contact has confirmed is never claimed again. Clears
 /// what an earlier attempt recorded, and sets the attempt's URL token (see
 /// `new_url_token`), which its answer and event URLs must carry.
 pub async fn claim(
@@ -52,10 +53,10 @@ async fn claim_in(
 ) -> Result<bool, sqlx::Error> {
     let claimed = sqlx::query(
         "UPDATE calls SET state = 'dialing', attempt = $2, provider = $3, dialing_at = now(), \
-                updated_at = now(), provider_call_id = NULL, placed_at = NULL, answered_at = NULL, \
+                first_dialing_at = coalesce(first_dialing_at, now()), updated_at = now(), provider_call_id = NULL, placed_at = NULL, answered_at = NULL, \
                 ended_at = NULL, answered_by = NULL, duration_secs = NULL, error_code = NULL, \
                 error_detail = NULL, url_token = $4, job_due_at = NULL \
-         WHERE id = $1 AND state IN ('queued', 'retry_wait') AND attempt < $2",
+         WHERE id = $1 AND state IN ('queued', 'retry_wait') AND attempt < $2 AND confirmed_at IS NULL",
     )
     .bind(call)
     .bind(attempt_i32(attempt))
@@ -647,10 +648,12 @@ pub mod redial {
         ["internal_error", "carrier_timeout", "unavailable", "network_error", "timeout"];
 
     /// Whether a call that ended in `state` (with the provider's `detail`)
-    /// is worth another attempt, if its campaign allows one.
+    /// may be worth another attempt, if its campaign allows one (a
+    /// `completed` call only in a campaign calling until confirmed, and only
+    /// while unconfirmed: `schedule` decides).
     pub fn wanted(state: Option<CallState>, detail: Option<&str>) -> bool {
         match state {
-            Some(CallState::Busy | CallState::NoAnswer) => true,
+            Some(CallState::Busy | CallState::NoAnswer | CallState::Completed) => true,
             Some(CallState::Failed) => detail.is_some_and(|d| TRANSIENT_FAILURES.contains(&d)),
             _ => false,
         }
@@ -669,8 +672,10 @@ pub mod redial {
              WHERE k.id = ANY($1) AND c.id = k.campaign_id AND c.status = 'active' \
                AND k.attempt < c.max_attempts \
                AND (c.expires_at IS NULL OR c.expires_at > now()) \
+               AND k.confirmed_at IS NULL AND k.opted_out_at IS NULL \
                AND (k.state IN ('busy', 'no_answer') \
-                    OR (k.state = 'failed' AND k.error_detail = ANY($2))) \
+                    OR (k.state = 'failed' AND k.error_detail = ANY($2)) \
+                    OR (k.state = 'completed' AND c.until_confirmed)) \
              RETURNING k.id, k.campaign_id, k.number, k.attempt, c.retry_delay_secs",
         )
         .bind(candidates)
@@ -699,6 +704,124 @@ pub mod redial {
         .execute(&mut *tx)
         .await?;
         Ok(by_tier.into_values().collect())
+    }
+}
+
+/// The dialogue's side: each round's answer (a key, or none) as the webhook
+/// heard it from a provider, and what it does to the call — a
+/// confirmation, or an opt-out that puts the number on the do-not-call
+/// list. A round is stored once however often it is reported (a provider's
+/// retry, Telnyx's `call.dtmf.received` and `call.gather.ended` for the same
+/// key), and only its first report changes anything.
+pub mod keypress {
+    use super::*;
+    use crate::confirm::{Heard, Reply, Turn};
+
+    /// One round's answer.
+    #[derive(Debug, Clone)]
+    pub struct Keypress<'a> {
+        pub call: CallId,
+        pub attempt: i32,
+        pub turn: Turn,
+        pub heard: Heard,
+        pub reply: Reply,
+        pub provider: Provider,
+        /// The provider's report, as received.
+        pub payload: &'a serde_json::Value,
+    }
+
+    /// What recording a round did.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum Recorded {
+        /// First report of this round.
+        New {
+            /// For a confirmation: the first of the contact, and seconds
+            /// from its first call (`None` if already confirmed before).
+            confirmed_after_secs: Option<f64>,
+            /// The confirmation came after the campaign's deadline.
+            late: bool,
+            /// For an opt-out: waiting calls to the number skipped (all campaigns).
+            skipped: u64,
+        },
+        /// This round was already recorded.
+        Duplicate,
+        /// No such call.
+        UnknownCall,
+    }
+
+    /// Records a round's answer, in one transaction with what it does.
+    pub async fn record(pool: &PgPool, k: &Keypress<'_>) -> Result<Recorded, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        let inserted: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO keypresses (call_id, attempt, round, digit, reply, provider, payload) \
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM calls WHERE id = $1) \
+             ON CONFLICT DO NOTHING RETURNING 1",
+        )
+        .bind(k.call)
+        .bind(k.attempt)
+        .bind(i32::try_from(k.turn.round).unwrap_or(i32::MAX))
+        .bind(k.heard.digit())
+        .bind(k.reply.as_str())
+        .bind(k.provider.as_str())
+        .bind(k.payload)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM calls WHERE id = $1)")
+                .bind(k.call)
+                .fetch_one(&mut *tx)
+                .await?;
+            return Ok(if exists { Recorded::Duplicate } else { Recorded::UnknownCall });
+        }
+        let (mut confirmed_after_secs, mut late, mut skipped) = (None, false, 0);
+        match k.reply {
+            Reply::Confirmed => {
+                // A call already waiting for its redial (its hang-up was
+                // applied first) ends here: the redial's claim finds it done.
+                let row: Option<(Option<f64>, bool)> = sqlx::query_as(
+                    "UPDATE calls k SET confirmed_at = now(), confirmed_attempt = $2, confirmed_key = $3, \
+                            confirmed_late = (c.expires_at IS NOT NULL AND c.expires_at < now()), \
+                            state = CASE WHEN k.state = 'retry_wait' THEN 'completed' ELSE k.state END, \
+                            ended_at = CASE WHEN k.state = 'retry_wait' THEN coalesce(k.ended_at, now()) \
+                                            ELSE k.ended_at END, \
+                            updated_at = now() \
+                     FROM campaigns c \
+                     WHERE k.id = $1 AND c.id = k.campaign_id AND k.confirmed_at IS NULL \
+                     RETURNING extract(epoch FROM now() - k.first_dialing_at)::float8, k.confirmed_late",
+                )
+                .bind(k.call)
+                .bind(k.attempt)
+                .bind(k.heard.digit())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((secs, was_late)) = row {
+                    confirmed_after_secs = Some(secs.unwrap_or(0.0));
+                    late = was_late;
+                }
+            }
+            Reply::OptedOut => {
+                let number: Option<String> = sqlx::query_scalar(
+                    "UPDATE calls SET opted_out_at = coalesce(opted_out_at, now()), updated_at = now() \
+                     WHERE id = $1 RETURNING number",
+                )
+                .bind(k.call)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(number) = number {
+                    sqlx::query(
+                        "INSERT INTO do_not_call (number, reason) VALUES ($1, 'opted out by keypress') \
+                         ON CONFLICT (number) DO NOTHING",
+                    )
+                    .bind(&number)
+                    .execute(&mut *tx)
+                    .await?;
+                    skipped = skip_do_not_call(&mut *tx, &[number]).await?;
+                }
+            }
+            Reply::Replay | Reply::Invalid | Reply::Silence | Reply::GaveUp => {}
+        }
+        tx.commit().await?;
+        Ok(Recorded::New { confirmed_after_secs, late, skipped })
     }
 }
 

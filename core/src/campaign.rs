@@ -20,6 +20,7 @@ use chrono_tz::Tz;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 
+use crate::confirm::{self, Confirmation, Key};
 use crate::provider::Provider;
 use crate::{CampaignId, PhoneNumber};
 
@@ -202,6 +203,12 @@ pub struct Settings {
     pub expires_at: Option<DateTime<Utc>>,
     pub window: Option<CallingWindow>,
     pub timezone: Tz,
+    /// Ask the callee to press a key after the message (`confirmation` says how).
+    pub confirm: bool,
+    /// The dialogue's prompt and keys, kept while `confirm` is off.
+    pub confirmation: Confirmation,
+    /// Redial answered-but-unconfirmed calls too (needs `confirm`).
+    pub until_confirmed: bool,
 }
 
 /// Requested changes to `Settings`: `None` keeps the current value. Values
@@ -221,6 +228,16 @@ pub struct Changes {
     pub expires_at: Option<Deadline>,
     pub window: Option<CallingWindow>,
     pub timezone: Option<Tz>,
+    pub confirm: Option<bool>,
+    pub confirm_prompt: Option<String>,
+    pub confirm_key: Option<Key>,
+    /// `Some(None)`: no replay key.
+    pub replay_key: Option<Option<Key>>,
+    /// `Some(None)`: no opt-out key.
+    pub opt_out_key: Option<Option<Key>>,
+    pub max_replays: Option<i64>,
+    pub key_timeout_secs: Option<i64>,
+    pub until_confirmed: Option<bool>,
 }
 
 /// A deadline as asked for: a time, or a span from when it is applied. A
@@ -307,6 +324,9 @@ impl Settings {
             expires_at: None,
             window: None,
             timezone: chrono_tz::UTC,
+            confirm: false,
+            confirmation: Confirmation::default(),
+            until_confirmed: false,
         }
     }
 
@@ -315,6 +335,7 @@ impl Settings {
     pub fn apply(&self, changes: Changes) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut s = self.clone();
+        let dialogue = ConfirmChanges::take(&changes);
         if let Some(m) = changes.message {
             match check_message(&m) {
                 Ok(m) => s.message = m,
@@ -397,6 +418,7 @@ impl Settings {
         if let Some(tz) = changes.timezone {
             s.timezone = tz;
         }
+        dialogue.apply(&mut s, &mut errors);
         // What the provider can say, once the message is within the general bound.
         if !errors.iter().any(|e| e.field == "message") {
             match crate::speech::check(s.provider, &s.message, &s.language, s.voice.as_deref()) {
@@ -408,13 +430,26 @@ impl Settings {
     }
 
     /// How long an answered call of this campaign may last: the message
-    /// spoken `repeat` times at a slow 10 characters a second, plus two
-    /// minutes, within 1-120 minutes. The providers end the call there if
-    /// its hang-up never comes.
+    /// spoken `repeat` times at a slow 10 characters a second (as often as
+    /// the dialogue may replay it, with its rounds of waiting for a key),
+    /// plus two minutes, within 1-120 minutes. The providers end the call
+    /// there if its hang-up never comes.
     pub fn call_time_limit_secs(&self) -> u32 {
         let chars = u32::try_from(self.message.chars().count()).unwrap_or(u32::MAX);
         let repeat = u32::try_from(self.repeat.max(1)).unwrap_or(1);
-        (chars.saturating_mul(repeat) / 10).saturating_add(120).clamp(60, 7200)
+        let mut secs = chars.saturating_mul(repeat) / 10;
+        if let Some(c) = self.confirmation() {
+            let prompt = u32::try_from(c.prompt().chars().count()).unwrap_or(u32::MAX) / 10;
+            secs = secs
+                .saturating_mul(c.max_replays + 1)
+                .saturating_add((prompt + c.key_timeout_secs).saturating_mul(confirm::MAX_ROUNDS));
+        }
+        secs.saturating_add(120).clamp(60, 7200)
+    }
+
+    /// The confirmation dialogue, when the campaign asks for one.
+    pub fn confirmation(&self) -> Option<&Confirmation> {
+        self.confirm.then_some(&self.confirmation)
     }
 
     /// Human-readable differences from `old`, message excluded.
@@ -440,6 +475,16 @@ impl Settings {
         diff("expires at", time(old.expires_at), time(self.expires_at));
         diff("window", window(old.window), window(self.window));
         diff("time zone", old.timezone.name().to_owned(), self.timezone.name().to_owned());
+        let key = |k: Option<Key>| k.map_or("(none)".into(), |k| k.to_string());
+        let (a, b) = (&old.confirmation, &self.confirmation);
+        diff("confirm", old.confirm.to_string(), self.confirm.to_string());
+        diff("confirm prompt", a.prompt().to_owned(), b.prompt().to_owned());
+        diff("confirm key", a.confirm_key.to_string(), b.confirm_key.to_string());
+        diff("replay key", key(a.replay_key), key(b.replay_key));
+        diff("opt-out key", key(a.opt_out_key), key(b.opt_out_key));
+        diff("max replays", a.max_replays.to_string(), b.max_replays.to_string());
+        diff("key timeout", format!("{}s", a.key_timeout_secs), format!("{}s", b.key_timeout_secs));
+        diff("until confirmed", old.until_confirmed.to_string(), self.until_confirmed.to_string());
         out
     }
 }
@@ -597,6 +642,97 @@ fn decode_err(column: &str, message: String) -> sqlx::Error {
     sqlx::Error::ColumnDecode { index: column.to_owned(), source: message.into() }
 }
 
+fn key_column(row: &PgRow, column: &str) -> Result<Option<Key>, sqlx::Error> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| t.parse::<Key>().map_err(|e| decode_err(column, e))).transpose()
+}
+
+/// The confirmation part of `Changes`, checked together (keys must differ,
+/// `until_confirmed` needs `confirm`).
+struct ConfirmChanges {
+    confirm: Option<bool>,
+    prompt: Option<String>,
+    confirm_key: Option<Key>,
+    replay_key: Option<Option<Key>>,
+    opt_out_key: Option<Option<Key>>,
+    max_replays: Option<i64>,
+    key_timeout_secs: Option<i64>,
+    until_confirmed: Option<bool>,
+}
+
+impl ConfirmChanges {
+    fn take(c: &Changes) -> Self {
+        Self {
+            confirm: c.confirm,
+            prompt: c.confirm_prompt.clone(),
+            confirm_key: c.confirm_key,
+            replay_key: c.replay_key,
+            opt_out_key: c.opt_out_key,
+            max_replays: c.max_replays,
+            key_timeout_secs: c.key_timeout_secs,
+            until_confirmed: c.until_confirmed,
+        }
+    }
+
+    fn apply(self, s: &mut Settings, errors: &mut Vec<FieldError>) {
+        let c = &mut s.confirmation;
+        if let Some(v) = self.confirm {
+            s.confirm = v;
+        }
+        if let Some(p) = self.prompt {
+            let p = p.trim();
+            let chars = p.chars().count();
+            if p.contains('\0') {
+                errors.push(FieldError::new("confirm_prompt", "must not contain a NUL character"));
+            } else if !confirm::limits::PROMPT_CHARS.contains(&chars) {
+                errors.push(FieldError::new(
+                    "confirm_prompt",
+                    format!("must be 1 to {} characters (it is {chars})", confirm::limits::PROMPT_CHARS.end()),
+                ));
+            } else {
+                c.prompt = Some(p.to_owned());
+            }
+        }
+        if let Some(k) = self.confirm_key {
+            c.confirm_key = k;
+        }
+        if let Some(k) = self.replay_key {
+            c.replay_key = k;
+        }
+        if let Some(k) = self.opt_out_key {
+            c.opt_out_key = k;
+        }
+        if let Some(v) =
+            self.max_replays.and_then(|v| in_range("max_replays", v, confirm::limits::MAX_REPLAYS, errors))
+        {
+            c.max_replays = u32::try_from(v).unwrap_or(0);
+        }
+        if let Some(v) = self
+            .key_timeout_secs
+            .and_then(|v| in_range("key_timeout_secs", v, confirm::limits::KEY_TIMEOUT_SECS, errors))
+        {
+            c.key_timeout_secs = u32::try_from(v).unwrap_or(8);
+        }
+        if c.replay_key == Some(c.confirm_key) {
+            errors.push(FieldError::new("replay_key", format!("{} is already the confirm key", c.confirm_key)));
+        }
+        if c.opt_out_key == Some(c.confirm_key) {
+            errors.push(FieldError::new("opt_out_key", format!("{} is already the confirm key", c.confirm_key)));
+        } else if c.opt_out_key.is_some() && c.opt_out_key == c.replay_key {
+            errors.push(FieldError::new("opt_out_key", "is already the replay key"));
+        }
+        if let Some(v) = self.until_confirmed {
+            s.until_confirmed = v;
+        }
+        if s.until_confirmed && !s.confirm {
+            errors.push(FieldError::new(
+                "until_confirmed",
+                "needs confirmation on (--confirm): without a key to press, nobody can confirm",
+            ));
+        }
+    }
+}
+
 /// A campaign row parses or fails naming its bad column: a bad zone is an
 /// error, never silently UTC.
 impl<'r> FromRow<'r, PgRow> for Campaign {
@@ -625,6 +761,19 @@ impl<'r> FromRow<'r, PgRow> for Campaign {
             expires_at: row.try_get("expires_at")?,
             window,
             timezone: parse_timezone(&timezone).map_err(|e| decode_err("timezone", e))?,
+            confirm: row.try_get("confirm")?,
+            confirmation: Confirmation {
+                prompt: row.try_get("confirm_prompt")?,
+                confirm_key: key_column(row, "confirm_key")?
+                    .ok_or_else(|| decode_err("confirm_key", "missing".into()))?,
+                replay_key: key_column(row, "replay_key")?,
+                opt_out_key: key_column(row, "opt_out_key")?,
+                max_replays: u32::try_from(row.try_get::<i32, _>("max_replays")?)
+                    .map_err(|e| decode_err("max_replays", e.to_string()))?,
+                key_timeout_secs: u32::try_from(row.try_get::<i32, _>("key_timeout_secs")?)
+                    .map_err(|e| decode_err("key_timeout_secs", e.to_string()))?,
+            },
+            until_confirmed: row.try_get("until_confirmed")?,
         };
         Ok(Self {
             id: row.try_get("id")?,

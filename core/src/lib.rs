@@ -10,6 +10,7 @@ pub mod apikey;
 pub mod calls;
 pub mod campaign;
 pub mod config;
+pub mod confirm;
 pub mod db;
 pub mod dead;
 pub mod http;

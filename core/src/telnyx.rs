@@ -46,10 +46,99 @@ pub fn client_state(call_id: CallId) -> String {
     BASE64.encode(call_id.to_string())
 }
 
-/// Our call id back from a `client_state`.
+/// Our call id back from a `client_state` (the dialogue's states start with it too).
 pub fn call_id_from_client_state(state: &str) -> Option<CallId> {
     let bytes = BASE64.decode(state.trim()).ok()?;
-    std::str::from_utf8(&bytes).ok()?.parse::<uuid::Uuid>().ok().map(CallId)
+    let text = std::str::from_utf8(&bytes).ok()?;
+    text.split(' ').next()?.parse::<uuid::Uuid>().ok().map(CallId)
+}
+
+/// Where a call is in the confirmation dialogue, as its `client_state`
+/// says: set by each gather and closing speak command, and echoed by every
+/// event after it (so `call.dtmf.received` and `call.gather.ended` name the
+/// round they answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialogue {
+    /// Collecting a key for this turn.
+    Asking(crate::confirm::Turn),
+    /// Speaking the closing words; the call ends when they end.
+    Finishing,
+}
+
+/// `client_state` for a call in the dialogue: base64 of `"{call id} {turn}"`
+/// or `"{call id} end"`.
+pub fn dialogue_state(call_id: CallId, dialogue: Dialogue) -> String {
+    match dialogue {
+        Dialogue::Asking(turn) => BASE64.encode(format!("{call_id} {turn}")),
+        Dialogue::Finishing => BASE64.encode(format!("{call_id} end")),
+    }
+}
+
+fn dialogue_from_client_state(state: &str) -> Option<Dialogue> {
+    let bytes = BASE64.decode(state.trim()).ok()?;
+    let text = std::str::from_utf8(&bytes).ok()?;
+    match text.split_once(' ')?.1 {
+        "end" => Some(Dialogue::Finishing),
+        turn => turn.parse().ok().map(Dialogue::Asking),
+    }
+}
+
+/// `actions/gather_using_speak` (telnyx-python
+/// `ActionGatherUsingSpeakParams`): speak `payload` and collect one key.
+/// Every key is valid to Telnyx (`valid_digits` is the whole keypad, one
+/// try): what a key means is the dialogue's to say, the same for every
+/// provider, so Telnyx never plays an `invalid_payload` of its own.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatherUsingSpeak {
+    pub payload: String,
+    pub voice: String,
+    pub language: String,
+    pub minimum_digits: u32,
+    pub maximum_digits: u32,
+    pub valid_digits: &'static str,
+    pub maximum_tries: u32,
+    pub timeout_millis: u32,
+    pub client_state: String,
+    pub command_id: String,
+}
+
+impl GatherUsingSpeak {
+    /// The gather of one dialogue step: the message `repeat` times (when
+    /// the step asks for it) and the prompt, as one text.
+    pub fn new(
+        call_id: CallId,
+        call_control_id: &str,
+        step: &crate::confirm::Step,
+        confirmation: &crate::confirm::Confirmation,
+        message: &str,
+        repeat: u32,
+        voice: &str,
+        language: &str,
+    ) -> Option<Self> {
+        let crate::confirm::Step::Ask { message: with_message, prompt, turn } = step else {
+            return None;
+        };
+        let mut text = String::new();
+        if *with_message {
+            for _ in 0..repeat.max(1) {
+                text.push_str(message);
+                text.push(' ');
+            }
+        }
+        text.push_str(prompt);
+        Some(Self {
+            payload: text,
+            voice: voice.to_owned(),
+            language: language.to_owned(),
+            minimum_digits: 1,
+            maximum_digits: 1,
+            valid_digits: "0123456789*#",
+            maximum_tries: 1,
+            timeout_millis: confirmation.key_timeout_secs.saturating_mul(1000),
+            client_state: dialogue_state(call_id, Dialogue::Asking(*turn)),
+            command_id: call_command_id(call_control_id, &format!("gather:{}", turn.round)),
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -231,6 +320,9 @@ pub struct Speak {
     #[serde(rename = "loop")]
     pub repeat: u32,
     pub command_id: String,
+    /// The dialogue's closing words carry `Dialogue::Finishing`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_state: Option<String>,
 }
 
 /// Telnyx's code for a command on a call that has already ended (the callee
@@ -321,6 +413,15 @@ impl Client {
     /// `POST /v2/calls/{id}/actions/speak`.
     pub async fn speak(&self, call_control_id: &str, speak: &Speak) -> Result<(), CommandError> {
         self.command(call_control_id, "speak", speak).await
+    }
+
+    /// `POST /v2/calls/{id}/actions/gather_using_speak`.
+    pub async fn gather_using_speak(
+        &self,
+        call_control_id: &str,
+        gather: &GatherUsingSpeak,
+    ) -> Result<(), CommandError> {
+        self.command(call_control_id, "gather_using_speak", gather).await
     }
 
     /// `POST /v2/calls/{id}/actions/hangup`.
@@ -498,12 +599,47 @@ pub struct TelnyxPayload {
     /// `call.machine.detection.ended`: `human`, `machine` or `not_sure`.
     #[serde(default, deserialize_with = "crate::provider::lenient")]
     pub result: Option<String>,
+    /// `call.gather.ended`: the keys collected.
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub digits: Option<String>,
+    /// `call.dtmf.received`: the one key.
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub digit: Option<String>,
+    /// `call.gather.ended` (`valid`, `invalid`, `call_hangup`, `cancelled`,
+    /// `cancelled_amd`, `timeout`) and `call.speak.ended`.
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub status: Option<String>,
 }
 
 impl TelnyxEvent {
     /// Our call id, from `client_state`.
     pub fn call_id(&self) -> Option<CallId> {
         call_id_from_client_state(self.payload.client_state.as_deref()?)
+    }
+
+    /// Where the call is in the confirmation dialogue, from `client_state`.
+    pub fn dialogue(&self) -> Option<Dialogue> {
+        dialogue_from_client_state(self.payload.client_state.as_deref()?)
+    }
+
+    /// The round's answer this event reports, if it reports one:
+    /// `call.gather.ended` (its digits, or nothing on `timeout`) and
+    /// `call.dtmf.received` (its key). A gather ended by a hang-up or a
+    /// cancel answers nothing.
+    pub fn heard(&self) -> Option<crate::confirm::Heard> {
+        use crate::confirm::Heard;
+        match self.event_type.as_str() {
+            "call.gather.ended" => match self.payload.status.as_deref() {
+                Some("valid" | "invalid") => Some(Heard::from_digits(self.payload.digits.as_deref())),
+                Some("timeout") => Some(Heard::Nothing),
+                _ => None,
+            },
+            "call.dtmf.received" => {
+                let key = Heard::from_digits(self.payload.digit.as_deref());
+                (key != Heard::Nothing).then_some(key)
+            }
+            _ => None,
+        }
     }
 
     pub fn dedupe_key(&self) -> String {

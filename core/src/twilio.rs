@@ -347,6 +347,46 @@ pub fn twiml(text: &str, language: &str, repeat: u32, voice: Option<&str>) -> St
     )
 }
 
+/// One step of the confirmation dialogue as TwiML. `Ask`: a `<Gather>` of
+/// one key (`finishOnKey=""`, so `#` is a key like the others) with the
+/// `<Say>`s nested — the message `repeat` times when the step asks for it,
+/// then the prompt — posting to `action_url` even when no key came
+/// (`actionOnEmptyResult`), whose answer is the next step's TwiML.
+/// `Finish`: the closing words, then `<Hangup/>`.
+pub fn dialogue_twiml(
+    step: &crate::confirm::Step,
+    confirmation: &crate::confirm::Confirmation,
+    message: &str,
+    language: &str,
+    repeat: u32,
+    voice: Option<&str>,
+    action_url: &str,
+) -> String {
+    use crate::confirm::Step;
+    let voice = voice.map(|v| format!(" voice=\"{}\"", xml_escape(v))).unwrap_or_default();
+    let say = |text: &str, times: u32| {
+        format!(
+            "<Say{voice} language=\"{}\" loop=\"{times}\">{}</Say>",
+            xml_escape(language),
+            xml_escape(text)
+        )
+    };
+    let body = match step {
+        Step::Ask { message: with_message, prompt, .. } => {
+            let first = if *with_message { say(message, repeat) } else { String::new() };
+            format!(
+                "<Gather input=\"dtmf\" numDigits=\"1\" finishOnKey=\"\" timeout=\"{}\" action=\"{}\" \
+                 method=\"POST\" actionOnEmptyResult=\"true\">{first}{}</Gather>",
+                confirmation.key_timeout_secs,
+                xml_escape(action_url),
+                say(prompt, 1)
+            )
+        }
+        Step::Finish { text } => format!("{}<Hangup/>", say(text, 1)),
+    };
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>{body}</Response>")
+}
+
 fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

@@ -624,6 +624,90 @@ pub fn ncco(text: &str, language: &str, style: u32, repeat: u32) -> serde_json::
     }])
 }
 
+/// One step of the confirmation dialogue as an NCCO. `Ask`: `talk`
+/// actions with `bargeIn` (a key stops the speech) — the message `repeat`
+/// times when the step asks for it, then the prompt — and an `input` in
+/// Vonage's current form (`type: ["dtmf"]`, a `dtmf` settings object) that
+/// posts the key to `input_url`, whose answer is the next step's NCCO.
+/// `Finish`: the closing words; the call ends after the last action.
+pub fn dialogue_ncco(
+    step: &crate::confirm::Step,
+    confirmation: &crate::confirm::Confirmation,
+    message: &str,
+    language: &str,
+    style: u32,
+    repeat: u32,
+    input_url: &str,
+) -> serde_json::Value {
+    use crate::confirm::Step;
+    let talk = |text: &str, repeat: u32, barge_in: bool| {
+        serde_json::to_value(TalkAction {
+            action: "talk".into(),
+            text: text.into(),
+            language: language.into(),
+            style,
+            repeat,
+            barge_in,
+        })
+        .unwrap_or_default()
+    };
+    match step {
+        Step::Ask { message: with_message, prompt, .. } => {
+            let mut actions = Vec::with_capacity(3);
+            if *with_message {
+                actions.push(talk(message, repeat, true));
+            }
+            actions.push(talk(prompt, 1, true));
+            actions.push(serde_json::json!({
+                "action": "input",
+                "type": ["dtmf"],
+                "dtmf": {
+                    "maxDigits": 1,
+                    "timeOut": confirmation.key_timeout_secs,
+                    "submitOnHash": false,
+                },
+                "eventUrl": [input_url],
+                "eventMethod": "POST",
+            }));
+            serde_json::Value::Array(actions)
+        }
+        Step::Finish { text } => serde_json::json!([talk(text, 1, false)]),
+    }
+}
+
+/// The input webhook's body (Vonage's .NET SDK `MultiInput`): the keys
+/// pressed, or that none came before the timeout.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InputEvent {
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub uuid: Option<String>,
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub conversation_uuid: Option<String>,
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub timestamp: Option<String>,
+    pub dtmf: Option<DtmfResult>,
+}
+
+/// `dtmf` of an input webhook (`DtmfResult`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DtmfResult {
+    #[serde(default, deserialize_with = "crate::provider::lenient")]
+    pub digits: Option<String>,
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+impl InputEvent {
+    /// What the callee did: the first key, or nothing.
+    pub fn heard(&self) -> crate::confirm::Heard {
+        let dtmf = self.dtmf.as_ref();
+        if dtmf.is_none_or(|d| d.timed_out && d.digits.as_deref().unwrap_or("").is_empty()) {
+            return crate::confirm::Heard::Nothing;
+        }
+        crate::confirm::Heard::from_digits(dtmf.and_then(|d| d.digits.as_deref()))
+    }
+}
+
 /// A Vonage call event as posted to the event URL. Fields vary by status;
 /// numbers may arrive as strings.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

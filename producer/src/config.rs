@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand};
 use tocsin_config::{AmqpArgs, DatabaseArgs, ProviderArgs, TelemetryArgs, parse_duration};
+use tocsin_core::confirm::{self, Key};
 use tocsin_core::provider::Provider;
 
 use tocsin_enqueue::Format;
@@ -164,6 +165,10 @@ pub struct SignedCallbacksArgs {
 /// Parsers shared with the HTTP API; the rules live with the campaign type.
 pub use tocsin_core::campaign::{CallingWindow as Window, parse_start_at, parse_timezone};
 
+fn parse_key(s: &str) -> Result<Key, String> {
+    s.parse()
+}
+
 pub fn parse_window(s: &str) -> Result<Window, String> {
     Window::parse(s)
 }
@@ -266,6 +271,44 @@ pub struct EnqueueArgs {
     /// Ask the provider to detect answering machines (`--machine-detection=false` turns it off).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub machine_detection: Option<bool>,
+
+    /// After the message, ask the callee to press a key to confirm they heard it
+    /// (`--confirm=false` turns it off). Confirmations show in status, the API and SQL.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Confirmation")]
+    pub confirm: Option<bool>,
+
+    /// The prompt heard after the message [default: "Press 1 to confirm you received this
+    /// message. Press star to hear it again."]; say the keys you set.
+    #[arg(long, value_name = "TEXT", help_heading = "Confirmation")]
+    pub confirm_prompt: Option<String>,
+
+    /// The key that confirms [default: 1].
+    #[arg(long, value_parser = parse_key, value_name = "KEY", help_heading = "Confirmation")]
+    pub confirm_key: Option<Key>,
+
+    /// The key that plays the message and the prompt again, or none [default: *].
+    #[arg(long, value_parser = confirm::parse_optional_key, value_name = "KEY|none", help_heading = "Confirmation")]
+    pub replay_key: Option<Option<Key>>,
+
+    /// A key that opts the number out: it is put on the do-not-call list ("opted out by
+    /// keypress") and never called again by any campaign [default: none].
+    #[arg(long, value_parser = confirm::parse_optional_key, value_name = "KEY|none", help_heading = "Confirmation")]
+    pub opt_out_key: Option<Option<Key>>,
+
+    /// Replays allowed per call (0-5) [default: 2].
+    #[arg(long, value_name = "N", help_heading = "Confirmation")]
+    pub max_replays: Option<i64>,
+
+    /// Seconds to wait for a key after the prompt (3-10) [default: 8]; with no key the
+    /// prompt repeats once, then the call ends unconfirmed.
+    #[arg(long, value_name = "SECS", help_heading = "Confirmation")]
+    pub key_timeout: Option<i64>,
+
+    /// Redial until the contact confirms: answered-but-unconfirmed calls are redialled
+    /// like busy and unanswered ones, within --max-attempts and before the deadline
+    /// (needs --confirm).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Confirmation")]
+    pub until_confirmed: Option<bool>,
 
     /// Name of the column (or JSON key) holding the phone number.
     #[arg(long, default_value = "number", value_name = "NAME")]

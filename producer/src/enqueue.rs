@@ -95,6 +95,14 @@ pub fn spec(args: &EnqueueArgs) -> anyhow::Result<Spec> {
         expires_at: args.expires_at.map(Deadline::At).or(args.expires_in.map(Deadline::In)),
         window: args.window,
         timezone: args.timezone,
+        confirm: args.confirm,
+        confirm_prompt: args.confirm_prompt.clone(),
+        confirm_key: args.confirm_key,
+        replay_key: args.replay_key,
+        opt_out_key: args.opt_out_key,
+        max_replays: args.max_replays,
+        key_timeout_secs: args.key_timeout,
+        until_confirmed: args.until_confirmed,
     };
     let mut spec =
         Spec::new(&args.campaign, changes, args.amqp.amqp_url.clone(), args.amqp.queue_prefix.clone());

@@ -40,6 +40,26 @@ pub struct Status {
     pub expires_at: Option<chrono::DateTime<Utc>>,
     /// Jobs of this campaign in the dead-letter store (`producer requeue-dead`).
     pub dead_jobs: i64,
+    /// Present when the campaign asks callees to press a key.
+    pub confirmation: Option<Confirmations>,
+}
+
+/// A confirming campaign's settings and counts.
+#[derive(Debug, Serialize)]
+pub struct Confirmations {
+    pub confirm_key: String,
+    pub replay_key: Option<String>,
+    pub opt_out_key: Option<String>,
+    pub until_confirmed: bool,
+    /// Contacts who pressed the confirm key (in any attempt).
+    pub confirmed: i64,
+    /// Of them, after the deadline.
+    pub confirmed_late: i64,
+    pub opted_out: i64,
+    /// Confirmed as a share of all contacts.
+    pub confirmed_pct: Option<f64>,
+    /// Median seconds from a contact's first call to its confirmation.
+    pub confirm_p50_secs: Option<f64>,
 }
 
 impl Status {
@@ -89,6 +109,24 @@ impl Status {
             ),
             format!("  schedule  {}", self.schedule),
         ];
+        if let Some(c) = &self.confirmation {
+            let keys = [
+                Some(format!("confirm {}", c.confirm_key)),
+                c.replay_key.as_ref().map(|k| format!("replay {k}")),
+                c.opt_out_key.as_ref().map(|k| format!("opt out {k}")),
+            ];
+            let keys: Vec<String> = keys.into_iter().flatten().collect();
+            lines.push(format!(
+                "  confirmed {:>9} ({})  late {}  opted out {}  median time to confirm {}  keys: {}{}",
+                c.confirmed,
+                c.confirmed_pct.map_or("-".into(), |p| format!("{p:.1}%")),
+                c.confirmed_late,
+                c.opted_out,
+                c.confirm_p50_secs.map_or("-".into(), |s| human(s.round() as u64)),
+                keys.join(", "),
+                if c.until_confirmed { "; redialled until confirmed" } else { "" }
+            ));
+        }
         if self.dead_jobs > 0 {
             lines.push(format!(
                 "  dead      {} jobs dead-lettered; after a fix: producer requeue-dead --campaign {}",
@@ -124,6 +162,33 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
     .await
     .context("reading the calling rate")?;
     let StateCounts { by_state: states, total, finished } = StateCounts::tally(counts);
+    let confirmation = match c.settings.confirmation() {
+        Some(conf) => {
+            let (confirmed, confirmed_late, opted_out, p50): (i64, i64, i64, Option<f64>) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE confirmed_at IS NOT NULL), count(*) FILTER (WHERE confirmed_late), \
+                        count(*) FILTER (WHERE opted_out_at IS NOT NULL), \
+                        percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM confirmed_at - first_dialing_at)) \
+                          FILTER (WHERE confirmed_at IS NOT NULL) \
+                 FROM calls WHERE campaign_id = $1",
+            )
+            .bind(c.id)
+            .fetch_one(pool)
+            .await
+            .context("counting confirmations")?;
+            Some(Confirmations {
+                confirm_key: conf.confirm_key.to_string(),
+                replay_key: conf.replay_key.map(|k| k.to_string()),
+                opt_out_key: conf.opt_out_key.map(|k| k.to_string()),
+                until_confirmed: c.settings.until_confirmed,
+                confirmed,
+                confirmed_late,
+                opted_out,
+                confirmed_pct: (total > 0).then(|| 100.0 * confirmed as f64 / total as f64),
+                confirm_p50_secs: p50,
+            })
+        }
+        None => None,
+    };
     let calls_per_sec = recent as f64 / 60.0;
     let pending = total - finished;
     let eta_secs = (calls_per_sec > 0.0 && pending > 0).then(|| (pending as f64 / calls_per_sec) as u64);
@@ -141,6 +206,7 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
         schedule: c.schedule(Utc::now()),
         expires_at: c.settings.expires_at,
         dead_jobs: tocsin_core::dead::count_for(pool, c.id).await.context("counting dead-lettered jobs")?,
+        confirmation,
     })
 }
 

@@ -141,8 +141,12 @@ pub struct SimConfig {
     #[arg(long, env = "TOCSIN_SIM_SEED", default_value_t = 42)]
     pub seed: u64,
 
-    /// Pins numbers ending in DIGIT to an outcome (answered, busy, no_answer,
-    /// failed, machine), so tests are deterministic. Repeatable.
+    /// Pins numbers ending in DIGIT to a callee behaviour, so tests are
+    /// deterministic. Repeatable. Behaviours: answered (confirms when asked
+    /// for a key), no_key (listens, presses nothing), wrong_key (a useless
+    /// key, then confirms), replay (asks for a replay, then confirms),
+    /// opt_out, busy_then_confirm (busy the first time, confirms on the next
+    /// call), busy, no_answer, failed, machine.
     #[arg(
         long = "pin",
         value_name = "DIGIT=OUTCOME",
@@ -169,7 +173,33 @@ pub struct SimConfig {
     pub webhook_attempts: u32,
 
     #[command(flatten)]
+    pub keys: CalleeKeys,
+
+    #[command(flatten)]
     pub faults: FaultArgs,
+}
+
+/// The keys simulated callees press when a call asks for one.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CalleeKeys {
+    /// The key callees press to confirm.
+    #[arg(long = "callee-confirm-key", env = "TOCSIN_SIM_CALLEE_CONFIRM_KEY", default_value_t = '1')]
+    pub confirm: char,
+    /// The key `replay` callees press first.
+    #[arg(long = "callee-replay-key", env = "TOCSIN_SIM_CALLEE_REPLAY_KEY", default_value_t = '*')]
+    pub replay: char,
+    /// The key `opt_out` callees press.
+    #[arg(long = "callee-opt-out-key", env = "TOCSIN_SIM_CALLEE_OPT_OUT_KEY", default_value_t = '9')]
+    pub opt_out: char,
+    /// The key `wrong_key` callees press first.
+    #[arg(long = "callee-wrong-key", env = "TOCSIN_SIM_CALLEE_WRONG_KEY", default_value_t = '5')]
+    pub wrong: char,
+}
+
+impl Default for CalleeKeys {
+    fn default() -> Self {
+        Self { confirm: '1', replay: '*', opt_out: '9', wrong: '5' }
+    }
 }
 
 /// Injected faults. Rates are probabilities per request or per event.
@@ -229,12 +259,20 @@ pub struct OutcomeMix(pub Vec<(Outcome, f64)>);
 
 fn parse_outcome(s: &str) -> Result<Outcome, String> {
     match s.trim() {
-        "answered" => Ok(Outcome::Answered),
+        "answered" | "confirms" => Ok(Outcome::Answered),
+        "no_key" => Ok(Outcome::NoKey),
+        "wrong_key" => Ok(Outcome::WrongKey),
+        "replay" => Ok(Outcome::Replay),
+        "opt_out" => Ok(Outcome::OptOut),
+        "busy_then_confirm" => Ok(Outcome::BusyThenConfirm),
         "busy" => Ok(Outcome::Busy),
         "no_answer" | "unanswered" => Ok(Outcome::Unanswered),
         "failed" => Ok(Outcome::Failed),
         "machine" => Ok(Outcome::Machine),
-        other => Err(format!("unknown outcome {other:?} (answered, busy, no_answer, failed, machine)")),
+        other => Err(format!(
+            "unknown outcome {other:?} (answered, no_key, wrong_key, replay, opt_out, busy_then_confirm, \
+             busy, no_answer, failed, machine)"
+        )),
     }
 }
 

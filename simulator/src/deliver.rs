@@ -92,44 +92,55 @@ fn accepted(signer: &Signer, status: reqwest::StatusCode) -> bool {
     }
 }
 
+/// The request for `event`, signed as its provider signs (afresh at each attempt).
+fn signed(sim: &Sim, event: &Outgoing) -> reqwest::RequestBuilder {
+    let mut request = sim.http.request(event.method.clone(), &event.url);
+    if !event.body.is_empty() {
+        request = request.header(header::CONTENT_TYPE, event.content_type).body(event.body.clone());
+    }
+    match &event.signer {
+        // Signed only while the application has signed_callbacks on.
+        Signer::Vonage { application_id }
+            if sim.vonage_signed_callbacks.load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            request.bearer_auth(tocsin_core::vonage::sign_webhook(
+                &sim.config.vonage_signature_secret,
+                application_id,
+                &event.body,
+            ))
+        }
+        Signer::Vonage { .. } => request,
+        Signer::Twilio => {
+            let params = tocsin_core::twilio::parse_form(&event.body).unwrap_or_default();
+            let token = sim.config.twilio_auth_token.as_deref().unwrap_or_default();
+            request.header("X-Twilio-Signature", tocsin_core::twilio::signature(token, &event.url, &params))
+        }
+        Signer::Telnyx => {
+            let now = chrono::Utc::now().timestamp();
+            request
+                .header(
+                    "telnyx-signature-ed25519",
+                    tocsin_core::telnyx::sign_webhook(&sim.telnyx_key, now, &event.body),
+                )
+                .header("telnyx-timestamp", now.to_string())
+        }
+    }
+}
+
+async fn backoff(sim: &Sim, attempt: u32) -> bool {
+    let backoff = Duration::from_millis(200u64 << attempt.min(5));
+    tokio::select! {
+        () = sim.shutdown.cancelled() => false,
+        () = tokio::time::sleep(backoff) => true,
+    }
+}
+
 /// POSTs one event, signed, until the provider's idea of success or the
 /// attempts run out.
 pub async fn deliver(sim: &Sim, event: &Outgoing) -> bool {
     let attempts = sim.config.webhook_attempts.max(1);
     for attempt in 0..attempts {
-        let mut request = sim.http.request(event.method.clone(), &event.url);
-        if !event.body.is_empty() {
-            request = request.header(header::CONTENT_TYPE, event.content_type).body(event.body.clone());
-        }
-        request = match &event.signer {
-            // Signed only while the application has signed_callbacks on.
-            Signer::Vonage { application_id }
-                if sim.vonage_signed_callbacks.load(std::sync::atomic::Ordering::Relaxed) =>
-            {
-                request.bearer_auth(tocsin_core::vonage::sign_webhook(
-                    &sim.config.vonage_signature_secret,
-                    application_id,
-                    &event.body,
-                ))
-            }
-            Signer::Vonage { .. } => request,
-            Signer::Twilio => {
-                let params = tocsin_core::twilio::parse_form(&event.body).unwrap_or_default();
-                let token = sim.config.twilio_auth_token.as_deref().unwrap_or_default();
-                request
-                    .header("X-Twilio-Signature", tocsin_core::twilio::signature(token, &event.url, &params))
-            }
-            Signer::Telnyx => {
-                let now = chrono::Utc::now().timestamp();
-                request
-                    .header(
-                        "telnyx-signature-ed25519",
-                        tocsin_core::telnyx::sign_webhook(&sim.telnyx_key, now, &event.body),
-                    )
-                    .header("telnyx-timestamp", now.to_string())
-            }
-        };
-        match request.send().await {
+        match signed(sim, event).send().await {
             Ok(r) if accepted(&event.signer, r.status()) => {
                 sim.stats.delivery(true);
                 sim.stats.event_sent(&event.provider_call_id);
@@ -139,14 +150,48 @@ pub async fn deliver(sim: &Sim, event: &Outgoing) -> bool {
             Err(e) => debug!(error = %e, attempt, "event delivery failed"),
         }
         sim.stats.delivery(false);
-        if attempt + 1 < attempts {
-            let backoff = Duration::from_millis(200u64 << attempt.min(5));
-            tokio::select! {
-                () = sim.shutdown.cancelled() => break,
-                () = tokio::time::sleep(backoff) => {}
-            }
+        if attempt + 1 < attempts && !backoff(sim, attempt).await {
+            break;
         }
     }
     warn!(call = %event.provider_call_id, url = %event.url, "event undeliverable after retries");
     false
+}
+
+/// A request whose answer the call goes on with (a Vonage input's next
+/// NCCO, a Twilio `<Gather>` action's next TwiML): signed, retried like an
+/// event until a 2xx, and — with `--fault-duplicate-rate` — sent twice, as
+/// a provider's retry after a lost answer would (the call goes on with the
+/// second answer). `Err` says why no document came.
+pub async fn exchange(sim: &Sim, request: &Outgoing) -> Result<String, String> {
+    let twice = sim.chance(sim.config.faults.duplicate_rate);
+    if twice {
+        sim.stats.duplicated();
+    }
+    let mut answer = Err("not sent".to_owned());
+    for _ in 0..if twice { 2 } else { 1 } {
+        answer = exchange_once(sim, request).await;
+    }
+    answer
+}
+
+async fn exchange_once(sim: &Sim, request: &Outgoing) -> Result<String, String> {
+    let attempts = sim.config.webhook_attempts.max(1);
+    let mut last = String::new();
+    for attempt in 0..attempts {
+        match signed(sim, request).send().await {
+            Ok(r) if r.status().is_success() => {
+                sim.stats.delivery(true);
+                sim.stats.event_sent(&request.provider_call_id);
+                return r.text().await.map_err(|e| format!("reading the answer: {e}"));
+            }
+            Ok(r) => last = format!("{} answered {}", request.url, r.status()),
+            Err(e) => last = format!("{} unreachable: {e}", request.url),
+        }
+        sim.stats.delivery(false);
+        if attempt + 1 < attempts && !backoff(sim, attempt).await {
+            break;
+        }
+    }
+    Err(last)
 }

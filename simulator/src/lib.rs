@@ -39,25 +39,50 @@ use tracing::info;
 use crate::config::SimConfig;
 use crate::stats::Stats;
 
-/// How a simulated call ends. Pinned by the number's last digit (`--pin`,
-/// default 7 busy, 8 unanswered) or drawn from `--outcome-mix`.
+/// How a simulated call goes: the callee's behaviour. Pinned by the
+/// number's last digit (`--pin`, default 7 busy, 8 unanswered) or drawn
+/// from `--outcome-mix`. The keys a callee presses when a call asks for one
+/// are the `--callee-*-key` flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// A person answers and hears the message.
+    /// A person answers, hears the message and, when asked, presses the confirm key.
     Answered,
+    /// A person answers and listens, but presses no key.
+    NoKey,
+    /// A person presses a key that does nothing, then the confirm key.
+    WrongKey,
+    /// A person presses the replay key, hears it all again, then confirms.
+    Replay,
+    /// A person presses the opt-out key.
+    OptOut,
+    /// Busy on the first call to the number; answers and confirms on the next.
+    BusyThenConfirm,
     Busy,
     /// Rings until the provider gives up.
     Unanswered,
     /// The network cannot complete the call (e.g. number out of service).
     Failed,
-    /// An answering machine picks up and records the message.
+    /// An answering machine picks up and records the message (presses nothing).
     Machine,
 }
 
 impl Outcome {
     pub fn answered(self) -> bool {
-        matches!(self, Self::Answered | Self::Machine)
+        !matches!(self, Self::Busy | Self::Unanswered | Self::Failed | Self::BusyThenConfirm)
+    }
+
+    /// The key this callee presses in the `nth` round it is asked (from 0),
+    /// or `None` to let the timeout pass.
+    pub fn key(self, nth: u32, keys: &config::CalleeKeys) -> Option<char> {
+        match self {
+            Self::Answered | Self::BusyThenConfirm => Some(keys.confirm),
+            Self::NoKey | Self::Machine | Self::Busy | Self::Unanswered | Self::Failed => None,
+            Self::WrongKey if nth == 0 => Some(keys.wrong),
+            Self::Replay if nth == 0 => Some(keys.replay),
+            Self::WrongKey | Self::Replay => Some(keys.confirm),
+            Self::OptOut => Some(keys.opt_out),
+        }
     }
 }
 
@@ -108,6 +133,16 @@ impl Sim {
             *n += 1;
             *n
         };
+        let outcome = self.drawn(number, nth);
+        // Busy the first time only.
+        match outcome {
+            Outcome::BusyThenConfirm if nth == 1 => Outcome::Busy,
+            Outcome::BusyThenConfirm => Outcome::Answered,
+            other => other,
+        }
+    }
+
+    fn drawn(&self, number: &str, nth: u64) -> Outcome {
         if let Some(last) = number.bytes().last()
             && let Some((_, outcome)) = self.config.pins.iter().find(|(d, _)| *d == last)
         {
@@ -129,6 +164,24 @@ impl Sim {
     /// Seconds since the simulator started.
     pub fn elapsed(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// Rounds of asking for a key one simulated call goes through at most.
+pub const MAX_KEY_ROUNDS: u32 = 12;
+
+/// How long speaking `text` takes, at about 15 characters a second.
+pub fn speaking_secs(text: &str) -> f64 {
+    (text.chars().count() as f64 / 15.0).max(1.0)
+}
+
+/// Seconds from the start of `text` to the callee's answer: a key a moment
+/// into the speech (a key interrupts it), or the whole speech and the
+/// timeout when no key comes.
+pub fn key_after_secs(sim: &Sim, text: &str, key: Option<char>, timeout_secs: f64) -> f64 {
+    match key {
+        Some(_) => sim.uniform(1.0..3.0).min(speaking_secs(text)),
+        None => speaking_secs(text) + timeout_secs,
     }
 }
 

@@ -41,6 +41,69 @@ pub fn spoken_text(ncco: &Value) -> Option<String> {
     (!texts.is_empty()).then(|| texts.join(" "))
 }
 
+/// An NCCO's `input` action, as the call runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    pub event_url: String,
+    pub post: bool,
+    /// Seconds to wait for a key (Vonage's default 3).
+    pub time_out: f64,
+}
+
+/// The `input` action of a valid NCCO, checked in Vonage's current form,
+/// which the 2021 schema does not check (`fixtures/vonage/input.json`, from
+/// the Java SDK's `InputAction` and `DtmfSettings`): `type` an array of
+/// `dtmf` / `speech` (required), a `dtmf` object of `timeOut` (0-10 s),
+/// `maxDigits` (0-20) and `submitOnHash`, `eventUrl` one URL. The old flat
+/// form (`maxDigits` at the top level, no `type`) is refused: Vonage's
+/// current API runs an input by its `type`. `None` when there is no input.
+pub fn input_action(ncco: &Value) -> Result<Option<Input>, String> {
+    let inputs: Vec<&Value> = ncco
+        .as_array()
+        .map(|a| a.iter().filter(|a| a.get("action").and_then(Value::as_str) == Some("input")).collect())
+        .unwrap_or_default();
+    let input = match inputs.as_slice() {
+        [] => return Ok(None),
+        [one] => *one,
+        _ => return Err("more than one input action".into()),
+    };
+    const FIELDS: [&str; 7] = ["action", "type", "dtmf", "eventUrl", "eventMethod", "speech", "mode"];
+    let Some(fields) = input.as_object() else { return Err("input is not an object".into()) };
+    if let Some(other) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!("input has no field {other:?} (the current form nests dtmf settings in \"dtmf\")"));
+    }
+    let types = input.get("type").and_then(Value::as_array).ok_or("input needs a type array")?;
+    if types.is_empty() || !types.iter().all(|t| matches!(t.as_str(), Some("dtmf" | "speech"))) {
+        return Err("input type must hold dtmf and/or speech".into());
+    }
+    if !types.iter().any(|t| t.as_str() == Some("dtmf")) {
+        return Err("input type has no dtmf: no key can be pressed".into());
+    }
+    let mut time_out = 3.0;
+    if let Some(dtmf) = input.get("dtmf") {
+        let Some(dtmf) = dtmf.as_object() else { return Err("input dtmf must be an object".into()) };
+        for (k, v) in dtmf {
+            match (k.as_str(), v.as_u64()) {
+                ("timeOut", Some(t @ 0..=10)) => time_out = t as f64,
+                ("maxDigits", Some(0..=20)) => {}
+                ("submitOnHash", _) if v.is_boolean() => {}
+                _ => return Err(format!("input dtmf {k}={v} is not valid (timeOut 0-10, maxDigits 0-20)")),
+            }
+        }
+    }
+    let urls = input.get("eventUrl").and_then(Value::as_array).ok_or("input needs an eventUrl array")?;
+    let event_url = match urls.as_slice() {
+        [Value::String(u)] if u.starts_with("http://") || u.starts_with("https://") => u.clone(),
+        _ => return Err("input eventUrl must hold one URL".into()),
+    };
+    let post = match input.get("eventMethod").and_then(Value::as_str) {
+        None | Some("POST") => true,
+        Some("GET") => false,
+        Some(other) => return Err(format!("input eventMethod {other:?} is not GET or POST")),
+    };
+    Ok(Some(Input { event_url, post, time_out }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

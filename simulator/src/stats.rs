@@ -42,14 +42,30 @@ pub struct SimCall {
     pub spoken: Option<String>,
     /// Why the answer document was refused, when it was.
     pub answer_error: Option<String>,
+    /// Everything the callee heard, in order, with seconds since the answer.
+    pub heard: Vec<Heard>,
+    /// The keys the callee pressed when asked, in order (`-`: none before the timeout).
+    pub keys: String,
     pub events_sent: u32,
     /// Vonage's conversation uuid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_uuid: Option<String>,
 }
 
+/// One thing the callee heard.
+#[derive(Clone, Debug, Serialize)]
+pub struct Heard {
+    pub after_answer_secs: f64,
+    pub text: String,
+    /// Whether a key was asked for after it.
+    pub asked_for_key: bool,
+}
+
 #[derive(Default)]
 struct Counters {
+    keys_pressed: u64,
+    key_timeouts: u64,
+    input_invalid: u64,
     concurrency_rejected: u64,
     rate_limited: u64,
     storm_429: u64,
@@ -142,6 +158,8 @@ impl Stats {
             duration_secs: None,
             spoken: None,
             answer_error: None,
+            heard: Vec::new(),
+            keys: String::new(),
             events_sent: 0,
             conversation_uuid: call.conversation_uuid,
         });
@@ -191,6 +209,36 @@ impl Stats {
 
     pub fn spoken(&self, provider_call_id: &str, text: String) {
         self.update(provider_call_id, |c| c.spoken = Some(text));
+    }
+
+    /// The callee heard `text` (and was asked for a key after it when `asks`).
+    pub fn heard(&self, provider_call_id: &str, text: &str, asks: bool) {
+        let now = Utc::now();
+        self.update(provider_call_id, |c| {
+            let after = c.answered_at.map_or(0.0, |a| (now - a).num_milliseconds() as f64 / 1000.0);
+            if c.spoken.is_none() {
+                c.spoken = Some(text.to_owned());
+            }
+            c.heard.push(Heard { after_answer_secs: after, text: text.to_owned(), asked_for_key: asks });
+        });
+    }
+
+    /// The callee pressed `key`, or let the timeout pass.
+    pub fn pressed(&self, provider_call_id: &str, key: Option<char>) {
+        {
+            let mut inner = self.lock();
+            match key {
+                Some(_) => inner.counters.keys_pressed += 1,
+                None => inner.counters.key_timeouts += 1,
+            }
+        }
+        self.update(provider_call_id, |c| c.keys.push(key.unwrap_or('-')));
+    }
+
+    /// A request for a key was not in the provider's documented form.
+    pub fn input_invalid(&self, provider_call_id: &str, reason: String) {
+        self.lock().counters.input_invalid += 1;
+        self.update(provider_call_id, |c| c.answer_error = Some(reason));
     }
 
     pub fn answer_invalid(&self, provider_call_id: &str, reason: String) {
@@ -320,6 +368,9 @@ impl Stats {
             concurrency_rejected: c.concurrency_rejected,
             answer_documents_invalid: c.answer_invalid,
             telnyx_commands: c.commands,
+            keys_pressed: c.keys_pressed,
+            key_timeouts: c.key_timeouts,
+            key_requests_invalid: c.input_invalid,
             idempotent_replays: c.idempotent_replays,
         }
     }
@@ -414,6 +465,12 @@ pub struct StatsReport {
     pub concurrency_rejected: u64,
     pub answer_documents_invalid: u64,
     pub telnyx_commands: u64,
+    /// Keys callees pressed when asked, and times they let the timeout pass.
+    pub keys_pressed: u64,
+    pub key_timeouts: u64,
+    /// Requests for a key (NCCO `input`, TwiML `<Gather>`, Telnyx gather)
+    /// not in the provider's documented form.
+    pub key_requests_invalid: u64,
     /// Telnyx dials answered from the `command_id` cache instead of dialling again.
     pub idempotent_replays: u64,
 }

@@ -52,6 +52,14 @@ enum Command {
     /// What the callee hears: the payload as often as `loop` says.
     Speak {
         heard: String,
+        client_state: Option<String>,
+    },
+    /// `gather_using_speak`: the payload, then one key.
+    Gather {
+        heard: String,
+        valid_digits: String,
+        timeout_secs: f64,
+        client_state: Option<String>,
     },
     Hangup,
 }
@@ -366,7 +374,7 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
         call_leg_id,
         call_session_id,
         connection_id,
-        client_state: request.client_state,
+        client_state: Mutex::new(request.client_state),
         to,
         from,
         webhook_url,
@@ -471,6 +479,48 @@ struct ActionBody {
     language: Option<String>,
     #[serde(default)]
     command_id: Option<String>,
+    #[serde(default)]
+    client_state: Option<String>,
+    /// Every other parameter, checked against the command's documented list.
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `gather_using_speak`'s parameters, from telnyx-python
+/// `ActionGatherUsingSpeakParams` (`fixtures/telnyx/gather.json`).
+pub const GATHER_PARAMETERS: [&str; 16] = [
+    "client_state", "command_id", "inter_digit_timeout_millis", "invalid_payload", "language",
+    "maximum_digits", "maximum_tries", "minimum_digits", "payload", "payload_type", "service_level",
+    "terminating_digit", "timeout_millis", "valid_digits", "voice", "voice_settings",
+];
+
+/// Checks a `gather_using_speak` body as Telnyx's parameter list and ranges
+/// say; returns the valid digits and the timeout in seconds.
+fn check_gather(request: &ActionBody) -> Result<(String, f64), (String, &'static str)> {
+    if let Some(other) = request.rest.keys().find(|k| !GATHER_PARAMETERS.contains(&k.as_str())) {
+        return Err((format!("{other} is not a parameter of gather_using_speak"), "/"));
+    }
+    let int = |name: &str| request.rest.get(name).and_then(serde_json::Value::as_u64);
+    if request.rest.get("minimum_digits").is_some_and(|_| int("minimum_digits").is_none_or(|n| n < 1)) {
+        return Err(("minimum_digits must be at least 1".into(), "/minimum_digits"));
+    }
+    if request.rest.get("maximum_digits").is_some_and(|_| int("maximum_digits").is_none_or(|n| !(1..=128).contains(&n))) {
+        return Err(("maximum_digits must be 1-128".into(), "/maximum_digits"));
+    }
+    let valid_digits = match request.rest.get("valid_digits") {
+        None => "0123456789#*".to_owned(),
+        Some(serde_json::Value::String(v))
+            if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '#' || c == '*') =>
+        {
+            v.clone()
+        }
+        Some(_) => return Err(("valid_digits must hold only 0-9, # and *".into(), "/valid_digits")),
+    };
+    let timeout_ms = match request.rest.get("timeout_millis") {
+        None => 60_000,
+        Some(v) => v.as_u64().filter(|n| *n > 0).ok_or(("timeout_millis must be a positive integer".into(), "/timeout_millis"))?,
+    };
+    Ok((valid_digits, timeout_ms as f64 / 1000.0))
 }
 
 /// The speak command's `language` values, from telnyx-python
@@ -532,7 +582,7 @@ pub async fn action(
     if let Err(response) = authenticate(&sim, &headers) {
         return response;
     }
-    if action != "speak" && action != "hangup" {
+    if !matches!(action.as_str(), "speak" | "hangup" | "gather_using_speak") {
         return errors(
             StatusCode::NOT_FOUND,
             "10005",
@@ -572,34 +622,18 @@ pub async fn action(
         // A repeated command_id: accepted, not run again.
         return Json(json!({ "data": { "result": "ok" } })).into_response();
     }
-    let command = if action == "speak" {
-        let payload = request.payload.unwrap_or_default();
+    let invalid = |detail: &str, pointer: &str| {
+        errors(StatusCode::UNPROCESSABLE_ENTITY, "10004", "Invalid parameter", detail, Some(pointer))
+    };
+    let command = if action == "hangup" {
+        Command::Hangup
+    } else {
+        let payload = request.payload.clone().unwrap_or_default();
         if payload.trim().is_empty() || payload.chars().count() > 3000 {
-            return errors(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "10004",
-                "Invalid parameter",
-                "payload must hold 1-3000 characters",
-                Some("/payload"),
-            );
+            return invalid("payload must hold 1-3000 characters", "/payload");
         }
-        let Some(times) = loop_count(request.repeat.as_ref()) else {
-            return errors(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "10004",
-                "Invalid parameter",
-                "loop must be a positive number of times or \"infinity\"",
-                Some("/loop"),
-            );
-        };
         if request.language.as_deref().is_some_and(|l| !SPEAK_LANGUAGES.contains(&l)) {
-            return errors(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "10004",
-                "Invalid parameter",
-                "language is not one Telnyx speaks",
-                Some("/language"),
-            );
+            return invalid("language is not one Telnyx speaks", "/language");
         }
         if request.voice.as_deref().is_none_or(|v| v.trim().is_empty()) {
             return errors(
@@ -619,9 +653,21 @@ pub async fn action(
                 None,
             );
         }
-        Command::Speak { heard: vec![payload.trim(); times as usize].join(" ") }
-    } else {
-        Command::Hangup
+        if action == "speak" {
+            let Some(times) = loop_count(request.repeat.as_ref()) else {
+                return invalid("loop must be a positive number of times or \"infinity\"", "/loop");
+            };
+            Command::Speak { heard: vec![payload.trim(); times as usize].join(" "), client_state: request.client_state }
+        } else {
+            let (valid_digits, timeout_secs) = match check_gather(&request) {
+                Ok(v) => v,
+                Err((detail, pointer)) => {
+                    sim.stats.input_invalid(&call_control_id, detail.clone());
+                    return invalid(&detail, pointer);
+                }
+            };
+            Command::Gather { heard: payload.trim().to_owned(), valid_digits, timeout_secs, client_state: request.client_state }
+        }
     };
     sim.stats.command();
     if live.commands.send(command).is_err() {
@@ -641,7 +687,8 @@ struct CallLife {
     call_leg_id: String,
     call_session_id: String,
     connection_id: String,
-    client_state: Option<String>,
+    /// The dial's, then the last command's that set one.
+    client_state: Mutex<Option<String>>,
     to: String,
     from: String,
     webhook_url: String,
@@ -660,7 +707,7 @@ impl CallLife {
         let mut events = Emitter::default();
         events.emit(sim, self.event("call.initiated", "bridging", json!({}))).await;
         let (cause, sip, source, answered_at) = match self.outcome {
-            Outcome::Busy => {
+            Outcome::Busy | Outcome::BusyThenConfirm => {
                 tokio::time::sleep(sim.scaled(ring / 2.0)).await;
                 ("user_busy", Some("486"), "callee", None)
             }
@@ -672,7 +719,12 @@ impl CallLife {
                 tokio::time::sleep(sim.scaled(0.5)).await;
                 ("not_found", Some("404"), "callee", None)
             }
-            Outcome::Answered | Outcome::Machine => {
+            Outcome::Answered
+            | Outcome::Machine
+            | Outcome::NoKey
+            | Outcome::WrongKey
+            | Outcome::Replay
+            | Outcome::OptOut => {
                 tokio::time::sleep(sim.scaled(ring)).await;
                 *self.live.phase.lock().unwrap_or_else(|e| e.into_inner()) = Phase::Answered;
                 sim.stats.answered(&self.call_control_id);
@@ -717,8 +769,12 @@ impl CallLife {
         events.flush(sim).await;
     }
 
-    /// An answered call: wait for the speak command, speak, wait for the
-    /// hang-up. Returns who hung up.
+    /// An answered call: run the commands as they come — speak (then
+    /// `call.speak.started` / `call.speak.ended`), gather (the callee's key
+    /// or the timeout, reported by `call.dtmf.received` and
+    /// `call.gather.ended`, as Telnyx reports a key twice), hang up — until
+    /// the hang-up, or no command for `--telnyx-command-wait`. Returns who
+    /// hung up.
     async fn converse(
         &self,
         sim: &Sim,
@@ -727,34 +783,64 @@ impl CallLife {
         talk: f64,
     ) -> &'static str {
         let wait = sim.config.telnyx_command_wait;
-        match tokio::time::timeout(wait, commands.recv()).await {
-            Ok(Some(Command::Speak { heard })) => {
-                sim.stats.spoken(&self.call_control_id, heard);
-                events.emit(sim, self.event("call.speak.started", "answered", json!({}))).await;
-                tokio::time::sleep(sim.scaled(talk)).await;
-                let ended = self.event("call.speak.ended", "answered", json!({ "status": "completed" }));
-                events.emit_now(sim, ended).await;
-                loop {
-                    match tokio::time::timeout(wait, commands.recv()).await {
-                        Ok(Some(Command::Hangup)) => return "caller",
-                        // Another speak after the message: ignore it.
-                        Ok(Some(Command::Speak { .. })) => continue,
-                        Ok(None) | Err(_) => {
-                            info!(call = %self.call_control_id, "no hang-up command; the callee hangs up");
-                            return "callee";
-                        }
+        let mut nth = 0;
+        let mut spoken = false;
+        loop {
+            match tokio::time::timeout(wait, commands.recv()).await {
+                Ok(Some(Command::Speak { heard, client_state })) => {
+                    self.set_client_state(client_state);
+                    sim.stats.heard(&self.call_control_id, &heard, false);
+                    events.emit(sim, self.event("call.speak.started", "answered", json!({}))).await;
+                    let secs = if spoken { crate::speaking_secs(&heard) } else { talk };
+                    tokio::time::sleep(sim.scaled(secs)).await;
+                    let ended = self.event("call.speak.ended", "answered", json!({ "status": "completed" }));
+                    events.emit_now(sim, ended).await;
+                    spoken = true;
+                }
+                Ok(Some(Command::Gather { heard, valid_digits, timeout_secs, client_state })) => {
+                    self.set_client_state(client_state);
+                    sim.stats.heard(&self.call_control_id, &heard, true);
+                    let key = self.outcome.key(nth, &sim.config.keys);
+                    nth += 1;
+                    tokio::time::sleep(sim.scaled(crate::key_after_secs(sim, &heard, key, timeout_secs))).await;
+                    sim.stats.pressed(&self.call_control_id, key);
+                    let (digits, status) = match key {
+                        Some(k) if valid_digits.contains(k) => (k.to_string(), "valid"),
+                        Some(k) => (k.to_string(), "invalid"),
+                        None => (String::new(), "timeout"),
+                    };
+                    if let Some(k) = key {
+                        let dtmf = self.event("call.dtmf.received", "answered", json!({ "digit": k.to_string() }));
+                        events.emit(sim, dtmf).await;
                     }
+                    let ended =
+                        self.event("call.gather.ended", "answered", json!({ "digits": digits, "status": status }));
+                    events.emit_now(sim, ended).await;
+                    spoken = true;
+                }
+                Ok(Some(Command::Hangup)) => {
+                    if !spoken {
+                        sim.stats.answer_invalid(&self.call_control_id, "hung up before speaking".into());
+                    }
+                    return "caller";
+                }
+                Ok(None) | Err(_) => {
+                    if spoken {
+                        info!(call = %self.call_control_id, "no further command; the callee hangs up");
+                    } else {
+                        warn!(call = %self.call_control_id, "no speak command after call.answered; the callee hangs up");
+                        sim.stats.answer_invalid(&self.call_control_id, "no speak command".into());
+                    }
+                    return "callee";
                 }
             }
-            Ok(Some(Command::Hangup)) => {
-                sim.stats.answer_invalid(&self.call_control_id, "hung up before speaking".into());
-                "caller"
-            }
-            Ok(None) | Err(_) => {
-                warn!(call = %self.call_control_id, "no speak command after call.answered; the callee hangs up");
-                sim.stats.answer_invalid(&self.call_control_id, "no speak command".into());
-                "callee"
-            }
+        }
+    }
+
+    /// A command's `client_state` replaces the call's for every later event.
+    fn set_client_state(&self, state: Option<String>) {
+        if let Some(state) = state {
+            *self.client_state.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
         }
     }
 
@@ -768,7 +854,7 @@ impl CallLife {
             "call_leg_id": self.call_leg_id,
             "call_session_id": self.call_session_id,
             "connection_id": self.connection_id,
-            "client_state": self.client_state,
+            "client_state": self.client_state.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         });
         if let Some(map) = payload.as_object_mut() {
             if !event_type.starts_with("call.speak.") {

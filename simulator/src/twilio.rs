@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::warn;
 
-use crate::deliver::{Emitter, Outgoing, Signer};
+use crate::deliver::{self, Emitter, Outgoing, Signer};
 use crate::faults::{self, Fault};
 use crate::stats::{NewCall, SimCall};
 use crate::{Outcome, Sim, twiml};
@@ -315,7 +315,7 @@ impl CallLife {
         tokio::time::sleep(sim.scaled(0.3)).await;
         self.callback(sim, &mut emitter, &mut seq, "ringing", &[]).await;
         match self.outcome {
-            Outcome::Busy => {
+            Outcome::Busy | Outcome::BusyThenConfirm => {
                 tokio::time::sleep(sim.scaled(ring / 2.0)).await;
                 self.end(sim, &mut emitter, &mut seq, "busy", &[("SipResponseCode", "486".into())], None)
                     .await;
@@ -332,7 +332,12 @@ impl CallLife {
                 )
                 .await;
             }
-            Outcome::Answered | Outcome::Machine => {
+            Outcome::Answered
+            | Outcome::Machine
+            | Outcome::NoKey
+            | Outcome::WrongKey
+            | Outcome::Replay
+            | Outcome::OptOut => {
                 tokio::time::sleep(sim.scaled(ring)).await;
                 let answered_by = self.machine_detection.then(|| {
                     if self.outcome == Outcome::Machine { "machine_start" } else { "human" }.to_owned()
@@ -342,15 +347,12 @@ impl CallLife {
                     (Some(url), None) => self.fetch_twiml(sim, url, answered_by.as_deref()).await,
                     (None, None) => Err("no TwiML (ApplicationSid is not simulated)".to_owned()),
                 };
-                let talk = match document.and_then(|d| twiml::spoken_text(&d)) {
-                    Ok(text) => {
-                        sim.stats.spoken(&self.sid, text);
-                        talk
-                    }
+                let document = match document.and_then(|d| twiml::parse(&d)) {
+                    Ok(d) => Some(d),
                     Err(reason) => {
                         warn!(sid = %self.sid, %reason, "TwiML refused; the call hangs up");
                         sim.stats.answer_invalid(&self.sid, reason);
-                        0.0
+                        None
                     }
                 };
                 sim.stats.answered(&self.sid);
@@ -359,12 +361,72 @@ impl CallLife {
                     extra.push(("AnsweredBy", by.clone()));
                 }
                 self.callback(sim, &mut emitter, &mut seq, "in-progress", &extra).await;
-                tokio::time::sleep(sim.scaled(talk)).await;
-                let duration = talk.round() as i64;
+                let started = std::time::Instant::now();
+                if let Some(document) = document {
+                    self.converse(sim, document, talk).await;
+                }
+                let duration =
+                    (started.elapsed().as_secs_f64() / sim.config.time_scale.max(1e-9)).round() as i64;
                 // CallDuration only: the documented completion parameter
                 // (fixtures/twilio/status-callbacks.json).
                 extra.push(("CallDuration", duration.to_string()));
                 self.end(sim, &mut emitter, &mut seq, "completed", &extra, Some(duration)).await;
+            }
+        }
+    }
+
+    /// Runs an answered call's TwiML as the callee hears it: the `<Say>`s,
+    /// then — for a `<Gather>` — the callee's key posted, signed, to its
+    /// `action` (with no key only when `actionOnEmptyResult` asks; else the
+    /// call falls through past the `<Gather>` and ends), whose answer is
+    /// the next TwiML. Without a `<Gather>`, the call lasts `talk` seconds.
+    async fn converse(&self, sim: &Sim, mut document: twiml::Document, talk: f64) {
+        for nth in 0..crate::MAX_KEY_ROUNDS {
+            let text = document.said.join(" ");
+            sim.stats.heard(&self.sid, &text, document.gather.is_some());
+            let Some(gather) = document.gather.take() else {
+                let secs = if nth == 0 { talk } else { crate::speaking_secs(&text) };
+                tokio::time::sleep(sim.scaled(secs)).await;
+                return;
+            };
+            let key = self.outcome.key(nth, &sim.config.keys);
+            let wait = crate::key_after_secs(sim, &text, key, f64::from(gather.timeout_secs));
+            tokio::time::sleep(sim.scaled(wait)).await;
+            sim.stats.pressed(&self.sid, key);
+            if key.is_none() && !gather.action_on_empty_result {
+                return;
+            }
+            let Some(action) = gather.action else {
+                sim.stats.input_invalid(&self.sid, "<Gather> without an action URL is not simulated".into());
+                return;
+            };
+            // The action request (fixtures/twilio/gather.json): the call's
+            // parameters, `Digits` when a key came.
+            let mut params = self.base_params("in-progress");
+            if let Some(k) = key {
+                params.push(("Digits".into(), k.to_string()));
+                params.push(("FinishedOnKey".into(), String::new()));
+            }
+            let (method, url, body) = if gather.post {
+                (reqwest::Method::POST, action, serde_urlencoded::to_string(&params).unwrap_or_default().into_bytes())
+            } else {
+                (reqwest::Method::GET, with_query(&action, &params), Vec::new())
+            };
+            let request = Outgoing {
+                method,
+                url,
+                body,
+                content_type: "application/x-www-form-urlencoded",
+                signer: Signer::Twilio,
+                provider_call_id: self.sid.clone(),
+            };
+            match deliver::exchange(sim, &request).await.and_then(|d| twiml::parse(&d)) {
+                Ok(next) => document = next,
+                Err(reason) => {
+                    warn!(sid = %self.sid, %reason, "no TwiML after the gather; the call hangs up");
+                    sim.stats.answer_invalid(&self.sid, reason);
+                    return;
+                }
             }
         }
     }

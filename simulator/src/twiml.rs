@@ -48,19 +48,92 @@ fn check_say(attrs: &[(String, String)]) -> Result<u32, String> {
     Ok(times)
 }
 
+/// `<Gather>`'s attributes, as twilio-python's `VoiceResponse.gather`
+/// documents them (`fixtures/twilio/gather.json`).
+pub const GATHER_ATTRIBUTES: [&str; 18] = [
+    "input", "action", "method", "timeout", "speechTimeout", "maxSpeechTime", "profanityFilter",
+    "finishOnKey", "numDigits", "partialResultCallback", "partialResultCallbackMethod", "language", "hints",
+    "bargeIn", "debug", "actionOnEmptyResult", "speechModel", "enhanced",
+];
+/// What may be nested in `<Gather>` (the same fixture).
+const GATHER_NOUNS: [&str; 3] = ["Say", "Play", "Pause"];
+
+/// A `<Gather>` of keys, as the call runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gather {
+    /// Where the result goes (absent: the current document's URL).
+    pub action: Option<String>,
+    pub post: bool,
+    /// Seconds to wait for a key after the speech (default 5).
+    pub timeout_secs: u32,
+    /// Posts to `action` even when no key came.
+    pub action_on_empty_result: bool,
+}
+
+/// What a TwiML document does: what the callee hears (each `<Say>` as often
+/// as its `loop` says), the `<Gather>` that asks for a key after it, if any.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Document {
+    pub said: Vec<String>,
+    pub gather: Option<Gather>,
+}
+
 /// Validates `document` and returns what the callee hears: the text of its
 /// `<Say>` verbs, each as often as its `loop` says, joined by a space; or
 /// why Twilio would refuse it.
 pub fn spoken_text(document: &str) -> Result<String, String> {
-    parse_body(document)
+    parse(document).map(|d| d.said.join(" "))
 }
 
-/// Walks the document from its root, collecting `<Say>` text.
-fn parse_body(document: &str) -> Result<String, String> {
+fn check_gather(attrs: &[(String, String)]) -> Result<Gather, String> {
+    let mut gather = Gather { action: None, post: true, timeout_secs: 5, action_on_empty_result: false };
+    for (name, value) in attrs {
+        if !GATHER_ATTRIBUTES.contains(&name.as_str()) {
+            return Err(format!("<Gather> has no attribute {name:?}"));
+        }
+        let bad = || format!("<Gather {name}={value:?}> is not valid");
+        match name.as_str() {
+            "input" if !["dtmf", "speech", "dtmf speech", "speech dtmf"].contains(&value.as_str()) => {
+                return Err(bad());
+            }
+            "action" if !(value.starts_with("http://") || value.starts_with("https://")) => return Err(bad()),
+            "action" => gather.action = Some(value.clone()),
+            "method" => match value.as_str() {
+                "POST" => gather.post = true,
+                "GET" => gather.post = false,
+                _ => return Err(bad()),
+            },
+            "timeout" => gather.timeout_secs = value.parse().map_err(|_| bad())?,
+            "numDigits" if value.parse::<u32>().map_or(true, |n| n == 0) => return Err(bad()),
+            "finishOnKey"
+                if !(value.is_empty()
+                    || (value.len() == 1 && value.chars().all(|c| c.is_ascii_digit() || c == '#' || c == '*'))) =>
+            {
+                return Err(bad());
+            }
+            "actionOnEmptyResult" => {
+                gather.action_on_empty_result = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad()),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(gather)
+}
+
+/// Validates `document` as Twilio would before running it, and returns
+/// what it does.
+pub fn parse(document: &str) -> Result<Document, String> {
     let mut reader = Reader::from_str(document);
     let mut depth = 0usize;
     let mut said: Vec<String> = Vec::new();
+    let mut gather: Option<Gather> = None;
+    let mut in_gather = false;
     let mut in_say: Option<String> = None;
+    let mut say_depth = 0usize;
     let mut say_times = 1;
     let mut root_done = false;
     loop {
@@ -78,9 +151,27 @@ fn parse_body(document: &str) -> Result<String, String> {
                         if name == "Say" {
                             say_times = check_say(&attributes(&tag)?)?;
                             in_say = Some(String::new());
+                            say_depth = 1;
+                        }
+                        if name == "Gather" {
+                            if gather.is_some() {
+                                return Err("more than one <Gather> (the call never reaches the second)".into());
+                            }
+                            gather = Some(check_gather(&attributes(&tag)?)?);
+                            in_gather = true;
                         }
                     }
-                    // Nested nouns (inside Gather, Dial, …) and SSML inside Say.
+                    2 if in_gather => {
+                        if !GATHER_NOUNS.contains(&name.as_str()) {
+                            return Err(format!("<{name}> cannot be nested in <Gather>"));
+                        }
+                        if name == "Say" {
+                            say_times = check_say(&attributes(&tag)?)?;
+                            in_say = Some(String::new());
+                            say_depth = 2;
+                        }
+                    }
+                    // Nested nouns (inside Dial, …) and SSML inside Say.
                     _ => {}
                 }
                 depth += 1;
@@ -94,12 +185,18 @@ fn parse_body(document: &str) -> Result<String, String> {
                         return Err(format!("<{name}> is not a TwiML verb"));
                     }
                     1 if name == "Say" => return Err("<Say/> has no text".into()),
+                    1 if name == "Gather" => {
+                        gather = Some(check_gather(&attributes(&tag)?)?);
+                    }
                     _ => {}
                 }
             }
             Event::End(_) => {
                 depth = depth.saturating_sub(1);
-                if depth == 1
+                if depth == 1 {
+                    in_gather = false;
+                }
+                if depth == say_depth
                     && let Some(text) = in_say.take()
                 {
                     let text = text.trim().to_owned();
@@ -155,7 +252,7 @@ fn parse_body(document: &str) -> Result<String, String> {
     if !root_done {
         return Err("no <Response> element".into());
     }
-    Ok(said.join(" "))
+    Ok(Document { said, gather })
 }
 
 #[cfg(test)]

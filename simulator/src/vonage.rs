@@ -22,7 +22,7 @@ use serde_json::json;
 use tocsin_core::vonage::AppClaims;
 use tracing::warn;
 
-use crate::deliver::{Emitter, Outgoing, Signer};
+use crate::deliver::{self, Emitter, Outgoing, Signer};
 use crate::faults::{self, Fault};
 use crate::stats::NewCall;
 use crate::{Outcome, Sim, ncco, now_iso};
@@ -258,34 +258,37 @@ impl CallLife {
         tokio::time::sleep(sim.scaled(0.3)).await;
         self.event(sim, &mut events, "ringing", json!({})).await;
         match self.outcome {
-            Outcome::Busy => {
-                tokio::time::sleep(sim.scaled(ring / 2.0)).await;
-                self.end(sim, &mut events, "busy", json!({}), None).await;
-            }
             Outcome::Unanswered | Outcome::Failed => {
                 tokio::time::sleep(sim.scaled((ring * 3.0).min(self.ringing_timer))).await;
                 self.end(sim, &mut events, "timeout", json!({}), None).await;
             }
-            Outcome::Answered | Outcome::Machine => {
+            Outcome::Busy | Outcome::BusyThenConfirm => {
+                tokio::time::sleep(sim.scaled(ring / 2.0)).await;
+                self.end(sim, &mut events, "busy", json!({}), None).await;
+            }
+            Outcome::Answered
+            | Outcome::Machine
+            | Outcome::NoKey
+            | Outcome::WrongKey
+            | Outcome::Replay
+            | Outcome::OptOut => {
                 tokio::time::sleep(sim.scaled(ring)).await;
                 let ncco = match (&self.answer_url, &self.inline_ncco) {
                     (Some(url), _) => self.fetch_ncco(sim, url).await,
                     (None, Some(ncco)) => Ok(ncco.clone()),
                     (None, None) => Err("no NCCO".into()),
                 };
-                let spoken = ncco.and_then(|n| {
+                let ncco = ncco.and_then(|n| {
                     ncco::validate(&n)?;
-                    ncco::spoken_text(&n).ok_or_else(|| "the NCCO has no talk action".to_owned())
+                    ncco::spoken_text(&n).ok_or_else(|| "the NCCO has no talk action".to_owned())?;
+                    Ok(n)
                 });
-                let talk = match spoken {
-                    Ok(text) => {
-                        sim.stats.spoken(&self.uuid, text);
-                        talk
-                    }
+                let ncco = match ncco {
+                    Ok(n) => Some(n),
                     Err(reason) => {
                         warn!(uuid = %self.uuid, %reason, "answer NCCO refused; the call hangs up");
                         sim.stats.answer_invalid(&self.uuid, reason);
-                        0.0
+                        None
                     }
                 };
                 sim.stats.answered(&self.uuid);
@@ -301,8 +304,11 @@ impl CallLife {
                     });
                     events.emit(sim, self.outgoing(body)).await;
                 }
-                tokio::time::sleep(sim.scaled(talk)).await;
-                let duration = talk.round() as i64;
+                let started = std::time::Instant::now();
+                if let Some(ncco) = ncco {
+                    self.converse(sim, ncco, talk).await;
+                }
+                let duration = (started.elapsed().as_secs_f64() / sim.config.time_scale.max(1e-9)).round() as i64;
                 let price = format!("{:.8}", 0.0139 * duration as f64 / 60.0);
                 let extra = json!({
                     "duration": duration.to_string(),
@@ -313,6 +319,60 @@ impl CallLife {
                     "end_time": now_iso(),
                 });
                 self.end(sim, &mut events, "completed", extra, Some(duration)).await;
+            }
+        }
+    }
+
+    /// Runs an answered call's NCCO as the callee hears it: each document's
+    /// talk, then — when it ends in an `input` — the callee's key (or the
+    /// timeout) posted, signed, to the input's `eventUrl`, whose answer is
+    /// the next NCCO. Without an input, the call lasts `talk` seconds.
+    async fn converse(&self, sim: &Sim, mut ncco: serde_json::Value, talk: f64) {
+        for nth in 0..crate::MAX_KEY_ROUNDS {
+            let text = ncco::spoken_text(&ncco).unwrap_or_default();
+            let input = match ncco::input_action(&ncco) {
+                Ok(input) => input,
+                Err(reason) => {
+                    warn!(uuid = %self.uuid, %reason, "NCCO input refused; the call hangs up");
+                    sim.stats.input_invalid(&self.uuid, reason);
+                    return;
+                }
+            };
+            sim.stats.heard(&self.uuid, &text, input.is_some());
+            let Some(input) = input else {
+                let secs = if nth == 0 { talk } else { crate::speaking_secs(&text) };
+                tokio::time::sleep(sim.scaled(secs)).await;
+                return;
+            };
+            let key = self.outcome.key(nth, &sim.config.keys);
+            tokio::time::sleep(sim.scaled(crate::key_after_secs(sim, &text, key, input.time_out))).await;
+            sim.stats.pressed(&self.uuid, key);
+            // Vonage's input webhook (.NET SDK `MultiInput`; fixtures/vonage/input.json).
+            let body = json!({
+                "from": self.from, "to": self.to,
+                "uuid": self.uuid, "conversation_uuid": self.conversation,
+                "dtmf": { "digits": key.map(String::from).unwrap_or_default(), "timed_out": key.is_none() },
+                "speech": { "error": "Speech was not enabled" },
+                "timestamp": now_iso(),
+            });
+            let mut request = self.outgoing(body);
+            request.url = input.event_url.clone();
+            if !input.post {
+                request.method = reqwest::Method::GET;
+            }
+            let next = deliver::exchange(sim, &request).await.and_then(|text| {
+                let next: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| format!("the input's answer is no NCCO: {e}"))?;
+                ncco::validate(&next)?;
+                Ok(next)
+            });
+            match next {
+                Ok(n) => ncco = n,
+                Err(reason) => {
+                    warn!(uuid = %self.uuid, %reason, "no NCCO after the input; the call hangs up");
+                    sim.stats.answer_invalid(&self.uuid, reason);
+                    return;
+                }
             }
         }
     }

@@ -407,6 +407,7 @@ async fn telnyx_commands_classify_transient_and_refused() {
         language: "en-US".into(),
         repeat: 3,
         command_id: telnyx::call_command_id("v3:ok", "speak"),
+        client_state: None,
     };
     assert_eq!(client.speak("v3:ok", &speak).await, Ok(()));
     assert_eq!(

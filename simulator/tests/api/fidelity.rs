@@ -177,6 +177,7 @@ async fn the_adapters_requests_fit_the_providers_specs_and_sdk_parameters() {
         language: "en-US".into(),
         repeat: 3,
         command_id: telnyx::call_command_id("v3:x", "speak"),
+        client_state: None,
     };
     telnyx.speak("v3:x", &speak).await.unwrap();
     telnyx.hangup("v3:x", &telnyx::call_command_id("v3:x", "hangup")).await.unwrap();

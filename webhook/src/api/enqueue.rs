@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use tocsin_core::campaign::{self, CallingWindow, Changes, Control, Deadline, Handle};
+use tocsin_core::confirm::Key;
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 use tocsin_core::{PhoneNumber, apikey};
@@ -90,6 +91,14 @@ pub struct Settings {
     pub retry_delay_secs: Option<i64>,
     pub machine_detection: Option<bool>,
     pub default_region: Option<String>,
+    pub confirm: Option<bool>,
+    pub confirm_prompt: Option<String>,
+    pub confirm_key: Option<Key>,
+    pub replay_key: Option<Option<Key>>,
+    pub opt_out_key: Option<Option<Key>>,
+    pub max_replays: Option<i64>,
+    pub key_timeout_secs: Option<i64>,
+    pub until_confirmed: Option<bool>,
 }
 
 /// Where a campaign's contacts come from.
@@ -201,6 +210,14 @@ pub async fn enqueue(
         expires_at: s.expires_at,
         window: s.window,
         timezone: s.timezone,
+        confirm: s.confirm,
+        confirm_prompt: s.confirm_prompt,
+        confirm_key: s.confirm_key,
+        replay_key: s.replay_key,
+        opt_out_key: s.opt_out_key,
+        max_replays: s.max_replays,
+        key_timeout_secs: s.key_timeout_secs,
+        until_confirmed: s.until_confirmed,
     };
     let mut spec =
         Spec::new(request.campaign, changes, state.amqp.amqp_url.clone(), state.amqp.queue_prefix.clone());

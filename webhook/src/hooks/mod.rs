@@ -11,6 +11,7 @@
 // per refused request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod dialogue;
 pub mod telnyx;
 pub mod twilio;
 pub mod vonage;
@@ -61,7 +62,9 @@ pub fn router(state: HookState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/vonage/answer", get(vonage::answer).post(vonage::answer))
         .route("/vonage/events", post(vonage::events))
+        .route("/vonage/input", post(vonage::input))
         .route("/twilio/twiml", post(twilio::twiml).get(twilio::twiml))
+        .route("/twilio/gather", post(twilio::gather))
         .route("/twilio/status", post(twilio::status))
         .route("/telnyx/events", post(telnyx::events))
         .layer(DefaultBodyLimit::max(max_body_bytes))

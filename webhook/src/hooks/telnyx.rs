@@ -23,11 +23,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
-use tocsin_core::telnyx::{self, CommandError, PublicKey, Speak, TelnyxEvent, TelnyxWebhook};
+use tocsin_core::campaign::Campaign;
+use tocsin_core::confirm::Step;
+use tocsin_core::telnyx::{
+    self, CommandError, Dialogue, GatherUsingSpeak, PublicKey, Speak, TelnyxEvent, TelnyxWebhook,
+};
 use tocsin_core::{CallId, calls};
 use tracing::{info, warn};
 
-use super::{HookState, Reason, attempt, campaign_of_call, rejected, store_event};
+use super::{HookState, Reason, attempt, campaign_of_call, dialogue, rejected, store_event};
 use crate::config::TelnyxSettings;
 use crate::store::{CallProof, StoredEvent};
 
@@ -98,7 +102,7 @@ pub async fn events(
         provider: Provider::Telnyx.as_str(),
         dedupe_key: event.dedupe_key(),
         status: event.event_type.clone(),
-        payload,
+        payload: payload.clone(),
         call: calls::Event {
             call_id,
             attempt: attempt(&query),
@@ -114,7 +118,7 @@ pub async fn events(
     if let Err(response) = store_event(&state, stored).await {
         return response;
     }
-    match command(&state, hooks, call_id, attempt(&query), &proof, &event).await {
+    match command(&state, hooks, call_id, attempt(&query), &proof, &event, &payload).await {
         // 200, not 204: Telnyx delivers to the failover URL on any answer
         // but 200 OK (its Voice API "Receiving Webhooks" page).
         Ok(()) => StatusCode::OK.into_response(),
@@ -131,6 +135,7 @@ async fn command(
     attempt: Option<i32>,
     proof: &CallProof,
     event: &TelnyxEvent,
+    raw: &serde_json::Value,
 ) -> Result<(), Response> {
     let Some(leg) = event.payload.call_control_id.as_deref() else {
         return Ok(());
@@ -143,25 +148,60 @@ async fn command(
                 Some(id) => campaign_of_call(state, id, "telnyx speak").await?,
                 None => None,
             };
-            match campaign {
-                Some(campaign) => {
-                    let s = &campaign.settings;
-                    let speak = Speak {
-                        payload: s.message.clone(),
-                        voice: s.voice.clone().unwrap_or_else(|| telnyx::speech::DEFAULT_VOICE.into()),
-                        language: s.language.clone(),
-                        repeat: u32::try_from(s.repeat).unwrap_or(1).max(1),
-                        command_id: telnyx::call_command_id(leg, "speak"),
-                    };
-                    ("speak", hooks.client.speak(leg, &speak).await)
-                }
-                None => {
+            match (campaign, call_id) {
+                (Some(campaign), Some(id)) => match campaign.settings.confirmation() {
+                    Some(c) => ("gather", send_step(hooks, &campaign, id, leg, &c.first()).await),
+                    None => {
+                        let s = &campaign.settings;
+                        let speak = Speak {
+                            payload: s.message.clone(),
+                            voice: voice(&campaign),
+                            language: s.language.clone(),
+                            repeat: u32::try_from(s.repeat).unwrap_or(1).max(1),
+                            command_id: telnyx::call_command_id(leg, "speak"),
+                            client_state: None,
+                        };
+                        ("speak", hooks.client.speak(leg, &speak).await)
+                    }
+                },
+                _ => {
                     warn!(?call_id, "answered call we do not know; hanging up");
                     ("hangup", hangup().await)
                 }
             }
         }
-        "call.speak.ended" => ("hangup", hangup().await),
+        "call.gather.ended" | "call.dtmf.received" => {
+            let (Some(id), Some(Dialogue::Asking(turn)), Some(heard)) = (call_id, event.dialogue(), event.heard())
+            else {
+                return Ok(());
+            };
+            let Some(campaign) = campaign_of_call(state, id, "telnyx keypress").await? else {
+                return Ok(());
+            };
+            let step = dialogue::answer(
+                state,
+                &campaign,
+                id,
+                attempt.unwrap_or(1),
+                turn,
+                heard,
+                Provider::Telnyx,
+                raw,
+            )
+            .await?;
+            // Both events report the key; the gather's end moves the call on
+            // (a `call.dtmf.received` may come before the gather has ended).
+            if event.event_type != "call.gather.ended" {
+                return Ok(());
+            }
+            let kind = if matches!(step, Step::Ask { .. }) { "gather" } else { "goodbye" };
+            (kind, send_step(hooks, &campaign, id, leg, &step).await)
+        }
+        // The closing words (or the message, without a dialogue) ended: hang
+        // up. A gather's own speech ending is not the end of the call.
+        "call.speak.ended" if !matches!(event.dialogue(), Some(Dialogue::Asking(_))) => {
+            ("hangup", hangup().await)
+        }
         _ => return Ok(()),
     };
     match sent {
@@ -174,7 +214,7 @@ async fn command(
             info!(?call_id, command = kind, "telnyx call already ended");
             Ok(())
         }
-        Err(CommandError::Refused { status, code, detail }) if kind == "speak" => {
+        Err(CommandError::Refused { status, code, detail }) if kind == "speak" || kind == "gather" => {
             // The message will never be spoken: end the call now rather than
             // leave the callee in silence, and record it failed with
             // Telnyx's reason (the hang-up's own event cannot make it
@@ -195,6 +235,54 @@ async fn command(
         Err(CommandError::Transient(detail)) => {
             warn!(?call_id, %detail, "telnyx command failed; answering 503 so the event is redelivered");
             Err(ApiError::unavailable().into_response())
+        }
+    }
+}
+
+/// The voice to speak a campaign's words in.
+fn voice(campaign: &Campaign) -> String {
+    campaign.settings.voice.clone().unwrap_or_else(|| telnyx::speech::DEFAULT_VOICE.into())
+}
+
+/// Sends a dialogue step: a gather for a question, the closing words (with
+/// `Dialogue::Finishing`, so their end hangs up) for a finish. Each carries a
+/// `command_id` of its round, so a redelivered event's repeat is ignored.
+async fn send_step(
+    hooks: &TelnyxHooks,
+    campaign: &Campaign,
+    id: CallId,
+    leg: &str,
+    step: &Step,
+) -> Result<(), CommandError> {
+    let s = &campaign.settings;
+    match step {
+        Step::Ask { .. } => {
+            let repeat = u32::try_from(s.repeat).unwrap_or(1);
+            let gather = GatherUsingSpeak::new(
+                id,
+                leg,
+                step,
+                &s.confirmation,
+                &s.message,
+                repeat,
+                &voice(campaign),
+                &s.language,
+            );
+            match gather {
+                Some(g) => hooks.client.gather_using_speak(leg, &g).await,
+                None => Ok(()),
+            }
+        }
+        Step::Finish { text } => {
+            let speak = Speak {
+                payload: text.clone(),
+                voice: voice(campaign),
+                language: s.language.clone(),
+                repeat: 1,
+                command_id: telnyx::call_command_id(leg, "speak:end"),
+                client_state: Some(telnyx::dialogue_state(id, Dialogue::Finishing)),
+            };
+            hooks.client.speak(leg, &speak).await
         }
     }
 }

@@ -14,12 +14,18 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
+use tocsin_core::CallId;
 use tocsin_core::calls;
+use tocsin_core::campaign::Campaign;
+use tocsin_core::confirm::{Heard, Step, Turn};
 use tocsin_core::provider::Provider;
 use tocsin_core::twilio::{self, TwilioStatus};
 use tracing::warn;
 
-use super::{HookState, Reason, attempt, call_id, campaign_for_answer, missing_call_id, rejected, store};
+use super::{
+    HookState, Reason, attempt, call_id, campaign_for_answer, dialogue, missing_call_id, rejected, store,
+    url_token,
+};
 use crate::store::{CallProof, StoredEvent};
 
 fn refused(reason: Reason, detail: &str) -> Response {
@@ -63,15 +69,18 @@ pub async fn twiml(
         return missing_call_id();
     };
     let document = match campaign_for_answer(&state, id, &query, "twiml").await {
-        Ok(Some(campaign)) => {
-            let repeat = u32::try_from(campaign.settings.repeat).unwrap_or(1);
-            twilio::twiml(
-                &campaign.settings.message,
-                &campaign.settings.language,
-                repeat,
-                campaign.settings.voice.as_deref(),
-            )
-        }
+        Ok(Some(campaign)) => match campaign.settings.confirmation() {
+            Some(c) => step_twiml(&state, &campaign, &c.first(), id, &query),
+            None => {
+                let repeat = u32::try_from(campaign.settings.repeat).unwrap_or(1);
+                twilio::twiml(
+                    &campaign.settings.message,
+                    &campaign.settings.language,
+                    repeat,
+                    campaign.settings.voice.as_deref(),
+                )
+            }
+        },
         Ok(None) => {
             // Hang up rather than let Twilio play its application-error message.
             warn!(call_id = %id, "twiml requested for an unknown call; hanging up");
@@ -79,6 +88,66 @@ pub async fn twiml(
         }
         Err(response) => return response,
     };
+    ([(header::CONTENT_TYPE, "application/xml")], document).into_response()
+}
+
+/// The TwiML of a dialogue step, its `<Gather>` posting to `/twilio/gather`.
+fn step_twiml(
+    state: &HookState,
+    campaign: &Campaign,
+    step: &Step,
+    id: CallId,
+    query: &HashMap<String, String>,
+) -> String {
+    let s = &campaign.settings;
+    let turn = match step {
+        Step::Ask { turn, .. } => *turn,
+        Step::Finish { .. } => Turn::default(),
+    };
+    let (attempt, token) = (attempt(query).unwrap_or(1), url_token(query).unwrap_or_default());
+    let url = dialogue::next_url(state, "/twilio/gather", id, attempt, &token, turn);
+    let repeat = u32::try_from(s.repeat).unwrap_or(1);
+    twilio::dialogue_twiml(step, &s.confirmation, &s.message, &s.language, repeat, s.voice.as_deref(), &url)
+}
+
+/// `POST /twilio/gather?call_id=…&turn=…`: a `<Gather>`'s action — the key
+/// (`Digits`), or none after the timeout — signed over its URL like every
+/// Twilio request; answered with the next step's TwiML.
+pub async fn gather(
+    State(state): State<Arc<HookState>>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = match verified_params(&state, &uri, &headers, &body) {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    let Some(id) = call_id(&query) else {
+        return missing_call_id();
+    };
+    let turn = match dialogue::turn(&query) {
+        Ok(t) => t,
+        Err(response) => return response,
+    };
+    let campaign = match campaign_for_answer(&state, id, &query, "twilio gather").await {
+        Ok(Some(c)) => c,
+        Ok(None) => return refused(Reason::Signature, "gather action for a call without its token"),
+        Err(response) => return response,
+    };
+    let digits = params.iter().find(|(k, _)| k == "Digits").map(|(_, v)| v.as_str());
+    let payload: serde_json::Map<String, serde_json::Value> =
+        params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    let payload = serde_json::Value::Object(payload);
+    let attempt_no = attempt(&query).unwrap_or(1);
+    let heard = Heard::from_digits(digits);
+    let step =
+        match dialogue::answer(&state, &campaign, id, attempt_no, turn, heard, Provider::Twilio, &payload).await {
+            Ok(step) => step,
+            Err(response) => return response,
+        };
+    let document = step_twiml(&state, &campaign, &step, id, &query);
     ([(header::CONTENT_TYPE, "application/xml")], document).into_response()
 }
 

@@ -22,7 +22,10 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use tocsin_core::CallId;
 use tocsin_core::calls;
+use tocsin_core::campaign::Campaign;
+use tocsin_core::confirm::{Step, Turn};
 use tocsin_core::config::VonageCredentials;
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
@@ -30,7 +33,8 @@ use tocsin_core::vonage::{self, VonageEvent};
 use tracing::{error, warn};
 
 use super::{
-    HookState, Reason, attempt, call_id, campaign_for_answer, missing_call_id, rejected, store, url_token,
+    HookState, Reason, attempt, call_id, campaign_for_answer, dialogue, missing_call_id, rejected, store,
+    url_token,
 };
 use crate::store::{CallProof, StoredEvent};
 
@@ -43,17 +47,98 @@ pub async fn answer(
         return missing_call_id();
     };
     match campaign_for_answer(&state, id, &query, "vonage answer").await {
-        Ok(Some(campaign)) => {
-            let s = &campaign.settings;
-            let repeat = u32::try_from(s.repeat).unwrap_or(1);
-            // Checked when the campaign was saved (`speech::check`); a row
-            // written before that check speaks in the default style.
-            let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
-            Json(vonage::ncco(&s.message, &s.language, style, repeat)).into_response()
-        }
+        Ok(Some(campaign)) => match campaign.settings.confirmation() {
+            Some(c) => {
+                let (attempt, token) = (attempt(&query).unwrap_or(1), url_token(&query).unwrap_or_default());
+                Json(step_ncco(&state, &campaign, &c.first(), id, attempt, &token)).into_response()
+            }
+            None => {
+                let s = &campaign.settings;
+                let repeat = u32::try_from(s.repeat).unwrap_or(1);
+                // Checked when the campaign was saved (`speech::check`); a row
+                // written before that check speaks in the default style.
+                let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
+                Json(vonage::ncco(&s.message, &s.language, style, repeat)).into_response()
+            }
+        },
         Ok(None) => ApiError::not_found("no such call").into_response(),
         Err(response) => response,
     }
+}
+
+/// The NCCO of a dialogue step, its `input` posting to `/vonage/input`.
+fn step_ncco(
+    state: &HookState,
+    campaign: &Campaign,
+    step: &Step,
+    id: CallId,
+    attempt: i32,
+    token: &str,
+) -> serde_json::Value {
+    let s = &campaign.settings;
+    let turn = match step {
+        Step::Ask { turn, .. } => *turn,
+        Step::Finish { .. } => Turn::default(),
+    };
+    let url = dialogue::next_url(state, "/vonage/input", id, attempt, token, turn);
+    let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
+    let repeat = u32::try_from(s.repeat).unwrap_or(1);
+    vonage::dialogue_ncco(step, &s.confirmation, &s.message, &s.language, style, repeat, &url)
+}
+
+/// `POST /vonage/input?call_id=…&turn=…`: a round's key (or its timeout),
+/// signed like every event (an unsigned one is refused: there is no call
+/// state to confirm it against), carrying the attempt's token; answered
+/// with the next step's NCCO.
+pub async fn input(
+    State(state): State<Arc<HookState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !state.skip_signatures {
+        let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let verified = match &state.vonage_secret {
+            Some(secret) => {
+                vonage::verify_webhook(auth, secret, &body).map(|_| ()).map_err(|e| e.to_string())
+            }
+            None => Err("TOCSIN_VONAGE_SIGNATURE_SECRET is not set on this service".to_owned()),
+        };
+        if let Err(e) = verified {
+            return rejected(Provider::Vonage, Reason::Signature, &e);
+        }
+    }
+    let payload: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return rejected(Provider::Vonage, Reason::Malformed, &e.to_string()),
+    };
+    let input: vonage::InputEvent = match serde_json::from_value(payload.clone()) {
+        Ok(e) => e,
+        Err(e) => return rejected(Provider::Vonage, Reason::Malformed, &e.to_string()),
+    };
+    let Some(id) = call_id(&query) else {
+        return missing_call_id();
+    };
+    let turn = match dialogue::turn(&query) {
+        Ok(t) => t,
+        Err(response) => return response,
+    };
+    // The signature covers the body, not our query: the token proves the call.
+    let campaign = match campaign_for_answer(&state, id, &query, "vonage input").await {
+        Ok(Some(c)) => c,
+        Ok(None) => return rejected(Provider::Vonage, Reason::Signature, "input for a call without its token"),
+        Err(response) => return response,
+    };
+    let attempt = attempt(&query).unwrap_or(1);
+    let step =
+        match dialogue::answer(&state, &campaign, id, attempt, turn, input.heard(), Provider::Vonage, &payload)
+            .await
+        {
+            Ok(step) => step,
+            Err(response) => return response,
+        };
+    let token = url_token(&query).unwrap_or_default();
+    Json(step_ncco(&state, &campaign, &step, id, attempt, &token)).into_response()
 }
 
 /// `POST /vonage/events?call_id=…`: verify, store, advance the call.

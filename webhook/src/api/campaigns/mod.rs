@@ -179,6 +179,25 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
     Ok((status, json!({ "campaign": campaign, "enqueue": enqueue })))
 }
 
+/// `SELECT <every CampaignRow column> FROM campaigns c <rest>`: the
+/// column list written once, the query still a literal.
+macro_rules! select_campaign_row {
+    ($rest:literal) => {
+        concat!(
+            "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, c.confirm, c.until_confirmed, ",
+            "coalesce((SELECT jsonb_object_agg(state, n) FROM ",
+            "(SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts, ",
+            "(SELECT jsonb_build_object('confirmed', count(*) FILTER (WHERE confirmed_at IS NOT NULL), ",
+            "'confirmed_late', count(*) FILTER (WHERE confirmed_late), ",
+            "'opted_out', count(*) FILTER (WHERE opted_out_at IS NOT NULL)) ",
+            "FROM calls WHERE campaign_id = c.id) AS confirmations, ",
+            "(SELECT count(*) FROM dead_jobs d WHERE d.campaign_id = c.id) AS dead_jobs ",
+            "FROM campaigns c ",
+            $rest
+        )
+    };
+}
+
 #[derive(sqlx::FromRow)]
 struct CampaignRow {
     name: String,
@@ -187,7 +206,12 @@ struct CampaignRow {
     created_at: DateTime<Utc>,
     /// The deadline, if any: no call starts after it.
     expires_at: Option<DateTime<Utc>>,
+    /// The callee is asked to press a key; redialled until they do.
+    confirm: bool,
+    until_confirmed: bool,
     counts: Value,
+    /// `confirmed`, `confirmed_late`, `opted_out`.
+    confirmations: Value,
     /// Its jobs in the dead-letter store (`producer requeue-dead`).
     dead_jobs: i64,
 }
@@ -208,17 +232,18 @@ fn render(row: CampaignRow) -> Value {
         "finished": finished,
         "states": states,
         "dead_jobs": row.dead_jobs,
+        "confirm": row.confirm,
+        "until_confirmed": row.until_confirmed,
+        "confirmed": row.confirmations["confirmed"],
+        "confirmed_late": row.confirmations["confirmed_late"],
+        "opted_out": row.confirmations["opted_out"],
     })
 }
 
 /// A campaign's status and its calls by state; `None` when unknown.
 pub async fn campaign_status(pool: &PgPool, name: &str) -> Result<Option<Value>, sqlx::Error> {
     let row: Option<CampaignRow> = sqlx::query_as(
-        "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, \
-                coalesce((SELECT jsonb_object_agg(state, n) FROM \
-                   (SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts, \
-                (SELECT count(*) FROM dead_jobs d WHERE d.campaign_id = c.id) AS dead_jobs \
-         FROM campaigns c WHERE c.id = $1",
+        select_campaign_row!("WHERE c.id = $1"),
     )
     .bind(CampaignId::from_name(name))
     .fetch_optional(pool)
@@ -237,13 +262,11 @@ fn unknown(name: &str) -> ApiError {
 /// `GET /api/v1/campaigns`: the campaigns this key may see, newest first.
 pub async fn list(State(state): State<Arc<ApiState>>, caller: Auth<Read>) -> Result<Json<Value>> {
     let rows: Vec<CampaignRow> = sqlx::query_as(
-        "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, \
-                coalesce((SELECT jsonb_object_agg(state, n) FROM \
-                   (SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts, \
-                (SELECT count(*) FROM dead_jobs d WHERE d.campaign_id = c.id) AS dead_jobs \
-         FROM campaigns c \
-         WHERE cardinality($1::text[]) = 0 OR EXISTS (SELECT 1 FROM unnest($1::text[]) p WHERE starts_with(c.name, p)) \
-         ORDER BY c.created_at DESC LIMIT 500",
+        select_campaign_row!(
+            "WHERE cardinality($1::text[]) = 0 \
+                OR EXISTS (SELECT 1 FROM unnest($1::text[]) p WHERE starts_with(c.name, p)) \
+             ORDER BY c.created_at DESC LIMIT 500"
+        ),
     )
     .bind(&caller.campaign_prefixes)
     .fetch_all(&state.pool)

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tocsin_core::PhoneNumber;
 use tocsin_core::campaign::limits;
+use tocsin_core::confirm::{self, Key};
 use tocsin_core::phone::PhoneNumberError;
 use tocsin_core::provider::Provider;
 
@@ -33,6 +34,14 @@ pub struct CreateBody {
     window: Field<String>,
     timezone: Field<String>,
     default_region: Field<String>,
+    confirm: Field<bool>,
+    confirm_prompt: Field<String>,
+    confirm_key: Field<String>,
+    replay_key: Field<String>,
+    opt_out_key: Field<String>,
+    max_replays: Field<i64>,
+    key_timeout_secs: Field<i64>,
+    until_confirmed: Field<bool>,
     contacts: Field<Vec<Value>>,
     contact_list: Field<String>,
     /// Keys that are none of the above.
@@ -117,6 +126,25 @@ impl CreateBody {
             .string("timezone", &mut errors)
             .and_then(|s| enqueue::parse_timezone(&s).map_err(|e| errors.add("timezone", &e)).ok());
         let default_region = self.default_region.string("default_region", &mut errors);
+        // Confirmation: the keys parse here, the rest is the campaign type's.
+        let confirm = self.confirm.get("confirm", "must be true or false", &mut errors);
+        let confirm_prompt = self.confirm_prompt.string("confirm_prompt", &mut errors);
+        let confirm_key = self
+            .confirm_key
+            .string("confirm_key", &mut errors)
+            .and_then(|k| k.parse::<Key>().map_err(|e| errors.add("confirm_key", &e)).ok());
+        let replay_key = self
+            .replay_key
+            .string("replay_key", &mut errors)
+            .and_then(|k| confirm::parse_optional_key(&k).map_err(|e| errors.add("replay_key", &e)).ok());
+        let opt_out_key = self
+            .opt_out_key
+            .string("opt_out_key", &mut errors)
+            .and_then(|k| confirm::parse_optional_key(&k).map_err(|e| errors.add("opt_out_key", &e)).ok());
+        let max_replays = self.max_replays.int("max_replays", confirm::limits::MAX_REPLAYS, &mut errors);
+        let key_timeout_secs =
+            self.key_timeout_secs.int("key_timeout_secs", confirm::limits::KEY_TIMEOUT_SECS, &mut errors);
+        let until_confirmed = self.until_confirmed.get("until_confirmed", "must be true or false", &mut errors);
         if let Some(r) = &default_region
             && let Err(PhoneNumberError::UnknownRegion(_)) = PhoneNumber::parse("+14155552671", Some(r))
         {
@@ -168,6 +196,14 @@ impl CreateBody {
                 retry_delay_secs: retry_delay,
                 machine_detection,
                 default_region,
+                confirm,
+                confirm_prompt,
+                confirm_key,
+                replay_key,
+                opt_out_key,
+                max_replays,
+                key_timeout_secs,
+                until_confirmed,
             };
             let (contacts, inline_count) = match saved {
                 Some(list) => (Contacts::Saved(list), None),
