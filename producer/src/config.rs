@@ -169,6 +169,14 @@ fn parse_key(s: &str) -> Result<Key, String> {
     s.parse()
 }
 
+/// A key, or `none` (clap reads `Option<Option<_>>` as an optional value).
+#[derive(Clone, Copy, Debug)]
+pub struct OptionalKey(pub Option<Key>);
+
+fn parse_optional_key(s: &str) -> Result<OptionalKey, String> {
+    confirm::parse_optional_key(s).map(OptionalKey)
+}
+
 pub fn parse_window(s: &str) -> Result<Window, String> {
     Window::parse(s)
 }
@@ -287,13 +295,13 @@ pub struct EnqueueArgs {
     pub confirm_key: Option<Key>,
 
     /// The key that plays the message and the prompt again, or none [default: *].
-    #[arg(long, value_parser = confirm::parse_optional_key, value_name = "KEY|none", help_heading = "Confirmation")]
-    pub replay_key: Option<Option<Key>>,
+    #[arg(long, value_parser = parse_optional_key, value_name = "KEY|none", help_heading = "Confirmation")]
+    pub replay_key: Option<OptionalKey>,
 
     /// A key that opts the number out: it is put on the do-not-call list ("opted out by
     /// keypress") and never called again by any campaign [default: none].
-    #[arg(long, value_parser = confirm::parse_optional_key, value_name = "KEY|none", help_heading = "Confirmation")]
-    pub opt_out_key: Option<Option<Key>>,
+    #[arg(long, value_parser = parse_optional_key, value_name = "KEY|none", help_heading = "Confirmation")]
+    pub opt_out_key: Option<OptionalKey>,
 
     /// Replays allowed per call (0-5) [default: 2].
     #[arg(long, value_name = "N", help_heading = "Confirmation")]
