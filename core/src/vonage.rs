@@ -853,8 +853,13 @@ fn sha256_hex(body: &[u8]) -> String {
 
 /// Signs a webhook body as Vonage does (used by the simulator).
 pub fn sign_webhook(secret: &str, application_id: &str, body: &[u8]) -> String {
+    sign_webhook_issued_at(secret, application_id, body, unix_now())
+}
+
+/// `sign_webhook` with the token's `iat` given (tests of stale tokens).
+pub fn sign_webhook_issued_at(secret: &str, application_id: &str, body: &[u8], iat: u64) -> String {
     let claims = WebhookClaims {
-        iat: unix_now(),
+        iat,
         jti: uuid::Uuid::new_v4().to_string(),
         iss: "Vonage".into(),
         api_key: "sim".into(),

@@ -7,6 +7,7 @@ mod api_alertmanager;
 mod api_campaigns;
 mod api_live;
 mod common;
+mod keypresses;
 mod parsers_never_panic;
 mod ui;
 mod vonage_events;
