@@ -687,7 +687,10 @@ impl ConfirmChanges {
             } else if !confirm::limits::PROMPT_CHARS.contains(&chars) {
                 errors.push(FieldError::new(
                     "confirm_prompt",
-                    format!("must be 1 to {} characters (it is {chars})", confirm::limits::PROMPT_CHARS.end()),
+                    format!(
+                        "must be 1 to {} characters (it is {chars})",
+                        confirm::limits::PROMPT_CHARS.end()
+                    ),
                 ));
             } else {
                 c.prompt = Some(p.to_owned());
@@ -714,10 +717,14 @@ impl ConfirmChanges {
             c.key_timeout_secs = u32::try_from(v).unwrap_or(8);
         }
         if c.replay_key == Some(c.confirm_key) {
-            errors.push(FieldError::new("replay_key", format!("{} is already the confirm key", c.confirm_key)));
+            errors
+                .push(FieldError::new("replay_key", format!("{} is already the confirm key", c.confirm_key)));
         }
         if c.opt_out_key == Some(c.confirm_key) {
-            errors.push(FieldError::new("opt_out_key", format!("{} is already the confirm key", c.confirm_key)));
+            errors.push(FieldError::new(
+                "opt_out_key",
+                format!("{} is already the confirm key", c.confirm_key),
+            ));
         } else if c.opt_out_key.is_some() && c.opt_out_key == c.replay_key {
             errors.push(FieldError::new("opt_out_key", "is already the replay key"));
         }

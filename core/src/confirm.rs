@@ -17,8 +17,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The prompt heard after the message when the campaign sets none.
-pub const DEFAULT_PROMPT: &str =
-    "Press 1 to confirm you received this message. Press star to hear it again.";
+pub const DEFAULT_PROMPT: &str = "Press 1 to confirm you received this message. Press star to hear it again.";
 /// Heard after the confirm key, before the call ends.
 pub const THANKS: &str = "Thank you, your confirmation has been recorded. Goodbye.";
 /// Heard after the opt-out key, before the call ends.

@@ -103,38 +103,35 @@ pub struct GatherUsingSpeak {
 }
 
 impl GatherUsingSpeak {
-    /// The gather of one dialogue step: the message `repeat` times (when
-    /// the step asks for it) and the prompt, as one text.
+    /// The gather of one dialogue step of a campaign with `settings`: the
+    /// message `repeat` times (when the step asks for it) and the prompt, as
+    /// one text.
     pub fn new(
         call_id: CallId,
         call_control_id: &str,
         step: &crate::confirm::Step,
-        confirmation: &crate::confirm::Confirmation,
-        message: &str,
-        repeat: u32,
-        voice: &str,
-        language: &str,
+        settings: &crate::campaign::Settings,
     ) -> Option<Self> {
         let crate::confirm::Step::Ask { message: with_message, prompt, turn } = step else {
             return None;
         };
         let mut text = String::new();
         if *with_message {
-            for _ in 0..repeat.max(1) {
-                text.push_str(message);
+            for _ in 0..settings.repeat.max(1) {
+                text.push_str(&settings.message);
                 text.push(' ');
             }
         }
         text.push_str(prompt);
         Some(Self {
             payload: text,
-            voice: voice.to_owned(),
-            language: language.to_owned(),
+            voice: settings.voice.clone().unwrap_or_else(|| speech::DEFAULT_VOICE.into()),
+            language: settings.language.clone(),
             minimum_digits: 1,
             maximum_digits: 1,
             valid_digits: "0123456789*#",
             maximum_tries: 1,
-            timeout_millis: confirmation.key_timeout_secs.saturating_mul(1000),
+            timeout_millis: settings.confirmation.key_timeout_secs.saturating_mul(1000),
             client_state: dialogue_state(call_id, Dialogue::Asking(*turn)),
             command_id: call_command_id(call_control_id, &format!("gather:{}", turn.round)),
         })

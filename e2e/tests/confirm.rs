@@ -68,7 +68,8 @@ async fn run(stack: &Stack, provider: &str, base: u32) {
     assert_eq!(report.published, 9);
     stack.wait_terminal(provider).await;
 
-    let rows: Vec<(String, String, i32, Option<i32>, Option<String>, bool)> = sqlx::query_as(
+    type Row = (String, String, i32, Option<i32>, Option<String>, bool);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT k.number, k.state, k.attempt, k.confirmed_attempt, k.confirmed_key, k.opted_out_at IS NOT NULL \
          FROM calls k JOIN campaigns c ON c.id = k.campaign_id WHERE c.name = $1 ORDER BY k.number",
     )
@@ -76,17 +77,16 @@ async fn run(stack: &Stack, provider: &str, base: u32) {
     .fetch_all(&stack.db.pool)
     .await
     .unwrap();
-    let sim: BTreeMap<String, String> = stack
-        .sim_calls()
-        .await
-        .into_iter()
-        .filter(|c| c["provider"] == provider)
-        .fold(BTreeMap::new(), |mut keys, c| {
-            keys.entry(c["to"].as_str().unwrap().to_owned())
-                .or_default()
-                .push_str(c["keys"].as_str().unwrap_or_default());
-            keys
-        });
+    let sim: BTreeMap<String, String> =
+        stack.sim_calls().await.into_iter().filter(|c| c["provider"] == provider).fold(
+            BTreeMap::new(),
+            |mut keys, c| {
+                keys.entry(c["to"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .push_str(c["keys"].as_str().unwrap_or_default());
+                keys
+            },
+        );
     for (number, state, attempt, confirmed_in, key, opted_out) in rows {
         let last = number.chars().last().unwrap();
         let (want_state, want_attempts, want_confirmed, want_keys) = expected(last);
@@ -100,7 +100,11 @@ async fn run(stack: &Stack, provider: &str, base: u32) {
             assert_eq!(key.as_deref(), Some("1"), "{provider} {number}");
         }
         assert_eq!(opted_out, last == '5', "{provider} {number}");
-        assert_eq!(sim.get(&number).map_or("", String::as_str), want_keys, "{provider} {number}: keys pressed");
+        assert_eq!(
+            sim.get(&number).map_or("", String::as_str),
+            want_keys,
+            "{provider} {number}: keys pressed"
+        );
     }
 
     // One row per round answered, whatever was sent twice.
@@ -138,7 +142,10 @@ async fn run(stack: &Stack, provider: &str, base: u32) {
     assert!(replay[1].contains("Flood warning"), "{provider}: {replay:?}");
     assert!(replay[2].contains("Thank you"), "{provider}: {replay:?}");
     let wrong = heard('3');
-    assert!(wrong[1].starts_with("That key is not an option") && !wrong[1].contains("Flood"), "{provider}: {wrong:?}");
+    assert!(
+        wrong[1].starts_with("That key is not an option") && !wrong[1].contains("Flood"),
+        "{provider}: {wrong:?}"
+    );
     let opted = heard('5');
     assert!(opted.last().unwrap().contains("not be called again"), "{provider}: {opted:?}");
 
@@ -152,13 +159,12 @@ async fn run(stack: &Stack, provider: &str, base: u32) {
     assert_eq!(reason, "opted out by keypress");
 
     // The summary view and the status command agree with the rows.
-    let (confirmed, opted, total): (i64, i64, i64) = sqlx::query_as(
-        "SELECT confirmed, opted_out, total FROM campaign_summary WHERE campaign = $1",
-    )
-    .bind(provider)
-    .fetch_one(&stack.db.pool)
-    .await
-    .unwrap();
+    let (confirmed, opted, total): (i64, i64, i64) =
+        sqlx::query_as("SELECT confirmed, opted_out, total FROM campaign_summary WHERE campaign = $1")
+            .bind(provider)
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
     assert_eq!((confirmed, opted, total), (4, 1, 9), "{provider}");
 }
 
@@ -190,11 +196,9 @@ async fn callees_confirm_replay_opt_out_and_are_redialled_until_confirmed_throug
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_opted_out_number_is_refused_by_the_next_campaign() {
-    let stack = common::start(Options {
-        sim_extra: vec!["--pin".into(), "5=opt_out".into()],
-        ..Options::default()
-    })
-    .await;
+    let stack =
+        common::start(Options { sim_extra: vec!["--pin".into(), "5=opt_out".into()], ..Options::default() })
+            .await;
     let csv = "number\n+14155569995\n";
     let args = stack.enqueue_args(
         "first",

@@ -70,7 +70,9 @@ pub fn input_action(ncco: &Value) -> Result<Option<Input>, String> {
     const FIELDS: [&str; 7] = ["action", "type", "dtmf", "eventUrl", "eventMethod", "speech", "mode"];
     let Some(fields) = input.as_object() else { return Err("input is not an object".into()) };
     if let Some(other) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(format!("input has no field {other:?} (the current form nests dtmf settings in \"dtmf\")"));
+        return Err(format!(
+            "input has no field {other:?} (the current form nests dtmf settings in \"dtmf\")"
+        ));
     }
     let types = input.get("type").and_then(Value::as_array).ok_or("input needs a type array")?;
     if types.is_empty() || !types.iter().all(|t| matches!(t.as_str(), Some("dtmf" | "speech"))) {

@@ -489,9 +489,22 @@ struct ActionBody {
 /// `gather_using_speak`'s parameters, from telnyx-python
 /// `ActionGatherUsingSpeakParams` (`fixtures/telnyx/gather.json`).
 pub const GATHER_PARAMETERS: [&str; 16] = [
-    "client_state", "command_id", "inter_digit_timeout_millis", "invalid_payload", "language",
-    "maximum_digits", "maximum_tries", "minimum_digits", "payload", "payload_type", "service_level",
-    "terminating_digit", "timeout_millis", "valid_digits", "voice", "voice_settings",
+    "client_state",
+    "command_id",
+    "inter_digit_timeout_millis",
+    "invalid_payload",
+    "language",
+    "maximum_digits",
+    "maximum_tries",
+    "minimum_digits",
+    "payload",
+    "payload_type",
+    "service_level",
+    "terminating_digit",
+    "timeout_millis",
+    "valid_digits",
+    "voice",
+    "voice_settings",
 ];
 
 /// Checks a `gather_using_speak` body as Telnyx's parameter list and ranges
@@ -504,7 +517,11 @@ fn check_gather(request: &ActionBody) -> Result<(String, f64), (String, &'static
     if request.rest.get("minimum_digits").is_some_and(|_| int("minimum_digits").is_none_or(|n| n < 1)) {
         return Err(("minimum_digits must be at least 1".into(), "/minimum_digits"));
     }
-    if request.rest.get("maximum_digits").is_some_and(|_| int("maximum_digits").is_none_or(|n| !(1..=128).contains(&n))) {
+    if request
+        .rest
+        .get("maximum_digits")
+        .is_some_and(|_| int("maximum_digits").is_none_or(|n| !(1..=128).contains(&n)))
+    {
         return Err(("maximum_digits must be 1-128".into(), "/maximum_digits"));
     }
     let valid_digits = match request.rest.get("valid_digits") {
@@ -518,7 +535,10 @@ fn check_gather(request: &ActionBody) -> Result<(String, f64), (String, &'static
     };
     let timeout_ms = match request.rest.get("timeout_millis") {
         None => 60_000,
-        Some(v) => v.as_u64().filter(|n| *n > 0).ok_or(("timeout_millis must be a positive integer".into(), "/timeout_millis"))?,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n > 0)
+            .ok_or(("timeout_millis must be a positive integer".into(), "/timeout_millis"))?,
     };
     Ok((valid_digits, timeout_ms as f64 / 1000.0))
 }
@@ -657,7 +677,10 @@ pub async fn action(
             let Some(times) = loop_count(request.repeat.as_ref()) else {
                 return invalid("loop must be a positive number of times or \"infinity\"", "/loop");
             };
-            Command::Speak { heard: vec![payload.trim(); times as usize].join(" "), client_state: request.client_state }
+            Command::Speak {
+                heard: vec![payload.trim(); times as usize].join(" "),
+                client_state: request.client_state,
+            }
         } else {
             let (valid_digits, timeout_secs) = match check_gather(&request) {
                 Ok(v) => v,
@@ -666,7 +689,12 @@ pub async fn action(
                     return invalid(&detail, pointer);
                 }
             };
-            Command::Gather { heard: payload.trim().to_owned(), valid_digits, timeout_secs, client_state: request.client_state }
+            Command::Gather {
+                heard: payload.trim().to_owned(),
+                valid_digits,
+                timeout_secs,
+                client_state: request.client_state,
+            }
         }
     };
     sim.stats.command();
@@ -802,7 +830,8 @@ impl CallLife {
                     sim.stats.heard(&self.call_control_id, &heard, true);
                     let key = self.outcome.key(nth, &sim.config.keys);
                     nth += 1;
-                    tokio::time::sleep(sim.scaled(crate::key_after_secs(sim, &heard, key, timeout_secs))).await;
+                    tokio::time::sleep(sim.scaled(crate::key_after_secs(sim, &heard, key, timeout_secs)))
+                        .await;
                     sim.stats.pressed(&self.call_control_id, key);
                     let (digits, status) = match key {
                         Some(k) if valid_digits.contains(k) => (k.to_string(), "valid"),
@@ -810,11 +839,15 @@ impl CallLife {
                         None => (String::new(), "timeout"),
                     };
                     if let Some(k) = key {
-                        let dtmf = self.event("call.dtmf.received", "answered", json!({ "digit": k.to_string() }));
+                        let dtmf =
+                            self.event("call.dtmf.received", "answered", json!({ "digit": k.to_string() }));
                         events.emit(sim, dtmf).await;
                     }
-                    let ended =
-                        self.event("call.gather.ended", "answered", json!({ "digits": digits, "status": status }));
+                    let ended = self.event(
+                        "call.gather.ended",
+                        "answered",
+                        json!({ "digits": digits, "status": status }),
+                    );
                     events.emit_now(sim, ended).await;
                     spoken = true;
                 }

@@ -408,7 +408,11 @@ impl CallLife {
                 params.push(("FinishedOnKey".into(), String::new()));
             }
             let (method, url, body) = if gather.post {
-                (reqwest::Method::POST, action, serde_urlencoded::to_string(&params).unwrap_or_default().into_bytes())
+                (
+                    reqwest::Method::POST,
+                    action,
+                    serde_urlencoded::to_string(&params).unwrap_or_default().into_bytes(),
+                )
             } else {
                 (reqwest::Method::GET, with_query(&action, &params), Vec::new())
             };

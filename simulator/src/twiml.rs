@@ -51,9 +51,24 @@ fn check_say(attrs: &[(String, String)]) -> Result<u32, String> {
 /// `<Gather>`'s attributes, as twilio-python's `VoiceResponse.gather`
 /// documents them (`fixtures/twilio/gather.json`).
 pub const GATHER_ATTRIBUTES: [&str; 18] = [
-    "input", "action", "method", "timeout", "speechTimeout", "maxSpeechTime", "profanityFilter",
-    "finishOnKey", "numDigits", "partialResultCallback", "partialResultCallbackMethod", "language", "hints",
-    "bargeIn", "debug", "actionOnEmptyResult", "speechModel", "enhanced",
+    "input",
+    "action",
+    "method",
+    "timeout",
+    "speechTimeout",
+    "maxSpeechTime",
+    "profanityFilter",
+    "finishOnKey",
+    "numDigits",
+    "partialResultCallback",
+    "partialResultCallbackMethod",
+    "language",
+    "hints",
+    "bargeIn",
+    "debug",
+    "actionOnEmptyResult",
+    "speechModel",
+    "enhanced",
 ];
 /// What may be nested in `<Gather>` (the same fixture).
 const GATHER_NOUNS: [&str; 3] = ["Say", "Play", "Pause"];
@@ -107,7 +122,8 @@ fn check_gather(attrs: &[(String, String)]) -> Result<Gather, String> {
             "numDigits" if value.parse::<u32>().map_or(true, |n| n == 0) => return Err(bad()),
             "finishOnKey"
                 if !(value.is_empty()
-                    || (value.len() == 1 && value.chars().all(|c| c.is_ascii_digit() || c == '#' || c == '*'))) =>
+                    || (value.len() == 1
+                        && value.chars().all(|c| c.is_ascii_digit() || c == '#' || c == '*'))) =>
             {
                 return Err(bad());
             }
@@ -155,7 +171,9 @@ pub fn parse(document: &str) -> Result<Document, String> {
                         }
                         if name == "Gather" {
                             if gather.is_some() {
-                                return Err("more than one <Gather> (the call never reaches the second)".into());
+                                return Err(
+                                    "more than one <Gather> (the call never reaches the second)".into()
+                                );
                             }
                             gather = Some(check_gather(&attributes(&tag)?)?);
                             in_gather = true;

@@ -308,7 +308,8 @@ impl CallLife {
                 if let Some(ncco) = ncco {
                     self.converse(sim, ncco, talk).await;
                 }
-                let duration = (started.elapsed().as_secs_f64() / sim.config.time_scale.max(1e-9)).round() as i64;
+                let duration =
+                    (started.elapsed().as_secs_f64() / sim.config.time_scale.max(1e-9)).round() as i64;
                 let price = format!("{:.8}", 0.0139 * duration as f64 / 60.0);
                 let extra = json!({
                     "duration": duration.to_string(),

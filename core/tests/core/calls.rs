@@ -215,15 +215,20 @@ async fn a_confirmed_contact_is_never_called_again_and_a_key_counts_once() {
     let late_key = insert_call(&db, until, "+14155550011").await;
     assert_eq!(answered_and_completed(&db, late_key).await, 1, "unconfirmed: redialled");
     assert_eq!(row(&db, late_key).await.0, "retry_wait");
-    let first = keypress::record(&db.pool, &press(late_key, 0, Heard::Key('1'), Reply::Confirmed)).await.unwrap();
+    let first =
+        keypress::record(&db.pool, &press(late_key, 0, Heard::Key('1'), Reply::Confirmed)).await.unwrap();
     let keypress::Recorded::New { confirmed_after_secs: Some(_), late: false, .. } = first else {
         panic!("{first:?}")
     };
     // Reported again (a retry, or Telnyx's second event for the same key).
-    let again = keypress::record(&db.pool, &press(late_key, 0, Heard::Key('1'), Reply::Confirmed)).await.unwrap();
+    let again =
+        keypress::record(&db.pool, &press(late_key, 0, Heard::Key('1'), Reply::Confirmed)).await.unwrap();
     assert_eq!(again, keypress::Recorded::Duplicate);
     assert_eq!(row(&db, late_key).await, ("completed".into(), 1, Some(1), Some("1".into()), false));
-    assert!(!calls::claim(&db.pool, late_key, 2, Provider::Vonage, "t").await.unwrap(), "never dialled again");
+    assert!(
+        !calls::claim(&db.pool, late_key, 2, Provider::Vonage, "t").await.unwrap(),
+        "never dialled again"
+    );
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM keypresses WHERE call_id = $1")
         .bind(late_key)
         .fetch_one(&db.pool)

@@ -21,7 +21,14 @@ use super::HookState;
 
 /// The URL a step's document sends the next key to: `path` on our public
 /// URL with the call, attempt, token and turn.
-pub(crate) fn next_url(state: &HookState, path: &str, call: CallId, attempt: i32, token: &str, turn: Turn) -> String {
+pub(crate) fn next_url(
+    state: &HookState,
+    path: &str,
+    call: CallId,
+    attempt: i32,
+    token: &str,
+    turn: Turn,
+) -> String {
     format!("{}{path}?call_id={call}&attempt={attempt}&token={token}&turn={turn}", state.public_url)
 }
 
@@ -33,19 +40,25 @@ pub(crate) fn turn(query: &HashMap<String, String>) -> Result<Turn, Response> {
     text.parse().map_err(|e: String| ApiError::bad_request(e).into_response())
 }
 
+/// What a provider reported for one round of a call's dialogue.
+pub(crate) struct Round {
+    pub call: CallId,
+    pub attempt: i32,
+    pub turn: Turn,
+    pub heard: Heard,
+}
+
 /// One round's answer: recorded and counted; returns the next step. `Err`
 /// is the 503 when the database is unavailable (the provider sends the
 /// answer again, and a repeat is recorded once).
 pub(crate) async fn answer(
     state: &HookState,
     campaign: &Campaign,
-    call: CallId,
-    attempt: i32,
-    turn: Turn,
-    heard: Heard,
+    round: Round,
     provider: Provider,
     payload: &serde_json::Value,
 ) -> Result<Step, Response> {
+    let Round { call, attempt, turn, heard } = round;
     let (reply, step) = campaign.settings.confirmation.next(turn, heard);
     let press = Keypress { call, attempt, turn, heard, reply, provider, payload };
     match keypress::record(&state.pool, &press).await {

@@ -21,10 +21,10 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tocsin_core::http::ApiError;
-use tocsin_core::provider::Provider;
 use tocsin_core::campaign::Campaign;
 use tocsin_core::confirm::Step;
+use tocsin_core::http::ApiError;
+use tocsin_core::provider::Provider;
 use tocsin_core::telnyx::{
     self, CommandError, Dialogue, GatherUsingSpeak, PublicKey, Speak, TelnyxEvent, TelnyxWebhook,
 };
@@ -171,24 +171,16 @@ async fn command(
             }
         }
         "call.gather.ended" | "call.dtmf.received" => {
-            let (Some(id), Some(Dialogue::Asking(turn)), Some(heard)) = (call_id, event.dialogue(), event.heard())
+            let (Some(id), Some(Dialogue::Asking(turn)), Some(heard)) =
+                (call_id, event.dialogue(), event.heard())
             else {
                 return Ok(());
             };
             let Some(campaign) = campaign_of_call(state, id, "telnyx keypress").await? else {
                 return Ok(());
             };
-            let step = dialogue::answer(
-                state,
-                &campaign,
-                id,
-                attempt.unwrap_or(1),
-                turn,
-                heard,
-                Provider::Telnyx,
-                raw,
-            )
-            .await?;
+            let round = dialogue::Round { call: id, attempt: attempt.unwrap_or(1), turn, heard };
+            let step = dialogue::answer(state, &campaign, round, Provider::Telnyx, raw).await?;
             // Both events report the key; the gather's end moves the call on
             // (a `call.dtmf.received` may come before the gather has ended).
             if event.event_type != "call.gather.ended" {
@@ -256,23 +248,10 @@ async fn send_step(
 ) -> Result<(), CommandError> {
     let s = &campaign.settings;
     match step {
-        Step::Ask { .. } => {
-            let repeat = u32::try_from(s.repeat).unwrap_or(1);
-            let gather = GatherUsingSpeak::new(
-                id,
-                leg,
-                step,
-                &s.confirmation,
-                &s.message,
-                repeat,
-                &voice(campaign),
-                &s.language,
-            );
-            match gather {
-                Some(g) => hooks.client.gather_using_speak(leg, &g).await,
-                None => Ok(()),
-            }
-        }
+        Step::Ask { .. } => match GatherUsingSpeak::new(id, leg, step, s) {
+            Some(g) => hooks.client.gather_using_speak(leg, &g).await,
+            None => Ok(()),
+        },
         Step::Finish { text } => {
             let speak = Speak {
                 payload: text.clone(),

@@ -142,11 +142,11 @@ pub async fn gather(
     let payload = serde_json::Value::Object(payload);
     let attempt_no = attempt(&query).unwrap_or(1);
     let heard = Heard::from_digits(digits);
-    let step =
-        match dialogue::answer(&state, &campaign, id, attempt_no, turn, heard, Provider::Twilio, &payload).await {
-            Ok(step) => step,
-            Err(response) => return response,
-        };
+    let round = dialogue::Round { call: id, attempt: attempt_no, turn, heard };
+    let step = match dialogue::answer(&state, &campaign, round, Provider::Twilio, &payload).await {
+        Ok(step) => step,
+        Err(response) => return response,
+    };
     let document = step_twiml(&state, &campaign, &step, id, &query);
     ([(header::CONTENT_TYPE, "application/xml")], document).into_response()
 }

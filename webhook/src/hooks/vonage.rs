@@ -25,8 +25,8 @@ use chrono::{DateTime, Utc};
 use tocsin_core::CallId;
 use tocsin_core::calls;
 use tocsin_core::campaign::Campaign;
-use tocsin_core::confirm::{Step, Turn};
 use tocsin_core::config::VonageCredentials;
+use tocsin_core::confirm::{Step, Turn};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 use tocsin_core::vonage::{self, VonageEvent};
@@ -126,17 +126,17 @@ pub async fn input(
     // The signature covers the body, not our query: the token proves the call.
     let campaign = match campaign_for_answer(&state, id, &query, "vonage input").await {
         Ok(Some(c)) => c,
-        Ok(None) => return rejected(Provider::Vonage, Reason::Signature, "input for a call without its token"),
+        Ok(None) => {
+            return rejected(Provider::Vonage, Reason::Signature, "input for a call without its token");
+        }
         Err(response) => return response,
     };
     let attempt = attempt(&query).unwrap_or(1);
-    let step =
-        match dialogue::answer(&state, &campaign, id, attempt, turn, input.heard(), Provider::Vonage, &payload)
-            .await
-        {
-            Ok(step) => step,
-            Err(response) => return response,
-        };
+    let round = dialogue::Round { call: id, attempt, turn, heard: input.heard() };
+    let step = match dialogue::answer(&state, &campaign, round, Provider::Vonage, &payload).await {
+        Ok(step) => step,
+        Err(response) => return response,
+    };
     let token = url_token(&query).unwrap_or_default();
     Json(step_ncco(&state, &campaign, &step, id, attempt, &token)).into_response()
 }

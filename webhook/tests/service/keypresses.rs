@@ -142,7 +142,12 @@ async fn vonage_input_is_verified_recorded_once_and_answered_with_the_next_ncco(
     assert_eq!(ncco[2]["type"], serde_json::json!(["dtmf"]));
     assert_eq!(ncco[2]["dtmf"]["maxDigits"], 1);
     let url = ncco[2]["eventUrl"][0].as_str().unwrap();
-    assert!(url.starts_with(&format!("{PUBLIC}/vonage/input?call_id={id}&attempt=1&token=tok14155550001&turn=0.0.0")), "{url}");
+    assert!(
+        url.starts_with(&format!(
+            "{PUBLIC}/vonage/input?call_id={id}&attempt=1&token=tok14155550001&turn=0.0.0"
+        )),
+        "{url}"
+    );
     let path = url.strip_prefix(PUBLIC).unwrap().to_owned();
 
     let body = vonage_input("1", false);
@@ -170,7 +175,8 @@ async fn vonage_input_is_verified_recorded_once_and_answered_with_the_next_ncco(
     // Verified: recorded, answered with the thanks; sent again: recorded once.
     for _ in 0..2 {
         let auth = tocsin_core::vonage::sign_webhook(SECRET, "app", body.as_bytes());
-        let (status, text) = h.send(vonage_request(&path, body.clone(), Some(format!("Bearer {auth}")))).await;
+        let (status, text) =
+            h.send(vonage_request(&path, body.clone(), Some(format!("Bearer {auth}")))).await;
         assert_eq!(status, StatusCode::OK, "{text}");
         let next: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(next.as_array().unwrap().len(), 1, "{next}");
@@ -181,12 +187,16 @@ async fn vonage_input_is_verified_recorded_once_and_answered_with_the_next_ncco(
     // A missing or malformed turn is a bad request.
     let bad_turn = path.replace("turn=0.0.0", "turn=x");
     let auth = tocsin_core::vonage::sign_webhook(SECRET, "app", body.as_bytes());
-    assert_eq!(h.send(vonage_request(&bad_turn, body, Some(format!("Bearer {auth}")))).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h.send(vonage_request(&bad_turn, body, Some(format!("Bearer {auth}")))).await.0,
+        StatusCode::BAD_REQUEST
+    );
     h.app.cleanup().await;
 }
 
 fn twilio_request(url: &str, params: &[(&str, &str)], token: &str) -> Request<Body> {
-    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let owned: Vec<(String, String)> =
+        params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     let signature = tocsin_core::twilio::signature(token, url, &owned);
     // (The values here need no percent-encoding but `*`, which forms keep.)
     let form: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -202,11 +212,14 @@ async fn a_twilio_gather_action_is_verified_over_its_url_and_answered_with_the_n
     let h = harness().await;
     let id = h.call("+14155550002").await;
     let url = format!("{PUBLIC}/twilio/gather?call_id={id}&attempt=1&token=tok14155550002&turn=0.0.0");
-    let params = [("CallSid", "CA1"), ("AccountSid", TWILIO_SID), ("Digits", "*"), ("CallStatus", "in-progress")];
+    let params =
+        [("CallSid", "CA1"), ("AccountSid", TWILIO_SID), ("Digits", "*"), ("CallStatus", "in-progress")];
     // Forged (wrong token), tampered (another key than signed), another URL.
     let forged = twilio_request(&url, &params, "not-the-token");
     let mut tampered = twilio_request(&url, &params, TWILIO_TOKEN);
-    *tampered.body_mut() = Body::from("CallSid=CA1&AccountSid=AC00000000000000000000000000000000&Digits=9&CallStatus=in-progress");
+    *tampered.body_mut() = Body::from(
+        "CallSid=CA1&AccountSid=AC00000000000000000000000000000000&Digits=9&CallStatus=in-progress",
+    );
     let elsewhere = {
         let mut r = twilio_request(&url, &params, TWILIO_TOKEN);
         *r.uri_mut() = r.uri().to_string().replace("turn=0.0.0", "turn=1.0.0").parse().unwrap();
@@ -225,17 +238,22 @@ async fn a_twilio_gather_action_is_verified_over_its_url_and_answered_with_the_n
     assert!(twiml.contains("Storm &lt;warning&gt; &amp; &quot;shelter&quot;"), "{twiml}");
     // The opt-out key: the notice, then the hang-up.
     let next = format!("{PUBLIC}/twilio/gather?call_id={id}&attempt=1&token=tok14155550002&turn=1.1.0");
-    let (status, twiml) = h.send(twilio_request(&next, &[("CallSid", "CA1"), ("Digits", "9")], TWILIO_TOKEN)).await;
+    let (status, twiml) =
+        h.send(twilio_request(&next, &[("CallSid", "CA1"), ("Digits", "9")], TWILIO_TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(twiml.contains("not be called again") && twiml.ends_with("<Hangup/></Response>"), "{twiml}");
     assert_eq!(
         h.keypresses().await,
-        [("twilio".into(), 0, Some("*".into()), "replay".into()), ("twilio".into(), 1, Some("9".into()), "opted_out".into())]
+        [
+            ("twilio".into(), 0, Some("*".into()), "replay".into()),
+            ("twilio".into(), 1, Some("9".into()), "opted_out".into())
+        ]
     );
-    let on_list: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM do_not_call WHERE number = '+14155550002')")
-        .fetch_one(&h.app.db.pool)
-        .await
-        .unwrap();
+    let on_list: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM do_not_call WHERE number = '+14155550002')")
+            .fetch_one(&h.app.db.pool)
+            .await
+            .unwrap();
     assert!(on_list);
     h.app.cleanup().await;
 }
@@ -292,7 +310,8 @@ async fn a_telnyx_keypress_is_verified_and_counts_once_across_its_two_events() {
     // The same key reported by `call.gather.ended` (whose next command this
     // test's Telnyx cannot take: 503, and Telnyx would send it again) is
     // stored as an event but counts no second time.
-    let ended = telnyx_event(id, "call.gather.ended", serde_json::json!({ "digits": "1", "status": "valid" }));
+    let ended =
+        telnyx_event(id, "call.gather.ended", serde_json::json!({ "digits": "1", "status": "valid" }));
     let _ = h.send(telnyx_request(&ended, sign(&ended, now), now)).await;
     assert_eq!(h.keypresses().await, [("telnyx".into(), 0, Some("1".into()), "confirmed".into())]);
     h.app.cleanup().await;

@@ -242,12 +242,10 @@ fn render(row: CampaignRow) -> Value {
 
 /// A campaign's status and its calls by state; `None` when unknown.
 pub async fn campaign_status(pool: &PgPool, name: &str) -> Result<Option<Value>, sqlx::Error> {
-    let row: Option<CampaignRow> = sqlx::query_as(
-        select_campaign_row!("WHERE c.id = $1"),
-    )
-    .bind(CampaignId::from_name(name))
-    .fetch_optional(pool)
-    .await?;
+    let row: Option<CampaignRow> = sqlx::query_as(select_campaign_row!("WHERE c.id = $1"))
+        .bind(CampaignId::from_name(name))
+        .fetch_optional(pool)
+        .await?;
     Ok(row.map(render))
 }
 
@@ -261,13 +259,11 @@ fn unknown(name: &str) -> ApiError {
 
 /// `GET /api/v1/campaigns`: the campaigns this key may see, newest first.
 pub async fn list(State(state): State<Arc<ApiState>>, caller: Auth<Read>) -> Result<Json<Value>> {
-    let rows: Vec<CampaignRow> = sqlx::query_as(
-        select_campaign_row!(
-            "WHERE cardinality($1::text[]) = 0 \
+    let rows: Vec<CampaignRow> = sqlx::query_as(select_campaign_row!(
+        "WHERE cardinality($1::text[]) = 0 \
                 OR EXISTS (SELECT 1 FROM unnest($1::text[]) p WHERE starts_with(c.name, p)) \
              ORDER BY c.created_at DESC LIMIT 500"
-        ),
-    )
+    ))
     .bind(&caller.campaign_prefixes)
     .fetch_all(&state.pool)
     .await?;

@@ -144,7 +144,8 @@ impl CreateBody {
         let max_replays = self.max_replays.int("max_replays", confirm::limits::MAX_REPLAYS, &mut errors);
         let key_timeout_secs =
             self.key_timeout_secs.int("key_timeout_secs", confirm::limits::KEY_TIMEOUT_SECS, &mut errors);
-        let until_confirmed = self.until_confirmed.get("until_confirmed", "must be true or false", &mut errors);
+        let until_confirmed =
+            self.until_confirmed.get("until_confirmed", "must be true or false", &mut errors);
         if let Some(r) = &default_region
             && let Err(PhoneNumberError::UnknownRegion(_)) = PhoneNumber::parse("+14155552671", Some(r))
         {
