@@ -820,6 +820,23 @@ pub mod keypress {
             }
             Reply::Replay | Reply::Invalid | Reply::Silence | Reply::GaveUp => {}
         }
+        // The live stream and the call's timeline read milestones from the
+        // state log beside the states (`confirmed`, `opted_out`).
+        let milestone = match (k.reply, confirmed_after_secs) {
+            (Reply::Confirmed, Some(_)) => Some("confirmed"),
+            (Reply::OptedOut, _) => Some("opted_out"),
+            _ => None,
+        };
+        if let Some(m) = milestone {
+            sqlx::query(
+                "INSERT INTO call_state_log (campaign_id, call_id, state) \
+                 SELECT campaign_id, id, $2 FROM calls WHERE id = $1",
+            )
+            .bind(k.call)
+            .bind(m)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(Recorded::New { confirmed_after_secs, late, skipped })
     }

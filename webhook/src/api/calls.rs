@@ -4,8 +4,8 @@
 //!
 //! Pages are keyset-paginated on the number (unique within a campaign):
 //! `?after=<last number of the previous page>&limit=N` (N ≤ 500), so a page
-//! costs an index range scan however deep it is, and `?state=` narrows to
-//! one state. A call's timeline is its state history (`call_state_log`,
+//! costs an index range scan however deep it is, `?state=` narrows to
+//! one state and `?confirmed=false` to the contacts who have not confirmed. A call's timeline is its state history (`call_state_log`,
 //! what the live stream sends) and the provider events stored for it (the
 //! `call_timeline` view), each bounded.
 
@@ -34,6 +34,8 @@ pub struct CallsQuery {
     after: Option<String>,
     limit: Option<i64>,
     state: Option<String>,
+    /// `false`: only contacts who have not confirmed (yet); `true`: only those who have.
+    confirmed: Option<bool>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -53,6 +55,11 @@ struct CallRow {
     error_code: Option<String>,
     error_detail: Option<String>,
     updated_at: DateTime<Utc>,
+    confirmed_at: Option<DateTime<Utc>>,
+    confirmed_attempt: Option<i32>,
+    confirmed_key: Option<String>,
+    confirmed_late: Option<bool>,
+    opted_out_at: Option<DateTime<Utc>>,
 }
 
 fn call_json(c: &CallRow) -> Value {
@@ -72,6 +79,11 @@ fn call_json(c: &CallRow) -> Value {
         "error_code": c.error_code,
         "error_detail": c.error_detail,
         "updated_at": c.updated_at,
+        "confirmed_at": c.confirmed_at,
+        "confirmed_attempt": c.confirmed_attempt,
+        "confirmed_key": c.confirmed_key,
+        "confirmed_late": c.confirmed_late,
+        "opted_out_at": c.opted_out_at,
     })
 }
 
@@ -79,7 +91,8 @@ fn call_json(c: &CallRow) -> Value {
 macro_rules! call_columns {
     () => {
         "id, number, state, attempt, provider_call_id, source_line, dialing_at, placed_at, \
-         answered_at, ended_at, answered_by, duration_secs, error_code, error_detail, updated_at"
+         answered_at, ended_at, answered_by, duration_secs, error_code, error_detail, updated_at, \
+         confirmed_at, confirmed_attempt, confirmed_key, confirmed_late, opted_out_at"
     };
 }
 
@@ -122,12 +135,14 @@ pub async fn list(
         call_columns!(),
         " FROM calls \
          WHERE campaign_id = $1 AND ($2::text IS NULL OR number > $2) AND ($3::text IS NULL OR state = $3) \
+           AND ($5::bool IS NULL OR (confirmed_at IS NOT NULL) = $5) \
          ORDER BY number LIMIT $4"
     ))
     .bind(campaign)
     .bind(&query.after)
     .bind(&query.state)
     .bind(limit + 1)
+    .bind(query.confirmed)
     .fetch_all(&state.pool)
     .await?;
     let more = rows.len() as i64 > limit;

@@ -175,7 +175,23 @@ function progress(c) {
     el("div", { class: "note", text: `${c.finished} of ${c.total} finished (${pct}%)`, "data-finished": String(c.finished) }),
     legend,
   );
+  if (c.confirm) box.append(confirmations(c));
   return box;
+}
+
+// Who heard and confirmed: a bar of confirmed contacts out of all, with the opt-outs.
+function confirmations(c) {
+  const total = Math.max(c.total, 1);
+  const bar = el("div", { class: "bar confirm", title: `${c.confirmed} of ${c.total} confirmed` });
+  const seg = el("span", { class: "s-confirmed" });
+  seg.style.width = `${(100 * (c.confirmed || 0)) / total}%`;
+  bar.append(seg);
+  const pct = Math.floor((100 * (c.confirmed || 0)) / total);
+  let text = `${c.confirmed || 0} of ${c.total} confirmed (${pct}%)`;
+  if (c.opted_out) text += ` · ${c.opted_out} opted out`;
+  if (c.confirmed_late) text += ` · ${c.confirmed_late} after the deadline`;
+  if (c.until_confirmed) text += " · redialled until confirmed";
+  return el("div", { class: "confirmations" }, bar, el("div", { class: "note", text, "data-confirmed": String(c.confirmed || 0) }));
 }
 
 // ---- campaigns page ---------------------------------------------------------
@@ -244,6 +260,10 @@ async function campaignPage(name) {
     $("#count-active").textContent = s.active;
     $("#count-finished").textContent = s.finished;
     $("#count-waiting").textContent = s.waiting;
+    for (const id of ["#count-confirmed-box", "#count-opted-out-box"]) $(id).hidden = !c.confirm;
+    $("#not-confirmed-box").hidden = !c.confirm;
+    $("#count-confirmed").textContent = c.confirmed || 0;
+    $("#count-opted-out").textContent = c.opted_out || 0;
     $("#pause").disabled = c.status !== "active";
     $("#resume").disabled = c.status !== "paused";
     $("#cancel").disabled = c.status === "cancelled";
@@ -256,6 +276,7 @@ async function campaignPage(name) {
       el("td", { text: call.number }),
       el("td", { class: "state", text: label(call.state) }),
       el("td", { class: "attempt", text: String(call.attempt) }),
+      el("td", { class: "confirmed", text: confirmedText(call) }),
       el("td", { class: "updated", text: new Date(call.updated_at).toLocaleTimeString() }),
     );
     tr.addEventListener("click", () => timeline(call.id, tr));
@@ -263,9 +284,17 @@ async function campaignPage(name) {
     return tr;
   }
 
+  function confirmedText(call) {
+    if (call.opted_out_at) return "opted out";
+    if (!call.confirmed_at) return "–";
+    const at = new Date(call.confirmed_at).toLocaleTimeString();
+    return `${at} (key ${call.confirmed_key}, attempt ${call.confirmed_attempt})${call.confirmed_late ? " late" : ""}`;
+  }
+
   let after = null;
   async function moreCalls() {
-    const q = after ? `?limit=100&after=${encodeURIComponent(after)}` : "?limit=100";
+    let q = after ? `?limit=100&after=${encodeURIComponent(after)}` : "?limit=100";
+    if ($("#not-confirmed").checked) q += "&confirmed=false";
     const page = await api(`/api/v1/campaigns/${enc}/calls${q}`);
     $("#calls tbody").append(...page.calls.map(row));
     after = page.next_after;
@@ -291,6 +320,7 @@ async function campaignPage(name) {
       ),
     );
     const facts = [`number ${c.number}`, `state ${label(c.state)}`, `attempt ${c.attempt}`];
+    if (c.confirmed_at || c.opted_out_at) facts.push(confirmedText(c) === "opted out" ? "opted out" : `confirmed ${confirmedText(c)}`);
     if (c.duration_secs != null) facts.push(`talked ${c.duration_secs} s`);
     if (c.error_code) facts.push(`error ${c.error_code}${c.error_detail ? `: ${c.error_detail}` : ""}`);
     body.replaceChildren(
@@ -317,12 +347,32 @@ async function campaignPage(name) {
   }
   for (const action of ["pause", "resume", "cancel"]) $(`#${action}`).addEventListener("click", () => control(action));
   $("#more-calls").addEventListener("click", () => moreCalls().catch(showError));
+  $("#not-confirmed").addEventListener("change", () => {
+    after = null;
+    rows.clear();
+    $("#calls tbody").replaceChildren();
+    moreCalls().catch(showError);
+  });
 
   showCounts(await api(`/api/v1/campaigns/${enc}`));
   await moreCalls();
   watch(name, (type, data) => {
     if (type === "counts") showCounts(data);
     else if (type === "deleted") showError(new Error("this campaign was deleted"));
+    else if (type === "confirmation") {
+      const tr = rows.get(data.call_id);
+      if (!tr) return;
+      if ($("#not-confirmed").checked && data.reply === "confirmed") {
+        tr.remove();
+        rows.delete(data.call_id);
+        return;
+      }
+      const when = new Date(data.at).toLocaleTimeString();
+      tr.querySelector(".confirmed").textContent = data.reply === "confirmed" ? when : "opted out";
+      tr.classList.remove("flash");
+      void tr.offsetWidth;
+      tr.classList.add("flash");
+    }
     else if (type === "call") {
       const tr = rows.get(data.call_id);
       if (!tr) return;

@@ -24,6 +24,11 @@
 //! first design read per stream: with 1,000 listeners, 3,000 queries per
 //! change batch). A feed exists while its campaign has listeners.
 //!
+//! The log also holds the dialogue's milestones, written by
+//! `calls::keypress` with the confirmation they record: a contact's
+//! confirmation or opt-out goes out as a `confirmation` event (`reply`:
+//! `confirmed` or `opted_out`) as it happens.
+//!
 //! A batch of `call` events ends with a `counts` event whose SSE `id` is
 //! the snapshot it reaches. Every stream keeps its own position: a batch
 //! that starts where the stream stands is forwarded as it is; otherwise
@@ -320,6 +325,12 @@ async fn read(
 fn render(changes: &[Change], counts: Option<&Value>, to: &Snapshot) -> Bytes {
     let mut out = String::with_capacity(changes.len() * 160 + 400);
     for c in changes {
+        // The log's milestones (`calls::keypress`) are not states.
+        if matches!(c.state.as_str(), "confirmed" | "opted_out") {
+            let data = json!({ "seq": c.seq, "call_id": c.call_id, "reply": c.state, "at": c.at });
+            let _ = write!(out, "event: confirmation\ndata: {data}\n\n");
+            continue;
+        }
         let data = json!({ "seq": c.seq, "call_id": c.call_id, "state": c.state, "at": c.at });
         let _ = write!(out, "event: call\ndata: {data}\n\n");
     }
