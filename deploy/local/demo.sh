@@ -6,11 +6,15 @@
 # has finished, prints the outcome table and stops what it started.
 #
 # Usage: deploy/local/demo.sh [--provider vonage|twilio|telnyx]
-#                              [--message-file FILE] [--repeat N]
+#                              [--message-file FILE] [--repeat N] [--no-confirm]
 # The simulator plays all three providers (each with its own API, auth, rate
 # semantics and signed events); --provider picks the one the campaign uses.
 # --message-file and --repeat change what is said (default: a short test
 # message, once); the demo fails unless every answered call heard it in full.
+# Callees are asked to press 1 to confirm and are called until they do (up
+# to 3 attempts): numbers ending in 3 ask for a replay first, 4 never press
+# a key, 5 press a wrong key first, 9 are busy the first time, 7 busy, 8 never
+# answer, the others confirm at once. --no-confirm plays the message only.
 # A re-run deletes campaign "demo" (its calls and events) and calls everyone again.
 set -euo pipefail
 
@@ -20,6 +24,7 @@ cd "$ROOT"
 PROVIDER=vonage
 MESSAGE_FILE=
 REPEAT=1
+CONFIRM=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --provider) PROVIDER="${2:-}"; shift 2 ;;
@@ -28,7 +33,8 @@ while [ $# -gt 0 ]; do
     --message-file=*) MESSAGE_FILE="${1#*=}"; shift ;;
     --repeat) REPEAT="${2:-}"; shift 2 ;;
     --repeat=*) REPEAT="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --no-confirm) CONFIRM=0; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -143,6 +149,7 @@ TOCSIN_HTTP_ADDR="127.0.0.1:$SIM_PORT" "$BIN/simulator" serve \
   --vonage-rate "$TOCSIN_RATE_PER_SEC" --twilio-cps "$TOCSIN_RATE_PER_SEC" \
   --telnyx-dials-per-window "$(awk -v r="$TOCSIN_RATE_PER_SEC" 'BEGIN { n = int(r * 5); print (n < 1 ? 1 : n) }')" \
   --telnyx-signing-seed-path "$STATE/telnyx_seed" --time-scale 0.2 \
+  --pin 3=replay,4=no_key,5=wrong_key,7=busy,8=no_answer,9=busy_then_confirm \
   >"$STATE/logs/simulator.log" 2>&1 &
 PIDS+=($!)
 TOCSIN_HTTP_ADDR="127.0.0.1:$HOOK_PORT" "$BIN/webhook" >"$STATE/logs/webhook.log" 2>&1 &
@@ -160,17 +167,28 @@ done
 echo "== enqueueing examples/contacts.csv as campaign '$CAMPAIGN'"
 # Exit 2: there was no campaign "demo" yet.
 "$BIN/producer" delete "$CAMPAIGN" --yes >/dev/null 2>&1 || [ $? -eq 2 ]
+CONFIRM_FLAGS=()
+if [ "$CONFIRM" = 1 ]; then
+  CONFIRM_FLAGS=(--confirm --until-confirmed --max-attempts 3 --retry-delay 5s)
+fi
 "$BIN/producer" enqueue --campaign "$CAMPAIGN" --contacts examples/contacts.csv \
-  --message "$MESSAGE" --repeat "$REPEAT" --from +14155550100 --provider "$PROVIDER"
+  --message "$MESSAGE" --repeat "$REPEAT" --from +14155550100 --provider "$PROVIDER" \
+  ${CONFIRM_FLAGS[@]+"${CONFIRM_FLAGS[@]}"}
 
 echo "== calling through $PROVIDER (at most $TOCSIN_RATE_PER_SEC new calls per second)"
 "$BIN/producer" status "$CAMPAIGN" --wait --timeout 5m
 
 echo "== outcome (SQL: SELECT * FROM campaign_summary WHERE campaign = '$CAMPAIGN')"
 psql "$TOCSIN_DATABASE_URL" -X -q -P pager=off <<SQL
-SELECT campaign, total, completed, busy, no_answer, failed, unknown, answered_pct, first_call, last_call
+SELECT campaign, total, completed, busy, no_answer, failed, unknown, answered_pct,
+       confirmed, confirmed_pct, confirm_p50_secs, first_call, last_call
 FROM campaign_summary WHERE campaign = '$CAMPAIGN';
 SELECT k.source_line AS line, k.number, k.state, k.attempt, k.duration_secs AS talk_secs,
+       CASE WHEN k.confirmed_at IS NOT NULL
+            THEN 'key ' || k.confirmed_key || ', attempt ' || k.confirmed_attempt
+            WHEN c.confirm THEN 'not confirmed' ELSE '' END AS confirmed,
+       (SELECT string_agg(coalesce(p.digit, '-'), '' ORDER BY p.attempt, p.round)
+          FROM keypresses p WHERE p.call_id = k.id) AS keys,
        (SELECT count(*) FROM call_events e WHERE e.call_id = k.id) AS events
 FROM calls k JOIN campaigns c ON c.id = k.campaign_id
 WHERE c.name = '$CAMPAIGN' ORDER BY k.source_line;
@@ -184,10 +202,12 @@ import json, os, sys
 message, repeat = os.environ["MESSAGE"].strip(), int(os.environ["REPEAT"])
 want = " ".join([message] * repeat)
 answered = [c for c in json.load(sys.stdin) if c.get("answered_at")]
-short = [c for c in answered if c.get("spoken") != want]
+# What was heard first: the message (then, with confirmation, the prompt).
+first = lambda c: (c.get("heard") or [{}])[0].get("text", "")
+short = [c for c in answered if first(c) != want and not first(c).startswith(want + " ")]
 print(f"{len(answered) - len(short)} of {len(answered)} answered calls heard the {len(message)}-character message {repeat} time(s) in full")
 for c in short:
-    to, heard, error = c.get("to"), c.get("spoken") or "", c.get("answer_error") or ""
+    to, heard, error = c.get("to"), first(c), c.get("answer_error") or ""
     print(f"  {to}: heard {len(heard)} characters {error}")
 sys.exit(1 if short else 0)
 '

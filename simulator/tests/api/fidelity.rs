@@ -518,3 +518,139 @@ async fn the_simulators_events_carry_only_the_documented_fields() {
     }
     setup.stop.cancel();
 }
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
+}
+
+fn keys_of(v: &Value) -> BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+/// A confirming campaign's settings, for the dialogue's documents.
+fn confirming() -> tocsin_core::campaign::Settings {
+    let changes = tocsin_core::campaign::Changes {
+        message: Some("Flood <warning> & \"evacuate\"".into()),
+        from: Some(tocsin_core::PhoneNumber::from_e164("+14155550100").unwrap()),
+        confirm: Some(true),
+        opt_out_key: Some(Some("9".parse().unwrap())),
+        ..Default::default()
+    };
+    tocsin_core::campaign::Settings::new(changes).unwrap()
+}
+
+#[test]
+fn the_confirmation_ncco_is_vonages_current_input_form_and_every_input_webhook_reads() {
+    use tocsin_core::confirm::Heard;
+    let f = fixture("vonage/input.json");
+    let s = confirming();
+    let c = s.confirmation().unwrap();
+    let ncco = tocsin_core::vonage::dialogue_ncco(
+        &c.first(),
+        c,
+        &s.message,
+        &s.language,
+        0,
+        1,
+        "https://h.example/in",
+    );
+    simulator::ncco::validate(&ncco).unwrap();
+    let input = simulator::ncco::input_action(&ncco).unwrap().unwrap();
+    assert_eq!(input.event_url, "https://h.example/in");
+    let actions = ncco.as_array().unwrap();
+    let action = actions.iter().find(|a| a["action"] == "input").unwrap();
+    let spec = &f["input_action"];
+    assert!(keys_of(action).is_subset(&strings(&spec["fields"])), "{action}");
+    assert!(strings(&spec["required"]).is_subset(&keys_of(action)), "{action}");
+    assert!(strings(&action["type"]).is_subset(&strings(&spec["type_values"])));
+    assert!(keys_of(&action["dtmf"]).is_subset(&strings(&spec["dtmf_fields"])));
+    for (field, range) in spec["dtmf_ranges"].as_object().unwrap() {
+        let v = action["dtmf"][field].as_u64().unwrap();
+        assert!((range[0].as_u64().unwrap()..=range[1].as_u64().unwrap()).contains(&v), "{field}={v}");
+    }
+    for talk in actions.iter().filter(|a| a["action"] == "talk") {
+        assert!(keys_of(talk).is_subset(&strings(&f["talk_fields"])), "{talk}");
+        assert_eq!(talk["bargeIn"], true, "a key interrupts the speech");
+    }
+    // The old flat form (maxDigits at the top level, no type) is refused.
+    let flat =
+        json!([{ "action": "input", "maxDigits": 1, "timeOut": 5, "eventUrl": ["https://h.example/in"] }]);
+    assert!(simulator::ncco::input_action(&flat).is_err());
+    // Every documented webhook shape reads as its key.
+    let read =
+        |p: &Value| serde_json::from_value::<tocsin_core::vonage::InputEvent>(p.clone()).unwrap().heard();
+    let by_name: std::collections::HashMap<&str, Heard> = f["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["name"].as_str().unwrap(), read(&w["payload"])))
+        .collect();
+    assert_eq!(by_name["digit_1"], Heard::Key('1'));
+    assert_eq!(by_name["timed_out_no_key"], Heard::Nothing);
+    assert_eq!(by_name["star"], Heard::Key('*'));
+    for w in f["webhook_variants"].as_array().unwrap() {
+        let digits = w["payload"]["dtmf"]["digits"].as_str().unwrap_or_default();
+        assert_eq!(read(&w["payload"]), Heard::from_digits(Some(digits)), "{}", w["name"]);
+    }
+}
+
+#[test]
+fn the_confirmation_twiml_uses_twilios_gather_attributes_and_every_action_reads() {
+    let f = fixture("twilio/gather.json");
+    assert_eq!(
+        simulator::twiml::GATHER_ATTRIBUTES.iter().map(|a| (*a).to_owned()).collect::<BTreeSet<_>>(),
+        strings(&f["gather_attributes"]),
+        "the simulator checks exactly twilio-python's <Gather> attributes"
+    );
+    let s = confirming();
+    let c = s.confirmation().unwrap();
+    let twiml = tocsin_core::twilio::dialogue_twiml(
+        &c.first(),
+        c,
+        &s.message,
+        &s.language,
+        1,
+        None,
+        "https://h.example/g?a=1&b=2",
+    );
+    let doc = simulator::twiml::parse(&twiml).unwrap();
+    let gather = doc.gather.unwrap();
+    assert_eq!(gather.action.as_deref(), Some("https://h.example/g?a=1&b=2"));
+    assert!(gather.action_on_empty_result);
+    assert_eq!(doc.said[0], "Flood <warning> & \"evacuate\"");
+    assert!(doc.said[1].starts_with("Press 1"));
+    for callback in f["callbacks"].as_array().unwrap() {
+        let digits = callback["params"].get("Digits").and_then(Value::as_str);
+        let heard = tocsin_core::confirm::Heard::from_digits(digits);
+        assert_eq!(heard == tocsin_core::confirm::Heard::Nothing, digits.is_none(), "{}", callback["name"]);
+    }
+}
+
+#[test]
+fn the_confirmation_gather_sends_telnyxs_parameters_and_every_gather_event_reads() {
+    use tocsin_core::confirm::Heard;
+    let f = fixture("telnyx/gather.json");
+    let spec = &f["gather_using_speak"];
+    assert_eq!(
+        simulator::telnyx::GATHER_PARAMETERS.iter().map(|a| (*a).to_owned()).collect::<BTreeSet<_>>(),
+        strings(&spec["parameters"])
+    );
+    let s = confirming();
+    let c = s.confirmation().unwrap();
+    let call = tocsin_core::CallId(uuid::Uuid::new_v4());
+    let gather = tocsin_core::telnyx::GatherUsingSpeak::new(call, "v3:leg", &c.first(), &s).unwrap();
+    let body = serde_json::to_value(&gather).unwrap();
+    assert!(keys_of(&body).is_subset(&strings(&spec["parameters"])), "{body}");
+    assert!(strings(&spec["required"]).is_subset(&keys_of(&body)), "{body}");
+    for event in f["events"].as_array().unwrap() {
+        let e: tocsin_core::telnyx::TelnyxWebhook = serde_json::from_value(event.clone()).unwrap();
+        let p = &event["data"]["payload"];
+        let want = match (e.data.event_type.as_str(), p["status"].as_str()) {
+            ("call.dtmf.received", _) => Some(Heard::from_digits(p["digit"].as_str())),
+            (_, Some("valid" | "invalid")) => Some(Heard::from_digits(p["digits"].as_str())),
+            (_, Some("timeout")) => Some(Heard::Nothing),
+            _ => None,
+        };
+        assert_eq!(e.data.heard(), want, "{event}");
+    }
+}
