@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 # BENCH_BIN runs another build (e.g. a baseline worktree's target/release).
@@ -112,6 +113,9 @@ def main():
     p.add_argument("--restart-rabbitmq-at", type=float, default=0.0, help="restart RabbitMQ this long after enqueueing (s)")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--base-port", type=int, default=19000)
+    p.add_argument("--enqueue-arg", action="append", default=[], help="extra producer enqueue flag (repeatable)")
+    p.add_argument("--audit-confirmation", action="store_true",
+                   help="check every contact's outcome against its callee's behaviour (bench/confirm.sh)")
     args = p.parse_args()
 
     run = f"bench_{args.label.replace('-', '_')}_{random.randrange(1 << 30)}"
@@ -177,7 +181,7 @@ def main():
     services_cpu0 = {u: service_cpu_seconds(u) for u in SERVICES}
     t_enqueue = time.time()
     sh(os.path.join(BIN, "producer"), "enqueue", "--campaign", run, "--contacts", contacts,
-       "--message", "Benchmark broadcast.", "--from", "+14155550100", env=env)
+       "--message", "Benchmark broadcast.", "--from", "+14155550100", *args.enqueue_arg, env=env)
     enqueued = time.time() - t_enqueue
 
     kills = 0
@@ -258,6 +262,8 @@ def main():
                 elif "re-published fresh" in line:
                     recycled += 1
 
+    audit = confirmation_audit(db_url, sim_calls, hook_port) if args.audit_confirmation else None
+
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -293,7 +299,69 @@ def main():
         "cpu_ms_per_call": round(1000 * cpu / max(stats["calls"], 1), 3),
         "calls_per_sec_end_to_end": round(stats["calls"] / elapsed, 1) if elapsed else 0,
         "cpu_ms_per_call_by_process": cpu_ms_per_call_by_process,
+        "cpu_ms_per_call_pipeline": round(sum(cpu_ms_per_call_by_process.values()), 3),
+        "confirmation": audit,
     }))
+
+
+# What a contact whose callee behaves so must end as, calling until confirmed
+# with 3 attempts: (state, attempts, confirmed in attempt).
+EXPECTED = {
+    "answered": ("completed", 1, 1),
+    "busy_then_confirm": ("completed", 2, 2),
+    "no_key": ("completed", 3, None),
+    "machine": ("completed", 3, None),
+    "unanswered": ("no_answer", 3, None),
+}
+
+
+def confirmation_audit(db_url, sim_calls, hook_port):
+    """Every contact against its callee's behaviour (the simulator's outcome
+    of its first call), calls after a confirmation or the deadline, and
+    keys: pressed at the simulator, stored, and counted by the webhook."""
+    by_number = {}
+    for c in sorted(sim_calls, key=lambda c: c["at"]):
+        by_number.setdefault(c["to"], []).append(c)
+    rows = psql(db_url, "SELECT k.number, k.state, k.attempt, coalesce(k.confirmed_attempt::text, ''), "
+                "coalesce(extract(epoch FROM c.expires_at)::text, '') FROM calls k JOIN campaigns c ON c.id = k.campaign_id")
+    confirm_on = psql(db_url, "SELECT bool_or(confirm) FROM campaigns") == "t"
+    mismatches, after_confirmation, after_deadline, behaviours = [], 0, 0, {}
+    confirmed = answered = 0
+    for line in rows.splitlines():
+        number, state, attempt, confirmed_in, deadline = line.split("|")
+        calls = by_number.get(number, [])
+        first = calls[0]["outcome"] if calls else "none"
+        behaviour = "busy_then_confirm" if first == "busy" else first
+        behaviours[behaviour] = behaviours.get(behaviour, 0) + 1
+        confirmed += bool(confirmed_in)
+        answered += any(c.get("answered_at") for c in calls)
+        if confirm_on:
+            want = EXPECTED.get(behaviour)
+            got = (state, int(attempt), int(confirmed_in) if confirmed_in else None)
+            if want != got:
+                mismatches.append(f"{number} {behaviour}: {got}, want {want}")
+        if confirmed_in and len(calls) > int(confirmed_in):
+            after_confirmation += len(calls) - int(confirmed_in)
+        if deadline:
+            after_deadline += sum(1 for c in calls if datetime.fromisoformat(c["created"].replace("Z", "+00:00")).timestamp() > float(deadline))
+    rounds_pressed = sum(len(c.get("keys") or "") for c in sim_calls)
+    stored = int(psql(db_url, "SELECT count(*) FROM keypresses"))
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{hook_port}/metrics", timeout=10).read().decode()
+    counted = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
+                  if l.startswith("tocsin_keypresses_total{") and 'result="new"' in l)
+    confirmations_counted = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
+                                if l.startswith("tocsin_confirmations_total{"))
+    total = len(rows.splitlines())
+    return {
+        "contacts": total, "behaviours": behaviours, "mismatches": len(mismatches), "mismatch_examples": mismatches[:5],
+        "calls_after_confirmation": after_confirmation, "calls_after_deadline": after_deadline,
+        "confirmed": confirmed, "confirmed_share": round(confirmed / max(total, 1), 4),
+        "answered_share": round(answered / max(total, 1), 4),
+        "keys_answered_at_simulator": rounds_pressed, "keypresses_stored": stored,
+        "keypresses_counted": int(counted), "confirmations_counted": int(confirmations_counted),
+        "double_counted_keypresses": max(stored - rounds_pressed, 0) + max(int(counted) - rounds_pressed, 0)
+        + max(int(confirmations_counted) - confirmed, 0),
+    }
 
 
 if __name__ == "__main__":
