@@ -44,6 +44,11 @@ TOCSIN_METRICS = {
     "tocsin_webhook_rejected_total": "counter",
     "tocsin_webhook_batch_size": "histogram",
     "tocsin_webhook_store_seconds": "histogram",
+    "tocsin_keypresses_total": "counter",
+    "tocsin_confirmations_total": "counter",
+    "tocsin_opt_outs_total": "counter",
+    "tocsin_time_to_confirm_seconds": "histogram",
+    "tocsin_calls_expired_total": "counter",
 }
 EXTERNAL_METRICS = {"rabbitmq_queue_messages_ready", "kube_deployment_status_replicas_available"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
