@@ -55,7 +55,7 @@ async fn claim_in(
         "UPDATE calls SET state = 'dialing', attempt = $2, provider = $3, dialing_at = now(), \
                 first_dialing_at = coalesce(first_dialing_at, now()), updated_at = now(), provider_call_id = NULL, placed_at = NULL, answered_at = NULL, \
                 ended_at = NULL, answered_by = NULL, duration_secs = NULL, error_code = NULL, \
-                error_detail = NULL, url_token = $4, job_due_at = NULL \
+                error_detail = NULL, url_token = $4, job_due_at = NULL, voicemail_at = NULL \
          WHERE id = $1 AND state IN ('queued', 'retry_wait') AND attempt < $2 AND confirmed_at IS NULL",
     )
     .bind(call)
@@ -269,6 +269,34 @@ pub async fn defer(pool: &PgPool, call: CallId, due: Duration) -> Result<(), sql
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// A machine answered attempt `attempt` and the voicemail is being left
+/// (after its greeting): the call's `completed` will end it `voicemail`.
+/// Returns whether the attempt is still the call's and not over.
+pub async fn record_voicemail(pool: &PgPool, call: CallId, attempt: i32) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE calls SET voicemail_at = coalesce(voicemail_at, now()), answered_by = 'machine', \
+                updated_at = now() \
+         WHERE id = $1 AND attempt = $2 AND NOT call_state_terminal(state)",
+    )
+    .bind(call)
+    .bind(attempt)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether a machine answered attempt `attempt` of the call, as its events
+/// have said so far (`answered_by`).
+pub async fn machine_answered(pool: &PgPool, call: CallId, attempt: i32) -> Result<bool, sqlx::Error> {
+    let by: Option<Option<String>> =
+        sqlx::query_scalar("SELECT answered_by FROM calls WHERE id = $1 AND attempt = $2")
+            .bind(call)
+            .bind(attempt)
+            .fetch_optional(pool)
+            .await?;
+    Ok(by.flatten().as_deref() == Some("machine"))
 }
 
 /// The provider has the call (its create-call answer, or found when
@@ -605,7 +633,9 @@ async fn apply(tx: &mut PgConnection, updates: &[CallUpdate]) -> Result<(), sqlx
     let details: Vec<Option<&str>> = updates.iter().map(|u| u.detail.as_deref()).collect();
     sqlx::query(
         "UPDATE calls k SET \
-            state = call_state_advance(k.state, k.answered_at IS NOT NULL, u.state, u.answered_at IS NOT NULL), \
+            state = CASE WHEN u.state = 'completed' AND k.voicemail_at IS NOT NULL AND call_state_rank(k.state) < 5 \
+                         THEN 'voicemail' \
+                         ELSE call_state_advance(k.state, k.answered_at IS NOT NULL, u.state, u.answered_at IS NOT NULL) END, \
             provider_call_id = coalesce(k.provider_call_id, u.pcid), \
             answered_at = coalesce(k.answered_at, u.answered_at), \
             ended_at = CASE WHEN call_state_terminal(u.state) THEN coalesce(k.ended_at, u.ended_at) \
@@ -653,7 +683,7 @@ pub mod redial {
     /// while unconfirmed: `schedule` decides).
     pub fn wanted(state: Option<CallState>, detail: Option<&str>) -> bool {
         match state {
-            Some(CallState::Busy | CallState::NoAnswer | CallState::Completed) => true,
+            Some(CallState::Busy | CallState::NoAnswer | CallState::Completed | CallState::Voicemail) => true,
             Some(CallState::Failed) => detail.is_some_and(|d| TRANSIENT_FAILURES.contains(&d)),
             _ => false,
         }
@@ -675,7 +705,7 @@ pub mod redial {
                AND k.confirmed_at IS NULL AND k.opted_out_at IS NULL \
                AND (k.state IN ('busy', 'no_answer') \
                     OR (k.state = 'failed' AND k.error_detail = ANY($2)) \
-                    OR (k.state = 'completed' AND c.until_confirmed)) \
+                    OR (k.state IN ('completed', 'voicemail') AND c.until_confirmed)) \
              RETURNING k.id, k.campaign_id, k.number, k.attempt, c.retry_delay_secs",
         )
         .bind(candidates)
@@ -1000,7 +1030,8 @@ pub mod sweep {
     pub async fn ended_unseen(pool: &PgPool, call: &Silent, detail: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE calls SET \
-                state = CASE WHEN answered_at IS NOT NULL THEN 'completed' ELSE 'unknown' END, \
+                state = CASE WHEN voicemail_at IS NOT NULL THEN 'voicemail' \
+                             WHEN answered_at IS NOT NULL THEN 'completed' ELSE 'unknown' END, \
                 error_code = CASE WHEN answered_at IS NOT NULL THEN error_code ELSE 'final_event_lost' END, \
                 error_detail = CASE WHEN answered_at IS NOT NULL THEN error_detail ELSE $3 END, \
                 ended_at = now(), updated_at = now() \

@@ -20,7 +20,7 @@ use chrono_tz::Tz;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 
-use crate::confirm::{self, Confirmation, Key};
+use crate::confirm::{self, Confirmation, Key, Voicemail};
 use crate::provider::Provider;
 use crate::{CampaignId, PhoneNumber};
 
@@ -209,6 +209,11 @@ pub struct Settings {
     pub confirmation: Confirmation,
     /// Redial answered-but-unconfirmed calls too (needs `confirm`).
     pub until_confirmed: bool,
+    /// What a call does when a machine answers (other than `Ignore`
+    /// turns machine detection on).
+    pub voicemail: Voicemail,
+    /// The voicemail left by `Voicemail::Drop`; `None`: `confirm::default_voicemail`.
+    pub voicemail_message: Option<String>,
 }
 
 /// Requested changes to `Settings`: `None` keeps the current value. Values
@@ -238,6 +243,8 @@ pub struct Changes {
     pub max_replays: Option<i64>,
     pub key_timeout_secs: Option<i64>,
     pub until_confirmed: Option<bool>,
+    pub voicemail: Option<Voicemail>,
+    pub voicemail_message: Option<String>,
 }
 
 /// A deadline as asked for: a time, or a span from when it is applied. A
@@ -327,6 +334,8 @@ impl Settings {
             confirm: false,
             confirmation: Confirmation::default(),
             until_confirmed: false,
+            voicemail: Voicemail::Ignore,
+            voicemail_message: None,
         }
     }
 
@@ -419,6 +428,25 @@ impl Settings {
             s.timezone = tz;
         }
         dialogue.apply(&mut s, &mut errors);
+        if let Some(v) = changes.voicemail {
+            s.voicemail = v;
+        }
+        if let Some(m) = changes.voicemail_message {
+            match check_message(&m) {
+                Ok(m) if m.chars().count() <= 1500 => s.voicemail_message = Some(m),
+                Ok(_) => errors.push(FieldError::new("voicemail_message", "must be 1 to 1500 characters")),
+                Err(e) => errors.push(FieldError::new("voicemail_message", e.message)),
+            }
+        }
+        if s.voicemail != Voicemail::Ignore {
+            if changes.machine_detection == Some(false) {
+                errors.push(FieldError::new(
+                    "machine_detection",
+                    format!("--voicemail {} needs machine detection on", s.voicemail),
+                ));
+            }
+            s.machine_detection = true;
+        }
         // What the provider can say, once the message is within the general bound.
         if !errors.iter().any(|e| e.field == "message") {
             match crate::speech::check(s.provider, &s.message, &s.language, s.voice.as_deref()) {
@@ -445,6 +473,24 @@ impl Settings {
                 .saturating_add((prompt + c.key_timeout_secs).saturating_mul(confirm::MAX_ROUNDS));
         }
         secs.saturating_add(120).clamp(60, 7200)
+    }
+
+    /// Answering-machine detection as the adapters are asked for it.
+    pub fn machine_detection_mode(&self) -> crate::provider::MachineDetection {
+        use crate::provider::MachineDetection;
+        match (self.voicemail, self.machine_detection) {
+            (Voicemail::Drop, _) => MachineDetection::Beep,
+            (Voicemail::Hangup, _) => MachineDetection::HangUp,
+            (Voicemail::Ignore, true) => MachineDetection::Detect,
+            (Voicemail::Ignore, false) => MachineDetection::Off,
+        }
+    }
+
+    /// The voicemail `Voicemail::Drop` leaves.
+    pub fn voicemail_text(&self) -> String {
+        self.voicemail_message
+            .clone()
+            .unwrap_or_else(|| confirm::default_voicemail(&self.message, self.from.as_str()))
     }
 
     /// The confirmation dialogue, when the campaign asks for one.
@@ -485,6 +531,8 @@ impl Settings {
         diff("max replays", a.max_replays.to_string(), b.max_replays.to_string());
         diff("key timeout", format!("{}s", a.key_timeout_secs), format!("{}s", b.key_timeout_secs));
         diff("until confirmed", old.until_confirmed.to_string(), self.until_confirmed.to_string());
+        diff("voicemail", old.voicemail.to_string(), self.voicemail.to_string());
+        diff("voicemail message", old.voicemail_text(), self.voicemail_text());
         out
     }
 }
@@ -781,6 +829,11 @@ impl<'r> FromRow<'r, PgRow> for Campaign {
                     .map_err(|e| decode_err("key_timeout_secs", e.to_string()))?,
             },
             until_confirmed: row.try_get("until_confirmed")?,
+            voicemail: row
+                .try_get::<String, _>("voicemail")?
+                .parse()
+                .map_err(|e| decode_err("voicemail", e))?,
+            voicemail_message: row.try_get("voicemail_message")?,
         };
         Ok(Self {
             id: row.try_get("id")?,

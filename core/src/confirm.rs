@@ -39,6 +39,52 @@ pub mod limits {
     pub const KEY_TIMEOUT_SECS: RangeInclusive<i64> = 3..=10;
 }
 
+/// What a call does when an answering machine takes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Voicemail {
+    /// Speak as to a person (the machine records the message and the prompt).
+    #[default]
+    Ignore,
+    /// Wait for the end of the greeting (the beep), then leave the
+    /// voicemail message: the call ends `voicemail`.
+    Drop,
+    /// End the call.
+    Hangup,
+}
+
+impl Voicemail {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ignore => "ignore",
+            Self::Drop => "drop",
+            Self::Hangup => "hangup",
+        }
+    }
+}
+
+impl FromStr for Voicemail {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Ignore, Self::Drop, Self::Hangup]
+            .into_iter()
+            .find(|v| v.as_str() == s.trim())
+            .ok_or_else(|| format!("{s:?} is not drop, hangup or ignore"))
+    }
+}
+
+impl fmt::Display for Voicemail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The voicemail left when a campaign sets no text of its own: the message,
+/// and how to reach the sender.
+pub fn default_voicemail(message: &str, from: &str) -> String {
+    let digits: Vec<String> = from.trim_start_matches('+').chars().map(String::from).collect();
+    format!("{message} This message was left by {}. Please call that number back.", digits.join(" "))
+}
+
 /// One key of a phone's keypad: `0`-`9`, `*` or `#`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key(char);

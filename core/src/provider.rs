@@ -60,6 +60,24 @@ pub(crate) fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<S
     })
 }
 
+/// Answering-machine detection, as a campaign asks for it
+/// (`campaign::Settings::machine_detection_mode`); each adapter says it in
+/// its provider's terms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MachineDetection {
+    #[default]
+    Off,
+    /// Tell people from machines (`answered_by`), and go on either way.
+    Detect,
+    /// Wait for a machine's greeting to end (the beep), for a voicemail
+    /// drop: Vonage `advanced_machine_detection` with `detect_beep`, Twilio
+    /// `DetectMessageEnd`, Telnyx `detect_beep`.
+    Beep,
+    /// End calls a machine answers (Vonage `machine_detection: hangup`;
+    /// Twilio and Telnyx detect, and the webhook hangs up).
+    HangUp,
+}
+
 /// Everything an adapter needs to place one call.
 #[derive(Clone, Debug)]
 pub struct CallRequest {
@@ -74,8 +92,8 @@ pub struct CallRequest {
     pub url_token: String,
     /// Seconds to let the phone ring before giving up.
     pub ringing_timeout_secs: u32,
-    /// Ask the provider to detect answering machines.
-    pub machine_detection: bool,
+    /// Whether and how the provider tells people from answering machines.
+    pub machine_detection: MachineDetection,
     /// Longest the call may last once answered, so a call whose hang-up
     /// never comes cannot run for the provider's default (Telnyx: 4 h).
     pub time_limit_secs: u32,

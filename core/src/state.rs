@@ -25,10 +25,13 @@ pub enum CallState {
     Unknown,
     /// Still waiting when its campaign's deadline passed: never dialled.
     Expired,
+    /// An answering machine took the call and the voicemail was left after
+    /// its greeting (a campaign with `--voicemail drop`).
+    Voicemail,
 }
 
 impl CallState {
-    pub const ALL: [CallState; 15] = [
+    pub const ALL: [CallState; 16] = [
         Self::Queued,
         Self::RetryWait,
         Self::Dialing,
@@ -44,6 +47,7 @@ impl CallState {
         Self::Skipped,
         Self::Unknown,
         Self::Expired,
+        Self::Voicemail,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +67,7 @@ impl CallState {
             Self::Skipped => "skipped",
             Self::Unknown => "unknown",
             Self::Expired => "expired",
+            Self::Voicemail => "voicemail",
         }
     }
 

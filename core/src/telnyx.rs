@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TelnyxCredentials;
 use crate::provider::{
-    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall,
-    RemoteStatus, VoiceProvider, api_url, rate_limit_wait,
+    BoxFuture, CallRequest, CallWindow, ListCallsError, MachineDetection, PlaceCallError, PlacedCall,
+    Provider, RemoteCall, RemoteStatus, VoiceProvider, api_url, rate_limit_wait,
 };
 use crate::{CallId, CallState, PhoneNumber};
 
@@ -384,7 +384,11 @@ impl Client {
             timeout_secs: request.ringing_timeout_secs.clamp(5, 600),
             // From the answer; 30-14,400 s (default and most: 4 hours).
             time_limit_secs: request.time_limit_secs.clamp(30, 14_400),
-            answering_machine_detection: request.machine_detection.then_some("detect"),
+            answering_machine_detection: match request.machine_detection {
+                MachineDetection::Off => None,
+                MachineDetection::Detect | MachineDetection::HangUp => Some("detect"),
+                MachineDetection::Beep => Some("detect_beep"),
+            },
         };
         let response = self
             .http

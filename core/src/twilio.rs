@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 use crate::config::TwilioCredentials;
 use crate::provider::{
-    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall,
-    RemoteStatus, VoiceProvider, api_url, rate_limit_wait,
+    BoxFuture, CallRequest, CallWindow, ListCallsError, MachineDetection, PlaceCallError, PlacedCall,
+    Provider, RemoteCall, RemoteStatus, VoiceProvider, api_url, rate_limit_wait,
 };
 use crate::{CallState, PhoneNumber};
 
@@ -130,8 +130,13 @@ impl Client {
             ("TimeLimit", request.time_limit_secs.clamp(1, 14_400).to_string()),
         ];
         form.extend(STATUS_CALLBACK_EVENTS.iter().map(|e| ("StatusCallbackEvent", (*e).to_owned())));
-        if request.machine_detection {
-            form.push(("MachineDetection", "Enable".into()));
+        match request.machine_detection {
+            MachineDetection::Off => {}
+            MachineDetection::Detect | MachineDetection::HangUp => {
+                form.push(("MachineDetection", "Enable".into()));
+            }
+            // The TwiML is fetched once the greeting has ended.
+            MachineDetection::Beep => form.push(("MachineDetection", "DetectMessageEnd".into())),
         }
         let response = self
             .http

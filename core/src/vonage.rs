@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::VonageCredentials;
 use crate::provider::{
-    BoxFuture, CallRequest, CallWindow, ListCallsError, PlaceCallError, PlacedCall, Provider, RemoteCall,
-    RemoteStatus, VoiceProvider, retry_after,
+    BoxFuture, CallRequest, CallWindow, ListCallsError, MachineDetection, PlaceCallError, PlacedCall,
+    Provider, RemoteCall, RemoteStatus, VoiceProvider, retry_after,
 };
 use crate::{CallState, PhoneNumber};
 
@@ -129,6 +129,18 @@ struct CreateCall<'a> {
     length_timer: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     machine_detection: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advanced_machine_detection: Option<AdvancedMachineDetection>,
+}
+
+/// Vonage's advanced (beep-detecting) machine detection: the NCCO starts
+/// once the greeting has ended, and the `machine` event says `beep_start`
+/// (or `beep_timeout`).
+#[derive(Serialize)]
+struct AdvancedMachineDetection {
+    behavior: &'static str,
+    mode: &'static str,
+    beep_timeout: u32,
 }
 
 /// An endpoint in Vonage's call listings: `{"type":"phone","number":"…"}`.
@@ -218,7 +230,14 @@ impl Client {
             ringing_timer: request.ringing_timeout_secs.clamp(1, 120),
             // The spec's range: 1-7200 s.
             length_timer: request.time_limit_secs.clamp(1, 7200),
-            machine_detection: request.machine_detection.then_some("continue"),
+            machine_detection: match request.machine_detection {
+                MachineDetection::Detect => Some("continue"),
+                MachineDetection::HangUp => Some("hangup"),
+                MachineDetection::Off | MachineDetection::Beep => None,
+            },
+            advanced_machine_detection: (request.machine_detection == MachineDetection::Beep).then_some(
+                AdvancedMachineDetection { behavior: "continue", mode: "detect_beep", beep_timeout: 45 },
+            ),
         };
         let response = self
             .http

@@ -213,3 +213,112 @@ async fn an_opted_out_number_is_refused_by_the_next_campaign() {
     assert_eq!(stack.sim_stats().await["calls"], 1);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn machines_get_the_voicemail_after_their_greeting_or_a_hang_up_through_every_provider() {
+    let stack = common::start(Options {
+        sim_extra: vec!["--pin".into(), "1=answered,2=machine,3=machine_no_beep".into()],
+        ..Options::default()
+    })
+    .await;
+    let campaigns = [("vonage", 401), ("twilio", 402), ("telnyx", 403)];
+    for (provider, base) in campaigns {
+        for (mode, offset) in [("drop", 0), ("hangup", 5)] {
+            let csv: String = std::iter::once("number".to_owned())
+                .chain((1..=3).map(|d| format!("+1415557{:03}{d}", base + offset)))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let name = format!("{provider}-{mode}");
+            let args = stack.enqueue_args(
+                &name,
+                &csv,
+                &[
+                    "--message",
+                    "Boil water notice for Eastside.",
+                    "--provider",
+                    provider,
+                    "--confirm",
+                    "--voicemail",
+                    mode,
+                ],
+            );
+            assert_eq!(producer::enqueue(&stack.db.pool, &args).await.unwrap().published, 3);
+        }
+    }
+    for (provider, _) in campaigns {
+        for mode in ["drop", "hangup"] {
+            stack.wait_terminal(&format!("{provider}-{mode}")).await;
+        }
+    }
+    let calls = stack.sim_calls().await;
+    for (provider, _) in campaigns {
+        for mode in ["drop", "hangup"] {
+            let name = format!("{provider}-{mode}");
+            let rows: Vec<(String, String, Option<String>, Option<i32>)> = sqlx::query_as(
+                "SELECT k.number, k.state, k.answered_by, k.confirmed_attempt FROM calls k \
+                 JOIN campaigns c ON c.id = k.campaign_id WHERE c.name = $1 ORDER BY k.number",
+            )
+            .bind(&name)
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap();
+            for (number, state, by, confirmed) in rows {
+                let heard: Vec<(String, Option<bool>)> = calls
+                    .iter()
+                    .find(|c| c["to"] == number.as_str())
+                    .map(|c| {
+                        c["heard"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|h| (h["text"].as_str().unwrap().to_owned(), h["after_beep"].as_bool()))
+                            .collect()
+                    })
+                    .unwrap();
+                match (number.chars().last().unwrap(), mode) {
+                    // A person: the dialogue, whatever the voicemail mode.
+                    ('1', _) => {
+                        assert_eq!((state.as_str(), confirmed), ("completed", Some(1)), "{name} {number}");
+                        assert_eq!(by.as_deref(), Some("human"), "{name} {number}");
+                    }
+                    (last, "drop") => {
+                        assert_eq!(
+                            (state.as_str(), by.as_deref()),
+                            ("voicemail", Some("machine")),
+                            "{name} {number}"
+                        );
+                        assert_eq!(heard.len(), 1, "{name} {number}: {heard:?}");
+                        let (text, after_beep) = &heard[0];
+                        assert!(
+                            text.starts_with(
+                                "Boil water notice for Eastside. This message was left by 1 4 1 5"
+                            ),
+                            "{name} {number}: {text}"
+                        );
+                        // After the beep; a machine without one after its greeting ended.
+                        assert_eq!(*after_beep, Some(last == '2'), "{name} {number}");
+                    }
+                    (_, _) => {
+                        assert_eq!(
+                            (state.as_str(), by.as_deref()),
+                            ("completed", Some("machine")),
+                            "{name} {number}"
+                        );
+                        assert!(heard.is_empty(), "{name} {number}: hung up on, heard {heard:?}");
+                    }
+                }
+            }
+        }
+        let (voicemails,): (i64,) =
+            sqlx::query_as("SELECT voicemail FROM campaign_summary WHERE campaign = $1")
+                .bind(format!("{provider}-drop"))
+                .fetch_one(&stack.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(voicemails, 2, "{provider}");
+    }
+    let stats = stack.sim_stats().await;
+    assert_eq!(stats["answer_documents_invalid"], 0, "{stats}");
+    assert_eq!(stats["key_requests_invalid"], 0, "{stats}");
+    stack.stop().await;
+}

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand};
 use tocsin_config::{AmqpArgs, DatabaseArgs, ProviderArgs, TelemetryArgs, parse_duration};
-use tocsin_core::confirm::{self, Key};
+use tocsin_core::confirm::{self, Key, Voicemail};
 use tocsin_core::provider::Provider;
 
 use tocsin_enqueue::Format;
@@ -317,6 +317,17 @@ pub struct EnqueueArgs {
     /// (needs --confirm).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Confirmation")]
     pub until_confirmed: Option<bool>,
+
+    /// When an answering machine picks up: drop (wait for the beep, then leave the
+    /// voicemail), hangup, or ignore (speak as to a person) [default: ignore]. drop and
+    /// hangup turn machine detection on; a voicemail left is its own outcome (`voicemail`).
+    #[arg(long, value_name = "drop|hangup|ignore", help_heading = "Confirmation")]
+    pub voicemail: Option<Voicemail>,
+
+    /// The voicemail left by --voicemail drop [default: the message, then "This message
+    /// was left by <--from>. Please call that number back."].
+    #[arg(long, value_name = "TEXT", help_heading = "Confirmation")]
+    pub voicemail_message: Option<String>,
 
     /// Name of the column (or JSON key) holding the phone number.
     #[arg(long, default_value = "number", value_name = "NAME")]

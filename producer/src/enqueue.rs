@@ -103,6 +103,8 @@ pub fn spec(args: &EnqueueArgs) -> anyhow::Result<Spec> {
         max_replays: args.max_replays,
         key_timeout_secs: args.key_timeout,
         until_confirmed: args.until_confirmed,
+        voicemail: args.voicemail,
+        voicemail_message: args.voicemail_message.clone(),
     };
     let mut spec =
         Spec::new(&args.campaign, changes, args.amqp.amqp_url.clone(), args.amqp.queue_prefix.clone());

@@ -84,10 +84,11 @@ impl Status {
         let mut lines = vec![
             format!("{}: {} via {}, {} calls", self.campaign, self.status, self.provider, self.total),
             format!(
-                "  finished  {:>9} ({:.1}%)  answered {}  busy {}  no answer {}  failed {}  cancelled {}  skipped {}  unknown {}  expired {}",
+                "  finished  {:>9} ({:.1}%)  answered {}  voicemail {}  busy {}  no answer {}  failed {}  cancelled {}  skipped {}  unknown {}  expired {}",
                 self.finished,
                 pct(self.finished),
                 s(CallState::Completed),
+                s(CallState::Voicemail),
                 s(CallState::Busy),
                 s(CallState::NoAnswer),
                 s(CallState::Failed) + s(CallState::Rejected),

@@ -146,7 +146,8 @@ pub struct SimConfig {
     /// for a key), no_key (listens, presses nothing), wrong_key (a useless
     /// key, then confirms), replay (asks for a replay, then confirms),
     /// opt_out, busy_then_confirm (busy the first time, confirms on the next
-    /// call), busy, no_answer, failed, machine.
+    /// call), busy, no_answer, failed, machine (a greeting, then the beep),
+    /// machine_no_beep.
     #[arg(
         long = "pin",
         value_name = "DIGIT=OUTCOME",
@@ -269,9 +270,10 @@ fn parse_outcome(s: &str) -> Result<Outcome, String> {
         "no_answer" | "unanswered" => Ok(Outcome::Unanswered),
         "failed" => Ok(Outcome::Failed),
         "machine" => Ok(Outcome::Machine),
+        "machine_no_beep" => Ok(Outcome::MachineNoBeep),
         other => Err(format!(
             "unknown outcome {other:?} (answered, no_key, wrong_key, replay, opt_out, busy_then_confirm, \
-             busy, no_answer, failed, machine)"
+             busy, no_answer, failed, machine, machine_no_beep)"
         )),
     }
 }

@@ -63,11 +63,22 @@ pub enum Outcome {
     Unanswered,
     /// The network cannot complete the call (e.g. number out of service).
     Failed,
-    /// An answering machine picks up and records the message (presses nothing).
+    /// An answering machine picks up: a greeting, then the beep; it records
+    /// what it hears and presses nothing.
     Machine,
+    /// An answering machine whose greeting ends without a beep (Vonage's
+    /// `beep_timeout`, Twilio's `machine_end_silence`, Telnyx's greeting `ended`).
+    MachineNoBeep,
 }
 
 impl Outcome {
+    pub fn machine(self) -> bool {
+        matches!(self, Self::Machine | Self::MachineNoBeep)
+    }
+
+    /// Seconds of a machine's greeting before its beep (or its silence).
+    pub const GREETING_SECS: f64 = 4.0;
+
     pub fn answered(self) -> bool {
         !matches!(self, Self::Busy | Self::Unanswered | Self::Failed | Self::BusyThenConfirm)
     }
@@ -77,7 +88,12 @@ impl Outcome {
     pub fn key(self, nth: u32, keys: &config::CalleeKeys) -> Option<char> {
         match self {
             Self::Answered | Self::BusyThenConfirm => Some(keys.confirm),
-            Self::NoKey | Self::Machine | Self::Busy | Self::Unanswered | Self::Failed => None,
+            Self::NoKey
+            | Self::Machine
+            | Self::MachineNoBeep
+            | Self::Busy
+            | Self::Unanswered
+            | Self::Failed => None,
             Self::WrongKey if nth == 0 => Some(keys.wrong),
             Self::Replay if nth == 0 => Some(keys.replay),
             Self::WrongKey | Self::Replay => Some(keys.confirm),

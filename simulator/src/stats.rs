@@ -59,6 +59,10 @@ pub struct Heard {
     pub text: String,
     /// Whether a key was asked for after it.
     pub asked_for_key: bool,
+    /// For an answering machine: whether it started after the greeting's
+    /// end (the beep), so the machine recorded all of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_beep: Option<bool>,
 }
 
 #[derive(Default)]
@@ -213,13 +217,23 @@ impl Stats {
 
     /// The callee heard `text` (and was asked for a key after it when `asks`).
     pub fn heard(&self, provider_call_id: &str, text: &str, asks: bool) {
+        self.heard_as(provider_call_id, text, asks, None);
+    }
+
+    /// `heard`, by an answering machine (`after_beep`: once its greeting ended).
+    pub fn heard_as(&self, provider_call_id: &str, text: &str, asks: bool, after_beep: Option<bool>) {
         let now = Utc::now();
         self.update(provider_call_id, |c| {
             let after = c.answered_at.map_or(0.0, |a| (now - a).num_milliseconds() as f64 / 1000.0);
             if c.spoken.is_none() {
                 c.spoken = Some(text.to_owned());
             }
-            c.heard.push(Heard { after_answer_secs: after, text: text.to_owned(), asked_for_key: asks });
+            c.heard.push(Heard {
+                after_answer_secs: after,
+                text: text.to_owned(),
+                asked_for_key: asks,
+                after_beep,
+            });
         });
     }
 

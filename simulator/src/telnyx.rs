@@ -53,6 +53,8 @@ enum Command {
     Speak {
         heard: String,
         client_state: Option<String>,
+        /// When the command arrived.
+        at: Instant,
     },
     /// `gather_using_speak`: the payload, then one key.
     Gather {
@@ -60,6 +62,7 @@ enum Command {
         valid_digits: String,
         timeout_secs: f64,
         client_state: Option<String>,
+        at: Instant,
     },
     Hangup,
 }
@@ -381,7 +384,7 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
         outcome,
         timeout: f64::from(request.timeout_secs.unwrap_or(30)),
         time_limit: f64::from(request.time_limit_secs.unwrap_or(14_400)),
-        amd: amd.filter(|a| a != "disabled").is_some(),
+        amd: amd.filter(|a| a != "disabled"),
         live,
     };
     let task_sim = sim.clone();
@@ -680,6 +683,7 @@ pub async fn action(
             Command::Speak {
                 heard: vec![payload.trim(); times as usize].join(" "),
                 client_state: request.client_state,
+                at: Instant::now(),
             }
         } else {
             let (valid_digits, timeout_secs) = match check_gather(&request) {
@@ -694,6 +698,7 @@ pub async fn action(
                 valid_digits,
                 timeout_secs,
                 client_state: request.client_state,
+                at: Instant::now(),
             }
         }
     };
@@ -724,7 +729,8 @@ struct CallLife {
     timeout: f64,
     /// Seconds from the answer after which Telnyx ends the call (`time_limit`).
     time_limit: f64,
-    amd: bool,
+    /// `answering_machine_detection`, when on.
+    amd: Option<String>,
     live: Arc<LiveCall>,
 }
 
@@ -749,6 +755,7 @@ impl CallLife {
             }
             Outcome::Answered
             | Outcome::Machine
+            | Outcome::MachineNoBeep
             | Outcome::NoKey
             | Outcome::WrongKey
             | Outcome::Replay
@@ -760,14 +767,34 @@ impl CallLife {
                 let answered_at = now_iso();
                 let answered = self.event("call.answered", "answered", json!({ "start_time": answered_at }));
                 events.emit_now(sim, answered).await;
-                if self.amd {
-                    let result = if self.outcome == Outcome::Machine { "machine" } else { "human" };
+                // Detection ends first; with `detect_beep` (or `greeting_end`)
+                // a machine's greeting then ends (fixtures/telnyx/gather.json
+                // `call.machine.greeting.ended`: beep_detected, or ended without one).
+                let machine = self.outcome.machine();
+                let mut greeting_end = None;
+                if let Some(mode) = &self.amd {
+                    let result = if machine { "machine" } else { "human" };
                     let amd =
                         self.event("call.machine.detection.ended", "answered", json!({ "result": result }));
-                    events.emit(sim, amd).await;
+                    events.emit_now(sim, amd).await;
+                    if machine && matches!(mode.as_str(), "detect_beep" | "greeting_end") {
+                        tokio::time::sleep(sim.scaled(Outcome::GREETING_SECS)).await;
+                        greeting_end = Some(Instant::now());
+                        let result = if self.outcome == Outcome::Machine { "beep_detected" } else { "ended" };
+                        let ended = self.event(
+                            "call.machine.greeting.ended",
+                            "answered",
+                            json!({ "result": result }),
+                        );
+                        events.emit_now(sim, ended).await;
+                    }
                 }
                 let limit = sim.scaled(self.time_limit);
-                match tokio::time::timeout(limit, self.converse(sim, &mut events, &mut commands, talk)).await
+                match tokio::time::timeout(
+                    limit,
+                    self.converse(sim, &mut events, &mut commands, talk, greeting_end),
+                )
+                .await
                 {
                     Ok(source) => ("normal_clearing", None, source, Some(answered_at)),
                     Err(_) => ("time_limit", None, "unknown", Some(answered_at)),
@@ -809,15 +836,26 @@ impl CallLife {
         events: &mut Emitter,
         commands: &mut mpsc::UnboundedReceiver<Command>,
         talk: f64,
+        greeting_end: Option<Instant>,
     ) -> &'static str {
         let wait = sim.config.telnyx_command_wait;
         let mut nth = 0;
         let mut spoken = false;
+        // A machine records what it hears; with a greeting to wait for, a
+        // speech sent before its end is cut by the detector (`cancelled_amd`).
+        let machine = self.outcome.machine();
+        let beeped = self.outcome == Outcome::Machine;
+        let after_beep = |at: Instant| machine.then(|| beeped && greeting_end.is_some_and(|g| at >= g));
         loop {
             match tokio::time::timeout(wait, commands.recv()).await {
-                Ok(Some(Command::Speak { heard, client_state })) => {
+                Ok(Some(Command::Speak { at, .. })) if machine && greeting_end.is_some_and(|g| at < g) => {
+                    let cut =
+                        self.event("call.speak.ended", "answered", json!({ "status": "cancelled_amd" }));
+                    events.emit_now(sim, cut).await;
+                }
+                Ok(Some(Command::Speak { heard, client_state, at })) => {
                     self.set_client_state(client_state);
-                    sim.stats.heard(&self.call_control_id, &heard, false);
+                    sim.stats.heard_as(&self.call_control_id, &heard, false, after_beep(at));
                     events.emit(sim, self.event("call.speak.started", "answered", json!({}))).await;
                     let secs = if spoken { crate::speaking_secs(&heard) } else { talk };
                     tokio::time::sleep(sim.scaled(secs)).await;
@@ -825,9 +863,9 @@ impl CallLife {
                     events.emit_now(sim, ended).await;
                     spoken = true;
                 }
-                Ok(Some(Command::Gather { heard, valid_digits, timeout_secs, client_state })) => {
+                Ok(Some(Command::Gather { heard, valid_digits, timeout_secs, client_state, at })) => {
                     self.set_client_state(client_state);
-                    sim.stats.heard(&self.call_control_id, &heard, true);
+                    sim.stats.heard_as(&self.call_control_id, &heard, true, after_beep(at));
                     let key = self.outcome.key(nth, &sim.config.keys);
                     nth += 1;
                     tokio::time::sleep(sim.scaled(crate::key_after_secs(sim, &heard, key, timeout_secs)))
@@ -852,7 +890,8 @@ impl CallLife {
                     spoken = true;
                 }
                 Ok(Some(Command::Hangup)) => {
-                    if !spoken {
+                    // (A machine may be hung up on without a word.)
+                    if !spoken && !machine {
                         sim.stats.answer_invalid(&self.call_control_id, "hung up before speaking".into());
                     }
                     return "caller";

@@ -205,7 +205,7 @@ pub async fn create_call(
         status_callback,
         callback_get: get("StatusCallbackMethod").as_deref() == Some("GET"),
         events,
-        machine_detection: machine_detection.is_some(),
+        machine_detection: machine_detection.clone(),
         outcome,
         timeout: f64::from(timeout),
         queue: wait,
@@ -289,7 +289,8 @@ struct CallLife {
     status_callback: Option<String>,
     callback_get: bool,
     events: Vec<String>,
-    machine_detection: bool,
+    /// `Enable` or `DetectMessageEnd`.
+    machine_detection: Option<String>,
     outcome: Outcome,
     timeout: f64,
     queue: Duration,
@@ -334,14 +335,30 @@ impl CallLife {
             }
             Outcome::Answered
             | Outcome::Machine
+            | Outcome::MachineNoBeep
             | Outcome::NoKey
             | Outcome::WrongKey
             | Outcome::Replay
             | Outcome::OptOut => {
                 tokio::time::sleep(sim.scaled(ring)).await;
-                let answered_by = self.machine_detection.then(|| {
-                    if self.outcome == Outcome::Machine { "machine_start" } else { "human" }.to_owned()
-                });
+                // `Enable` answers as soon as it knows (mid-greeting);
+                // `DetectMessageEnd` once a machine's greeting has ended
+                // (fixtures/twilio/gather.json `answered_by`).
+                let machine = self.outcome.machine();
+                let (answered_by, after_beep) = match (self.machine_detection.as_deref(), machine) {
+                    (None, _) => (None, None),
+                    (Some(_), false) => (Some("human"), None),
+                    (Some("DetectMessageEnd"), true) => {
+                        tokio::time::sleep(sim.scaled(Outcome::GREETING_SECS)).await;
+                        if self.outcome == Outcome::Machine {
+                            (Some("machine_end_beep"), Some(true))
+                        } else {
+                            (Some("machine_end_silence"), Some(false))
+                        }
+                    }
+                    (Some(_), true) => (Some("machine_start"), Some(false)),
+                };
+                let answered_by = answered_by.map(str::to_owned);
                 let document = match (&self.url, &self.twiml_inline) {
                     (_, Some(inline)) => Ok(inline.clone()),
                     (Some(url), None) => self.fetch_twiml(sim, url, answered_by.as_deref()).await,
@@ -363,7 +380,7 @@ impl CallLife {
                 self.callback(sim, &mut emitter, &mut seq, "in-progress", &extra).await;
                 let started = std::time::Instant::now();
                 if let Some(document) = document {
-                    self.converse(sim, document, talk).await;
+                    self.converse(sim, document, talk, after_beep).await;
                 }
                 let duration =
                     (started.elapsed().as_secs_f64() / sim.config.time_scale.max(1e-9)).round() as i64;
@@ -380,10 +397,12 @@ impl CallLife {
     /// `action` (with no key only when `actionOnEmptyResult` asks; else the
     /// call falls through past the `<Gather>` and ends), whose answer is
     /// the next TwiML. Without a `<Gather>`, the call lasts `talk` seconds.
-    async fn converse(&self, sim: &Sim, mut document: twiml::Document, talk: f64) {
+    async fn converse(&self, sim: &Sim, mut document: twiml::Document, talk: f64, after_beep: Option<bool>) {
         for nth in 0..crate::MAX_KEY_ROUNDS {
             let text = document.said.join(" ");
-            sim.stats.heard(&self.sid, &text, document.gather.is_some());
+            if !text.is_empty() {
+                sim.stats.heard_as(&self.sid, &text, document.gather.is_some(), after_beep);
+            }
             let Some(gather) = document.gather.take() else {
                 let secs = if nth == 0 { talk } else { crate::speaking_secs(&text) };
                 tokio::time::sleep(sim.scaled(secs)).await;

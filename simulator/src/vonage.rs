@@ -98,6 +98,8 @@ struct CreateCall {
     #[serde(default)]
     machine_detection: Option<String>,
     #[serde(default)]
+    advanced_machine_detection: Option<serde_json::Value>,
+    #[serde(default)]
     length_timer: Option<u32>,
 }
 
@@ -191,6 +193,29 @@ pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: 
     if request.machine_detection.as_deref().is_some_and(|m| m != "continue" && m != "hangup") {
         return invalid("machine_detection must be continue or hangup");
     }
+    // providers.md "Answering machines": behavior continue|hangup, mode
+    // detect|detect_beep|default, beep_timeout 45-120.
+    let advanced = match &request.advanced_machine_detection {
+        None => None,
+        Some(v) => {
+            let known = ["behavior", "mode", "beep_timeout"];
+            let fields_ok = v.as_object().is_some_and(|o| o.keys().all(|k| known.contains(&k.as_str())));
+            let parsed: Option<Advanced> = serde_json::from_value(v.clone()).ok().filter(|a: &Advanced| {
+                ["continue", "hangup"].contains(&a.behavior.as_str())
+                    && ["detect", "detect_beep", "default"].contains(&a.mode.as_str())
+                    && (45.0..=120.0).contains(&a.beep_timeout)
+            });
+            match parsed {
+                Some(a) if fields_ok => Some(a),
+                _ => {
+                    return invalid(
+                        "advanced_machine_detection needs behavior continue|hangup, mode detect|detect_beep|default \
+                         and beep_timeout 45-120",
+                    );
+                }
+            }
+        }
+    };
 
     let uuid = uuid::Uuid::new_v4().to_string();
     let conversation = format!("CON-{}", uuid::Uuid::new_v4());
@@ -219,6 +244,7 @@ pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: 
         outcome,
         ringing_timer: f64::from(request.ringing_timer.unwrap_or(60)),
         machine_detection: request.machine_detection.clone(),
+        advanced,
     };
     let task_sim = sim.clone();
     sim.tasks.spawn(async move { life.run(&task_sim).await });
@@ -242,6 +268,30 @@ struct CallLife {
     outcome: Outcome,
     ringing_timer: f64,
     machine_detection: Option<String>,
+    advanced: Option<Advanced>,
+}
+
+/// `advanced_machine_detection` as asked for.
+#[derive(Deserialize)]
+struct Advanced {
+    #[serde(default = "continue_")]
+    behavior: String,
+    #[serde(default = "default_mode")]
+    mode: String,
+    #[serde(default = "beep_timeout")]
+    beep_timeout: f64,
+}
+
+fn continue_() -> String {
+    "continue".into()
+}
+
+fn default_mode() -> String {
+    "default".into()
+}
+
+fn beep_timeout() -> f64 {
+    45.0
 }
 
 impl CallLife {
@@ -268,46 +318,70 @@ impl CallLife {
             }
             Outcome::Answered
             | Outcome::Machine
+            | Outcome::MachineNoBeep
             | Outcome::NoKey
             | Outcome::WrongKey
             | Outcome::Replay
             | Outcome::OptOut => {
                 tokio::time::sleep(sim.scaled(ring)).await;
-                let ncco = match (&self.answer_url, &self.inline_ncco) {
-                    (Some(url), _) => self.fetch_ncco(sim, url).await,
-                    (None, Some(ncco)) => Ok(ncco.clone()),
-                    (None, None) => Err("no NCCO".into()),
-                };
-                let ncco = ncco.and_then(|n| {
-                    ncco::validate(&n)?;
-                    ncco::spoken_text(&n).ok_or_else(|| "the NCCO has no talk action".to_owned())?;
-                    Ok(n)
-                });
-                let ncco = match ncco {
-                    Ok(n) => Some(n),
-                    Err(reason) => {
-                        warn!(uuid = %self.uuid, %reason, "answer NCCO refused; the call hangs up");
-                        sim.stats.answer_invalid(&self.uuid, reason);
-                        None
-                    }
-                };
                 sim.stats.answered(&self.uuid);
                 self.event(sim, &mut events, "answered", json!({ "start_time": now_iso() })).await;
-                if self.machine_detection.is_some() {
-                    let status = if self.outcome == Outcome::Machine { "machine" } else { "human" };
-                    // These two carry `call_uuid` instead of `uuid`.
-                    // (Vonage's webhook reference lists no `direction` here.)
-                    let body = json!({
-                        "call_uuid": self.uuid, "conversation_uuid": self.conversation,
-                        "status": status, "timestamp": now_iso(),
-                        "from": self.from, "to": self.to,
-                    });
-                    events.emit(sim, self.outgoing(body)).await;
-                }
                 let started = std::time::Instant::now();
+                // Machine detection runs before the NCCO (synchronous): its
+                // event is delivered first. With beep detection a machine's
+                // event comes once its greeting has ended (`beep_start`) or
+                // the wait for a beep ran out (`beep_timeout`).
+                let machine = self.outcome.machine();
+                let mut after_beep = None;
+                let hangs_up = match (&self.advanced, &self.machine_detection) {
+                    (Some(adv), _) => {
+                        let mut body = self.amd_event(machine);
+                        if machine {
+                            let beep = self.outcome == Outcome::Machine && adv.mode == "detect_beep";
+                            let wait = if beep { Outcome::GREETING_SECS } else { adv.beep_timeout };
+                            tokio::time::sleep(sim.scaled(wait)).await;
+                            if adv.mode == "detect_beep" {
+                                body["sub_state"] = json!(if beep { "beep_start" } else { "beep_timeout" });
+                            }
+                            after_beep = Some(beep);
+                        }
+                        events.emit_now(sim, self.outgoing(body)).await;
+                        machine && adv.behavior == "hangup"
+                    }
+                    (None, Some(behavior)) => {
+                        events.emit_now(sim, self.outgoing(self.amd_event(machine))).await;
+                        // Standard detection answers at once, mid-greeting.
+                        after_beep = machine.then_some(false);
+                        machine && behavior == "hangup"
+                    }
+                    (None, None) => false,
+                };
+                let ncco = if hangs_up {
+                    None
+                } else {
+                    let ncco = match (&self.answer_url, &self.inline_ncco) {
+                        (Some(url), _) => self.fetch_ncco(sim, url).await,
+                        (None, Some(ncco)) => Ok(ncco.clone()),
+                        (None, None) => Err("no NCCO".into()),
+                    };
+                    let ncco = ncco.and_then(|n| {
+                        ncco::validate(&n)?;
+                        ncco::spoken_text(&n).ok_or_else(|| "the NCCO has no talk action".to_owned())?;
+                        Ok(n)
+                    });
+                    match ncco {
+                        Ok(n) => Some(n),
+                        Err(reason) => {
+                            warn!(uuid = %self.uuid, %reason, "answer NCCO refused; the call hangs up");
+                            sim.stats.answer_invalid(&self.uuid, reason);
+                            None
+                        }
+                    }
+                };
                 if let Some(ncco) = ncco {
-                    self.converse(sim, ncco, talk).await;
+                    self.converse(sim, ncco, talk, after_beep).await;
                 }
+
                 let duration =
                     (started.elapsed().as_secs_f64() / sim.config.time_scale.max(1e-9)).round() as i64;
                 let price = format!("{:.8}", 0.0139 * duration as f64 / 60.0);
@@ -328,7 +402,7 @@ impl CallLife {
     /// talk, then — when it ends in an `input` — the callee's key (or the
     /// timeout) posted, signed, to the input's `eventUrl`, whose answer is
     /// the next NCCO. Without an input, the call lasts `talk` seconds.
-    async fn converse(&self, sim: &Sim, mut ncco: serde_json::Value, talk: f64) {
+    async fn converse(&self, sim: &Sim, mut ncco: serde_json::Value, talk: f64, after_beep: Option<bool>) {
         for nth in 0..crate::MAX_KEY_ROUNDS {
             let text = ncco::spoken_text(&ncco).unwrap_or_default();
             let input = match ncco::input_action(&ncco) {
@@ -339,7 +413,7 @@ impl CallLife {
                     return;
                 }
             };
-            sim.stats.heard(&self.uuid, &text, input.is_some());
+            sim.stats.heard_as(&self.uuid, &text, input.is_some(), after_beep);
             let Some(input) = input else {
                 let secs = if nth == 0 { talk } else { crate::speaking_secs(&text) };
                 tokio::time::sleep(sim.scaled(secs)).await;
@@ -411,6 +485,16 @@ impl CallLife {
             Ok(r) => Err(format!("answer URL answered {}", r.status())),
             Err(e) => Err(format!("answer URL unreachable: {e}")),
         }
+    }
+
+    /// The `human` / `machine` event (these carry `call_uuid` instead of
+    /// `uuid`; Vonage's webhook reference lists no `direction` here).
+    fn amd_event(&self, machine: bool) -> serde_json::Value {
+        json!({
+            "call_uuid": self.uuid, "conversation_uuid": self.conversation,
+            "status": if machine { "machine" } else { "human" }, "timestamp": now_iso(),
+            "from": self.from, "to": self.to,
+        })
     }
 
     fn outgoing(&self, body: serde_json::Value) -> Outgoing {

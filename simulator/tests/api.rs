@@ -155,7 +155,7 @@ fn request(setup: &Setup, n: u32) -> CallRequest {
         webhook_base: setup.receiver.base.clone(),
         url_token: "tok3n".into(),
         ringing_timeout_secs: 30,
-        machine_detection: false,
+        machine_detection: tocsin_core::provider::MachineDetection::Off,
         time_limit_secs: 300,
     }
 }

@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
                     webhook_base: "http://127.0.0.1:9".into(),
                     url_token: "t".into(),
                     ringing_timeout_secs: 45,
-                    machine_detection: false,
+                    machine_detection: tocsin_core::provider::MachineDetection::Off,
                     time_limit_secs: 300,
                 };
                 if client.place_call(&request).await.is_ok() {

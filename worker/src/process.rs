@@ -368,7 +368,7 @@ fn call_request(deps: &Deps, job: &CallJob, campaign: &Campaign, url_token: Stri
         webhook_base: deps.settings.public_url.clone(),
         url_token,
         ringing_timeout_secs: deps.settings.ringing_timeout_secs,
-        machine_detection: campaign.settings.machine_detection,
+        machine_detection: campaign.settings.machine_detection_mode(),
         time_limit_secs: campaign.settings.call_time_limit_secs(),
     }
 }

@@ -32,7 +32,7 @@ fn request() -> CallRequest {
         webhook_base: "https://hooks.example.com".into(),
         url_token: "tok3n".into(),
         ringing_timeout_secs: 45,
-        machine_detection: true,
+        machine_detection: tocsin_core::provider::MachineDetection::Detect,
         time_limit_secs: 300,
     }
 }

@@ -165,7 +165,7 @@ async fn the_adapters_requests_fit_the_providers_specs_and_sdk_parameters() {
         webhook_base: "https://hooks.example.com".into(),
         url_token: "tok3n".into(),
         ringing_timeout_secs: 45,
-        machine_detection: true,
+        machine_detection: tocsin_core::provider::MachineDetection::Detect,
         time_limit_secs: 600,
     };
     vonage.place_call(&request).await.unwrap();
@@ -445,7 +445,7 @@ async fn the_simulators_events_carry_only_the_documented_fields() {
     let setup =
         setup(&["--vonage-rate", "100", "--twilio-cps", "100", "--telnyx-command-wait", "200ms"]).await;
     let mut request = request(&setup, 1);
-    request.machine_detection = true;
+    request.machine_detection = tocsin_core::provider::MachineDetection::Detect;
     vonage_client(&setup, "private.pem").place_call(&request).await.unwrap();
     request.to = PhoneNumber::from_e164("+14155551002").unwrap();
     twilio_client(&setup, TOKEN).place_call(&request).await.unwrap();

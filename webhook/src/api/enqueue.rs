@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use tocsin_core::campaign::{self, CallingWindow, Changes, Control, Deadline, Handle};
-use tocsin_core::confirm::Key;
+use tocsin_core::confirm::{Key, Voicemail};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 use tocsin_core::{PhoneNumber, apikey};
@@ -99,6 +99,8 @@ pub struct Settings {
     pub max_replays: Option<i64>,
     pub key_timeout_secs: Option<i64>,
     pub until_confirmed: Option<bool>,
+    pub voicemail: Option<Voicemail>,
+    pub voicemail_message: Option<String>,
 }
 
 /// Where a campaign's contacts come from.
@@ -218,6 +220,8 @@ pub async fn enqueue(
         max_replays: s.max_replays,
         key_timeout_secs: s.key_timeout_secs,
         until_confirmed: s.until_confirmed,
+        voicemail: s.voicemail,
+        voicemail_message: s.voicemail_message,
     };
     let mut spec =
         Spec::new(request.campaign, changes, state.amqp.amqp_url.clone(), state.amqp.queue_prefix.clone());

@@ -22,7 +22,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tocsin_core::campaign::Campaign;
-use tocsin_core::confirm::Step;
+use tocsin_core::confirm::{Step, Voicemail};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 use tocsin_core::telnyx::{
@@ -142,32 +142,49 @@ async fn command(
     };
     let hangup_id = telnyx::call_command_id(leg, "hangup");
     let hangup = || hooks.client.hangup(leg, &hangup_id);
+    let campaign_and_id = |doing| async move {
+        match call_id {
+            Some(id) => Ok(campaign_of_call(state, id, doing).await?.map(|c| (c, id))),
+            None => Ok::<_, Response>(None),
+        }
+    };
     let (kind, sent) = match event.event_type.as_str() {
-        "call.answered" => {
-            let campaign = match call_id {
-                Some(id) => campaign_of_call(state, id, "telnyx speak").await?,
-                None => None,
-            };
-            match (campaign, call_id) {
-                (Some(campaign), Some(id)) => match campaign.settings.confirmation() {
-                    Some(c) => ("gather", send_step(hooks, &campaign, id, leg, &c.first()).await),
-                    None => {
-                        let s = &campaign.settings;
-                        let speak = Speak {
-                            payload: s.message.clone(),
-                            voice: voice(&campaign),
-                            language: s.language.clone(),
-                            repeat: u32::try_from(s.repeat).unwrap_or(1).max(1),
-                            command_id: telnyx::call_command_id(leg, "speak"),
-                            client_state: None,
-                        };
-                        ("speak", hooks.client.speak(leg, &speak).await)
-                    }
-                },
-                _ => {
-                    warn!(?call_id, "answered call we do not know; hanging up");
-                    ("hangup", hangup().await)
+        "call.answered" => match campaign_and_id("telnyx speak").await? {
+            // With voicemail drop or hang-up, wait for the machine detection.
+            Some((campaign, _)) if campaign.settings.voicemail != Voicemail::Ignore => return Ok(()),
+            Some((campaign, id)) => start(hooks, &campaign, id, leg).await,
+            None => {
+                warn!(?call_id, "answered call we do not know; hanging up");
+                ("hangup", hangup().await)
+            }
+        },
+        // `human`, `not_sure`: as to a person; `machine`: hang up, or wait
+        // for the greeting to end and leave the voicemail.
+        "call.machine.detection.ended" => match campaign_and_id("telnyx machine detection").await? {
+            Some((campaign, id)) if campaign.settings.voicemail != Voicemail::Ignore => {
+                match (event.payload.result.as_deref(), campaign.settings.voicemail) {
+                    (Some("machine"), Voicemail::Hangup) => ("hangup", hangup().await),
+                    (Some("machine"), _) => return Ok(()),
+                    _ => start(hooks, &campaign, id, leg).await,
                 }
+            }
+            _ => return Ok(()),
+        },
+        "call.machine.greeting.ended" => match campaign_and_id("telnyx voicemail").await? {
+            Some((campaign, id)) if campaign.settings.voicemail == Voicemail::Drop => {
+                voicemail(state, hooks, &campaign, id, attempt, leg, "voicemail").await?
+            }
+            _ => return Ok(()),
+        },
+        // The detector cut a speech that started too early: speak it again
+        // (a new command id: Telnyx ignores a repeated one).
+        "call.speak.ended" if event.payload.status.as_deref() == Some("cancelled_amd") => {
+            match campaign_and_id("telnyx voicemail").await? {
+                Some((campaign, id)) if campaign.settings.voicemail == Voicemail::Drop => {
+                    let again = format!("voicemail:{}", event.id);
+                    voicemail(state, hooks, &campaign, id, attempt, leg, &again).await?
+                }
+                _ => return Ok(()),
             }
         }
         "call.gather.ended" | "call.dtmf.received" => {
@@ -229,6 +246,58 @@ async fn command(
             Err(ApiError::unavailable().into_response())
         }
     }
+}
+
+/// What an answered call hears first: the dialogue's first gather, or the
+/// message.
+async fn start(
+    hooks: &TelnyxHooks,
+    campaign: &Campaign,
+    id: CallId,
+    leg: &str,
+) -> (&'static str, Result<(), CommandError>) {
+    match campaign.settings.confirmation() {
+        Some(c) => ("gather", send_step(hooks, campaign, id, leg, &c.first()).await),
+        None => {
+            let s = &campaign.settings;
+            let speak = Speak {
+                payload: s.message.clone(),
+                voice: voice(campaign),
+                language: s.language.clone(),
+                repeat: u32::try_from(s.repeat).unwrap_or(1).max(1),
+                command_id: telnyx::call_command_id(leg, "speak"),
+                client_state: None,
+            };
+            ("speak", hooks.client.speak(leg, &speak).await)
+        }
+    }
+}
+
+/// Leaves the voicemail (the greeting has ended): recorded on the call,
+/// then spoken with `Dialogue::Finishing`, so its end hangs up.
+async fn voicemail(
+    state: &HookState,
+    hooks: &TelnyxHooks,
+    campaign: &Campaign,
+    id: CallId,
+    attempt: Option<i32>,
+    leg: &str,
+    command: &str,
+) -> Result<(&'static str, Result<(), CommandError>), Response> {
+    if let Err(e) = calls::record_voicemail(&state.pool, id, attempt.unwrap_or(1)).await {
+        warn!(call_id = %id, error = %e, "voicemail not recorded: database unavailable; answering 503");
+        return Err(ApiError::unavailable().into_response());
+    }
+    let s = &campaign.settings;
+    let speak = Speak {
+        payload: s.voicemail_text(),
+        voice: voice(campaign),
+        language: s.language.clone(),
+        repeat: 1,
+        command_id: telnyx::call_command_id(leg, command),
+        client_state: Some(telnyx::dialogue_state(id, Dialogue::Finishing)),
+    };
+    Ok(("speak", hooks.client.speak(leg, &speak).await))
 }
 
 /// The voice to speak a campaign's words in.

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use tocsin_core::CallId;
 use tocsin_core::calls;
 use tocsin_core::campaign::Campaign;
-use tocsin_core::confirm::{Heard, Step, Turn};
+use tocsin_core::confirm::{Heard, Step, Turn, Voicemail};
 use tocsin_core::provider::Provider;
 use tocsin_core::twilio::{self, TwilioStatus};
 use tracing::warn;
@@ -31,6 +31,8 @@ use crate::store::{CallProof, StoredEvent};
 fn refused(reason: Reason, detail: &str) -> Response {
     rejected(Provider::Twilio, reason, detail)
 }
+
+const HANG_UP: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Hangup/></Response>";
 
 /// Parses the form body and checks its signature against the public URL.
 fn verified_params(
@@ -62,13 +64,31 @@ pub async fn twiml(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = verified_params(&state, &uri, &headers, &body) {
-        return response;
-    }
+    let params = match verified_params(&state, &uri, &headers, &body) {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
     let Some(id) = call_id(&query) else {
         return missing_call_id();
     };
+    // With machine detection, Twilio fetches the TwiML knowing who answered
+    // (`AnsweredBy`; with DetectMessageEnd, once a machine's greeting ended).
+    let answered_by = params.iter().find(|(k, _)| k == "AnsweredBy").map(|(_, v)| v.as_str());
+    let machine = answered_by.is_some_and(|by| by.starts_with("machine") || by == "fax");
     let document = match campaign_for_answer(&state, id, &query, "twiml").await {
+        Ok(Some(campaign)) if machine && campaign.settings.voicemail == Voicemail::Hangup => {
+            HANG_UP.to_owned()
+        }
+        Ok(Some(campaign))
+            if machine && campaign.settings.voicemail == Voicemail::Drop && answered_by != Some("fax") =>
+        {
+            if calls::record_voicemail(&state.pool, id, attempt(&query).unwrap_or(1)).await.is_err() {
+                return tocsin_core::http::ApiError::unavailable().into_response();
+            }
+            let s = &campaign.settings;
+            twilio::twiml(&s.voicemail_text(), &s.language, 1, s.voice.as_deref())
+        }
+        Ok(Some(campaign)) if machine && campaign.settings.voicemail == Voicemail::Drop => HANG_UP.to_owned(),
         Ok(Some(campaign)) => match campaign.settings.confirmation() {
             Some(c) => step_twiml(&state, &campaign, &c.first(), id, &query),
             None => {
@@ -84,7 +104,7 @@ pub async fn twiml(
         Ok(None) => {
             // Hang up rather than let Twilio play its application-error message.
             warn!(call_id = %id, "twiml requested for an unknown call; hanging up");
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Hangup/></Response>".to_owned()
+            HANG_UP.to_owned()
         }
         Err(response) => return response,
     };

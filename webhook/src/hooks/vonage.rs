@@ -26,7 +26,7 @@ use tocsin_core::CallId;
 use tocsin_core::calls;
 use tocsin_core::campaign::Campaign;
 use tocsin_core::config::VonageCredentials;
-use tocsin_core::confirm::{Step, Turn};
+use tocsin_core::confirm::{Step, Turn, Voicemail};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 use tocsin_core::vonage::{self, VonageEvent};
@@ -47,22 +47,52 @@ pub async fn answer(
         return missing_call_id();
     };
     match campaign_for_answer(&state, id, &query, "vonage answer").await {
-        Ok(Some(campaign)) => match campaign.settings.confirmation() {
-            Some(c) => {
-                let (attempt, token) = (attempt(&query).unwrap_or(1), url_token(&query).unwrap_or_default());
-                Json(step_ncco(&state, &campaign, &c.first(), id, attempt, &token)).into_response()
+        // Beep detection ends before the NCCO starts (Vonage's advanced
+        // machine detection, synchronous): a machine's event is in by now.
+        Ok(Some(campaign)) if campaign.settings.voicemail == Voicemail::Drop => {
+            let attempt = attempt(&query).unwrap_or(1);
+            match calls::machine_answered(&state.pool, id, attempt).await {
+                Ok(true) => match calls::record_voicemail(&state.pool, id, attempt).await {
+                    Ok(_) => Json(voicemail_ncco(&campaign)).into_response(),
+                    Err(_) => ApiError::unavailable().into_response(),
+                },
+                Ok(false) => Json(first_ncco(&state, &campaign, id, &query)).into_response(),
+                Err(_) => ApiError::unavailable().into_response(),
             }
-            None => {
-                let s = &campaign.settings;
-                let repeat = u32::try_from(s.repeat).unwrap_or(1);
-                // Checked when the campaign was saved (`speech::check`); a row
-                // written before that check speaks in the default style.
-                let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
-                Json(vonage::ncco(&s.message, &s.language, style, repeat)).into_response()
-            }
-        },
+        }
+        Ok(Some(campaign)) => Json(first_ncco(&state, &campaign, id, &query)).into_response(),
         Ok(None) => ApiError::not_found("no such call").into_response(),
         Err(response) => response,
+    }
+}
+
+/// The voicemail, spoken once to the machine.
+fn voicemail_ncco(campaign: &Campaign) -> serde_json::Value {
+    let s = &campaign.settings;
+    let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
+    vonage::ncco(&s.voicemail_text(), &s.language, style, 1)
+}
+
+/// What a person hears first: the message, and the dialogue's first question when it has one.
+fn first_ncco(
+    state: &HookState,
+    campaign: &Campaign,
+    id: CallId,
+    query: &HashMap<String, String>,
+) -> serde_json::Value {
+    match campaign.settings.confirmation() {
+        Some(c) => {
+            let (attempt, token) = (attempt(query).unwrap_or(1), url_token(query).unwrap_or_default());
+            step_ncco(state, campaign, &c.first(), id, attempt, &token)
+        }
+        None => {
+            let s = &campaign.settings;
+            let repeat = u32::try_from(s.repeat).unwrap_or(1);
+            // Checked when the campaign was saved (`speech::check`); a row
+            // written before that check speaks in the default style.
+            let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
+            vonage::ncco(&s.message, &s.language, style, repeat)
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 "use strict";
 
 const KEY = "tocsin.apiKey";
-const OUTCOMES = ["completed", "busy", "no_answer", "rejected", "failed", "unknown", "cancelled", "skipped", "expired"];
+const OUTCOMES = ["completed", "voicemail", "busy", "no_answer", "rejected", "failed", "unknown", "cancelled", "skipped", "expired"];
 const ACTIVE = ["dialing", "placed", "ringing", "answered"];
 const WAITING = ["queued", "retry_wait"];
 const LABELS = { no_answer: "no answer", retry_wait: "retry wait" };

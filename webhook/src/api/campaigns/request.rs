@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tocsin_core::PhoneNumber;
 use tocsin_core::campaign::limits;
-use tocsin_core::confirm::{self, Key};
+use tocsin_core::confirm::{self, Key, Voicemail};
 use tocsin_core::phone::PhoneNumberError;
 use tocsin_core::provider::Provider;
 
@@ -42,6 +42,8 @@ pub struct CreateBody {
     max_replays: Field<i64>,
     key_timeout_secs: Field<i64>,
     until_confirmed: Field<bool>,
+    voicemail: Field<String>,
+    voicemail_message: Field<String>,
     contacts: Field<Vec<Value>>,
     contact_list: Field<String>,
     /// Keys that are none of the above.
@@ -146,6 +148,11 @@ impl CreateBody {
             self.key_timeout_secs.int("key_timeout_secs", confirm::limits::KEY_TIMEOUT_SECS, &mut errors);
         let until_confirmed =
             self.until_confirmed.get("until_confirmed", "must be true or false", &mut errors);
+        let voicemail = self
+            .voicemail
+            .string("voicemail", &mut errors)
+            .and_then(|v| v.parse::<Voicemail>().map_err(|e| errors.add("voicemail", &e)).ok());
+        let voicemail_message = self.voicemail_message.string("voicemail_message", &mut errors);
         if let Some(r) = &default_region
             && let Err(PhoneNumberError::UnknownRegion(_)) = PhoneNumber::parse("+14155552671", Some(r))
         {
@@ -205,6 +212,8 @@ impl CreateBody {
                 max_replays,
                 key_timeout_secs,
                 until_confirmed,
+                voicemail,
+                voicemail_message,
             };
             let (contacts, inline_count) = match saved {
                 Some(list) => (Contacts::Saved(list), None),
