@@ -532,7 +532,8 @@ impl Settings {
         diff("key timeout", format!("{}s", a.key_timeout_secs), format!("{}s", b.key_timeout_secs));
         diff("until confirmed", old.until_confirmed.to_string(), self.until_confirmed.to_string());
         diff("voicemail", old.voicemail.to_string(), self.voicemail.to_string());
-        diff("voicemail message", old.voicemail_text(), self.voicemail_text());
+        // (The default voicemail follows the message, which changes apart.)
+        diff("voicemail message", opt(&old.voicemail_message), opt(&self.voicemail_message));
         out
     }
 }

@@ -49,6 +49,7 @@ TOCSIN_METRICS = {
     "tocsin_opt_outs_total": "counter",
     "tocsin_time_to_confirm_seconds": "histogram",
     "tocsin_calls_expired_total": "counter",
+    "tocsin_voicemails_total": "counter",
 }
 EXTERNAL_METRICS = {"rabbitmq_queue_messages_ready", "kube_deployment_status_replicas_available"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

@@ -322,3 +322,55 @@ async fn machines_get_the_voicemail_after_their_greeting_or_a_hang_up_through_ev
     assert_eq!(stats["key_requests_invalid"], 0, "{stats}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_deadline_no_redial_starts_and_the_unconfirmed_expire_through_every_provider() {
+    let stack = common::start(Options {
+        sim_extra: vec!["--pin".into(), "1=answered,2=no_key".into()],
+        ..Options::default()
+    })
+    .await;
+    for (provider, base) in [("vonage", 501), ("twilio", 502), ("telnyx", 503)] {
+        let csv = format!("number\n+1415558{base:03}1\n+1415558{base:03}2\n");
+        // Redials come 5 s after each attempt; the deadline is 3 s away.
+        let args = stack.enqueue_args(
+            provider,
+            &csv,
+            &[
+                "--message",
+                "Deadline test.",
+                "--provider",
+                provider,
+                "--confirm",
+                "--until-confirmed",
+                "--max-attempts",
+                "3",
+                "--retry-delay",
+                "5s",
+                "--expires-in",
+                "3s",
+            ],
+        );
+        assert_eq!(producer::enqueue(&stack.db.pool, &args).await.unwrap().published, 2);
+    }
+    for provider in ["vonage", "twilio", "telnyx"] {
+        stack.wait_terminal(provider).await;
+        let rows: Vec<(String, String, i32, Option<i32>)> = sqlx::query_as(
+            "SELECT k.number, k.state, k.attempt, k.confirmed_attempt FROM calls k \
+             JOIN campaigns c ON c.id = k.campaign_id WHERE c.name = $1 ORDER BY k.number",
+        )
+        .bind(provider)
+        .fetch_all(&stack.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(rows[0].1, "completed", "{provider}: {rows:?}");
+        assert_eq!(rows[0].3, Some(1), "{provider}: {rows:?}");
+        // Heard without a key in attempt 1; its redial came after the deadline.
+        assert_eq!((rows[1].1.as_str(), rows[1].2), ("expired", 1), "{provider}: {rows:?}");
+    }
+    // Each number was called once: no call started after the deadline.
+    let stats = stack.sim_stats().await;
+    assert_eq!(stats["calls"], 6, "{stats}");
+    assert!(stats["called_more_than_once"].as_array().unwrap().is_empty(), "{stats}");
+    stack.stop().await;
+}

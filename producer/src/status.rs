@@ -42,6 +42,8 @@ pub struct Status {
     pub dead_jobs: i64,
     /// Present when the campaign asks callees to press a key.
     pub confirmation: Option<Confirmations>,
+    /// What a call does when a machine answers: ignore, drop, hangup.
+    pub voicemail: String,
 }
 
 /// A confirming campaign's settings and counts.
@@ -110,6 +112,13 @@ impl Status {
             ),
             format!("  schedule  {}", self.schedule),
         ];
+        if self.voicemail != "ignore" {
+            lines.push(format!(
+                "  machines  {} (voicemails left: {})",
+                if self.voicemail == "drop" { "voicemail left after the greeting" } else { "hung up on" },
+                self.states.get("voicemail").copied().unwrap_or(0)
+            ));
+        }
         if let Some(c) = &self.confirmation {
             let keys = [
                 Some(format!("confirm {}", c.confirm_key)),
@@ -208,6 +217,7 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
         expires_at: c.settings.expires_at,
         dead_jobs: tocsin_core::dead::count_for(pool, c.id).await.context("counting dead-lettered jobs")?,
         confirmation,
+        voicemail: c.settings.voicemail.to_string(),
     })
 }
 

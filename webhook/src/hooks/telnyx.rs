@@ -284,9 +284,13 @@ async fn voicemail(
     leg: &str,
     command: &str,
 ) -> Result<(&'static str, Result<(), CommandError>), Response> {
-    if let Err(e) = calls::record_voicemail(&state.pool, id, attempt.unwrap_or(1)).await {
-        warn!(call_id = %id, error = %e, "voicemail not recorded: database unavailable; answering 503");
-        return Err(ApiError::unavailable().into_response());
+    match calls::record_voicemail(&state.pool, id, attempt.unwrap_or(1)).await {
+        Ok(true) => metrics::counter!("tocsin_voicemails_total", "provider" => "telnyx").increment(1),
+        Ok(false) => {}
+        Err(e) => {
+            warn!(call_id = %id, error = %e, "voicemail not recorded: database unavailable; answering 503");
+            return Err(ApiError::unavailable().into_response());
+        }
     }
     let s = &campaign.settings;
     let speak = Speak {

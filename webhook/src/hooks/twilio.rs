@@ -82,8 +82,10 @@ pub async fn twiml(
         Ok(Some(campaign))
             if machine && campaign.settings.voicemail == Voicemail::Drop && answered_by != Some("fax") =>
         {
-            if calls::record_voicemail(&state.pool, id, attempt(&query).unwrap_or(1)).await.is_err() {
-                return tocsin_core::http::ApiError::unavailable().into_response();
+            match calls::record_voicemail(&state.pool, id, attempt(&query).unwrap_or(1)).await {
+                Ok(true) => metrics::counter!("tocsin_voicemails_total", "provider" => "twilio").increment(1),
+                Ok(false) => {}
+                Err(_) => return tocsin_core::http::ApiError::unavailable().into_response(),
             }
             let s = &campaign.settings;
             twilio::twiml(&s.voicemail_text(), &s.language, 1, s.voice.as_deref())

@@ -53,7 +53,12 @@ pub async fn answer(
             let attempt = attempt(&query).unwrap_or(1);
             match calls::machine_answered(&state.pool, id, attempt).await {
                 Ok(true) => match calls::record_voicemail(&state.pool, id, attempt).await {
-                    Ok(_) => Json(voicemail_ncco(&campaign)).into_response(),
+                    Ok(recorded) => {
+                        if recorded {
+                            metrics::counter!("tocsin_voicemails_total", "provider" => "vonage").increment(1);
+                        }
+                        Json(voicemail_ncco(&campaign)).into_response()
+                    }
                     Err(_) => ApiError::unavailable().into_response(),
                 },
                 Ok(false) => Json(first_ncco(&state, &campaign, id, &query)).into_response(),

@@ -184,7 +184,7 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
 macro_rules! select_campaign_row {
     ($rest:literal) => {
         concat!(
-            "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, c.confirm, c.until_confirmed, ",
+            "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, c.confirm, c.until_confirmed, c.voicemail, ",
             "coalesce((SELECT jsonb_object_agg(state, n) FROM ",
             "(SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts, ",
             "(SELECT jsonb_build_object('confirmed', count(*) FILTER (WHERE confirmed_at IS NOT NULL), ",
@@ -209,6 +209,8 @@ struct CampaignRow {
     /// The callee is asked to press a key; redialled until they do.
     confirm: bool,
     until_confirmed: bool,
+    /// ignore, drop or hangup.
+    voicemail: String,
     counts: Value,
     /// `confirmed`, `confirmed_late`, `opted_out`.
     confirmations: Value,
@@ -234,6 +236,7 @@ fn render(row: CampaignRow) -> Value {
         "dead_jobs": row.dead_jobs,
         "confirm": row.confirm,
         "until_confirmed": row.until_confirmed,
+        "voicemail": row.voicemail,
         "confirmed": row.confirmations["confirmed"],
         "confirmed_late": row.confirmations["confirmed_late"],
         "opted_out": row.confirmations["opted_out"],
