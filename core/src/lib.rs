@@ -13,6 +13,7 @@ pub mod config;
 pub mod confirm;
 pub mod db;
 pub mod dead;
+pub mod export;
 pub mod http;
 pub mod ids;
 pub mod job;

@@ -31,6 +31,32 @@ pub async fn find(pool: &PgPool, name: &str) -> anyhow::Result<Campaign> {
     found.ok_or_else(|| unknown(name))
 }
 
+/// `producer export`: the campaign's calls as CSV (`tocsin_core::export`),
+/// streamed to standard output or a file.
+pub async fn export(pool: &PgPool, args: &crate::config::ExportArgs) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let c = find(pool, &args.name).await?;
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut lines = std::pin::pin!(tocsin_core::export::csv(pool, c.id));
+    let mut rows = 0u64;
+    while let Some(line) = lines.next().await {
+        out.write_all(line.context("reading the campaign's calls")?.as_bytes())
+            .context("writing the export")?;
+        rows += 1;
+    }
+    out.flush().context("writing the export")?;
+    if let Some(path) = &args.output {
+        tell!("{}: {} calls written to {}", args.name, rows.saturating_sub(1), path.display());
+    }
+    Ok(())
+}
+
 /// A campaign's identity and status, for a control command: read without
 /// its settings, so it works even on a row whose settings do not parse.
 async fn find_handle(pool: &PgPool, name: &str) -> anyhow::Result<Handle> {

@@ -86,6 +86,15 @@ pub enum Command {
     /// Resume dialing a paused campaign.
     #[command(after_help = "Example:\n  producer resume storm-warning")]
     Resume(NameArg),
+    /// Write a campaign's calls as CSV: number, list columns, outcome, attempts, times,
+    /// confirmation, answered by, voicemail, error and cost.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  producer export storm-warning > storm-warning.csv\n",
+        "  producer export storm-warning --output out.csv\n\n",
+        "The same as GET /api/v1/campaigns/{name}/calls.csv; rows come in the contact list's order."
+    ))]
+    Export(ExportArgs),
     /// Cancel a campaign for good: calls not yet dialed are never made.
     #[command(
         after_help = "Example:\n  producer cancel storm-warning --yes\n\nTo stop only for now, use `producer pause`."
@@ -468,6 +477,15 @@ pub struct ListImportArgs {
     /// Print the report as JSON on standard output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Campaign name.
+    pub name: String,
+    /// Write to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

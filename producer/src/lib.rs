@@ -115,6 +115,7 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
             None => campaign::list(&pool, args.json).await,
             Some(cmd) => lists::run(&pool, cmd, stop).await,
         },
+        Command::Export(a) => campaign::export(&pool, &a).await,
         Command::Pause(a) => campaign::pause(&pool, &a.name).await,
         Command::Resume(a) => campaign::resume(&pool, &a.name).await,
         Command::Cancel(a) => campaign::cancel(&pool, &a.name, a.yes).await,

@@ -307,3 +307,41 @@ fn help_never_prints_a_secret_from_the_environment() {
         tocsin_core::testing::assert_help_hides_secrets(producer, args);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_every_contact_with_its_outcome_as_csv() {
+    let env = Env::new("producer-export").await;
+    let contacts = env.file("export.csv", "number,name\n+14155552671,\"Ann, the boss\"\n+14155552672,Bo\n");
+    let o = env.run_bin(&[
+        "enqueue",
+        "--campaign",
+        "exported",
+        "--contacts",
+        contacts.to_str().unwrap(),
+        "--message",
+        "hi",
+        "--from",
+        "+14155550100",
+        "--vonage-application-id",
+        "app",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.run_bin(&["export", "exported"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], tocsin_core::export::HEADER.trim_end());
+    assert!(
+        lines[1].starts_with("+14155552671,2,\"{\"\"name\"\": \"\"Ann, the boss\"\"}\",queued,0"),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("+14155552672,3,"), "{text}");
+    assert_eq!(lines.len(), 3);
+    // --output writes the file and says so; an unknown campaign is a usage error.
+    let out = env.dir.join("out.csv");
+    let o = env.run_bin(&["export", "exported", "--output", out.to_str().unwrap()]);
+    assert!(stderr(&o).contains("2 calls written to"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+    let o = env.run_bin(&["export", "nothing-here"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -65,6 +65,7 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/campaigns/{name}/events", get(live::events))
         .route("/api/v1/alertmanager", post(alertmanager::receive))
         .route("/api/v1/campaigns/{name}/calls", get(calls::list))
+        .route("/api/v1/campaigns/{name}/calls.csv", get(calls::export))
         .route("/api/v1/campaigns/{name}/calls/{id}", get(calls::show))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -458,10 +458,56 @@ fn openapi_file_documents_every_route() {
         "/api/v1/campaigns/{name}/events:",
         "/api/v1/campaigns/{name}/calls:",
         "/api/v1/campaigns/{name}/calls/{id}:",
+        "/api/v1/campaigns/{name}/calls.csv:",
         "/api/v1/alertmanager:",
         "/vonage/input:",
         "/twilio/gather:",
     ] {
         assert!(spec.contains(&format!("\n  {path}\n")), "{path} is not in webhook/openapi.yaml");
     }
+}
+
+#[tokio::test]
+async fn a_campaigns_calls_export_as_csv_with_every_contact_and_its_columns() {
+    let h = harness(&[]).await;
+    let key = h.key("exporter", &["campaigns:write", "campaigns:read"], &["ops-"]).await;
+    let body = json!({
+        "name": "ops-export", "message": "m", "from": "+14155550100",
+        "contacts": [
+            {"number": "+14155550101", "name": "Ann, \"the\" boss"},
+            {"number": "+14155550102", "name": "Zoë Ødegård 李"},
+        ],
+    });
+    let (s, _, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body.to_string()), None).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let get = |path: &str, key: &str| {
+        Request::get(path).header("authorization", format!("Bearer {key}")).body(Body::empty()).unwrap()
+    };
+    let response = h.app.clone().oneshot(get("/api/v1/campaigns/ops-export/calls.csv", &key)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
+    assert!(response.headers()["content-disposition"].to_str().unwrap().contains("ops-export-calls.csv"));
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], tocsin_core::export::HEADER.trim_end());
+    assert_eq!(lines.len(), 3, "{text}");
+    // Every contact, in list order, its attributes quoted as CSV, its state.
+    assert!(
+        lines[1]
+            .starts_with("+14155550101,1,\"{\"\"name\"\": \"\"Ann, \\\"\"the\\\"\" boss\"\"}\",queued,0,"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].starts_with("+14155550102,2,") && lines[2].contains("Zoë Ødegård 李"), "{}", lines[2]);
+    // (One comma is inside the quoted attributes.)
+    assert_eq!(lines[1].matches(',').count() - 1, lines[0].matches(',').count(), "{}", lines[1]);
+    // The key's scope and prefixes apply; an unknown campaign is 404.
+    let other = h.key("other", &["campaigns:read"], &["dev-"]).await;
+    let response =
+        h.app.clone().oneshot(get("/api/v1/campaigns/ops-export/calls.csv", &other)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = h.app.clone().oneshot(get("/api/v1/campaigns/ops-none/calls.csv", &key)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    h.cleanup().await;
 }
