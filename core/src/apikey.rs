@@ -24,7 +24,7 @@ pub enum KeyError {
 }
 
 /// Every scope a key may hold.
-pub const SCOPES: [&str; 3] = ["campaigns:write", "campaigns:read", "campaigns:control"];
+pub const SCOPES: [&str; 4] = ["campaigns:write", "campaigns:read", "campaigns:control", "audit:read"];
 
 /// A freshly generated key: `key` is shown once and never stored.
 pub struct Generated {

@@ -7,6 +7,7 @@
 //! by a function a binary calls with its configuration.
 
 pub mod apikey;
+pub mod audit;
 pub mod calls;
 pub mod campaign;
 pub mod config;

@@ -57,6 +57,40 @@ pub async fn export(pool: &PgPool, args: &crate::config::ExportArgs) -> anyhow::
     Ok(())
 }
 
+/// `producer audit`: the audit log, newest first, as text or JSON Lines.
+pub async fn audit(pool: &PgPool, args: &crate::config::AuditArgs) -> anyhow::Result<()> {
+    let filter = tocsin_core::audit::Filter {
+        campaign: args.campaign.clone(),
+        since: args.since,
+        prefixes: Vec::new(),
+        limit: args.limit,
+    };
+    let entries = tocsin_core::audit::list(pool, &filter).await.context("reading the audit log")?;
+    if entries.is_empty() {
+        tell!(
+            "no actions recorded{}",
+            args.campaign.as_ref().map(|c| format!(" for {c}")).unwrap_or_default()
+        );
+    }
+    for e in entries {
+        if args.json {
+            say!("{}", serde_json::to_string(&e)?);
+        } else {
+            say!(
+                "{}  {:<13} {:<5} {}{}  {}{}",
+                e.at.format("%Y-%m-%d %H:%M:%S%.3fZ"),
+                e.action,
+                e.via,
+                e.actor,
+                e.client.map(|c| format!(" from {c}")).unwrap_or_default(),
+                e.campaign.map(|c| format!("{c} ")).unwrap_or_default(),
+                e.details
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A campaign's identity and status, for a control command: read without
 /// its settings, so it works even on a row whose settings do not parse.
 async fn find_handle(pool: &PgPool, name: &str) -> anyhow::Result<Handle> {

@@ -86,6 +86,14 @@ pub enum Command {
     /// Resume dialing a paused campaign.
     #[command(after_help = "Example:\n  producer resume storm-warning")]
     Resume(NameArg),
+    /// The audit log: who did what, when and from where (CLI and API), newest first.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  producer audit                              # the last 100 actions\n",
+        "  producer audit --campaign storm-warning --since 24h\n",
+        "  producer audit --since 2026-11-22T00:00:00Z --json"
+    ))]
+    Audit(AuditArgs),
     /// Write a campaign's calls as CSV: number, list columns, outcome, attempts, times,
     /// confirmation, answered by, voicemail, error and cost.
     #[command(after_help = concat!(
@@ -480,6 +488,36 @@ pub struct ListImportArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Only actions on this campaign.
+    #[arg(long)]
+    pub campaign: Option<String>,
+    /// Only actions since then: a duration back from now (24h, 30m) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_since, value_name = "DURATION|TIME")]
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many, newest first.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub limit: i64,
+    /// Print JSON Lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--since`: a span back from now, or a time.
+fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
+    match parse_duration(s) {
+        Ok(d) => chrono::Duration::from_std(d).map(|d| Utc::now() - d).map_err(|e| e.to_string()),
+        Err(_) => parse_start_at(s)
+            .map_err(|_| format!("{s:?} is neither a duration (24h, 30m) nor an RFC 3339 time")),
+    }
+}
+
+/// The OS user running the CLI, as the audit log names it.
+pub fn os_user() -> String {
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into())
+}
+
+#[derive(Args, Debug)]
 pub struct ExportArgs {
     /// Campaign name.
     pub name: String,
@@ -560,7 +598,7 @@ pub enum ApikeyCommand {
         /// A name for the key (unique), e.g. who uses it.
         #[arg(long)]
         name: String,
-        /// Comma-separated scopes: campaigns:write, campaigns:read, campaigns:control.
+        /// Comma-separated scopes: campaigns:write, campaigns:read, campaigns:control, audit:read.
         #[arg(long)]
         scope: String,
         /// Limit the key to campaigns whose name starts with this (repeatable; not empty:

@@ -42,8 +42,12 @@ use secrecy::ExposeSecret;
 use tocsin_core::{db, queue};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Cli, Command, RequeueDeadArgs, SignedCallbacksArgs, VonageCommand};
+use crate::config::{
+    ApikeyCommand, Cli, Command, DncCommand, ListArgs, ListCommand, RequeueDeadArgs, SignedCallbacksArgs,
+    VonageCommand,
+};
 pub use crate::enqueue::{enqueue, enqueue_until};
+use sqlx::PgPool;
 pub use tocsin_enqueue::Report;
 
 /// Errors with their own exit code.
@@ -93,7 +97,73 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
         detail: e.to_string(),
     })?;
     db::migrate(&pool).await.context("applying database migrations")?;
-    match cli.command {
+    let audited = audit_entry(&cli.command);
+    let result = execute(&pool, cli.command, stop).await;
+    if let (Ok(()), Some((action, campaign, details))) = (&result, audited) {
+        let actor = tocsin_core::audit::Actor {
+            via: tocsin_core::audit::Via::Cli,
+            name: config::os_user(),
+            client: None,
+        };
+        // The action is done: a failure to record it is reported, not fatal.
+        if let Err(e) = tocsin_core::audit::record(&pool, &actor, action, campaign.as_deref(), details).await
+        {
+            tell!("warning: the action was done but not written to the audit log: {e}");
+        }
+    }
+    result
+}
+
+/// What the audit log records of a command that changes something: its
+/// action, campaign and parameters (never a secret: an API key's name and
+/// scopes, not the key).
+fn audit_entry(command: &Command) -> Option<(&'static str, Option<String>, serde_json::Value)> {
+    use serde_json::json;
+    Some(match command {
+        Command::Enqueue(a) if !a.dry_run => (
+            "campaign.enqueue",
+            Some(a.campaign.clone()),
+            json!({
+                "contacts": a.contacts.as_ref().map(|p| p.display().to_string()),
+                "list": a.list, "provider": a.provider.map(|p| p.to_string()),
+                "confirm": a.confirm, "until_confirmed": a.until_confirmed, "max_attempts": a.max_attempts,
+                "expires_at": a.expires_at, "expires_in": a.expires_in.map(|d| d.as_secs()),
+                "update_message": a.update_message, "update_settings": a.update_settings,
+            }),
+        ),
+        Command::Pause(a) => ("campaign.pause", Some(a.name.clone()), json!({})),
+        Command::Resume(a) => ("campaign.resume", Some(a.name.clone()), json!({})),
+        Command::Cancel(a) => ("campaign.cancel", Some(a.name.clone()), json!({})),
+        Command::Delete(a) => ("campaign.delete", Some(a.name.clone()), json!({})),
+        Command::Dnc(DncCommand::Add { numbers, reason, .. }) => {
+            ("dnc.add", None, json!({ "numbers": numbers, "reason": reason }))
+        }
+        Command::Dnc(DncCommand::Remove { numbers, .. }) => {
+            ("dnc.remove", None, json!({ "numbers": numbers }))
+        }
+        Command::Dnc(DncCommand::Import(a)) => {
+            ("dnc.import", None, json!({ "file": a.file.display().to_string(), "reason": a.reason }))
+        }
+        Command::List(ListArgs { command: Some(ListCommand::Import(a)), .. }) => {
+            ("list.import", None, json!({ "list": a.name, "file": a.file.display().to_string() }))
+        }
+        Command::List(ListArgs { command: Some(ListCommand::Delete { name, .. }), .. }) => {
+            ("list.delete", None, json!({ "list": name }))
+        }
+        Command::Apikey(ApikeyCommand::Create { name, scope, campaign_prefix }) => (
+            "apikey.create",
+            None,
+            json!({ "name": name, "scopes": scope, "campaign_prefixes": campaign_prefix }),
+        ),
+        Command::Apikey(ApikeyCommand::Revoke { name }) => ("apikey.revoke", None, json!({ "name": name })),
+        Command::RequeueDead(a) => ("dead.requeue", a.campaign.clone(), json!({})),
+        _ => return None,
+    })
+}
+
+async fn execute(pool: &PgPool, command: Command, stop: CancellationToken) -> anyhow::Result<()> {
+    let pool = pool.clone();
+    match command {
         Command::Enqueue(args) => {
             let report = enqueue_until(&pool, &args, stop).await?;
             if args.json {
@@ -116,6 +186,7 @@ pub async fn run(cli: Cli, stop: CancellationToken) -> anyhow::Result<()> {
             Some(cmd) => lists::run(&pool, cmd, stop).await,
         },
         Command::Export(a) => campaign::export(&pool, &a).await,
+        Command::Audit(a) => campaign::audit(&pool, &a).await,
         Command::Pause(a) => campaign::pause(&pool, &a.name).await,
         Command::Resume(a) => campaign::resume(&pool, &a.name).await,
         Command::Cancel(a) => campaign::cancel(&pool, &a.name, a.yes).await,

@@ -345,3 +345,52 @@ async fn export_writes_every_contact_with_its_outcome_as_csv() {
     let o = env.run_bin(&["export", "nothing-here"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cli_action_is_in_the_audit_log_with_the_os_user_and_no_secret() {
+    let env = Env::new("producer-audit").await;
+    let contacts = env.file("audit.csv", "number\n+14155552671\n");
+    let run = |args: &[&str]| {
+        let o = env.run_bin(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    run(&[
+        "enqueue",
+        "--campaign",
+        "audited",
+        "--contacts",
+        contacts.to_str().unwrap(),
+        "--message",
+        "hi",
+        "--from",
+        "+14155550100",
+        "--vonage-application-id",
+        "app",
+    ]);
+    run(&["pause", "audited"]);
+    run(&["dnc", "add", "+14155552679", "--reason", "asked"]);
+    let key = stdout(&run(&["apikey", "create", "--name", "ci", "--scope", "campaigns:read"]));
+    run(&["cancel", "audited", "--yes"]);
+    // A read changes nothing and is not recorded; a failed action neither.
+    run(&["status", "audited"]);
+    assert!(!env.run_bin(&["resume", "audited"]).status.success());
+
+    let o = run(&["audit", "--json"]);
+    let entries: Vec<serde_json::Value> =
+        stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        ["campaign.cancel", "apikey.create", "dnc.add", "campaign.pause", "campaign.enqueue"]
+    );
+    assert!(entries.iter().all(|e| e["via"] == "cli" && !e["actor"].as_str().unwrap().is_empty()));
+    assert_eq!(entries[2]["details"]["numbers"][0], "+14155552679");
+    assert_eq!(entries[1]["details"]["name"], "ci");
+    let secret = key.split_whitespace().find(|w| w.starts_with("tocsin_")).expect("the key is printed once");
+    assert!(!stdout(&o).contains(secret), "the key must never be in the audit log");
+    // Filters: one campaign, since a time.
+    let o = run(&["audit", "--campaign", "audited", "--since", "1h"]);
+    assert_eq!(stdout(&o).lines().count(), 3, "{}", stdout(&o));
+    assert_eq!(env.run_bin(&["audit", "--since", "yesterday"]).status.code(), Some(2));
+}

@@ -173,6 +173,12 @@ pub struct SimConfig {
     #[arg(long = "webhook-attempts", env = "TOCSIN_SIM_WEBHOOK_ATTEMPTS", default_value_t = 5)]
     pub webhook_attempts: u32,
 
+    /// Draw a number's outcome once for every call to it (`per-number`: a
+    /// callee who never presses a key never does), or afresh for each call
+    /// (`per-call`: a busy number may answer next time).
+    #[arg(long = "callee-draw", env = "TOCSIN_SIM_CALLEE_DRAW", default_value = "per-call", value_parser = ["per-call", "per-number"])]
+    pub callee_draw: String,
+
     #[command(flatten)]
     pub keys: CalleeKeys,
 

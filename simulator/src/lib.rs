@@ -166,6 +166,7 @@ impl Sim {
         }
         let mix = &self.config.outcome_mix.0;
         let total: f64 = mix.iter().map(|(_, w)| w).sum();
+        let nth = if self.config.callee_draw == "per-number" { 0 } else { nth };
         let seed = fnv1a(number.trim_start_matches('+').as_bytes()) ^ self.config.seed.rotate_left(17) ^ nth;
         let mut draw = rand::rngs::StdRng::seed_from_u64(seed).random_range(0.0..total);
         for (outcome, weight) in mix {

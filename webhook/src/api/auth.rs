@@ -26,6 +26,7 @@ pub enum Scope {
     Write,
     Read,
     Control,
+    Audit,
 }
 
 impl Scope {
@@ -34,6 +35,7 @@ impl Scope {
             Self::Write => "campaigns:write",
             Self::Read => "campaigns:read",
             Self::Control => "campaigns:control",
+            Self::Audit => "audit:read",
         }
     }
 }
@@ -59,6 +61,11 @@ impl RequiredScope for Read {
 impl RequiredScope for Control {
     const SCOPE: Scope = Scope::Control;
 }
+/// `audit:read`: read the audit log.
+pub struct AuditRead;
+impl RequiredScope for AuditRead {
+    const SCOPE: Scope = Scope::Audit;
+}
 
 /// The extractor of an authenticated caller holding scope `S`; derefs to
 /// the `Caller`.
@@ -78,7 +85,12 @@ impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Auth<S> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, Error> {
-        let caller = authenticate(&state.pool, &parts.headers, S::SCOPE).await?;
+        let mut caller = authenticate(&state.pool, &parts.headers, S::SCOPE).await?;
+        // The peer's address (the audit log's "from where"); behind a proxy, the proxy's.
+        caller.client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
         Ok(Self { caller, scope: PhantomData })
     }
 }
@@ -89,6 +101,8 @@ pub struct Caller {
     pub key_id: String,
     pub name: String,
     pub campaign_prefixes: Vec<String>,
+    /// The client's address, when the server knows it.
+    pub client: Option<String>,
 }
 
 impl Caller {
@@ -160,5 +174,10 @@ async fn authenticate(pool: &PgPool, headers: &HeaderMap, scope: Scope) -> Resul
             .execute(pool)
             .await;
     }
-    Ok(Caller { key_id: key_id.to_owned(), name: row.name, campaign_prefixes: row.campaign_prefixes })
+    Ok(Caller {
+        key_id: key_id.to_owned(),
+        name: row.name,
+        campaign_prefixes: row.campaign_prefixes,
+        client: None,
+    })
 }

@@ -22,6 +22,7 @@
 //! campaign's call state changes as Server-Sent Events.
 
 pub mod alertmanager;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod calls;
@@ -64,6 +65,7 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/campaigns/{name}/cancel", post(campaigns::cancel))
         .route("/api/v1/campaigns/{name}/events", get(live::events))
         .route("/api/v1/alertmanager", post(alertmanager::receive))
+        .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/campaigns/{name}/calls", get(calls::list))
         .route("/api/v1/campaigns/{name}/calls.csv", get(calls::export))
         .route("/api/v1/campaigns/{name}/calls/{id}", get(calls::show))

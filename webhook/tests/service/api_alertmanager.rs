@@ -177,6 +177,15 @@ async fn one_broadcast_per_group_and_firing_period() {
         .await
         .unwrap();
     assert_eq!(actions, ["started", "repeated", "repeated", "repeated", "cancelled", "late", "started"]);
+    // The audit log keeps the broadcasts started and the one cancelled, by the key's name.
+    let audited: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT action, via, actor FROM audit_log ORDER BY id")
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    let verbs: Vec<&str> = audited.iter().map(|(a, _, _)| a.as_str()).collect();
+    assert_eq!(verbs, ["alertmanager.broadcast", "alertmanager.cancel", "alertmanager.broadcast"]);
+    assert!(audited.iter().all(|(_, via, _)| via == "alertmanager"), "{audited:?}");
     let payload_kept =
         h.scalar("SELECT count(*) FROM alert_notifications WHERE payload->>'version' = '4'").await;
     assert_eq!(payload_kept, 7);

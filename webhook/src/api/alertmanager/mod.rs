@@ -70,10 +70,28 @@ pub async fn receive(
     let notification = parse_notification(&bytes)?;
     // Stored as received (a checked notification is valid JSON).
     let payload: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    match notification.status {
+    let answer = match notification.status {
         Status::Firing => firing(&state, &caller, &route, &notification, payload).await,
         Status::Resolved => resolved(&state, &caller, &route, &notification, payload).await,
+    }?;
+    // A broadcast started (or finished after an interrupted run), or cancelled on resolve.
+    let action = answer["action"].as_str().unwrap_or_default();
+    if matches!(action, "started" | "resumed" | "cancelled") {
+        let details = json!({ "group_key": notification.group_key, "receiver": notification.receiver,
+                              "contact_list": answer["contact_list"], "cancelled_calls": answer["cancelled_calls"] });
+        let campaign = answer["campaign"].as_str().map(str::to_owned);
+        let verb = if action == "cancelled" { "alertmanager.cancel" } else { "alertmanager.broadcast" };
+        super::audit::record(
+            &state,
+            &caller,
+            tocsin_core::audit::Via::Alertmanager,
+            verb,
+            campaign.as_deref(),
+            details,
+        )
+        .await;
     }
+    Ok(answer)
 }
 
 /// Where the contact list's name came from, for error messages.

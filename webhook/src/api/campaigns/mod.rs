@@ -24,7 +24,8 @@ use tocsin_core::{CampaignId, StateCounts};
 use self::request::{CreateBody, CreateRequest};
 use super::auth::{Auth, Caller, Control, Read, Write};
 use super::enqueue::{self, Action, ControlError};
-use super::{ApiState, Result, body, conflict};
+use super::{ApiState, Result, audit, body, conflict};
+use tocsin_core::audit::Via;
 
 /// Rejected contacts listed in a create answer; the counts cover all of them.
 const LISTED_REJECTIONS: usize = 1000;
@@ -39,6 +40,26 @@ pub async fn create(
     let bytes = body::bytes(raw)?;
     let request = body::json_object::<CreateBody>(&bytes, "")?.check(&state.providers)?;
     caller.check_campaign(&request.enqueue.campaign)?;
+    let campaign = request.enqueue.campaign.clone();
+    let details = request.audit_details();
+    let result = create_checked(&state, &caller, &headers, &bytes, request).await;
+    if let Ok(response) = &result
+        && response.status().is_success()
+        && !response.headers().contains_key("idempotent-replayed")
+    {
+        audit::record(&state, &caller, Via::Api, "campaign.enqueue", Some(&campaign), details).await;
+    }
+    result
+}
+
+async fn create_checked(
+    state: &Arc<ApiState>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+    request: CreateRequest,
+) -> Result<Response> {
+    let state = state.clone();
     let idempotency = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 200) {
@@ -55,7 +76,7 @@ pub async fn create(
         let (status, answer) = run_create(&state, request).await?;
         return Ok((status, Json(answer)).into_response());
     };
-    let request_hash = enqueue::sha256(&String::from_utf8_lossy(&bytes));
+    let request_hash = enqueue::sha256(&String::from_utf8_lossy(bytes));
     let claimed = sqlx::query(
         "INSERT INTO api_idempotency (key_id, idempotency_key, request_hash) VALUES ($1, $2, $3) \
          ON CONFLICT DO NOTHING",
@@ -293,6 +314,13 @@ async fn control(state: &ApiState, caller: &Caller, name: &str, action: Action) 
             ApiError::unavailable()
         }
     })?;
+    let verb = match action {
+        Action::Pause => "campaign.pause",
+        Action::Resume => "campaign.resume",
+        Action::Cancel => "campaign.cancel",
+    };
+    let details = json!({ "changed": done.changed, "cancelled_calls": done.cancelled_calls });
+    audit::record(state, caller, Via::Api, verb, Some(name), details).await;
     let campaign = campaign_json(&state.pool, name).await?;
     Ok(Json(
         json!({ "changed": done.changed, "cancelled_calls": done.cancelled_calls, "campaign": campaign }),

@@ -59,6 +59,25 @@ pub struct CreateRequest {
 }
 
 impl CreateRequest {
+    /// What the audit log keeps of a create: where the contacts came from
+    /// and the settings asked for (no contact's number).
+    pub fn audit_details(&self) -> Value {
+        let s = &self.enqueue.settings;
+        let contacts = match &self.enqueue.contacts {
+            Contacts::Inline(c) => serde_json::json!({ "inline": c.len() }),
+            Contacts::Saved(list) => serde_json::json!({ "list": list }),
+        };
+        serde_json::json!({
+            "contacts": contacts,
+            "provider": s.provider.map(|p| p.to_string()),
+            "max_attempts": s.max_attempts,
+            "confirm": s.confirm,
+            "until_confirmed": s.until_confirmed,
+            "voicemail": s.voicemail.map(|v| v.to_string()),
+            "start_at": s.start_at,
+        })
+    }
+
     /// The field naming where the contacts came from, for error messages.
     pub fn contacts_field(&self) -> &'static str {
         if self.inline_count.is_some() { "contacts" } else { "contact_list" }
