@@ -133,11 +133,16 @@ pub async fn url_token_matches(
             .bind(call)
             .fetch_optional(pool)
             .await?;
-    Ok(match row {
-        None => false,
-        Some((Some(stored), _)) => given.is_some_and(|g| constant_time_eq(stored.as_bytes(), g.as_bytes())),
-        Some((None, state)) => !matches!(state.as_str(), "queued" | "retry_wait"),
-    })
+    Ok(row.is_some_and(|(stored, state)| url_token_ok(stored.as_deref(), &state, given)))
+}
+
+/// Whether `given` is the call's stored URL token (`url_token_matches`'s
+/// rule, for callers that read the call already).
+pub fn url_token_ok(stored: Option<&str>, state: &str, given: Option<&str>) -> bool {
+    match stored {
+        Some(stored) => given.is_some_and(|g| constant_time_eq(stored.as_bytes(), g.as_bytes())),
+        None => !matches!(state, "queued" | "retry_wait"),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -779,96 +784,138 @@ pub mod keypress {
         UnknownCall,
     }
 
-    /// Records a round's answer, in one transaction with what it does.
+    /// Records a round's answer with what it does, atomically: most rounds
+    /// in one statement (a confirmation's keypress, call update and
+    /// milestone are one statement of three parts), an opt-out in one
+    /// transaction.
     pub async fn record(pool: &PgPool, k: &Keypress<'_>) -> Result<Recorded, sqlx::Error> {
+        let round = i32::try_from(k.turn.round).unwrap_or(i32::MAX);
+        let recorded = match k.reply {
+            Reply::Confirmed => {
+                // A call already waiting for its redial (its hang-up was
+                // applied first) ends here: the redial's claim finds it done.
+                // The live stream and the timeline read the milestone from
+                // the state log.
+                let row: (bool, Option<f64>, Option<bool>) = sqlx::query_as(
+                    "WITH ins AS ( \
+                        INSERT INTO keypresses (call_id, attempt, round, digit, reply, provider, payload) \
+                        SELECT $1, $2, $3, $4, 'confirmed', $5, $6 WHERE EXISTS (SELECT 1 FROM calls WHERE id = $1) \
+                        ON CONFLICT DO NOTHING RETURNING call_id), \
+                     upd AS ( \
+                        UPDATE calls k SET confirmed_at = now(), confirmed_attempt = $2, confirmed_key = $4, \
+                               confirmed_late = (c.expires_at IS NOT NULL AND c.expires_at < now()), \
+                               state = CASE WHEN k.state = 'retry_wait' THEN 'completed' ELSE k.state END, \
+                               ended_at = CASE WHEN k.state = 'retry_wait' THEN coalesce(k.ended_at, now()) \
+                                               ELSE k.ended_at END, \
+                               updated_at = now() \
+                        FROM campaigns c, ins \
+                        WHERE k.id = ins.call_id AND c.id = k.campaign_id AND k.confirmed_at IS NULL \
+                        RETURNING k.id, k.campaign_id, extract(epoch FROM now() - k.first_dialing_at)::float8 AS secs, \
+                                  k.confirmed_late), \
+                     log AS ( \
+                        INSERT INTO call_state_log (campaign_id, call_id, state) \
+                        SELECT campaign_id, id, 'confirmed' FROM upd) \
+                     SELECT EXISTS (SELECT 1 FROM ins), upd.secs, upd.confirmed_late \
+                     FROM (SELECT 1) AS one LEFT JOIN upd ON true",
+                )
+                .bind(k.call)
+                .bind(k.attempt)
+                .bind(round)
+                .bind(k.heard.digit())
+                .bind(k.provider.as_str())
+                .bind(k.payload)
+                .fetch_one(pool)
+                .await?;
+                match row {
+                    (false, _, _) => None,
+                    (true, secs, late) => Some(Recorded::New {
+                        // Already confirmed in another round: nothing new.
+                        confirmed_after_secs: late.map(|_| secs.unwrap_or(0.0)),
+                        late: late.unwrap_or(false),
+                        skipped: 0,
+                    }),
+                }
+            }
+            Reply::OptedOut => opt_out(pool, k, round).await?,
+            Reply::Replay | Reply::Invalid | Reply::Silence | Reply::GaveUp => {
+                let inserted: Option<i32> = sqlx::query_scalar(
+                    "INSERT INTO keypresses (call_id, attempt, round, digit, reply, provider, payload) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM calls WHERE id = $1) \
+                     ON CONFLICT DO NOTHING RETURNING 1",
+                )
+                .bind(k.call)
+                .bind(k.attempt)
+                .bind(round)
+                .bind(k.heard.digit())
+                .bind(k.reply.as_str())
+                .bind(k.provider.as_str())
+                .bind(k.payload)
+                .fetch_optional(pool)
+                .await?;
+                inserted.map(|_| Recorded::New { confirmed_after_secs: None, late: false, skipped: 0 })
+            }
+        };
+        match recorded {
+            Some(r) => Ok(r),
+            // Not inserted: the round was recorded before, or there is no such call.
+            None => {
+                let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM calls WHERE id = $1)")
+                    .bind(k.call)
+                    .fetch_one(pool)
+                    .await?;
+                Ok(if exists { Recorded::Duplicate } else { Recorded::UnknownCall })
+            }
+        }
+    }
+
+    /// An opt-out round: the keypress, the call's `opted_out_at`, the number
+    /// on the do-not-call list and its waiting calls skipped in every
+    /// campaign, and the milestone, in one transaction. `None`: not new.
+    async fn opt_out(pool: &PgPool, k: &Keypress<'_>, round: i32) -> Result<Option<Recorded>, sqlx::Error> {
         let mut tx = pool.begin().await?;
         let inserted: Option<i32> = sqlx::query_scalar(
             "INSERT INTO keypresses (call_id, attempt, round, digit, reply, provider, payload) \
-             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM calls WHERE id = $1) \
+             SELECT $1, $2, $3, $4, 'opted_out', $5, $6 WHERE EXISTS (SELECT 1 FROM calls WHERE id = $1) \
              ON CONFLICT DO NOTHING RETURNING 1",
         )
         .bind(k.call)
         .bind(k.attempt)
-        .bind(i32::try_from(k.turn.round).unwrap_or(i32::MAX))
+        .bind(round)
         .bind(k.heard.digit())
-        .bind(k.reply.as_str())
         .bind(k.provider.as_str())
         .bind(k.payload)
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
-            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM calls WHERE id = $1)")
-                .bind(k.call)
-                .fetch_one(&mut *tx)
-                .await?;
-            return Ok(if exists { Recorded::Duplicate } else { Recorded::UnknownCall });
+            return Ok(None);
         }
-        let (mut confirmed_after_secs, mut late, mut skipped) = (None, false, 0);
-        match k.reply {
-            Reply::Confirmed => {
-                // A call already waiting for its redial (its hang-up was
-                // applied first) ends here: the redial's claim finds it done.
-                let row: Option<(Option<f64>, bool)> = sqlx::query_as(
-                    "UPDATE calls k SET confirmed_at = now(), confirmed_attempt = $2, confirmed_key = $3, \
-                            confirmed_late = (c.expires_at IS NOT NULL AND c.expires_at < now()), \
-                            state = CASE WHEN k.state = 'retry_wait' THEN 'completed' ELSE k.state END, \
-                            ended_at = CASE WHEN k.state = 'retry_wait' THEN coalesce(k.ended_at, now()) \
-                                            ELSE k.ended_at END, \
-                            updated_at = now() \
-                     FROM campaigns c \
-                     WHERE k.id = $1 AND c.id = k.campaign_id AND k.confirmed_at IS NULL \
-                     RETURNING extract(epoch FROM now() - k.first_dialing_at)::float8, k.confirmed_late",
-                )
-                .bind(k.call)
-                .bind(k.attempt)
-                .bind(k.heard.digit())
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some((secs, was_late)) = row {
-                    confirmed_after_secs = Some(secs.unwrap_or(0.0));
-                    late = was_late;
-                }
-            }
-            Reply::OptedOut => {
-                let number: Option<String> = sqlx::query_scalar(
-                    "UPDATE calls SET opted_out_at = coalesce(opted_out_at, now()), updated_at = now() \
-                     WHERE id = $1 RETURNING number",
-                )
-                .bind(k.call)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(number) = number {
-                    sqlx::query(
-                        "INSERT INTO do_not_call (number, reason) VALUES ($1, 'opted out by keypress') \
-                         ON CONFLICT (number) DO NOTHING",
-                    )
-                    .bind(&number)
-                    .execute(&mut *tx)
-                    .await?;
-                    skipped = skip_do_not_call(&mut *tx, &[number]).await?;
-                }
-            }
-            Reply::Replay | Reply::Invalid | Reply::Silence | Reply::GaveUp => {}
-        }
-        // The live stream and the call's timeline read milestones from the
-        // state log beside the states (`confirmed`, `opted_out`).
-        let milestone = match (k.reply, confirmed_after_secs) {
-            (Reply::Confirmed, Some(_)) => Some("confirmed"),
-            (Reply::OptedOut, _) => Some("opted_out"),
-            _ => None,
-        };
-        if let Some(m) = milestone {
+        let number: Option<String> = sqlx::query_scalar(
+            "UPDATE calls SET opted_out_at = coalesce(opted_out_at, now()), updated_at = now() \
+             WHERE id = $1 RETURNING number",
+        )
+        .bind(k.call)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut skipped = 0;
+        if let Some(number) = number {
             sqlx::query(
-                "INSERT INTO call_state_log (campaign_id, call_id, state) \
-                 SELECT campaign_id, id, $2 FROM calls WHERE id = $1",
+                "INSERT INTO do_not_call (number, reason) VALUES ($1, 'opted out by keypress') \
+                 ON CONFLICT (number) DO NOTHING",
             )
-            .bind(k.call)
-            .bind(m)
+            .bind(&number)
             .execute(&mut *tx)
             .await?;
+            skipped = skip_do_not_call(&mut *tx, &[number]).await?;
         }
+        sqlx::query(
+            "INSERT INTO call_state_log (campaign_id, call_id, state) \
+             SELECT campaign_id, id, 'opted_out' FROM calls WHERE id = $1",
+        )
+        .bind(k.call)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(Recorded::New { confirmed_after_secs, late, skipped })
+        Ok(Some(Recorded::New { confirmed_after_secs: None, late: false, skipped }))
     }
 }
 

@@ -36,6 +36,18 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 /// string: the column list is written once, and queries stay literals.
 #[macro_export]
 macro_rules! select_campaign {
+    (with $extra:literal, $rest:literal) => {
+        concat!(
+            "SELECT c.id, c.name, c.message, c.language, c.provider, c.from_number, c.status, ",
+            "c.repeat, c.max_attempts, c.retry_delay_secs, c.voice, c.machine_detection, c.start_at, ",
+            "c.expires_at, c.window_start, c.window_end, c.timezone, c.confirm, c.confirm_prompt, c.confirm_key, ",
+            "c.replay_key, c.opt_out_key, c.max_replays, c.key_timeout_secs, c.until_confirmed, c.voicemail, ",
+            "c.voicemail_message, ",
+            $extra,
+            " FROM campaigns c ",
+            $rest
+        )
+    };
     ($rest:literal) => {
         concat!(
             "SELECT c.id, c.name, c.message, c.language, c.provider, c.from_number, c.status, ",
@@ -50,6 +62,24 @@ macro_rules! select_campaign {
 
 pub async fn campaign(pool: &PgPool, id: CampaignId) -> Result<Option<Campaign>, sqlx::Error> {
     sqlx::query_as(select_campaign!("WHERE c.id = $1")).bind(id).fetch_optional(pool).await
+}
+
+/// The campaign a call belongs to, with the call's URL token and state
+/// (one read for a request that must prove the call's token:
+/// `calls::url_token_ok`).
+pub async fn campaign_of_call_with_token(
+    pool: &PgPool,
+    call: CallId,
+) -> Result<Option<(Campaign, Option<String>, String)>, sqlx::Error> {
+    use sqlx::{FromRow, Row};
+    let row = sqlx::query(select_campaign!(
+        with "k.url_token, k.state AS call_state",
+        "JOIN calls k ON k.campaign_id = c.id WHERE k.id = $1"
+    ))
+    .bind(call)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| Ok((Campaign::from_row(&r)?, r.try_get("url_token")?, r.try_get("call_state")?))).transpose()
 }
 
 /// The campaign a call belongs to.

@@ -92,12 +92,18 @@ pub(crate) async fn campaign_for_answer(
     doing: &'static str,
 ) -> Result<Option<Campaign>, Response> {
     let token = query.get("token").map(String::as_str);
-    match tocsin_core::calls::url_token_matches(&state.pool, id, token).await {
-        Ok(true) => campaign_of_call(state, id, doing).await,
-        Ok(false) => {
-            warn!(call_id = %id, doing, "answer document asked for without the call's URL token");
-            metrics::counter!("tocsin_webhook_rejected_total", "provider" => "any", "reason" => "token")
-                .increment(1);
+    match db::campaign_of_call_with_token(&state.pool, id).await {
+        Ok(Some((campaign, stored, call_state)))
+            if tocsin_core::calls::url_token_ok(stored.as_deref(), &call_state, token) =>
+        {
+            Ok(Some(campaign))
+        }
+        Ok(found) => {
+            if found.is_some() {
+                warn!(call_id = %id, doing, "answer document asked for without the call's URL token");
+                metrics::counter!("tocsin_webhook_rejected_total", "provider" => "any", "reason" => "token")
+                    .increment(1);
+            }
             Ok(None)
         }
         Err(e) => {
