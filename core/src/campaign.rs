@@ -274,7 +274,8 @@ fn in_range(
 }
 
 /// The message as spoken: trimmed, 1–5000 characters (the provider's own,
-/// often lower, limit is checked with the rest of the settings).
+/// often lower, limit is checked with the rest of the settings), its
+/// `{{column}}` placeholders well formed.
 pub fn check_message(text: &str) -> Result<String, FieldError> {
     let text = text.trim();
     if text.contains('\0') {
@@ -282,6 +283,7 @@ pub fn check_message(text: &str) -> Result<String, FieldError> {
     }
     let chars = text.chars().count();
     if limits::MESSAGE_CHARS.contains(&chars) {
+        crate::template::Template::parse(text).map_err(|e| FieldError::new("message", e))?;
         Ok(text.to_owned())
     } else {
         Err(FieldError::new(
@@ -559,6 +561,16 @@ impl Campaign {
         }
         let window = self.settings.window?;
         window.opens_in(now, contact_zone.unwrap_or(self.settings.timezone))
+    }
+
+    /// The campaign's words for one contact: `{{column}}` placeholders in
+    /// the message and the voicemail filled from its attributes (JSON text).
+    pub fn personalise(&mut self, attributes: &str) {
+        let s = &mut self.settings;
+        // The default voicemail follows the message: fill it before the message changes.
+        let voicemail = s.voicemail_message.clone().unwrap_or_else(|| s.voicemail_text());
+        s.voicemail_message = Some(crate::template::personalise(&voicemail, attributes));
+        s.message = crate::template::personalise(&s.message, attributes);
     }
 
     /// Whether the campaign's deadline has passed at `now`: no call starts.

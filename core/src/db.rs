@@ -64,22 +64,39 @@ pub async fn campaign(pool: &PgPool, id: CampaignId) -> Result<Option<Campaign>,
     sqlx::query_as(select_campaign!("WHERE c.id = $1")).bind(id).fetch_optional(pool).await
 }
 
-/// The campaign a call belongs to, with the call's URL token and state
-/// (one read for a request that must prove the call's token:
-/// `calls::url_token_ok`).
+/// A call's campaign, its words already filled in for the call's contact
+/// (`Campaign::personalise`), and what proves a request is about this call.
+pub struct CallCampaign {
+    pub campaign: Campaign,
+    pub url_token: Option<String>,
+    pub call_state: String,
+}
+
+/// The campaign a call belongs to, personalised for its contact, with the
+/// call's URL token and state (one read for a request that must prove the
+/// call's token: `calls::url_token_ok`).
 pub async fn campaign_of_call_with_token(
     pool: &PgPool,
     call: CallId,
-) -> Result<Option<(Campaign, Option<String>, String)>, sqlx::Error> {
+) -> Result<Option<CallCampaign>, sqlx::Error> {
     use sqlx::{FromRow, Row};
     let row = sqlx::query(select_campaign!(
-        with "k.url_token, k.state AS call_state",
+        with "k.url_token, k.state AS call_state, k.attributes::text AS call_attributes",
         "JOIN calls k ON k.campaign_id = c.id WHERE k.id = $1"
     ))
     .bind(call)
     .fetch_optional(pool)
     .await?;
-    row.map(|r| Ok((Campaign::from_row(&r)?, r.try_get("url_token")?, r.try_get("call_state")?))).transpose()
+    row.map(|r| {
+        let mut campaign = Campaign::from_row(&r)?;
+        campaign.personalise(&r.try_get::<String, _>("call_attributes")?);
+        Ok(CallCampaign {
+            campaign,
+            url_token: r.try_get("url_token")?,
+            call_state: r.try_get("call_state")?,
+        })
+    })
+    .transpose()
 }
 
 /// The campaign a call belongs to.

@@ -27,6 +27,7 @@ pub mod speech;
 pub mod state;
 pub mod telemetry;
 pub mod telnyx;
+pub mod template;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod twilio;

@@ -24,11 +24,17 @@ pub struct Contact {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
     Invalid(String),
-    Duplicate { first_line: u64 },
+    Duplicate {
+        first_line: u64,
+    },
     DoNotCall,
     Malformed(String),
-    TooLong { len: u64 },
+    TooLong {
+        len: u64,
+    },
     BadTimezone(String),
+    /// The campaign's message has a placeholder this contact cannot fill.
+    Template(String),
 }
 
 impl Reason {
@@ -41,6 +47,7 @@ impl Reason {
             Self::Malformed(_) => "malformed",
             Self::TooLong { .. } => "too_long",
             Self::BadTimezone(_) => "bad_timezone",
+            Self::Template(_) => "template",
         }
     }
 }
@@ -58,6 +65,7 @@ impl std::fmt::Display for Reason {
             Self::BadTimezone(tz) => {
                 write!(f, "unknown time zone {tz:?} (use an IANA name such as Europe/London)")
             }
+            Self::Template(why) => write!(f, "cannot fill the message: {why}"),
         }
     }
 }
@@ -95,17 +103,56 @@ impl<T: RecordSource + ?Sized> RecordSource for Box<T> {
     }
 }
 
+/// A contact's message as it will be spoken (the dry run's preview).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Sample {
+    pub line: u64,
+    pub number: String,
+    pub text: String,
+}
+
+/// How many rendered messages a reader keeps for the preview.
+pub const SAMPLES: usize = 3;
+
 /// Turns raw records into contacts or rejections.
 pub struct ContactReader {
     input: Box<dyn RecordSource>,
     default_region: Option<String>,
     /// Numbers seen so far and the line each was first seen on.
     seen: Seen,
+    /// The campaign's personalised texts (message, voicemail): each contact
+    /// must fill them.
+    templates: Vec<tocsin_core::template::Template>,
+    /// The first contacts' rendered messages.
+    samples: std::sync::Arc<std::sync::Mutex<Vec<Sample>>>,
 }
 
 impl ContactReader {
     pub fn new(input: impl RecordSource + 'static, default_region: Option<String>) -> Self {
-        Self { input: Box::new(input), default_region, seen: Seen::new() }
+        Self {
+            input: Box::new(input),
+            default_region,
+            seen: Seen::new(),
+            templates: Vec::new(),
+            samples: Default::default(),
+        }
+    }
+
+    /// Contacts must fill these texts' placeholders (those without any are
+    /// ignored); the first contacts' rendering of the first one is kept in
+    /// `samples`.
+    pub fn with_templates(
+        mut self,
+        texts: &[&str],
+        samples: std::sync::Arc<std::sync::Mutex<Vec<Sample>>>,
+    ) -> Self {
+        self.templates = texts
+            .iter()
+            .filter_map(|t| tocsin_core::template::Template::parse(t).ok())
+            .filter(tocsin_core::template::Template::is_personal)
+            .collect();
+        self.samples = samples;
+        self
     }
 
     /// The next row; `Err` when reading the input failed (the run stops).
@@ -148,6 +195,22 @@ impl ContactReader {
                 Err(_) => return reject(Reason::BadTimezone(name.clone())),
             },
         };
+        if !self.templates.is_empty() {
+            let columns: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&raw.attributes).unwrap_or_default();
+            for (i, template) in self.templates.iter().enumerate() {
+                match template.render(&columns) {
+                    Ok(text) if i == 0 => {
+                        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+                        if samples.len() < SAMPLES {
+                            samples.push(Sample { line: raw.line, number: number.to_string(), text });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(why) => return reject(Reason::Template(why)),
+                }
+            }
+        }
         let key: u64 = number.digits().parse().unwrap_or(u64::MAX);
         if let Some(first_line) = self.seen.insert(key, u32::try_from(raw.line).unwrap_or(u32::MAX)) {
             return reject(Reason::Duplicate { first_line: u64::from(first_line) });

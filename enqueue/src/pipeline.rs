@@ -64,6 +64,8 @@ pub struct Report {
     /// Stopped early (the stop token); re-running finishes the job.
     pub interrupted: bool,
     pub seconds: f64,
+    /// A personalised message as the first contacts will hear it.
+    pub samples: Vec<crate::contacts::Sample>,
 }
 
 impl Report {
@@ -78,7 +80,7 @@ impl Report {
 
     fn count(&mut self, reason: &Reason) {
         match reason {
-            Reason::Invalid(_) => self.invalid += 1,
+            Reason::Invalid(_) | Reason::Template(_) => self.invalid += 1,
             Reason::Duplicate { .. } => self.duplicate += 1,
             Reason::DoNotCall => self.do_not_call += 1,
             Reason::Malformed(_) | Reason::TooLong { .. } | Reason::BadTimezone(_) => self.malformed += 1,
@@ -229,12 +231,15 @@ pub async fn enqueue(
         paused: prepared.status == tocsin_core::campaign::CampaignStatus::Paused,
         ..Report::default()
     };
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let result = async {
         if !spec.dry_run && prepared.exists {
             // An allowed update applies now, before any new contact is written.
             spec::write(pool, &prepared).await?;
         }
-        let reader = ContactReader::new(opened.source, spec.default_region.clone());
+        let voicemail = prepared.settings.voicemail_message.clone().unwrap_or_default();
+        let reader = ContactReader::new(opened.source, spec.default_region.clone())
+            .with_templates(&[&prepared.settings.message, &voicemail], samples.clone());
         if spec.dry_run {
             dry_run(pool, &prepared, reader, counters, observer, stop, &mut report).await
         } else {
@@ -267,6 +272,7 @@ pub async fn enqueue(
     result?;
     report.interrupted = stop.is_cancelled();
     report.seconds = started.elapsed().as_secs_f64();
+    report.samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(report)
 }
 

@@ -224,6 +224,9 @@ pub fn print_report(report: &Report, rejects_file: Option<&Path>) {
     if !this.changes.is_empty() {
         say!("  changed: {}", this.changes.join("; "));
     }
+    for sample in &this.samples {
+        say!("  heard by line {} ({}): {}", sample.line, sample.number, sample.text);
+    }
     if let Some(path) = rejects_file {
         say!("  rejected lines: {}", path.display());
     }

@@ -93,10 +93,10 @@ pub(crate) async fn campaign_for_answer(
 ) -> Result<Option<Campaign>, Response> {
     let token = query.get("token").map(String::as_str);
     match db::campaign_of_call_with_token(&state.pool, id).await {
-        Ok(Some((campaign, stored, call_state)))
-            if tocsin_core::calls::url_token_ok(stored.as_deref(), &call_state, token) =>
+        Ok(Some(found))
+            if tocsin_core::calls::url_token_ok(found.url_token.as_deref(), &found.call_state, token) =>
         {
-            Ok(Some(campaign))
+            Ok(Some(found.campaign))
         }
         Ok(found) => {
             if found.is_some() {
@@ -156,17 +156,21 @@ pub(crate) fn rejected(provider: Provider, reason: Reason, detail: &str) -> Resp
     }
 }
 
-/// The campaign of the call an answer document (or a speak command) is for;
-/// `Err` is the 503 to answer when the database is unavailable.
+/// The campaign of the call a speak command is for, its words filled in
+/// for the call's contact; `Err` is the 503 to answer when the database is
+/// unavailable.
 pub(crate) async fn campaign_of_call(
     state: &HookState,
     id: CallId,
     doing: &'static str,
 ) -> Result<Option<Campaign>, Response> {
-    db::campaign_of_call(&state.pool, id).await.map_err(|e| {
-        error!(error = %e, call_id = %id, doing, "database unavailable");
-        ApiError::unavailable().into_response()
-    })
+    match db::campaign_of_call_with_token(&state.pool, id).await {
+        Ok(found) => Ok(found.map(|f| f.campaign)),
+        Err(e) => {
+            error!(error = %e, call_id = %id, doing, "database unavailable");
+            Err(ApiError::unavailable().into_response())
+        }
+    }
 }
 
 /// Stores an event and answers: 204 once committed, 503 when the database

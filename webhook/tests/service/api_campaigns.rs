@@ -575,3 +575,30 @@ async fn every_action_through_the_api_is_in_the_audit_log_readable_with_its_scop
     assert_eq!(s, StatusCode::BAD_REQUEST);
     h.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_contact_that_cannot_fill_the_message_is_rejected_by_name_and_a_bad_placeholder_is_a_400() {
+    let h = harness(&[]).await;
+    let key = h.key("w", &["campaigns:write", "campaigns:read"], &[]).await;
+    let body = json!({
+        "name": "personal", "message": "Hello {{name}}, go to {{site|the gym}}.", "from": "+14155550100",
+        "contacts": [{"number": "+14155550101", "name": "Ann"}, {"number": "+14155550102", "site": "Hall"}],
+    });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body.to_string()), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["enqueue"]["new_contacts"], 1, "{v}");
+    let rejected = &v["enqueue"]["rejected"][0];
+    assert_eq!((rejected["index"].as_u64(), rejected["reason"].as_str()), (Some(1), Some("template")), "{v}");
+    assert!(rejected["detail"].as_str().unwrap().contains("no value for {{name}}"), "{v}");
+    let bad = json!({
+        "name": "personal-bad", "message": "Hello {{name", "from": "+14155550100",
+        "contacts": [{"number": "+14155550101"}],
+    });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(bad.to_string()), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("message: the placeholder opened at character 7"),
+        "{v}"
+    );
+    h.cleanup().await;
+}

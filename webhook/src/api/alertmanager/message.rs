@@ -57,13 +57,17 @@ impl Notification {
 }
 
 /// Whitespace (newlines, tabs) collapsed to single spaces, control
-/// characters dropped.
+/// characters dropped, and `{{` / `}}` broken up: an alert's text is not a
+/// personalised message (an unrendered Go template such as
+/// `{{ $labels.instance }}` would otherwise be refused as a placeholder).
 fn speakable(s: &str) -> String {
     s.split_whitespace()
         .map(|w| w.chars().filter(|c| !c.is_control()).collect::<String>())
         .filter(|w| !w.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+        .replace("{{", "{ {")
+        .replace("}}", "} }")
 }
 
 /// A clause without its own final full stop (one is added after it).
@@ -94,8 +98,15 @@ fn cut(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::MAX_SPOKEN;
+    use super::{MAX_SPOKEN, speakable};
     use crate::api::alertmanager::payload::sample as notification;
+
+    #[test]
+    fn an_unrendered_go_template_is_spoken_not_taken_for_a_placeholder() {
+        let text = speakable("Disk full on {{ $labels.instance }}");
+        assert_eq!(text, "Disk full on { { $labels.instance } }");
+        assert!(!tocsin_core::template::Template::parse(&text).unwrap().is_personal());
+    }
 
     #[test]
     fn messages_are_short_speakable_sentences_from_the_annotations() {
