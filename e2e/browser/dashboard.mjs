@@ -104,6 +104,9 @@ try {
   await page.waitForSelector("#campaign:not([hidden])");
   await page.waitForSelector("#stream-state.live");
   await page.waitForSelector("#calls tbody tr");
+  // The charts draw from the campaign's series (uPlot, served by the service).
+  await page.waitForSelector("#chart-rate canvas", { timeout: 15000 });
+  await page.waitForSelector("#chart-outcomes canvas", { timeout: 15000 });
   await page.evaluate(() => {
     window.__tocsinNoReload = true;
   });

@@ -86,6 +86,11 @@ pub struct WebhookConfig {
     #[arg(long = "max-body-bytes", env = "TOCSIN_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
+    /// The workers' calls-per-second limit (the same TOCSIN_RATE_PER_SEC), drawn as the
+    /// limit line of the dashboard's rate chart; unset, the chart has no line.
+    #[arg(long = "rate-per-sec", env = "TOCSIN_RATE_PER_SEC")]
+    pub rate_per_sec: Option<f64>,
+
     /// Largest request body the HTTP API (`/api/v1`) accepts, in bytes
     /// (larger ones get 413); bounds a campaign's inline contact list.
     #[arg(long = "api-max-body-bytes", env = "TOCSIN_API_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]

@@ -194,6 +194,54 @@ pub async fn export(
         .into_response())
 }
 
+/// Points a series has at most (the bucket grows with the campaign's span).
+const SERIES_POINTS: f64 = 300.0;
+
+/// `GET /api/v1/campaigns/{name}/series`: the campaign over time, for the
+/// dashboard's charts, from the state log: attempts started (`dialing`),
+/// outcomes (each final state) and confirmations per bucket of `step_secs`
+/// from `start` (unix seconds), and the workers' limit when configured.
+pub async fn series(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    caller: Auth<Read>,
+) -> Result<Json<Value>> {
+    caller.check_campaign(&name)?;
+    let campaign = campaign_exists(&state, &name).await?;
+    let (t0, t1): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT extract(epoch FROM min(at))::float8, extract(epoch FROM max(at))::float8 \
+         FROM call_state_log WHERE campaign_id = $1",
+    )
+    .bind(campaign)
+    .fetch_one(&state.pool)
+    .await?;
+    let (Some(t0), Some(t1)) = (t0, t1) else {
+        return Ok(Json(json!({ "start": null, "step_secs": 1, "limit": state.rate_per_sec, "series": {} })));
+    };
+    let start = t0.floor();
+    let step = ((t1 - start) / SERIES_POINTS).ceil().max(1.0);
+    let points = ((t1 - start) / step).floor() as usize + 1;
+    let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT floor((extract(epoch FROM at) - $2) / $3)::int8, state, count(*) FROM call_state_log \
+         WHERE campaign_id = $1 GROUP BY 1, 2",
+    )
+    .bind(campaign)
+    .bind(start)
+    .bind(step)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut series: std::collections::BTreeMap<String, Vec<i64>> = std::collections::BTreeMap::new();
+    for (bucket, name, n) in rows {
+        let keep = name == "dialing"
+            || matches!(name.as_str(), "confirmed" | "opted_out")
+            || name.parse::<CallState>().is_ok_and(CallState::is_terminal);
+        if let (true, Ok(i)) = (keep, usize::try_from(bucket)) {
+            series.entry(name).or_insert_with(|| vec![0; points])[i.min(points - 1)] += n;
+        }
+    }
+    Ok(Json(json!({ "start": start, "step_secs": step, "limit": state.rate_per_sec, "series": series })))
+}
+
 /// The receiver as a stream (what `tokio-stream`'s wrapper does, in four lines).
 fn tokio_stream_from<T: Send + 'static>(
     rx: tokio::sync::mpsc::Receiver<T>,

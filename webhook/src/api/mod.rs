@@ -53,6 +53,8 @@ pub struct ApiState {
     pub providers: Vec<Provider>,
     /// Fan-out of committed call state changes (one LISTEN per process).
     pub hub: live::Hub,
+    /// The workers' calls-per-second limit, for the rate chart's line.
+    pub rate_per_sec: Option<f64>,
 }
 
 /// The `/api/v1` routes. `max_body_bytes` bounds every request body (413 above).
@@ -68,6 +70,7 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/campaigns/{name}/calls", get(calls::list))
         .route("/api/v1/campaigns/{name}/calls.csv", get(calls::export))
+        .route("/api/v1/campaigns/{name}/series", get(calls::series))
         .route("/api/v1/campaigns/{name}/calls/{id}", get(calls::show))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -208,6 +208,64 @@ function confirmations(c) {
   return el("div", { class: "confirmations" }, bar, el("div", { class: "note", text, "data-confirmed": String(c.confirmed || 0) }));
 }
 
+// ---- charts (uPlot, served from /ui/uplot.js) -------------------------------
+
+const COLOURS = {
+  completed: "#2e7d32", voicemail: "#00897b", busy: "#ef6c00", no_answer: "#f9a825", rejected: "#c62828",
+  failed: "#b71c1c", unknown: "#880e4f", cancelled: "#90a4ae", skipped: "#78909c", expired: "#546e7a",
+};
+
+// The campaign over time: attempts started per second against the limit,
+// outcomes per bucket, confirmations per bucket and in all. Redrawn from
+// /series (the state log) every few seconds while the page is open.
+function charts(enc) {
+  const made = {};
+  function draw(id, data, series) {
+    if (typeof uPlot === "undefined") return;
+    if (made[id]) made[id].destroy();
+    const box = $(id);
+    const opts = {
+      width: Math.max(300, box.clientWidth || 320),
+      height: 180,
+      scales: { x: { time: true } },
+      series: [{}, ...series],
+    };
+    made[id] = new uPlot(opts, data, box);
+  }
+  return async function refresh() {
+    const s = await api(`/api/v1/campaigns/${enc}/series`);
+    if (s.start == null) return;
+    const n = Math.max(1, ...Object.values(s.series).map((a) => a.length));
+    const x = Array.from({ length: n }, (_, i) => s.start + i * s.step_secs);
+    const zeros = new Array(n).fill(0);
+    const perSecond = (a) => (a || zeros).map((v) => v / s.step_secs);
+    const rate = [x, perSecond(s.series.dialing)];
+    const rateSeries = [{ label: "started / s", stroke: "#1565c0", width: 2 }];
+    if (s.limit) {
+      rate.push(new Array(n).fill(s.limit));
+      rateSeries.push({ label: "limit", stroke: "#c62828", dash: [6, 4], width: 1 });
+      $("#limit-note").textContent = `limit ${s.limit} / s`;
+    }
+    draw("#chart-rate", rate, rateSeries);
+    const outcomes = OUTCOMES.filter((k) => s.series[k]);
+    draw(
+      "#chart-outcomes",
+      [x, ...outcomes.map((k) => s.series[k])],
+      outcomes.map((k) => ({ label: label(k), stroke: COLOURS[k] || "#455a64", width: 2 })),
+    );
+    if (s.series.confirmed || s.series.opted_out) {
+      $("#chart-confirm-box").hidden = false;
+      const confirmed = s.series.confirmed || zeros;
+      let sum = 0;
+      const total = confirmed.map((v) => (sum += v));
+      draw("#chart-confirm", [x, confirmed, total], [
+        { label: "confirmed", stroke: "#6a1b9a", width: 2 },
+        { label: "confirmed in all", stroke: "#ab47bc", dash: [4, 3], width: 1 },
+      ]);
+    }
+  };
+}
+
 // ---- campaigns page ---------------------------------------------------------
 
 async function campaignsPage() {
@@ -371,6 +429,9 @@ async function campaignPage(name) {
 
   showCounts(await api(`/api/v1/campaigns/${enc}`));
   await moreCalls();
+  const redraw = charts(enc);
+  redraw().catch(showError);
+  setInterval(() => redraw().catch(showError), 5000);
   watch(name, (type, data) => {
     if (type === "counts") showCounts(data);
     else if (type === "deleted") showError(new Error("this campaign was deleted"));

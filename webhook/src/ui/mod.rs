@@ -1,6 +1,6 @@
 //! The dashboard at `/ui`: a campaigns page (progress bars and outcome
-//! breakdown, live) and a campaign page (counters, calls table, a call's
-//! timeline, pause / resume / cancel).
+//! breakdown, live) and a campaign page (counters, charts, calls table, a
+//! call's timeline, pause / resume / cancel, the CSV export).
 //!
 //! Server-rendered HTML shells plus one small vanilla script and a style
 //! sheet, embedded in the binary (`include_str!`): no build step, no CDN,
@@ -24,6 +24,11 @@ const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("app.js");
 const STYLE: &str = include_str!("app.css");
 const ICON: &str = include_str!("favicon.svg");
+/// uPlot 1.6.32 (MIT, `vendor/uPlot-LICENSE`), from the npm package's `dist/`:
+/// the charts on a campaign's page. Small (51 KB), canvas-drawn and
+/// dependency-free, so it is served from here like the rest.
+const CHART_SCRIPT: &str = include_str!("vendor/uPlot.iife.min.js");
+const CHART_STYLE: &str = include_str!("vendor/uPlot.min.css");
 
 /// Only this origin; no inline code, no framing, no plugins.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
@@ -38,6 +43,8 @@ pub fn router() -> Router {
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
         .route("/ui/favicon.svg", get(|| async { asset("image/svg+xml", ICON) }))
+        .route("/ui/uplot.js", get(|| async { asset("text/javascript; charset=utf-8", CHART_SCRIPT) }))
+        .route("/ui/uplot.css", get(|| async { asset("text/css; charset=utf-8", CHART_STYLE) }))
         .layer(map_response(security_headers))
 }
 

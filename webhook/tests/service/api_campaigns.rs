@@ -459,6 +459,7 @@ fn openapi_file_documents_every_route() {
         "/api/v1/campaigns/{name}/calls:",
         "/api/v1/campaigns/{name}/calls/{id}:",
         "/api/v1/campaigns/{name}/calls.csv:",
+        "/api/v1/campaigns/{name}/series:",
         "/api/v1/alertmanager:",
         "/api/v1/audit:",
         "/vonage/input:",
@@ -600,5 +601,39 @@ async fn a_contact_that_cannot_fill_the_message_is_rejected_by_name_and_a_bad_pl
         v["error"]["message"].as_str().unwrap().contains("message: the placeholder opened at character 7"),
         "{v}"
     );
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_series_for_the_charts_count_attempts_outcomes_and_confirmations_over_time() {
+    let h = harness(&["--rate-per-sec", "20"]).await;
+    let key = h.key("r", &["campaigns:write", "campaigns:read"], &[]).await;
+    let (s, v, _) = h.call("GET", "/api/v1/campaigns/nothing/series", Some(&key), None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, _, _) = h
+        .call(
+            "POST",
+            "/api/v1/campaigns",
+            Some(&key),
+            Some(campaign_body("charted", &["+14155550101", "+14155550102"])),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // Nothing has happened yet: no series.
+    let (_, v, _) = h.call("GET", "/api/v1/campaigns/charted/series", Some(&key), None, None).await;
+    assert_eq!(v["start"], Value::Null, "{v}");
+    let ids: Vec<tocsin_core::CallId> =
+        sqlx::query_scalar("SELECT id FROM calls").fetch_all(&h.db.pool).await.unwrap();
+    tocsin_core::calls::stage(&h.db.pool, &ids, tocsin_core::CallState::Dialing).await.unwrap();
+    tocsin_core::calls::stage(&h.db.pool, &ids[..1], tocsin_core::CallState::Completed).await.unwrap();
+    tocsin_core::calls::stage(&h.db.pool, &ids[1..], tocsin_core::CallState::Busy).await.unwrap();
+    let (s, v, _) = h.call("GET", "/api/v1/campaigns/charted/series", Some(&key), None, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let sum =
+        |k: &str| v["series"][k].as_array().map_or(0, |a| a.iter().map(|n| n.as_i64().unwrap()).sum::<i64>());
+    assert_eq!((sum("dialing"), sum("completed"), sum("busy")), (2, 1, 1), "{v}");
+    assert_eq!(v["limit"], 20.0, "{v}");
+    assert!(v["step_secs"].as_f64().unwrap() >= 1.0, "{v}");
     h.cleanup().await;
 }
