@@ -6,7 +6,7 @@
 // Environment: TOCSIN_UI_URL (webhook base URL), TOCSIN_UI_KEY (API key),
 // TOCSIN_UI_CAMPAIGN, TOCSIN_UI_SCREENSHOT_DIR. Prints one JSON line of
 // timings (epoch ms) on success.
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -148,6 +148,51 @@ try {
   await page.waitForFunction(() => document.querySelector("#campaign-status").textContent === "cancelled");
   await page.waitForSelector("#cancel:disabled");
   timings.cancelled_at = Date.now();
+
+  step("new broadcast from the page: upload a CSV with two bad lines");
+  await page.goto(`${base}/ui/new`);
+  await page.waitForSelector("#new:not([hidden])");
+  const upload = join(profile, "launch.csv");
+  writeFileSync(
+    upload,
+    "number,name\n+14155557001,Ann\n+14155557002,Bo\nnot a number,Xi\n+14155557003,Zoë\n+1 415 555 7001,Ann again\n",
+  );
+  await page.fill("#f-name", "ui-launch");
+  await page.setInputFiles("#contacts-file", upload);
+  await page.click("#check-contacts");
+  await page.waitForSelector("#contacts-report table.rejected tbody tr");
+  const rejectedLines = await page.$$eval("#contacts-report table.rejected tbody tr", (rows) => rows.map((r) => r.textContent));
+  if (rejectedLines.length !== 2) throw new Error(`expected 2 rejected lines listed, got ${JSON.stringify(rejectedLines)}`);
+  if (!rejectedLines[0].startsWith("4") || !rejectedLines[1].startsWith("6")) {
+    throw new Error(`the rejected lines are not lines 4 and 6: ${JSON.stringify(rejectedLines)}`);
+  }
+  await page.fill("#f-message", "Hello {{name|there}}, this is a test.");
+  await page.fill("#f-from", "+14155550100");
+  await page.click("#preview");
+  await page.waitForSelector("#preview-report p.ok");
+  const preview = await page.textContent("#preview-report");
+  if (!preview.includes("3 people would be called") || !preview.includes("hears: Hello Ann, this is a test.")) {
+    throw new Error(`the preview says: ${preview}`);
+  }
+  await page.screenshot({ path: join(shots, "launch.png"), fullPage: true });
+  step("launch: confirm, then watch it on its page");
+  await page.click("#launch");
+  await page.waitForURL(/\/ui\/campaigns\/ui-launch$/, { timeout: 15000 });
+  await page.waitForSelector("#chart-rate canvas", { timeout: 15000 });
+  await page.waitForFunction(
+    () => document.querySelector("#campaign-progress [data-finished]")?.getAttribute("data-finished") === "3",
+    null,
+    { timeout: 60000 },
+  );
+  step("export: every contact with its outcome");
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#export")]);
+  const exported = readFileSync(await download.path(), "utf8");
+  for (const n of ["+14155557001", "+14155557002", "+14155557003"]) {
+    const line = exported.split("\r\n").find((l) => l.startsWith(`${n},`));
+    if (!line || !line.includes(",completed,")) throw new Error(`${n} is not in the export as completed:\n${exported}`);
+  }
+  await page.screenshot({ path: join(shots, "launched.png"), fullPage: true });
+  timings.launched_from_page = true;
 
   if (problems.length) throw new Error(problems.join("\n"));
   console.log(JSON.stringify(timings));

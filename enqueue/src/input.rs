@@ -56,6 +56,33 @@ pub enum Source {
         name: String,
         data: Arc<[u8]>,
     },
+    /// A list read as it arrives (an upload streamed from a request body),
+    /// read once, never held whole.
+    Stream {
+        name: String,
+        reader: SharedReader,
+    },
+}
+
+/// A blocking reader handed to the source once (`Source` is `Clone`; the
+/// reader is taken by the first `open`).
+#[derive(Clone)]
+pub struct SharedReader(Arc<std::sync::Mutex<Option<Box<dyn Read + Send>>>>);
+
+impl SharedReader {
+    pub fn new(reader: impl Read + Send + 'static) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(Box::new(reader)))))
+    }
+
+    fn take(&self) -> Option<Box<dyn Read + Send>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for SharedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedReader")
+    }
 }
 
 impl Source {
@@ -68,7 +95,7 @@ impl Source {
         match self {
             Self::File(p) => p.display().to_string(),
             Self::Stdin => "<stdin>".into(),
-            Self::Memory { name, .. } => name.clone(),
+            Self::Memory { name, .. } | Self::Stream { name, .. } => name.clone(),
         }
     }
 
@@ -78,6 +105,7 @@ impl Source {
             Self::File(p) => std::fs::metadata(p).ok().filter(|m| m.is_file()).map(|m| m.len()),
             Self::Stdin => None,
             Self::Memory { data, .. } => Some(data.len() as u64),
+            Self::Stream { .. } => None,
         }
     }
 }
@@ -244,6 +272,15 @@ impl ContactInput {
             }
             Source::Stdin => Box::new(BufReader::with_capacity(256 * 1024, StdinReader)),
             Source::Memory { data, .. } => Box::new(std::io::Cursor::new(data.clone())),
+            Source::Stream { reader, .. } => match reader.take() {
+                Some(r) => Box::new(BufReader::with_capacity(256 * 1024, r)),
+                None => {
+                    return Err(OpenError::Io {
+                        name,
+                        source: std::io::Error::other("the upload was already read"),
+                    });
+                }
+            },
         };
         let mut lines = LineReader { inner, line: 0, bytes, at_start: true };
         let format = match format.or_else(|| format_from_name(source)) {
@@ -307,7 +344,11 @@ impl Read for StdinReader {
 }
 
 fn format_from_name(source: &Source) -> Option<Format> {
-    let Source::File(path) = source else { return None };
+    let path = match source {
+        Source::File(path) => path.clone(),
+        Source::Stream { name, .. } => PathBuf::from(name),
+        Source::Stdin | Source::Memory { .. } => return None,
+    };
     let ext = path.extension()?.to_str()?.to_ascii_lowercase();
     match ext.as_str() {
         "csv" | "tsv" | "txt" => Some(Format::Csv),

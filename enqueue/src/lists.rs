@@ -231,6 +231,15 @@ pub struct ListInfo {
     pub imported_at: DateTime<Utc>,
 }
 
+/// Every saved list, by name.
+pub async fn all(pool: &PgPool) -> Result<Vec<ListInfo>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, source, contacts, created_at, imported_at FROM contact_lists ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// The list named `name`, if there is one.
 pub async fn find(pool: &PgPool, name: &str) -> Result<Option<ListInfo>, sqlx::Error> {
     sqlx::query_as(

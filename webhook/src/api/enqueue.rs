@@ -101,6 +101,8 @@ pub struct Settings {
     pub until_confirmed: Option<bool>,
     pub voicemail: Option<Voicemail>,
     pub voicemail_message: Option<String>,
+    /// Check and report only.
+    pub dry_run: bool,
 }
 
 /// Where a campaign's contacts come from.
@@ -133,6 +135,8 @@ pub struct Outcome {
     pub changes: Vec<String>,
     /// The first rejected contacts (as many as asked for).
     pub rejected: Vec<Rejected>,
+    /// A personalised message as the first contacts will hear it.
+    pub samples: Vec<tocsin_enqueue::contacts::Sample>,
 }
 
 impl Outcome {
@@ -227,6 +231,7 @@ pub async fn enqueue(
         Spec::new(request.campaign, changes, state.amqp.amqp_url.clone(), state.amqp.queue_prefix.clone());
     spec.default_region = s.default_region;
     spec.providers = state.providers.clone();
+    spec.dry_run = s.dry_run;
     let collect = Collect { max: listed, kept: Mutex::new(Vec::new()) };
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
@@ -265,6 +270,7 @@ pub async fn enqueue(
         do_not_call: report.do_not_call,
         malformed: report.malformed,
         changes: report.changes,
+        samples: report.samples,
         rejected: rejected
             .into_iter()
             .map(|r| Rejected {
@@ -275,6 +281,53 @@ pub async fn enqueue(
             })
             .collect(),
     })
+}
+
+/// A saved contact list imported from an upload read as it arrives (a
+/// blocking reader over the request body): the same checks as `producer
+/// list import`, the list replaced in one transaction. Returns the report
+/// and the first `listed` rejected lines.
+pub async fn import_list(
+    state: &ApiState,
+    name: &str,
+    upload: impl std::io::Read + Send + 'static,
+    filename: &str,
+    format: Option<tocsin_enqueue::Format>,
+    default_region: Option<String>,
+    listed: usize,
+) -> Result<(tocsin_enqueue::lists::ImportReport, Vec<Rejected>), ApiError> {
+    use tocsin_enqueue::input::{Columns, SharedReader, Source};
+    let contacts = tocsin_enqueue::Contacts::Text {
+        source: Source::Stream { name: filename.to_owned(), reader: SharedReader::new(upload) },
+        format,
+        delimiter: None,
+        columns: Columns {
+            number: "number".into(),
+            timezone: Some("timezone".into()),
+            timezone_required: false,
+        },
+    };
+    let collect = Collect { max: listed, kept: Mutex::new(Vec::new()) };
+    let stop = CancellationToken::new();
+    let report = tocsin_enqueue::lists::import(&state.pool, name, contacts, default_region, &collect, &stop)
+        .await
+        .map_err(|e| enqueue_error(e, name, "body"))?;
+    let rejected = collect.kept.into_inner().unwrap_or_else(|p| p.into_inner());
+    let rejected = rejected
+        .into_iter()
+        .map(|r| Rejected {
+            line: r.line,
+            reason: r.reason.keyword(),
+            detail: r.reason.to_string(),
+            number: r.value,
+        })
+        .collect();
+    Ok((report, rejected))
+}
+
+/// The saved contact lists.
+pub async fn saved_lists(state: &ApiState) -> Result<Vec<tocsin_enqueue::lists::ListInfo>, sqlx::Error> {
+    tocsin_enqueue::lists::all(&state.pool).await
 }
 
 /// The API's answer to a failed enqueue; `field` names where the contacts came from.

@@ -29,6 +29,7 @@ pub mod calls;
 pub mod campaigns;
 pub mod enqueue;
 mod error;
+pub mod lists;
 pub mod live;
 
 pub use error::{Error, Result};
@@ -68,6 +69,8 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/campaigns/{name}/events", get(live::events))
         .route("/api/v1/alertmanager", post(alertmanager::receive))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/lists", get(lists::list))
+        .route("/api/v1/lists/{name}", axum::routing::put(lists::import))
         .route("/api/v1/campaigns/{name}/calls", get(calls::list))
         .route("/api/v1/campaigns/{name}/calls.csv", get(calls::export))
         .route("/api/v1/campaigns/{name}/series", get(calls::series))

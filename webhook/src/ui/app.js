@@ -76,7 +76,7 @@ function showError(e) {
 }
 
 function askForKey(message) {
-  for (const id of ["#campaigns", "#campaign", "#forget-key"]) $(id).hidden = true;
+  for (const id of ["#campaigns", "#campaign", "#new", "#forget-key"]) $(id).hidden = true;
   $("#login").hidden = false;
   const err = $("#login-error");
   err.hidden = !message;
@@ -462,6 +462,139 @@ async function campaignPage(name) {
   });
 }
 
+// ---- new broadcast ----------------------------------------------------------
+
+// The launch form: contacts are checked first (an upload or pasted numbers
+// become a saved list through PUT /api/v1/lists/<name>, streamed from the
+// file, its rejected lines shown), then a dry run says how many would be
+// called and how the first hear the message, then the launch asks to
+// confirm with that number.
+async function newPage() {
+  $("#new").hidden = false;
+  const report = $("#contacts-report");
+  let checkedList = null; // the saved list the campaign will call
+  const lists = await api("/api/v1/lists").catch(() => ({ lists: [] }));
+  $("#contacts-list").replaceChildren(
+    ...lists.lists.map((l) => el("option", { value: l.name, text: `${l.name} (${l.contacts} contacts)` })),
+  );
+  const source = () => document.querySelector("input[name=source]:checked").value;
+  const rejectedTable = (rows) =>
+    el(
+      "table",
+      { class: "rejected" },
+      el("thead", {}, el("tr", {}, el("th", { text: "Line" }), el("th", { text: "Value" }), el("th", { text: "Reason" }))),
+      el("tbody", {}, ...rows.map((r) => el("tr", {}, el("td", { text: String(r.line) }), el("td", { text: r.number }), el("td", { text: r.detail })))),
+    );
+
+  // Sends a body to PUT /api/v1/lists/<name> with upload progress (XHR: a
+  // File is streamed from disk, never read whole into the page).
+  function upload(name, body, filename) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      const q = `?filename=${encodeURIComponent(filename)}`;
+      xhr.open("PUT", `/api/v1/lists/${encodeURIComponent(name)}${q}`);
+      xhr.setRequestHeader("Authorization", `Bearer ${getKey()}`);
+      const bar = $("#upload-progress");
+      bar.hidden = false;
+      bar.value = 0;
+      xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = e.loaded / e.total; };
+      xhr.onload = () => {
+        bar.value = 1;
+        let answer = {};
+        try { answer = JSON.parse(xhr.responseText); } catch (_) {}
+        if (xhr.status === 401) reject(new AuthError("unauthorized"));
+        else if (xhr.status >= 400) reject(new Error(answer.error ? `${answer.error.code}: ${answer.error.message}` : `HTTP ${xhr.status}`));
+        else resolve(answer);
+      };
+      xhr.onerror = () => reject(new Error("the upload failed"));
+      xhr.send(body);
+    });
+  }
+
+  $("#check-contacts").addEventListener("click", async () => {
+    report.textContent = "checking…";
+    checkedList = null;
+    $("#launch").disabled = true;
+    try {
+      const campaign = $("#f-name").value.trim() || "broadcast";
+      if (source() === "list") {
+        checkedList = $("#contacts-list").value;
+        report.replaceChildren(el("p", { text: `saved list ${checkedList}: checked again against do-not-call when launched` }));
+        return;
+      }
+      const listName = `${campaign}-contacts`;
+      let answer;
+      if (source() === "upload") {
+        const file = $("#contacts-file").files[0];
+        if (!file) throw new Error("choose a file first");
+        answer = await upload(listName, file, file.name);
+      } else {
+        const text = "number\n" + $("#contacts-paste").value.split(/\r?\n/).map((l) => l.trim()).filter(Boolean).join("\n") + "\n";
+        answer = await upload(listName, new Blob([text], { type: "text/csv" }), "pasted.csv");
+      }
+      checkedList = listName;
+      const l = answer.list;
+      const parts = [el("p", { class: "ok", text: `${l.saved} contacts ready (list ${listName}); ${answer.rejected_total} lines rejected` })];
+      if (answer.rejected.length) parts.push(rejectedTable(answer.rejected));
+      report.replaceChildren(...parts);
+    } catch (e) {
+      report.textContent = "";
+      showError(e);
+    }
+  });
+
+  function body(dryRun) {
+    const v = (id) => $(id).value.trim();
+    const b = { name: v("#f-name"), message: v("#f-message"), contact_list: checkedList, dry_run: dryRun };
+    if (v("#f-from")) b.from = v("#f-from");
+    if (v("#f-provider")) b.provider = v("#f-provider");
+    if (v("#f-language")) b.language = v("#f-language");
+    if (v("#f-voice")) b.voice = v("#f-voice");
+    b.confirm = $("#f-confirm").checked;
+    b.until_confirmed = $("#f-confirm").checked && $("#f-until").checked;
+    b.max_attempts = Number($("#f-attempts").value || 1);
+    b.retry_delay_secs = Math.round(Number($("#f-retry").value || 0) * 60);
+    if (v("#f-expires")) b.expires_in = v("#f-expires");
+    if (v("#f-voicemail") !== "ignore") b.voicemail = v("#f-voicemail");
+    if (v("#f-window")) b.window = v("#f-window");
+    if (v("#f-timezone")) b.timezone = v("#f-timezone");
+    if (v("#f-start")) b.start_at = new Date(v("#f-start")).toISOString();
+    return b;
+  }
+
+  let wouldCall = 0;
+  $("#preview").addEventListener("click", async () => {
+    $("#launch").disabled = true;
+    try {
+      if (!checkedList) throw new Error("check the contacts first");
+      const r = await api("/api/v1/campaigns", { method: "POST", body: JSON.stringify(body(true)), headers: { "Content-Type": "application/json" } });
+      const e = r.enqueue;
+      wouldCall = e.new_contacts;
+      const parts = [el("p", { class: "ok", text: `${e.new_contacts} people would be called (${e.already_enqueued} already in the campaign, ${e.do_not_call} on the do-not-call list, ${e.invalid} cannot hear this message)` })];
+      const previews = e.preview.length ? e.preview : [];
+      for (const p of previews) parts.push(el("p", { class: "note", text: `line ${p.line} (${p.number}) hears: ${p.text}` }));
+      if (!previews.length) parts.push(el("p", { class: "note", text: `everyone hears: ${$("#f-message").value.trim()}` }));
+      if (e.rejected.length) parts.push(rejectedTable(e.rejected));
+      $("#preview-report").replaceChildren(...parts);
+      $("#launch").disabled = wouldCall === 0;
+    } catch (err) {
+      showError(err);
+    }
+  });
+
+  $("#new-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!confirm(`Call ${wouldCall} people now?`)) return;
+    try {
+      const r = await api("/api/v1/campaigns", { method: "POST", body: JSON.stringify(body(false)), headers: { "Content-Type": "application/json" } });
+      $("#launch-result").textContent = `launched: ${r.enqueue.published} calls queued`;
+      location.assign(`/ui/campaigns/${encodeURIComponent(r.campaign.name)}`);
+    } catch (err) {
+      showError(err);
+    }
+  });
+}
+
 // ---- start ------------------------------------------------------------------
 
 function start() {
@@ -480,7 +613,8 @@ function start() {
   if (!getKey()) return askForKey();
   $("#forget-key").hidden = false;
   const page = document.body.dataset.page;
-  const run = page === "campaign" ? campaignPage(document.body.dataset.campaign) : campaignsPage();
+  const run =
+    page === "campaign" ? campaignPage(document.body.dataset.campaign) : page === "new" ? newPage() : campaignsPage();
   run.catch(showError);
 }
 

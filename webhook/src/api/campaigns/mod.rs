@@ -46,6 +46,7 @@ pub async fn create(
     if let Ok(response) = &result
         && response.status().is_success()
         && !response.headers().contains_key("idempotent-replayed")
+        && !details["dry_run"].as_bool().unwrap_or(false)
     {
         audit::record(&state, &caller, Via::Api, "campaign.enqueue", Some(&campaign), details).await;
     }
@@ -148,6 +149,7 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
     let existed = enqueue::handle(&state.pool, &name).await?.is_some();
     let field = request.contacts_field();
     let count = request.inline_count;
+    let dry_run = request.enqueue.settings.dry_run;
     let outcome = enqueue::enqueue(state, request.enqueue, field, LISTED_REJECTIONS).await?;
     let inline = count.is_some();
     let rejected: Vec<Value> = outcome
@@ -164,6 +166,14 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
             })
         })
         .collect();
+    if dry_run {
+        // Nothing was written: what would be, and how the first contacts would hear it.
+        let mut report = outcome.counts(count.map_or(outcome.read, |n| n as u64));
+        report.insert("rejected".into(), Value::Array(rejected));
+        report.insert("preview".into(), json!(outcome.samples));
+        report.insert("changes".into(), json!(outcome.changes));
+        return Ok((StatusCode::OK, json!({ "dry_run": true, "enqueue": report })));
+    }
     if !existed && outcome.new_contacts + outcome.already_enqueued == 0 {
         // Nothing could be enqueued into a new campaign, so none exists (the
         // pipeline removes one it created empty). Say why, contact by

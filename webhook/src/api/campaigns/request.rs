@@ -44,6 +44,8 @@ pub struct CreateBody {
     until_confirmed: Field<bool>,
     voicemail: Field<String>,
     voicemail_message: Field<String>,
+    /// Check everything and say what would happen; write nothing.
+    dry_run: Field<bool>,
     contacts: Field<Vec<Value>>,
     contact_list: Field<String>,
     /// Keys that are none of the above.
@@ -75,6 +77,7 @@ impl CreateRequest {
             "until_confirmed": s.until_confirmed,
             "voicemail": s.voicemail.map(|v| v.to_string()),
             "start_at": s.start_at,
+            "dry_run": s.dry_run,
         })
     }
 
@@ -172,6 +175,7 @@ impl CreateBody {
             .string("voicemail", &mut errors)
             .and_then(|v| v.parse::<Voicemail>().map_err(|e| errors.add("voicemail", &e)).ok());
         let voicemail_message = self.voicemail_message.string("voicemail_message", &mut errors);
+        let dry_run = self.dry_run.get("dry_run", "must be true or false", &mut errors).unwrap_or(false);
         if let Some(r) = &default_region
             && let Err(PhoneNumberError::UnknownRegion(_)) = PhoneNumber::parse("+14155552671", Some(r))
         {
@@ -233,6 +237,7 @@ impl CreateBody {
                 until_confirmed,
                 voicemail,
                 voicemail_message,
+                dry_run,
             };
             let (contacts, inline_count) = match saved {
                 Some(list) => (Contacts::Saved(list), None),
