@@ -462,6 +462,8 @@ fn openapi_file_documents_every_route() {
         "/api/v1/campaigns/{name}/series:",
         "/api/v1/alertmanager:",
         "/api/v1/audit:",
+        "/api/v1/lists:",
+        "/api/v1/lists/{name}:",
         "/vonage/input:",
         "/twilio/gather:",
     ] {
@@ -635,5 +637,56 @@ async fn the_series_for_the_charts_count_attempts_outcomes_and_confirmations_ove
     assert_eq!((sum("dialing"), sum("completed"), sum("busy")), (2, 1, 1), "{v}");
     assert_eq!(v["limit"], 20.0, "{v}");
     assert!(v["step_secs"].as_f64().unwrap() >= 1.0, "{v}");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_uploaded_list_is_read_as_it_arrives_with_its_rejected_lines_and_a_dry_run_writes_nothing() {
+    let h = harness(&[]).await;
+    let key = h.key("uploader", &["campaigns:write", "campaigns:read"], &[]).await;
+    let put = |name: &str, query: &str, body: &'static str, key: &str| {
+        Request::put(format!("/api/v1/lists/{name}{query}"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "text/csv")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let send = |r: Request<Body>| async {
+        let response = h.app.clone().oneshot(r).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+    };
+    let csv = "number,name\n+14155550101,Ann\nnope,X\n+14155550102,Bo\n+14155550101,again\n";
+    let (s, v) = send(put("oncall", "?filename=oncall.csv", csv, &key)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((v["list"]["saved"].as_u64(), v["rejected_total"].as_u64()), (Some(2), Some(2)), "{v}");
+    let lines: Vec<u64> =
+        v["rejected"].as_array().unwrap().iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [3, 5], "{v}");
+    assert_eq!(v["rejected"][0]["reason"], "invalid", "{v}");
+    let (s, v, _) = h.call("GET", "/api/v1/lists", Some(&key), None, None).await;
+    assert_eq!(
+        (s, v["lists"][0]["name"].as_str(), v["lists"][0]["contacts"].as_i64()),
+        (StatusCode::OK, Some("oncall"), Some(2))
+    );
+    // A bad format, and a key limited to campaign prefixes (lists are shared).
+    let (s, _) = send(put("oncall", "?format=xls", csv, &key)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let scoped = h.key("scoped", &["campaigns:write"], &["ops-"]).await;
+    let (s, _) = send(put("oncall", "", csv, &scoped)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // A dry run from the list: what would happen, nothing written.
+    let body = json!({
+        "name": "from-upload", "message": "Hi {{name}}.", "from": "+14155550100", "contact_list": "oncall",
+        "dry_run": true,
+    });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body.to_string()), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["enqueue"]["new_contacts"], 2, "{v}");
+    assert_eq!(v["enqueue"]["preview"][0]["text"], "Hi Ann.", "{v}");
+    let (s, _, _) = h.call("GET", "/api/v1/campaigns/from-upload", Some(&key), None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a dry run creates nothing");
     h.cleanup().await;
 }
