@@ -566,6 +566,16 @@ impl Campaign {
     /// The campaign's words for one contact: `{{column}}` placeholders in
     /// the message and the voicemail filled from its attributes (JSON text).
     pub fn personalise(&mut self, attributes: &str) {
+        // A contact's own `language` / `voice` columns (checked when it was
+        // enqueued: `contact_speech`) override the campaign's.
+        if attributes.contains("\"language\"") || attributes.contains("\"voice\"") {
+            let columns: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(attributes).unwrap_or_default();
+            if let Ok((language, voice)) = contact_speech(&self.settings, &columns) {
+                self.settings.language = language;
+                self.settings.voice = voice;
+            }
+        }
         let s = &mut self.settings;
         // The default voicemail follows the message: fill it before the message changes.
         let voicemail = s.voicemail_message.clone().unwrap_or_else(|| s.voicemail_text());
@@ -605,6 +615,29 @@ impl Campaign {
             None => {}
         }
         parts.join("; ")
+    }
+}
+
+/// The language and voice a contact is called in: its own `language` and
+/// `voice` columns when it has them, else the campaign's; `Err` says why
+/// the campaign's provider cannot speak the message so (the contact is
+/// rejected at enqueue).
+pub fn contact_speech(
+    settings: &Settings,
+    columns: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(String, Option<String>), String> {
+    let text = |key: &str| columns.get(key).and_then(|v| v.as_str()).map(str::trim).filter(|v| !v.is_empty());
+    let (language, voice) = (text("language"), text("voice"));
+    if language.is_none() && voice.is_none() {
+        return Ok((settings.language.clone(), settings.voice.clone()));
+    }
+    let language = language.unwrap_or(&settings.language);
+    let voice = voice.map(str::to_owned).or_else(|| settings.voice.clone());
+    match crate::speech::check(settings.provider, &settings.message, language, voice.as_deref()) {
+        Ok(mapped) => Ok((mapped, voice)),
+        Err(errors) => {
+            Err(errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect::<Vec<_>>().join("; "))
+        }
     }
 }
 

@@ -194,6 +194,16 @@ try {
   await page.screenshot({ path: join(shots, "launched.png"), fullPage: true });
   timings.launched_from_page = true;
 
+  step("audit log: the upload, the launch, the pause and the cancel, by this key");
+  await page.goto(`${base}/ui/audit`);
+  await page.waitForSelector("#audit-table tbody tr td");
+  const audit = await page.textContent("#audit-table tbody");
+  for (const action of ["list.import", "campaign.enqueue", "campaign.pause", "campaign.resume", "campaign.cancel"]) {
+    if (!audit.includes(action)) throw new Error(`the audit page does not show ${action}: ${audit}`);
+  }
+  if (!audit.includes("browser (api)")) throw new Error(`the audit page does not name the key: ${audit}`);
+  await page.screenshot({ path: join(shots, "audit.png"), fullPage: true });
+
   if (problems.length) throw new Error(problems.join("\n"));
   console.log(JSON.stringify(timings));
 } catch (e) {

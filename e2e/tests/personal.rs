@@ -48,3 +48,14 @@ async fn placeholders_are_filled_escaped_and_heard_through_every_provider() {
     assert_eq!(stats["answer_documents_invalid"], 0, "{stats}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_contacts_own_language_is_checked_against_the_provider_when_enqueued() {
+    let stack = common::start(Options::default()).await;
+    let csv = "number,language,voice\n+14155596011,es-ES,\n+14155596012,xx-XX,\n+14155596013,,woman\n";
+    let args = stack.enqueue_args("speech", csv, &["--message", "Alert.", "--provider", "twilio"]);
+    let report = producer::enqueue(&stack.db.pool, &args).await.unwrap();
+    // xx-XX is no language Twilio speaks: that contact alone is rejected.
+    assert_eq!((report.published, report.invalid), (2, 1));
+    stack.stop().await;
+}

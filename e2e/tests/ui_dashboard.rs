@@ -49,7 +49,7 @@ async fn browser_dashboard_shows_live_progress_and_pause_stops_dialling() {
     let args = stack.enqueue_args(CAMPAIGN, &csv, &["--message", "Browser test."]);
     let report = producer::enqueue(&stack.db.pool, &args).await.unwrap();
     assert_eq!(report.published as usize, CONTACTS);
-    let scopes = ["campaigns:read".to_owned(), "campaigns:control".to_owned(), "campaigns:write".to_owned()];
+    let scopes = ["campaigns:read", "campaigns:control", "campaigns:write", "audit:read"].map(str::to_owned);
     let key = tocsin_core::apikey::create(&stack.db.pool, "browser", &scopes, &[]).await.unwrap();
 
     let shots = root.join("target/ui-e2e");

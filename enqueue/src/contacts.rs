@@ -35,6 +35,8 @@ pub enum Reason {
     BadTimezone(String),
     /// The campaign's message has a placeholder this contact cannot fill.
     Template(String),
+    /// The contact's own language or voice is not one the provider speaks.
+    Speech(String),
 }
 
 impl Reason {
@@ -48,6 +50,7 @@ impl Reason {
             Self::TooLong { .. } => "too_long",
             Self::BadTimezone(_) => "bad_timezone",
             Self::Template(_) => "template",
+            Self::Speech(_) => "speech",
         }
     }
 }
@@ -66,6 +69,7 @@ impl std::fmt::Display for Reason {
                 write!(f, "unknown time zone {tz:?} (use an IANA name such as Europe/London)")
             }
             Self::Template(why) => write!(f, "cannot fill the message: {why}"),
+            Self::Speech(why) => write!(f, "its own language or voice: {why}"),
         }
     }
 }
@@ -125,6 +129,8 @@ pub struct ContactReader {
     templates: Vec<tocsin_core::template::Template>,
     /// The first contacts' rendered messages.
     samples: std::sync::Arc<std::sync::Mutex<Vec<Sample>>>,
+    /// The campaign's settings, to check contacts' own `language` / `voice`.
+    settings: Option<tocsin_core::campaign::Settings>,
 }
 
 impl ContactReader {
@@ -135,7 +141,15 @@ impl ContactReader {
             seen: Seen::new(),
             templates: Vec::new(),
             samples: Default::default(),
+            settings: None,
         }
+    }
+
+    /// Contacts with their own `language` / `voice` columns must be speakable
+    /// so by the campaign's provider.
+    pub fn with_speech(mut self, settings: tocsin_core::campaign::Settings) -> Self {
+        self.settings = Some(settings);
+        self
     }
 
     /// Contacts must fill these texts' placeholders (those without any are
@@ -195,6 +209,14 @@ impl ContactReader {
                 Err(_) => return reject(Reason::BadTimezone(name.clone())),
             },
         };
+        let own_speech = raw.attributes.contains("\"language\"") || raw.attributes.contains("\"voice\"");
+        if let (Some(settings), true) = (&self.settings, own_speech) {
+            let columns: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&raw.attributes).unwrap_or_default();
+            if let Err(why) = tocsin_core::campaign::contact_speech(settings, &columns) {
+                return reject(Reason::Speech(why));
+            }
+        }
         if !self.templates.is_empty() {
             let columns: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&raw.attributes).unwrap_or_default();

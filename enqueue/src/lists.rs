@@ -59,7 +59,7 @@ pub struct ImportReport {
 impl ImportReport {
     fn count(&mut self, reason: &Reason) {
         match reason {
-            Reason::Invalid(_) | Reason::Template(_) => self.invalid += 1,
+            Reason::Invalid(_) | Reason::Template(_) | Reason::Speech(_) => self.invalid += 1,
             Reason::Duplicate { .. } => self.duplicate += 1,
             Reason::DoNotCall => self.do_not_call += 1,
             Reason::Malformed(_) | Reason::TooLong { .. } | Reason::BadTimezone(_) => self.malformed += 1,

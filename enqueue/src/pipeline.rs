@@ -80,7 +80,7 @@ impl Report {
 
     fn count(&mut self, reason: &Reason) {
         match reason {
-            Reason::Invalid(_) | Reason::Template(_) => self.invalid += 1,
+            Reason::Invalid(_) | Reason::Template(_) | Reason::Speech(_) => self.invalid += 1,
             Reason::Duplicate { .. } => self.duplicate += 1,
             Reason::DoNotCall => self.do_not_call += 1,
             Reason::Malformed(_) | Reason::TooLong { .. } | Reason::BadTimezone(_) => self.malformed += 1,
@@ -239,7 +239,8 @@ pub async fn enqueue(
         }
         let voicemail = prepared.settings.voicemail_message.clone().unwrap_or_default();
         let reader = ContactReader::new(opened.source, spec.default_region.clone())
-            .with_templates(&[&prepared.settings.message, &voicemail], samples.clone());
+            .with_templates(&[&prepared.settings.message, &voicemail], samples.clone())
+            .with_speech(prepared.settings.clone());
         if spec.dry_run {
             dry_run(pool, &prepared, reader, counters, observer, stop, &mut report).await
         } else {

@@ -76,7 +76,7 @@ function showError(e) {
 }
 
 function askForKey(message) {
-  for (const id of ["#campaigns", "#campaign", "#new", "#forget-key"]) $(id).hidden = true;
+  for (const id of ["#campaigns", "#campaign", "#new", "#audit", "#forget-key"]) $(id).hidden = true;
   $("#login").hidden = false;
   const err = $("#login-error");
   err.hidden = !message;
@@ -595,6 +595,40 @@ async function newPage() {
   });
 }
 
+// ---- audit log ----------------------------------------------------------------
+
+async function auditPage() {
+  $("#audit").hidden = false;
+  async function show() {
+    const q = new URLSearchParams({ limit: "500" });
+    const campaign = $("#audit-campaign").value.trim();
+    if (campaign) q.set("campaign", campaign);
+    const hours = $("#audit-since").value;
+    if (hours) q.set("since", new Date(Date.now() - Number(hours) * 3600e3).toISOString());
+    const { entries } = await api(`/api/v1/audit?${q}`);
+    $("#audit-table tbody").replaceChildren(
+      ...entries.map((e) =>
+        el(
+          "tr",
+          {},
+          el("td", { text: new Date(e.at).toLocaleString() }),
+          el("td", { text: e.action }),
+          el("td", { text: `${e.actor} (${e.via})` }),
+          el("td", { text: e.client || "–" }),
+          el("td", { text: e.campaign || "–" }),
+          el("td", { class: "details", text: JSON.stringify(e.details) }),
+        ),
+      ),
+    );
+    if (!entries.length) $("#audit-table tbody").append(el("tr", {}, el("td", { text: "No actions recorded." })));
+  }
+  $("#audit-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    show().catch(showError);
+  });
+  await show();
+}
+
 // ---- start ------------------------------------------------------------------
 
 function start() {
@@ -614,7 +648,13 @@ function start() {
   $("#forget-key").hidden = false;
   const page = document.body.dataset.page;
   const run =
-    page === "campaign" ? campaignPage(document.body.dataset.campaign) : page === "new" ? newPage() : campaignsPage();
+    page === "campaign"
+      ? campaignPage(document.body.dataset.campaign)
+      : page === "new"
+        ? newPage()
+        : page === "audit"
+          ? auditPage()
+          : campaignsPage();
   run.catch(showError);
 }
 

@@ -41,6 +41,7 @@ pub fn router() -> Router {
         .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
         .route("/ui/campaigns/{name}", get(campaign))
         .route("/ui/new", get(new_broadcast))
+        .route("/ui/audit", get(audit))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
         .route("/ui/favicon.svg", get(|| async { asset("image/svg+xml", ICON) }))
@@ -65,6 +66,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 async fn campaigns() -> Html<String> {
     Html(render("campaigns", None))
+}
+
+async fn audit() -> Html<String> {
+    Html(render("audit", None))
 }
 
 async fn new_broadcast() -> Html<String> {

@@ -316,3 +316,32 @@ async fn a_telnyx_keypress_is_verified_and_counts_once_across_its_two_events() {
     assert_eq!(h.keypresses().await, [("telnyx".into(), 0, Some("1".into()), "confirmed".into())]);
     h.app.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_answer_document_speaks_in_the_contacts_own_language_and_fills_its_placeholders() {
+    let h = harness().await;
+    sqlx::query("UPDATE campaigns SET message = 'Hola {{name|amigo}}.', confirm = false WHERE name = 'keys'")
+        .execute(&h.app.db.pool)
+        .await
+        .unwrap();
+    let id = h.call("+14155550004").await;
+    sqlx::query(
+        "UPDATE calls SET attributes = '{\"name\": \"Zoë & <Ana>\", \"language\": \"es-ES\"}' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&h.app.db.pool)
+    .await
+    .unwrap();
+    let (status, body) = h
+        .send(
+            Request::get(format!("/vonage/answer?call_id={id}&attempt=1&token=tok14155550004"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ncco: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ncco[0]["text"], "Hola Zoë & <Ana>.", "{ncco}");
+    assert_eq!(ncco[0]["language"], "es-ES", "{ncco}");
+    h.app.cleanup().await;
+}
