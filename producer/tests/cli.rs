@@ -393,4 +393,23 @@ async fn every_cli_action_is_in_the_audit_log_with_the_os_user_and_no_secret() {
     let o = run(&["audit", "--campaign", "audited", "--since", "1h"]);
     assert_eq!(stdout(&o).lines().count(), 3, "{}", stdout(&o));
     assert_eq!(env.run_bin(&["audit", "--since", "yesterday"]).status.code(), Some(2));
+
+    // The other actions that change something, each recorded once done.
+    let opt_outs = env.file("opt-outs.csv", "number\n+14155552678\n");
+    let list = env.file("oncall.csv", "number\n+14155552601\n");
+    run(&["dnc", "import", opt_outs.to_str().unwrap()]);
+    run(&["dnc", "remove", "+14155552679"]);
+    run(&["list", "import", "oncall", list.to_str().unwrap()]);
+    run(&["list", "delete", "oncall", "--yes"]);
+    run(&["apikey", "revoke", "ci"]);
+    run(&["delete", "audited", "--yes"]);
+    let o = run(&["audit", "--json", "--limit", "6"]);
+    let actions: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        actions,
+        ["campaign.delete", "apikey.revoke", "list.delete", "list.import", "dnc.remove", "dnc.import"]
+    );
 }
