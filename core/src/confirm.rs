@@ -237,6 +237,16 @@ pub enum Step {
     Finish { text: String },
 }
 
+impl Step {
+    /// The turn the step's key answers (a finish asks for none: the first).
+    pub fn turn(&self) -> Turn {
+        match self {
+            Self::Ask { turn, .. } => *turn,
+            Self::Finish { .. } => Turn::default(),
+        }
+    }
+}
+
 impl Confirmation {
     /// The prompt as heard.
     pub fn prompt(&self) -> &str {

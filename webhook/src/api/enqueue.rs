@@ -176,6 +176,21 @@ struct Collect {
     kept: Mutex<Vec<Rejection>>,
 }
 
+impl Collect {
+    /// The rejected contacts kept, as the API lists them.
+    fn listed(self) -> Vec<Rejected> {
+        let kept = self.kept.into_inner().unwrap_or_else(|p| p.into_inner());
+        kept.into_iter()
+            .map(|r| Rejected {
+                line: r.line,
+                reason: r.reason.keyword(),
+                detail: r.reason.to_string(),
+                number: r.value,
+            })
+            .collect()
+    }
+}
+
 impl Observer for Collect {
     fn rejected(&self, batch: &[Rejection]) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
@@ -259,7 +274,7 @@ pub async fn enqueue(
         }
     };
     let report = result.map_err(|e| enqueue_error(e, &name, field))?;
-    let rejected = collect.kept.into_inner().unwrap_or_else(|p| p.into_inner());
+    let rejected = collect.listed();
     Ok(Outcome {
         read: report.read,
         new_contacts: report.new_contacts,
@@ -271,15 +286,7 @@ pub async fn enqueue(
         malformed: report.malformed,
         changes: report.changes,
         samples: report.samples,
-        rejected: rejected
-            .into_iter()
-            .map(|r| Rejected {
-                line: r.line,
-                reason: r.reason.keyword(),
-                detail: r.reason.to_string(),
-                number: r.value,
-            })
-            .collect(),
+        rejected,
     })
 }
 
@@ -312,17 +319,7 @@ pub async fn import_list(
     let report = tocsin_enqueue::lists::import(&state.pool, name, contacts, default_region, &collect, &stop)
         .await
         .map_err(|e| enqueue_error(e, name, "body"))?;
-    let rejected = collect.kept.into_inner().unwrap_or_else(|p| p.into_inner());
-    let rejected = rejected
-        .into_iter()
-        .map(|r| Rejected {
-            line: r.line,
-            reason: r.reason.keyword(),
-            detail: r.reason.to_string(),
-            number: r.value,
-        })
-        .collect();
-    Ok((report, rejected))
+    Ok((report, collect.listed()))
 }
 
 /// The saved contact lists.

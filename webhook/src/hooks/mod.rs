@@ -173,6 +173,28 @@ pub(crate) async fn campaign_of_call(
     }
 }
 
+/// Records that the voicemail of attempt `attempt` is being left (counted
+/// once in `tocsin_voicemails_total`); `Err` is the 503 to answer when the
+/// database is unavailable.
+pub(crate) async fn record_voicemail(
+    state: &HookState,
+    id: CallId,
+    attempt: i32,
+    provider: Provider,
+) -> Result<(), Response> {
+    match tocsin_core::calls::record_voicemail(&state.pool, id, attempt).await {
+        Ok(true) => {
+            metrics::counter!("tocsin_voicemails_total", "provider" => provider.as_str()).increment(1);
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => {
+            error!(error = %e, call_id = %id, "voicemail not recorded: database unavailable; answering 503");
+            Err(ApiError::unavailable().into_response())
+        }
+    }
+}
+
 /// Stores an event and answers: 204 once committed, 503 when the database
 /// is unavailable (so the provider retries).
 pub(crate) async fn store(state: &HookState, event: StoredEvent) -> Response {

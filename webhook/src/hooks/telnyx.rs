@@ -284,24 +284,30 @@ async fn voicemail(
     leg: &str,
     command: &str,
 ) -> Result<(&'static str, Result<(), CommandError>), Response> {
-    match calls::record_voicemail(&state.pool, id, attempt.unwrap_or(1)).await {
-        Ok(true) => metrics::counter!("tocsin_voicemails_total", "provider" => "telnyx").increment(1),
-        Ok(false) => {}
-        Err(e) => {
-            warn!(call_id = %id, error = %e, "voicemail not recorded: database unavailable; answering 503");
-            return Err(ApiError::unavailable().into_response());
-        }
-    }
+    super::record_voicemail(state, id, attempt.unwrap_or(1), Provider::Telnyx).await?;
     let s = &campaign.settings;
+    Ok(("speak", closing(hooks, campaign, id, leg, s.voicemail_text(), command).await))
+}
+
+/// The last words of a call, spoken once with `Dialogue::Finishing` (their
+/// `call.speak.ended` hangs up); `command` names the speech for its id.
+async fn closing(
+    hooks: &TelnyxHooks,
+    campaign: &Campaign,
+    id: CallId,
+    leg: &str,
+    text: String,
+    command: &str,
+) -> Result<(), CommandError> {
     let speak = Speak {
-        payload: s.voicemail_text(),
+        payload: text,
         voice: voice(campaign),
-        language: s.language.clone(),
+        language: campaign.settings.language.clone(),
         repeat: 1,
         command_id: telnyx::call_command_id(leg, command),
         client_state: Some(telnyx::dialogue_state(id, Dialogue::Finishing)),
     };
-    Ok(("speak", hooks.client.speak(leg, &speak).await))
+    hooks.client.speak(leg, &speak).await
 }
 
 /// The voice to speak a campaign's words in.
@@ -325,17 +331,7 @@ async fn send_step(
             Some(g) => hooks.client.gather_using_speak(leg, &g).await,
             None => Ok(()),
         },
-        Step::Finish { text } => {
-            let speak = Speak {
-                payload: text.clone(),
-                voice: voice(campaign),
-                language: s.language.clone(),
-                repeat: 1,
-                command_id: telnyx::call_command_id(leg, "speak:end"),
-                client_state: Some(telnyx::dialogue_state(id, Dialogue::Finishing)),
-            };
-            hooks.client.speak(leg, &speak).await
-        }
+        Step::Finish { text } => closing(hooks, campaign, id, leg, text.clone(), "speak:end").await,
     }
 }
 

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use tocsin_core::CallId;
 use tocsin_core::calls;
 use tocsin_core::campaign::Campaign;
-use tocsin_core::confirm::{Heard, Step, Turn, Voicemail};
+use tocsin_core::confirm::{Heard, Step, Voicemail};
 use tocsin_core::provider::Provider;
 use tocsin_core::twilio::{self, TwilioStatus};
 use tracing::warn;
@@ -82,10 +82,9 @@ pub async fn twiml(
         Ok(Some(campaign))
             if machine && campaign.settings.voicemail == Voicemail::Drop && answered_by != Some("fax") =>
         {
-            match calls::record_voicemail(&state.pool, id, attempt(&query).unwrap_or(1)).await {
-                Ok(true) => metrics::counter!("tocsin_voicemails_total", "provider" => "twilio").increment(1),
-                Ok(false) => {}
-                Err(_) => return tocsin_core::http::ApiError::unavailable().into_response(),
+            let attempt = attempt(&query).unwrap_or(1);
+            if let Err(response) = super::record_voicemail(&state, id, attempt, Provider::Twilio).await {
+                return response;
             }
             let s = &campaign.settings;
             twilio::twiml(&s.voicemail_text(), &s.language, 1, s.voice.as_deref())
@@ -122,12 +121,8 @@ fn step_twiml(
     query: &HashMap<String, String>,
 ) -> String {
     let s = &campaign.settings;
-    let turn = match step {
-        Step::Ask { turn, .. } => *turn,
-        Step::Finish { .. } => Turn::default(),
-    };
     let (attempt, token) = (attempt(query).unwrap_or(1), url_token(query).unwrap_or_default());
-    let url = dialogue::next_url(state, "/twilio/gather", id, attempt, &token, turn);
+    let url = dialogue::next_url(state, "/twilio/gather", id, attempt, &token, step.turn());
     let repeat = u32::try_from(s.repeat).unwrap_or(1);
     twilio::dialogue_twiml(step, &s.confirmation, &s.message, &s.language, repeat, s.voice.as_deref(), &url)
 }

@@ -26,7 +26,7 @@ use tocsin_core::CallId;
 use tocsin_core::calls;
 use tocsin_core::campaign::Campaign;
 use tocsin_core::config::VonageCredentials;
-use tocsin_core::confirm::{Step, Turn, Voicemail};
+use tocsin_core::confirm::{Step, Voicemail};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 use tocsin_core::vonage::{self, VonageEvent};
@@ -52,14 +52,9 @@ pub async fn answer(
         Ok(Some(campaign)) if campaign.settings.voicemail == Voicemail::Drop => {
             let attempt = attempt(&query).unwrap_or(1);
             match calls::machine_answered(&state.pool, id, attempt).await {
-                Ok(true) => match calls::record_voicemail(&state.pool, id, attempt).await {
-                    Ok(recorded) => {
-                        if recorded {
-                            metrics::counter!("tocsin_voicemails_total", "provider" => "vonage").increment(1);
-                        }
-                        Json(voicemail_ncco(&campaign)).into_response()
-                    }
-                    Err(_) => ApiError::unavailable().into_response(),
+                Ok(true) => match super::record_voicemail(&state, id, attempt, Provider::Vonage).await {
+                    Ok(()) => Json(voicemail_ncco(&campaign)).into_response(),
+                    Err(response) => response,
                 },
                 Ok(false) => Json(first_ncco(&state, &campaign, id, &query)).into_response(),
                 Err(_) => ApiError::unavailable().into_response(),
@@ -101,6 +96,20 @@ fn first_ncco(
     }
 }
 
+fn header_auth(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+}
+
+/// Checks Vonage's signature on a body (401 otherwise). Without a secret
+/// (Vonage not configured here) nothing verifies.
+fn verify_signed(state: &HookState, auth: Option<&str>, body: &[u8]) -> Result<(), Response> {
+    let verified = match &state.vonage_secret {
+        Some(secret) => vonage::verify_webhook(auth, secret, body).map(|_| ()).map_err(|e| e.to_string()),
+        None => Err("TOCSIN_VONAGE_SIGNATURE_SECRET is not set on this service".to_owned()),
+    };
+    verified.map_err(|e| rejected(Provider::Vonage, Reason::Signature, &e))
+}
+
 /// The NCCO of a dialogue step, its `input` posting to `/vonage/input`.
 fn step_ncco(
     state: &HookState,
@@ -111,11 +120,7 @@ fn step_ncco(
     token: &str,
 ) -> serde_json::Value {
     let s = &campaign.settings;
-    let turn = match step {
-        Step::Ask { turn, .. } => *turn,
-        Step::Finish { .. } => Turn::default(),
-    };
-    let url = dialogue::next_url(state, "/vonage/input", id, attempt, token, turn);
+    let url = dialogue::next_url(state, "/vonage/input", id, attempt, token, step.turn());
     let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
     let repeat = u32::try_from(s.repeat).unwrap_or(1);
     vonage::dialogue_ncco(step, &s.confirmation, &s.message, &s.language, style, repeat, &url)
@@ -131,17 +136,10 @@ pub async fn input(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !state.skip_signatures {
-        let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let verified = match &state.vonage_secret {
-            Some(secret) => {
-                vonage::verify_webhook(auth, secret, &body).map(|_| ()).map_err(|e| e.to_string())
-            }
-            None => Err("TOCSIN_VONAGE_SIGNATURE_SECRET is not set on this service".to_owned()),
-        };
-        if let Err(e) = verified {
-            return rejected(Provider::Vonage, Reason::Signature, &e);
-        }
+    if !state.skip_signatures
+        && let Err(response) = verify_signed(&state, header_auth(&headers), &body)
+    {
+        return response;
     }
     let payload: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -184,21 +182,14 @@ pub async fn events(
     body: Bytes,
 ) -> Response {
     if !state.skip_signatures {
-        let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let auth = header_auth(&headers);
         if auth.is_none()
             && let Some(confirmer) = &state.vonage_confirm
         {
             return confirm_unsigned(&state, confirmer, &query, &body).await;
         }
-        // Without a secret (Vonage not configured here) nothing verifies.
-        let verified = match &state.vonage_secret {
-            Some(secret) => {
-                vonage::verify_webhook(auth, secret, &body).map(|_| ()).map_err(|e| e.to_string())
-            }
-            None => Err("TOCSIN_VONAGE_SIGNATURE_SECRET is not set on this service".to_owned()),
-        };
-        if let Err(e) = verified {
-            return rejected(Provider::Vonage, Reason::Signature, &e);
+        if let Err(response) = verify_signed(&state, auth, &body) {
+            return response;
         }
     }
     let payload: serde_json::Value = match serde_json::from_slice(&body) {
