@@ -95,6 +95,22 @@ pub struct WebhookConfig {
     /// (larger ones get 413); bounds a campaign's inline contact list.
     #[arg(long = "api-max-body-bytes", env = "TOCSIN_API_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub api_max_body_bytes: usize,
+
+    /// Proxies in front of this service (comma-separated addresses or CIDR
+    /// blocks, e.g. an ingress controller's pod network). A request from one
+    /// of them is attributed to the address it names in `X-Forwarded-For`
+    /// (the right-most one that is not itself a trusted proxy); from any
+    /// other peer the header is ignored. The audit log's "from where".
+    #[arg(long = "trusted-proxies", env = "TOCSIN_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// One `--trusted-proxies` entry: a CIDR block, or one address.
+fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR block (e.g. 10.0.0.0/8)"))
 }
 
 impl WebhookConfig {

@@ -93,6 +93,7 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
         amqp: config.amqp.clone(),
         providers: config.api_providers(),
         rate_per_sec: config.rate_per_sec.filter(|r| r.is_finite() && *r > 0.0),
+        trusted_proxies: config.trusted_proxies.clone(),
     });
     Ok(router(state, config.max_body_bytes)
         .merge(api::router(api, config.api_max_body_bytes))

@@ -86,11 +86,9 @@ impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Auth<S> {
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, Error> {
         let mut caller = authenticate(&state.pool, &parts.headers, S::SCOPE).await?;
-        // The peer's address (the audit log's "from where"); behind a proxy, the proxy's.
-        caller.client = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+        // The audit log's "from where": the peer, or the client a trusted proxy names.
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        caller.client = peer.map(|peer| client_address(peer, &parts.headers, &state.trusted_proxies).to_string());
         Ok(Self { caller, scope: PhantomData })
     }
 }
@@ -180,4 +178,71 @@ async fn authenticate(pool: &PgPool, headers: &HeaderMap, scope: Scope) -> Resul
         campaign_prefixes: row.campaign_prefixes,
         client: None,
     })
+}
+
+/// The client behind `peer`: `peer` itself unless it is a trusted proxy;
+/// then the right-most `X-Forwarded-For` address that is not a trusted proxy
+/// (those to its left were written by the client and prove nothing). A
+/// malformed header leaves the last trusted hop.
+pub fn client_address(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer;
+    if !is_trusted(&peer) {
+        return client;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_address;
+    use axum::http::HeaderMap;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_names_the_client() {
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        let proxy = "10.1.2.3".parse().unwrap();
+        let outsider = "203.0.113.9".parse().unwrap();
+        // Direct from a client: the header is the client's own claim.
+        assert_eq!(client_address(outsider, &headers(&["198.51.100.1"]), &trusted), outsider);
+        // Through the proxy: the right-most untrusted hop, whatever the client wrote before it.
+        let h = headers(&["1.1.1.1, 198.51.100.7", "10.9.9.9"]);
+        assert_eq!(client_address(proxy, &h, &trusted).to_string(), "198.51.100.7");
+        // No header, or garbage: the proxy (or the last trusted hop) is all we know.
+        assert_eq!(client_address(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert_eq!(client_address(proxy, &headers(&["not-an-ip"]), &trusted), proxy);
+        // No trusted proxies configured: the peer, always.
+        assert_eq!(client_address(proxy, &headers(&["198.51.100.7"]), &[]), proxy);
+        // IPv6 clients read too.
+        assert_eq!(client_address(proxy, &headers(&["2001:db8::1"]), &trusted).to_string(), "2001:db8::1");
+    }
 }

@@ -56,6 +56,8 @@ pub struct ApiState {
     pub hub: live::Hub,
     /// The workers' calls-per-second limit, for the rate chart's line.
     pub rate_per_sec: Option<f64>,
+    /// Peers whose `X-Forwarded-For` names the client (`--trusted-proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The `/api/v1` routes. `max_body_bytes` bounds every request body (413 above).
