@@ -189,7 +189,12 @@ pub fn check_name(field: &'static str, name: &str) -> Result<(), FieldError> {
 /// Every setting of a campaign an operator controls, valid by construction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
+    /// The words spoken; with `audio_url`, the recording's transcript for
+    /// operators (not spoken; may be empty).
     pub message: String,
+    /// A recording played instead of speaking `message` (http/https; the
+    /// provider fetches it when the call reaches it).
+    pub audio_url: Option<String>,
     pub language: String,
     pub voice: Option<String>,
     pub provider: Provider,
@@ -221,6 +226,8 @@ pub struct Settings {
 #[derive(Clone, Debug, Default)]
 pub struct Changes {
     pub message: Option<String>,
+    /// An audio URL; `""` or `"none"` goes back to speaking the message.
+    pub audio_url: Option<String>,
     pub language: Option<String>,
     pub voice: Option<String>,
     pub provider: Option<Provider>,
@@ -273,6 +280,36 @@ fn in_range(
     }
 }
 
+/// What a call plays as its message (or its voicemail): words the provider
+/// speaks, or a recording it fetches and plays. The providers' renderers
+/// take this, so the choice is made once, here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    Text(String),
+    Audio(String),
+}
+
+/// A recording's URL: absolute http(s), at most 2048 characters, no spaces
+/// (the providers fetch it as given: Vonage's `streamUrl`, Twilio's
+/// `<Play>`, Telnyx's `audio_url`).
+pub fn check_audio_url(text: &str) -> Result<String, FieldError> {
+    let text = text.trim();
+    let bad = |why: &str| Err(FieldError::new("audio_url", format!("{text:?} {why}")));
+    if text.len() > 2048 {
+        return Err(FieldError::new("audio_url", "must be at most 2048 characters"));
+    }
+    let Ok(url) = reqwest::Url::parse(text) else {
+        return bad("is not a URL (e.g. https://example.com/alert.mp3)");
+    };
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return bad("must be an http or https URL the provider can fetch");
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("must not contain spaces or control characters");
+    }
+    Ok(text.to_owned())
+}
+
 /// The message as spoken: trimmed, 1–5000 characters (the provider's own,
 /// often lower, limit is checked with the rest of the settings), its
 /// `{{column}}` placeholders well formed.
@@ -298,8 +335,9 @@ impl Settings {
     /// message and the caller id are required.
     pub fn new(changes: Changes) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
-        if changes.message.is_none() {
-            errors.push(FieldError::new("message", "required"));
+        let audio = changes.audio_url.as_deref().is_some_and(|u| !matches!(u.trim(), "" | "none"));
+        if changes.message.is_none() && !audio {
+            errors.push(FieldError::new("message", "required (or an audio_url to play instead)"));
         }
         if changes.from.is_none() {
             errors.push(FieldError::new(
@@ -307,20 +345,22 @@ impl Settings {
                 "required for a new campaign: the caller id, in E.164 form (e.g. +14155550100)",
             ));
         }
-        let (Some(_), Some(from)) = (&changes.message, changes.from.clone()) else {
+        let (true, Some(from)) = (changes.message.is_some() || audio, changes.from.clone()) else {
             // Still name every other bad field at once.
             if let Err(more) = Self::placeholder().apply(changes) {
                 errors.extend(more);
             }
             return Err(errors);
         };
-        let base = Self { from, ..Self::placeholder() };
+        let message = if changes.message.is_some() { "-".into() } else { String::new() };
+        let base = Self { from, message, ..Self::placeholder() };
         base.apply(changes)
     }
 
     fn placeholder() -> Self {
         Self {
             message: "-".into(),
+            audio_url: None,
             language: "en-US".into(),
             voice: None,
             provider: Provider::Vonage,
@@ -347,11 +387,25 @@ impl Settings {
         let mut errors = Vec::new();
         let mut s = self.clone();
         let dialogue = ConfirmChanges::take(&changes);
-        if let Some(m) = changes.message {
-            match check_message(&m) {
+        match changes.audio_url.as_deref().map(str::trim) {
+            Some("" | "none") => s.audio_url = None,
+            Some(u) => match check_audio_url(u) {
+                Ok(u) => s.audio_url = Some(u),
+                Err(e) => errors.push(e),
+            },
+            None => {}
+        }
+        match changes.message {
+            // With a recording the message is its transcript, which may be empty.
+            Some(m) if m.trim().is_empty() && s.audio_url.is_some() => s.message = String::new(),
+            Some(m) => match check_message(&m) {
                 Ok(m) => s.message = m,
                 Err(e) => errors.push(e),
+            },
+            None if s.message.is_empty() && s.audio_url.is_none() && changes.audio_url.is_some() => {
+                errors.push(FieldError::new("message", "required once audio_url is removed"));
             }
+            None => {}
         }
         // (PostgreSQL refuses NUL in text: named here, not a 500 later.)
         match changes.language {
@@ -451,7 +505,7 @@ impl Settings {
         }
         // What the provider can say, once the message is within the general bound.
         if !errors.iter().any(|e| e.field == "message") {
-            match crate::speech::check(s.provider, &s.message, &s.language, s.voice.as_deref()) {
+            match crate::speech::check(s.provider, s.spoken_message(), &s.language, s.voice.as_deref()) {
                 Ok(language) => s.language = language,
                 Err(more) => errors.extend(more),
             }
@@ -465,7 +519,11 @@ impl Settings {
     /// plus two minutes, within 1-120 minutes. The providers end the call
     /// there if its hang-up never comes.
     pub fn call_time_limit_secs(&self) -> u32 {
-        let chars = u32::try_from(self.message.chars().count()).unwrap_or(u32::MAX);
+        // A recording's length is not known here: allowed five minutes.
+        let chars = match self.audio_url {
+            Some(_) => 3000,
+            None => u32::try_from(self.message.chars().count()).unwrap_or(u32::MAX),
+        };
         let repeat = u32::try_from(self.repeat.max(1)).unwrap_or(1);
         let mut secs = chars.saturating_mul(repeat) / 10;
         if let Some(c) = self.confirmation() {
@@ -488,11 +546,36 @@ impl Settings {
         }
     }
 
-    /// The voicemail `Voicemail::Drop` leaves.
+    /// The voicemail `Voicemail::Drop` leaves, as text: its own, or the
+    /// message and how to call back.
     pub fn voicemail_text(&self) -> String {
         self.voicemail_message
             .clone()
             .unwrap_or_else(|| confirm::default_voicemail(&self.message, self.from.as_str()))
+    }
+
+    /// What a person hears as the message: the recording, or the words.
+    pub fn content(&self) -> Content {
+        match &self.audio_url {
+            Some(url) => Content::Audio(url.clone()),
+            None => Content::Text(self.message.clone()),
+        }
+    }
+
+    /// What `Voicemail::Drop` leaves: the campaign's own voicemail words;
+    /// without them, the recording when there is one, else the message and
+    /// how to call back.
+    pub fn voicemail_content(&self) -> Content {
+        match (&self.voicemail_message, &self.audio_url) {
+            (None, Some(url)) => Content::Audio(url.clone()),
+            _ => Content::Text(self.voicemail_text()),
+        }
+    }
+
+    /// The text the provider speaks as the message (none with a recording):
+    /// what its speech rules are checked against.
+    pub fn spoken_message(&self) -> &str {
+        if self.audio_url.is_some() { "" } else { &self.message }
     }
 
     /// The confirmation dialogue, when the campaign asks for one.
@@ -515,6 +598,8 @@ impl Settings {
         diff("from", old.from.to_string(), self.from.to_string());
         diff("language", old.language.clone(), self.language.clone());
         diff("voice", opt(&old.voice), opt(&self.voice));
+        let audio = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none: the message is spoken)".into());
+        diff("audio", audio(&old.audio_url), audio(&self.audio_url));
         diff("repeat", old.repeat.to_string(), self.repeat.to_string());
         diff("max attempts", old.max_attempts.to_string(), self.max_attempts.to_string());
         diff("retry delay", format!("{}s", old.retry_delay_secs), format!("{}s", self.retry_delay_secs));
@@ -577,9 +662,12 @@ impl Campaign {
             }
         }
         let s = &mut self.settings;
-        // The default voicemail follows the message: fill it before the message changes.
-        let voicemail = s.voicemail_message.clone().unwrap_or_else(|| s.voicemail_text());
-        s.voicemail_message = Some(crate::template::personalise(&voicemail, attributes));
+        // The default voicemail follows the message: fill it before the
+        // message changes (with a recording, the recording is the voicemail).
+        if s.audio_url.is_none() || s.voicemail_message.is_some() {
+            let voicemail = s.voicemail_message.clone().unwrap_or_else(|| s.voicemail_text());
+            s.voicemail_message = Some(crate::template::personalise(&voicemail, attributes));
+        }
         s.message = crate::template::personalise(&s.message, attributes);
     }
 
@@ -633,7 +721,7 @@ pub fn contact_speech(
     }
     let language = language.unwrap_or(&settings.language);
     let voice = voice.map(str::to_owned).or_else(|| settings.voice.clone());
-    match crate::speech::check(settings.provider, &settings.message, language, voice.as_deref()) {
+    match crate::speech::check(settings.provider, settings.spoken_message(), language, voice.as_deref()) {
         Ok(mapped) => Ok((mapped, voice)),
         Err(errors) => {
             Err(errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect::<Vec<_>>().join("; "))
@@ -850,6 +938,7 @@ impl<'r> FromRow<'r, PgRow> for Campaign {
         };
         let settings = Settings {
             message: row.try_get("message")?,
+            audio_url: row.try_get("audio_url")?,
             language: row.try_get("language")?,
             voice: row.try_get("voice")?,
             provider: provider.parse().map_err(|e| decode_err("provider", format!("{e}")))?,
@@ -1038,5 +1127,46 @@ mod tests {
             assert_eq!(s.as_str().parse::<CampaignStatus>().unwrap(), s);
         }
         assert!("stopped".parse::<CampaignStatus>().is_err());
+    }
+    #[test]
+    fn a_recording_replaces_the_message_and_its_url_is_checked() {
+        let from = || Some(PhoneNumber::from_e164("+14155550100").unwrap());
+        // A recording alone: no message needed; it is the message and the voicemail.
+        let s = Settings::new(Changes {
+            audio_url: Some(" https://media.example/alert.mp3 ".into()),
+            from: from(),
+            ..Changes::default()
+        })
+        .unwrap();
+        assert_eq!(s.content(), Content::Audio("https://media.example/alert.mp3".into()));
+        assert_eq!(s.voicemail_content(), s.content());
+        assert_eq!((s.message.as_str(), s.spoken_message()), ("", ""));
+        // Its own voicemail words win over the recording.
+        let v =
+            s.apply(Changes { voicemail_message: Some("Call us.".into()), ..Changes::default() }).unwrap();
+        assert_eq!(v.voicemail_content(), Content::Text("Call us.".into()));
+        // Back to speech needs a message.
+        let err = s.apply(Changes { audio_url: Some("none".into()), ..Changes::default() }).unwrap_err();
+        assert_eq!(err[0].field, "message");
+        let back = s
+            .apply(Changes {
+                audio_url: Some("none".into()),
+                message: Some("Words.".into()),
+                ..Changes::default()
+            })
+            .unwrap();
+        assert_eq!(back.content(), Content::Text("Words.".into()));
+        // Bad URLs are named.
+        for bad in
+            ["ftp://x/a.mp3", "alert.mp3", "https://x/a b.mp3", &format!("https://x/{}", "a".repeat(2048))]
+        {
+            let err =
+                Settings::new(Changes { audio_url: Some(bad.into()), from: from(), ..Changes::default() })
+                    .unwrap_err();
+            assert!(err.iter().any(|e| e.field == "audio_url"), "{bad}: {err:?}");
+        }
+        // Neither message nor recording: the message is required.
+        let err = Settings::new(Changes { from: from(), ..Changes::default() }).unwrap_err();
+        assert!(err[0].message.contains("audio_url"), "{err:?}");
     }
 }

@@ -264,6 +264,14 @@ impl Confirmation {
         Step::Ask { message: true, prompt: self.prompt().to_owned(), turn: Turn::default() }
     }
 
+    /// The question of `turn` without the message: what follows a
+    /// recording played apart from the question (Telnyx plays it before its
+    /// gather). Only steps with the message play a recording, and their
+    /// prompt is always the plain one.
+    pub fn question(&self, turn: Turn) -> Step {
+        Step::Ask { message: false, prompt: self.prompt().to_owned(), turn }
+    }
+
     /// What `heard` in `turn` means, and what the call does next.
     pub fn next(&self, turn: Turn, heard: Heard) -> (Reply, Step) {
         let finish = |text: &str| Step::Finish { text: text.to_owned() };

@@ -63,6 +63,9 @@ pub enum Dialogue {
     Asking(crate::confirm::Turn),
     /// Speaking the closing words; the call ends when they end.
     Finishing,
+    /// Playing the recording before this turn's question: when it ends,
+    /// the question's gather follows.
+    Playing(crate::confirm::Turn),
 }
 
 /// `client_state` for a call in the dialogue: base64 of `"{call id} {turn}"`
@@ -71,6 +74,7 @@ pub fn dialogue_state(call_id: CallId, dialogue: Dialogue) -> String {
     match dialogue {
         Dialogue::Asking(turn) => BASE64.encode(format!("{call_id} {turn}")),
         Dialogue::Finishing => BASE64.encode(format!("{call_id} end")),
+        Dialogue::Playing(turn) => BASE64.encode(format!("{call_id} play:{turn}")),
     }
 }
 
@@ -79,6 +83,7 @@ fn dialogue_from_client_state(state: &str) -> Option<Dialogue> {
     let text = std::str::from_utf8(&bytes).ok()?;
     match text.split_once(' ')?.1 {
         "end" => Some(Dialogue::Finishing),
+        play if play.starts_with("play:") => play["play:".len()..].parse().ok().map(Dialogue::Playing),
         turn => turn.parse().ok().map(Dialogue::Asking),
     }
 }
@@ -105,7 +110,8 @@ pub struct GatherUsingSpeak {
 impl GatherUsingSpeak {
     /// The gather of one dialogue step of a campaign with `settings`: the
     /// message `repeat` times (when the step asks for it) and the prompt, as
-    /// one text.
+    /// one text. A recording is not part of it: `PlaybackStart` plays it
+    /// first (`Dialogue::Playing`), and this gather asks the question.
     pub fn new(
         call_id: CallId,
         call_control_id: &str,
@@ -116,7 +122,7 @@ impl GatherUsingSpeak {
             return None;
         };
         let mut text = String::new();
-        if *with_message {
+        if *with_message && settings.audio_url.is_none() {
             for _ in 0..settings.repeat.max(1) {
                 text.push_str(&settings.message);
                 text.push(' ');
@@ -322,6 +328,19 @@ pub struct Speak {
     pub client_state: Option<String>,
 }
 
+/// `actions/playback_start` (telnyx-python `ActionStartPlaybackParams`,
+/// `fixtures/telnyx/playback.json`): play a recording from `audio_url`,
+/// `loop` times; its end is `call.playback.ended`, echoing `client_state`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlaybackStart {
+    pub audio_url: String,
+    #[serde(rename = "loop")]
+    pub repeat: u32,
+    pub command_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_state: Option<String>,
+}
+
 /// Telnyx's code for a command on a call that has already ended (the callee
 /// hung up first): nothing is wrong with the command.
 pub const CALL_ENDED: &str = "90018";
@@ -414,6 +433,15 @@ impl Client {
     /// `POST /v2/calls/{id}/actions/speak`.
     pub async fn speak(&self, call_control_id: &str, speak: &Speak) -> Result<(), CommandError> {
         self.command(call_control_id, "speak", speak).await
+    }
+
+    /// `POST /v2/calls/{id}/actions/playback_start`.
+    pub async fn playback_start(
+        &self,
+        call_control_id: &str,
+        playback: &PlaybackStart,
+    ) -> Result<(), CommandError> {
+        self.command(call_control_id, "playback_start", playback).await
     }
 
     /// `POST /v2/calls/{id}/actions/gather_using_speak`.

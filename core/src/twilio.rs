@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::campaign::Content;
 use crate::config::TwilioCredentials;
 use crate::provider::{
     BoxFuture, CallRequest, CallWindow, ListCallsError, MachineDetection, PlaceCallError, PlacedCall,
@@ -341,14 +342,28 @@ pub mod speech {
     }
 }
 
-/// The answer TwiML speaking `text` `repeat` times (0 = until hang-up).
-/// Everything user-supplied is XML-escaped.
-pub fn twiml(text: &str, language: &str, repeat: u32, voice: Option<&str>) -> String {
-    let voice = voice.map(|v| format!(" voice=\"{}\"", xml_escape(v))).unwrap_or_default();
+/// The verb playing a campaign's message `times` times: `<Say>` for words,
+/// `<Play>` (the URL as its text, `fixtures/twilio/play.json`) for a
+/// recording. Everything user-supplied is XML-escaped.
+fn message_verb(content: &Content, language: &str, times: u32, voice: Option<&str>) -> String {
+    match content {
+        Content::Text(text) => {
+            let voice = voice.map(|v| format!(" voice=\"{}\"", xml_escape(v))).unwrap_or_default();
+            format!(
+                "<Say{voice} language=\"{}\" loop=\"{times}\">{}</Say>",
+                xml_escape(language),
+                xml_escape(text)
+            )
+        }
+        Content::Audio(url) => format!("<Play loop=\"{times}\">{}</Play>", xml_escape(url)),
+    }
+}
+
+/// The answer TwiML playing `content` `repeat` times (0 = until hang-up).
+pub fn twiml(content: &Content, language: &str, repeat: u32, voice: Option<&str>) -> String {
     format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say{voice} language=\"{}\" loop=\"{repeat}\">{}</Say></Response>",
-        xml_escape(language),
-        xml_escape(text)
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>{}</Response>",
+        message_verb(content, language, repeat, voice)
     )
 }
 
@@ -361,24 +376,18 @@ pub fn twiml(text: &str, language: &str, repeat: u32, voice: Option<&str>) -> St
 pub fn dialogue_twiml(
     step: &crate::confirm::Step,
     confirmation: &crate::confirm::Confirmation,
-    message: &str,
+    message: &Content,
     language: &str,
     repeat: u32,
     voice: Option<&str>,
     action_url: &str,
 ) -> String {
     use crate::confirm::Step;
-    let voice = voice.map(|v| format!(" voice=\"{}\"", xml_escape(v))).unwrap_or_default();
-    let say = |text: &str, times: u32| {
-        format!(
-            "<Say{voice} language=\"{}\" loop=\"{times}\">{}</Say>",
-            xml_escape(language),
-            xml_escape(text)
-        )
-    };
+    let say = |text: &str, times: u32| message_verb(&Content::Text(text.to_owned()), language, times, voice);
     let body = match step {
         Step::Ask { message: with_message, prompt, .. } => {
-            let first = if *with_message { say(message, repeat) } else { String::new() };
+            let first =
+                if *with_message { message_verb(message, language, repeat, voice) } else { String::new() };
             format!(
                 "<Gather input=\"dtmf\" numDigits=\"1\" finishOnKey=\"\" timeout=\"{}\" action=\"{}\" \
                  method=\"POST\" actionOnEmptyResult=\"true\">{first}{}</Gather>",
@@ -688,7 +697,7 @@ mod tests {
 
     #[test]
     fn twiml_escapes_user_text() {
-        let doc = twiml("Rising <fast> & \"now\"", "en-US", 2, Some("Polly.Joanna"));
+        let doc = twiml(&Content::Text("Rising <fast> & \"now\"".into()), "en-US", 2, Some("Polly.Joanna"));
         assert!(doc.contains(
             "<Say voice=\"Polly.Joanna\" language=\"en-US\" loop=\"2\">Rising &lt;fast&gt; &amp; &quot;now&quot;</Say>"
         ));

@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::campaign::Content;
 use crate::config::VonageCredentials;
 use crate::provider::{
     BoxFuture, CallRequest, CallWindow, ListCallsError, MachineDetection, PlaceCallError, PlacedCall,
@@ -630,17 +631,54 @@ fn one() -> u32 {
     1
 }
 
-/// The answer NCCO speaking `text`. Vonage takes NCCO text as data, not
-/// markup, so JSON encoding is all the escaping it needs.
-pub fn ncco(text: &str, language: &str, style: u32, repeat: u32) -> serde_json::Value {
-    serde_json::json!([TalkAction {
-        action: "talk".into(),
-        text: text.into(),
-        language: language.into(),
-        style,
-        repeat,
-        barge_in: false,
-    }])
+/// One `stream` action (the Java SDK's `StreamAction`,
+/// `fixtures/vonage/stream.json`): a recording Vonage fetches and plays.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamAction {
+    pub action: String,
+    #[serde(rename = "streamUrl")]
+    pub stream_url: Vec<String>,
+    #[serde(rename = "loop", default = "one")]
+    pub repeat: u32,
+    #[serde(rename = "bargeIn", default)]
+    pub barge_in: bool,
+}
+
+/// The action playing a campaign's message: `talk` for words, `stream`
+/// for a recording. Vonage takes NCCO text as data, not markup, so JSON
+/// encoding is all the escaping it needs.
+fn message_action(
+    content: &Content,
+    language: &str,
+    style: u32,
+    repeat: u32,
+    barge_in: bool,
+) -> serde_json::Value {
+    let action = match content {
+        Content::Text(text) => serde_json::to_value(TalkAction {
+            action: "talk".into(),
+            text: text.clone(),
+            language: language.into(),
+            style,
+            repeat,
+            barge_in,
+        }),
+        // A stream with bargeIn needs an input as the next non-stream
+        // action (Vonage's NCCO reference): in a dialogue the prompt's talk
+        // comes first, so the recording plays whole.
+        Content::Audio(url) => serde_json::to_value(StreamAction {
+            action: "stream".into(),
+            stream_url: vec![url.clone()],
+            repeat,
+            barge_in: false,
+        }),
+    };
+    action.unwrap_or_default()
+}
+
+/// The answer NCCO playing `content` `repeat` times.
+pub fn ncco(content: &Content, language: &str, style: u32, repeat: u32) -> serde_json::Value {
+    serde_json::Value::Array(vec![message_action(content, language, style, repeat, false)])
 }
 
 /// One step of the confirmation dialogue as an NCCO. `Ask`: `talk`
@@ -652,7 +690,7 @@ pub fn ncco(text: &str, language: &str, style: u32, repeat: u32) -> serde_json::
 pub fn dialogue_ncco(
     step: &crate::confirm::Step,
     confirmation: &crate::confirm::Confirmation,
-    message: &str,
+    message: &Content,
     language: &str,
     style: u32,
     repeat: u32,
@@ -674,7 +712,7 @@ pub fn dialogue_ncco(
         Step::Ask { message: with_message, prompt, .. } => {
             let mut actions = Vec::with_capacity(3);
             if *with_message {
-                actions.push(talk(message, repeat, true));
+                actions.push(message_action(message, language, style, repeat, true));
             }
             actions.push(talk(prompt, 1, true));
             actions.push(serde_json::json!({

@@ -184,6 +184,8 @@ try {
     null,
     { timeout: 60000 },
   );
+  // The callees confirmed (the form asks by default): the time-to-confirm histogram draws.
+  await page.waitForSelector("#chart-ttc canvas", { timeout: 30000 });
   step("export: every contact with its outcome");
   const [download] = await Promise.all([page.waitForEvent("download"), page.click("#export")]);
   const exported = readFileSync(await download.path(), "utf8");

@@ -239,7 +239,8 @@ pub async fn enqueue(
         }
         let voicemail = prepared.settings.voicemail_message.clone().unwrap_or_default();
         let reader = ContactReader::new(opened.source, spec.default_region.clone())
-            .with_templates(&[&prepared.settings.message, &voicemail], samples.clone())
+            // (A recording's transcript is not spoken: its placeholders reject no one.)
+            .with_templates(&[prepared.settings.spoken_message(), &voicemail], samples.clone())
             .with_speech(prepared.settings.clone());
         if spec.dry_run {
             dry_run(pool, &prepared, reader, counters, observer, stop, &mut report).await

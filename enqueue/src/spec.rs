@@ -187,15 +187,15 @@ pub async fn write(pool: &PgPool, p: &Prepared) -> Result<(), EnqueueError> {
          window_start = $13, window_end = $14, timezone = $15, expires_at = $16, confirm = $17, \
          confirm_prompt = $18, confirm_key = $19, replay_key = $20, opt_out_key = $21, max_replays = $22, \
          key_timeout_secs = $23, until_confirmed = $24, voicemail = $25, voicemail_message = $26, \
-         updated_at = now() \
+         audio_url = $27, updated_at = now() \
          WHERE id = $1 AND name = $2"
     } else {
         "INSERT INTO campaigns (id, name, message, language, voice, provider, from_number, repeat, max_attempts, \
          retry_delay_secs, machine_detection, start_at, window_start, window_end, timezone, expires_at, confirm, \
          confirm_prompt, confirm_key, replay_key, opt_out_key, max_replays, key_timeout_secs, until_confirmed, \
-         voicemail, voicemail_message) \
+         voicemail, voicemail_message, audio_url) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-                 $21, $22, $23, $24, $25, $26) \
+                 $21, $22, $23, $24, $25, $26, $27) \
          ON CONFLICT (name) DO NOTHING"
     };
     sqlx::query(query)
@@ -225,6 +225,7 @@ pub async fn write(pool: &PgPool, p: &Prepared) -> Result<(), EnqueueError> {
         .bind(s.until_confirmed)
         .bind(s.voicemail.as_str())
         .bind(&s.voicemail_message)
+        .bind(&s.audio_url)
         .execute(pool)
         .await
         .map_err(EnqueueError::db("writing the campaign"))?;

@@ -226,8 +226,15 @@ pub struct EnqueueArgs {
 
     /// The message to speak, at most what the provider says at once: Vonage 1500 characters,
     /// Telnyx 3000, Twilio 4096 bytes (3000 with a Polly voice, 5000 with a Google voice).
-    #[arg(long, required_unless_present = "message_file", conflicts_with = "message_file")]
+    /// With --audio-url: the recording's transcript, shown to operators, not spoken (optional).
+    #[arg(long, required_unless_present_any = ["message_file", "audio_url"], conflicts_with = "message_file")]
     pub message: Option<String>,
+
+    /// Play this recording instead of speaking the message: an http(s) URL of an MP3 or
+    /// WAV file the provider fetches itself when the call is answered (Vonage stream,
+    /// Twilio <Play>, Telnyx playback_start). "none" goes back to speaking the message.
+    #[arg(long, value_name = "URL")]
+    pub audio_url: Option<String>,
 
     /// Read the message from this UTF-8 text file.
     #[arg(long, value_name = "FILE")]

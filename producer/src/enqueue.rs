@@ -45,10 +45,10 @@ pub fn fatal(e: EnqueueError) -> anyhow::Error {
 const MAX_MESSAGE_FILE_BYTES: u64 = 32 * 1024;
 
 /// Reads the message from `--message` or `--message-file`.
-fn message(args: &EnqueueArgs) -> anyhow::Result<String> {
+fn message(args: &EnqueueArgs) -> anyhow::Result<Option<String>> {
     let usage = |m: String| anyhow::Error::from(Fatal::Usage(m));
     match (&args.message, &args.message_file) {
-        (Some(m), _) => Ok(m.clone()),
+        (Some(m), _) => Ok(Some(m.clone())),
         (None, Some(path)) => {
             // A bounded read: `/dev/zero` or a log file by mistake must end
             // in an error, not fill the memory.
@@ -67,9 +67,14 @@ fn message(args: &EnqueueArgs) -> anyhow::Result<String> {
                 )));
             }
             String::from_utf8(bytes)
+                .map(Some)
                 .map_err(|_| usage(format!("--message-file {}: not valid UTF-8 text", path.display())))
         }
-        (None, None) => Err(usage("give the message with --message or --message-file".into())),
+        // A recording needs no message (it keeps the campaign's transcript).
+        (None, None) if args.audio_url.is_some() => Ok(None),
+        (None, None) => {
+            Err(usage("give the message with --message or --message-file (or --audio-url)".into()))
+        }
     }
 }
 
@@ -82,7 +87,8 @@ pub fn spec(args: &EnqueueArgs) -> anyhow::Result<Spec> {
         None => None,
     };
     let changes = Changes {
-        message: Some(message(args)?),
+        message: message(args)?,
+        audio_url: args.audio_url.clone(),
         language: args.language.clone(),
         voice: args.voice.clone(),
         provider: args.provider,

@@ -44,6 +44,8 @@ pub struct Status {
     pub confirmation: Option<Confirmations>,
     /// What a call does when a machine answers: ignore, drop, hangup.
     pub voicemail: String,
+    /// The recording played instead of the message, if any.
+    pub audio_url: Option<String>,
 }
 
 /// A confirming campaign's settings and counts.
@@ -112,6 +114,9 @@ impl Status {
             ),
             format!("  schedule  {}", self.schedule),
         ];
+        if let Some(url) = &self.audio_url {
+            lines.push(format!("  message   the recording {url}"));
+        }
         if self.voicemail != "ignore" {
             lines.push(format!(
                 "  machines  {} (voicemails left: {})",
@@ -218,6 +223,7 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
         dead_jobs: tocsin_core::dead::count_for(pool, c.id).await.context("counting dead-lettered jobs")?,
         confirmation,
         voicemail: c.settings.voicemail.to_string(),
+        audio_url: c.settings.audio_url.clone(),
     })
 }
 

@@ -10,6 +10,7 @@
 // built once per refused request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod audio;
 pub mod config;
 pub mod deliver;
 pub mod faults;
@@ -222,6 +223,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/v2/calls/{call_control_id}/actions/{action}", post(telnyx::action))
         .route("/_sim/stats", get(stats::stats))
         .route("/_sim/calls", get(stats::calls))
+        .route("/_sim/audio/alert.wav", get(audio::alert))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
         .with_state(sim)

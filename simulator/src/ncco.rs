@@ -41,6 +41,32 @@ pub fn spoken_text(ncco: &Value) -> Option<String> {
     (!texts.is_empty()).then(|| texts.join(" "))
 }
 
+/// A valid NCCO's `stream` actions (`fixtures/vonage/stream.json`): each
+/// one URL (`streamUrl` holds "a single URL") and its `loop` (default 1;
+/// 0, "until the call ends", played here once).
+pub fn streams(ncco: &Value) -> Result<Vec<(String, u32)>, String> {
+    let mut out = Vec::new();
+    for action in ncco.as_array().into_iter().flatten() {
+        if action.get("action").and_then(Value::as_str) != Some("stream") {
+            continue;
+        }
+        let url = match action.get("streamUrl").and_then(Value::as_array).map(Vec::as_slice) {
+            Some([Value::String(u)]) => u.clone(),
+            _ => return Err("stream streamUrl must hold a single URL".into()),
+        };
+        let times = action.get("loop").and_then(Value::as_u64).unwrap_or(1).clamp(1, 100) as u32;
+        out.push((url, times));
+    }
+    Ok(out)
+}
+
+/// Whether a valid NCCO makes the call say or play anything.
+pub fn plays_something(ncco: &Value) -> bool {
+    ncco.as_array().is_some_and(|a| {
+        a.iter().any(|a| matches!(a.get("action").and_then(Value::as_str), Some("talk" | "stream")))
+    })
+}
+
 /// An NCCO's `input` action, as the call runs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Input {
@@ -113,7 +139,12 @@ mod tests {
 
     #[test]
     fn the_ncco_tocsin_serves_is_valid() {
-        let ncco = tocsin_core::vonage::ncco("Storm <warning> & \"now\"", "en-US", 0, 2);
+        let ncco = tocsin_core::vonage::ncco(
+            &tocsin_core::campaign::Content::Text("Storm <warning> & \"now\"".into()),
+            "en-US",
+            0,
+            2,
+        );
         assert_eq!(validate(&ncco), Ok(()));
         // loop 2: heard twice.
         assert_eq!(

@@ -46,6 +46,8 @@ pub struct SimCall {
     pub heard: Vec<Heard>,
     /// The keys the callee pressed when asked, in order (`-`: none before the timeout).
     pub keys: String,
+    /// The recordings the provider fetched to play, in order.
+    pub played: Vec<crate::audio::Played>,
     pub events_sent: u32,
     /// Vonage's conversation uuid.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,6 +70,8 @@ pub struct Heard {
 #[derive(Default)]
 struct Counters {
     keys_pressed: u64,
+    recordings_played: u64,
+    recordings_failed: u64,
     key_timeouts: u64,
     input_invalid: u64,
     concurrency_rejected: u64,
@@ -164,6 +168,7 @@ impl Stats {
             answer_error: None,
             heard: Vec::new(),
             keys: String::new(),
+            played: Vec::new(),
             events_sent: 0,
             conversation_uuid: call.conversation_uuid,
         });
@@ -235,6 +240,19 @@ impl Stats {
                 after_beep,
             });
         });
+    }
+
+    /// The provider fetched a recording to play (or failed to).
+    pub fn played(&self, provider_call_id: &str, played: crate::audio::Played) {
+        {
+            let mut inner = self.lock();
+            if played.ok() {
+                inner.counters.recordings_played += 1;
+            } else {
+                inner.counters.recordings_failed += 1;
+            }
+        }
+        self.update(provider_call_id, |c| c.played.push(played));
     }
 
     /// The callee pressed `key`, or let the timeout pass.
@@ -383,6 +401,8 @@ impl Stats {
             answer_documents_invalid: c.answer_invalid,
             telnyx_commands: c.commands,
             keys_pressed: c.keys_pressed,
+            recordings_played: c.recordings_played,
+            recordings_failed: c.recordings_failed,
             key_timeouts: c.key_timeouts,
             key_requests_invalid: c.input_invalid,
             idempotent_replays: c.idempotent_replays,
@@ -481,6 +501,9 @@ pub struct StatsReport {
     pub telnyx_commands: u64,
     /// Keys callees pressed when asked, and times they let the timeout pass.
     pub keys_pressed: u64,
+    /// Recordings fetched and playable, and those that were not.
+    pub recordings_played: u64,
+    pub recordings_failed: u64,
     pub key_timeouts: u64,
     /// Requests for a key (NCCO `input`, TwiML `<Gather>`, Telnyx gather)
     /// not in the provider's documented form.

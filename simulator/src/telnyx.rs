@@ -64,6 +64,13 @@ enum Command {
         client_state: Option<String>,
         at: Instant,
     },
+    /// `playback_start`: the recording at `url`, `times` times.
+    Play {
+        url: String,
+        times: u32,
+        client_state: Option<String>,
+        at: Instant,
+    },
     Hangup,
 }
 
@@ -489,6 +496,58 @@ struct ActionBody {
     rest: serde_json::Map<String, serde_json::Value>,
 }
 
+/// `playback_start`'s parameters, from telnyx-python
+/// `ActionStartPlaybackParams` (`fixtures/telnyx/playback.json`).
+pub const PLAYBACK_PARAMETERS: [&str; 11] = [
+    "audio_type",
+    "audio_url",
+    "cache_audio",
+    "client_state",
+    "command_id",
+    "loop",
+    "media_name",
+    "overlay",
+    "playback_content",
+    "stop",
+    "target_legs",
+];
+
+/// A `playback_start` request as Telnyx takes it: documented parameters
+/// only, `audio_type` mp3 or wav, never `audio_url` with `media_name`.
+/// Only `audio_url` is simulated (`media_name` needs Telnyx's media store).
+fn check_playback(request: &ActionBody) -> Result<(String, u32), (String, &'static str)> {
+    for key in request.rest.keys() {
+        if !PLAYBACK_PARAMETERS.contains(&key.as_str()) {
+            return Err((format!("{key} is not a playback_start parameter"), "/"));
+        }
+    }
+    for key in ["payload", "voice", "language"] {
+        let given = match key {
+            "payload" => request.payload.is_some(),
+            "voice" => request.voice.is_some(),
+            _ => request.language.is_some(),
+        };
+        if given {
+            return Err((format!("{key} is not a playback_start parameter"), "/"));
+        }
+    }
+    let url = request.rest.get("audio_url").and_then(|v| v.as_str()).unwrap_or_default();
+    if request.rest.contains_key("media_name") && !url.is_empty() {
+        return Err(("media_name and audio_url cannot be used together".into(), "/media_name"));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(("audio_url must be an http(s) URL (media_name is not simulated)".into(), "/audio_url"));
+    }
+    if let Some(kind) = request.rest.get("audio_type")
+        && !matches!(kind.as_str(), Some("mp3" | "wav"))
+    {
+        return Err(("audio_type must be mp3 or wav".into(), "/audio_type"));
+    }
+    let times = loop_count(request.repeat.as_ref())
+        .ok_or_else(|| ("loop must be a positive number of times or \"infinity\"".to_owned(), "/loop"))?;
+    Ok((url.to_owned(), times))
+}
+
 /// `gather_using_speak`'s parameters, from telnyx-python
 /// `ActionGatherUsingSpeakParams` (`fixtures/telnyx/gather.json`).
 pub const GATHER_PARAMETERS: [&str; 16] = [
@@ -605,7 +664,7 @@ pub async fn action(
     if let Err(response) = authenticate(&sim, &headers) {
         return response;
     }
-    if !matches!(action.as_str(), "speak" | "hangup" | "gather_using_speak") {
+    if !matches!(action.as_str(), "speak" | "hangup" | "gather_using_speak" | "playback_start") {
         return errors(
             StatusCode::NOT_FOUND,
             "10005",
@@ -650,6 +709,24 @@ pub async fn action(
     };
     let command = if action == "hangup" {
         Command::Hangup
+    } else if action == "playback_start" {
+        let (url, times) = match check_playback(&request) {
+            Ok(v) => v,
+            Err((detail, pointer)) => {
+                sim.stats.answer_invalid(&call_control_id, detail.clone());
+                return invalid(&detail, pointer);
+            }
+        };
+        if phase != Phase::Answered {
+            return errors(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "90034",
+                "Call not answered",
+                "Playback needs an answered call.",
+                None,
+            );
+        }
+        Command::Play { url, times, client_state: request.client_state, at: Instant::now() }
     } else {
         let payload = request.payload.clone().unwrap_or_default();
         if payload.trim().is_empty() || payload.chars().count() > 3000 {
@@ -863,6 +940,32 @@ impl CallLife {
                     events.emit_now(sim, ended).await;
                     spoken = true;
                 }
+                Ok(Some(Command::Play { at, .. })) if machine && greeting_end.is_some_and(|g| at < g) => {
+                    let cut =
+                        self.event("call.playback.ended", "answered", json!({ "status": "cancelled_amd" }));
+                    events.emit_now(sim, cut).await;
+                }
+                Ok(Some(Command::Play { url, times, client_state, .. })) => {
+                    // Telnyx fetches the file when the playback starts; one
+                    // it cannot play ends the playback `file_not_found`.
+                    self.set_client_state(client_state);
+                    let playing =
+                        crate::audio::play_all(sim, "telnyx", &self.call_control_id, &[(url.clone(), times)])
+                            .await;
+                    let found = playing > 0.0;
+                    let media = json!({ "media_url": url, "overlay": false });
+                    if found {
+                        events
+                            .emit(sim, self.event("call.playback.started", "answered", media.clone()))
+                            .await;
+                        let secs = if spoken { playing } else { talk.max(playing) };
+                        tokio::time::sleep(sim.scaled(secs)).await;
+                    }
+                    let mut ended = media;
+                    ended["status"] = json!(if found { "completed" } else { "file_not_found" });
+                    events.emit_now(sim, self.event("call.playback.ended", "answered", ended)).await;
+                    spoken = true;
+                }
                 Ok(Some(Command::Gather { heard, valid_digits, timeout_secs, client_state, at })) => {
                     self.set_client_state(client_state);
                     sim.stats.heard_as(&self.call_control_id, &heard, true, after_beep(at));
@@ -929,7 +1032,7 @@ impl CallLife {
             "client_state": self.client_state.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         });
         if let Some(map) = payload.as_object_mut() {
-            if !event_type.starts_with("call.speak.") {
+            if !event_type.starts_with("call.speak.") && !event_type.starts_with("call.playback.") {
                 map.insert("from".into(), json!(self.from));
                 map.insert("to".into(), json!(self.to));
             }

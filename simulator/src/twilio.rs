@@ -403,13 +403,15 @@ impl CallLife {
             if !text.is_empty() {
                 sim.stats.heard_as(&self.sid, &text, document.gather.is_some(), after_beep);
             }
+            // <Play> fetches its URL when the call reaches it (no key interrupts it here).
+            let playing = crate::audio::play_all(sim, "twilio", &self.sid, &document.plays).await;
             let Some(gather) = document.gather.take() else {
-                let secs = if nth == 0 { talk } else { crate::speaking_secs(&text) };
+                let secs = if nth == 0 { talk.max(playing) } else { crate::speaking_secs(&text) + playing };
                 tokio::time::sleep(sim.scaled(secs)).await;
                 return;
             };
             let key = self.outcome.key(nth, &sim.config.keys);
-            let wait = crate::key_after_secs(sim, &text, key, f64::from(gather.timeout_secs));
+            let wait = playing + crate::key_after_secs(sim, &text, key, f64::from(gather.timeout_secs));
             tokio::time::sleep(sim.scaled(wait)).await;
             sim.stats.pressed(&self.sid, key);
             if key.is_none() && !gather.action_on_empty_result {

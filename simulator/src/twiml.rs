@@ -48,6 +48,27 @@ fn check_say(attrs: &[(String, String)]) -> Result<u32, String> {
     Ok(times)
 }
 
+/// Checks a `<Play>`'s attributes (twilio-python `VoiceResponse.play`:
+/// `loop`, `digits`; `fixtures/twilio/play.json`); returns its `loop`
+/// (default 1; 0 is "until the call ends", heard here once).
+fn check_play(attrs: &[(String, String)]) -> Result<u32, String> {
+    let mut times = 1;
+    for (name, value) in attrs {
+        match name.as_str() {
+            "loop" => {
+                times = value
+                    .parse::<u32>()
+                    .map_err(|_| format!("<Play loop={value:?}> is not a non-negative integer"))?
+                    .max(1);
+            }
+            "digits" if value.chars().all(|c| c.is_ascii_digit() || c == 'w') => {}
+            "digits" => return Err(format!("<Play digits={value:?}> holds more than 0-9 and w")),
+            other => return Err(format!("<Play> has no attribute {other:?}")),
+        }
+    }
+    Ok(times)
+}
+
 /// `<Gather>`'s attributes, as twilio-python's `VoiceResponse.gather`
 /// documents them (`fixtures/twilio/gather.json`).
 pub const GATHER_ATTRIBUTES: [&str; 18] = [
@@ -90,6 +111,8 @@ pub struct Gather {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Document {
     pub said: Vec<String>,
+    /// Each `<Play>`'s URL and `loop`, in order.
+    pub plays: Vec<(String, u32)>,
     pub gather: Option<Gather>,
 }
 
@@ -151,6 +174,9 @@ pub fn parse(document: &str) -> Result<Document, String> {
     let mut in_say: Option<String> = None;
     let mut say_depth = 0usize;
     let mut say_times = 1;
+    // The text being read belongs to a <Play> (its URL), not a <Say>.
+    let mut in_play = false;
+    let mut plays = Vec::new();
     let mut root_done = false;
     loop {
         let event = reader.read_event().map_err(|e| format!("not well-formed XML: {e}"))?;
@@ -164,8 +190,13 @@ pub fn parse(document: &str) -> Result<Document, String> {
                         if !VERBS.contains(&name.as_str()) {
                             return Err(format!("<{name}> is not a TwiML verb"));
                         }
-                        if name == "Say" {
-                            say_times = check_say(&attributes(&tag)?)?;
+                        if name == "Say" || name == "Play" {
+                            in_play = name == "Play";
+                            say_times = if in_play {
+                                check_play(&attributes(&tag)?)?
+                            } else {
+                                check_say(&attributes(&tag)?)?
+                            };
                             in_say = Some(String::new());
                             say_depth = 1;
                         }
@@ -183,8 +214,13 @@ pub fn parse(document: &str) -> Result<Document, String> {
                         if !GATHER_NOUNS.contains(&name.as_str()) {
                             return Err(format!("<{name}> cannot be nested in <Gather>"));
                         }
-                        if name == "Say" {
-                            say_times = check_say(&attributes(&tag)?)?;
+                        if name == "Say" || name == "Play" {
+                            in_play = name == "Play";
+                            say_times = if in_play {
+                                check_play(&attributes(&tag)?)?
+                            } else {
+                                check_say(&attributes(&tag)?)?
+                            };
                             in_say = Some(String::new());
                             say_depth = 2;
                         }
@@ -218,10 +254,19 @@ pub fn parse(document: &str) -> Result<Document, String> {
                     && let Some(text) = in_say.take()
                 {
                     let text = text.trim().to_owned();
-                    if text.is_empty() {
+                    if in_play {
+                        if !(text.starts_with("http://") || text.starts_with("https://")) {
+                            return Err(format!(
+                                "<Play>{text}</Play>: the simulator plays only absolute http(s) URLs"
+                            ));
+                        }
+                        plays.push((text, say_times));
+                        in_play = false;
+                    } else if text.is_empty() {
                         return Err("<Say> has no text".into());
+                    } else {
+                        said.extend(std::iter::repeat_n(text, say_times as usize));
                     }
-                    said.extend(std::iter::repeat_n(text, say_times as usize));
                 }
                 if depth == 0 {
                     root_done = true;
@@ -270,7 +315,7 @@ pub fn parse(document: &str) -> Result<Document, String> {
     if !root_done {
         return Err("no <Response> element".into());
     }
-    Ok(Document { said, gather })
+    Ok(Document { said, plays, gather })
 }
 
 #[cfg(test)]
@@ -280,7 +325,12 @@ mod tests {
     #[test]
     fn the_twiml_tocsin_serves_parses_back_to_its_text() {
         let text = "Rising <fast> & \"now\" — l'eau monte";
-        let doc = tocsin_core::twilio::twiml(text, "en-US", 1, Some("Polly.Joanna"));
+        let doc = tocsin_core::twilio::twiml(
+            &tocsin_core::campaign::Content::Text(text.into()),
+            "en-US",
+            1,
+            Some("Polly.Joanna"),
+        );
         assert_eq!(spoken_text(&doc).as_deref(), Ok(text));
         assert_eq!(
             spoken_text("<Response><Say>a</Say><Pause length=\"1\"/><Say>b</Say></Response>").as_deref(),

@@ -366,7 +366,9 @@ impl CallLife {
                     };
                     let ncco = ncco.and_then(|n| {
                         ncco::validate(&n)?;
-                        ncco::spoken_text(&n).ok_or_else(|| "the NCCO has no talk action".to_owned())?;
+                        if !ncco::plays_something(&n) {
+                            return Err("the NCCO has no talk or stream action".to_owned());
+                        }
                         Ok(n)
                     });
                     match ncco {
@@ -413,14 +415,27 @@ impl CallLife {
                     return;
                 }
             };
-            sim.stats.heard_as(&self.uuid, &text, input.is_some(), after_beep);
+            let streams = match ncco::streams(&ncco) {
+                Ok(s) => s,
+                Err(reason) => {
+                    sim.stats.answer_invalid(&self.uuid, reason);
+                    return;
+                }
+            };
+            if !text.is_empty() || input.is_some() {
+                sim.stats.heard_as(&self.uuid, &text, input.is_some(), after_beep);
+            }
+            // A stream fetches its URL when the call reaches it; Tocsin's
+            // streams play whole (no bargeIn: the prompt's talk follows).
+            let playing = crate::audio::play_all(sim, "vonage", &self.uuid, &streams).await;
             let Some(input) = input else {
-                let secs = if nth == 0 { talk } else { crate::speaking_secs(&text) };
+                let secs = if nth == 0 { talk.max(playing) } else { crate::speaking_secs(&text) + playing };
                 tokio::time::sleep(sim.scaled(secs)).await;
                 return;
             };
             let key = self.outcome.key(nth, &sim.config.keys);
-            tokio::time::sleep(sim.scaled(crate::key_after_secs(sim, &text, key, input.time_out))).await;
+            let wait = playing + crate::key_after_secs(sim, &text, key, input.time_out);
+            tokio::time::sleep(sim.scaled(wait)).await;
             sim.stats.pressed(&self.uuid, key);
             // Vonage's input webhook (.NET SDK `MultiInput`; fixtures/vonage/input.json).
             let body = json!({

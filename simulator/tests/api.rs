@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::any;
 use clap::Parser;
 use secrecy::SecretString;
+use tocsin_core::campaign::Content;
 use tocsin_core::config::{TelnyxCredentials, TwilioCredentials, VonageCredentials};
 use tocsin_core::provider::{CallRequest, PlaceCallError, RemoteStatus, VoiceProvider};
 use tocsin_core::{CallId, CallState, PhoneNumber, telnyx, twilio, vonage};
@@ -69,14 +70,14 @@ async fn receive(
     let target = uri.path_and_query().map_or(path, |p| p.as_str()).to_owned();
     r.requests.lock().unwrap().push((target, body.clone()));
     if path.starts_with("/vonage/answer") {
-        let ncco = vonage::ncco("hello", "en-US", 0, 1).to_string();
+        let ncco = vonage::ncco(&Content::Text("hello".into()), "en-US", 0, 1).to_string();
         return (StatusCode::OK, [("content-type", "application/json")], ncco);
     }
     if path.starts_with("/twilio/twiml") {
         return (
             StatusCode::OK,
             [("content-type", "application/xml")],
-            twilio::twiml("hello", "en-US", 1, None),
+            twilio::twiml(&Content::Text("hello".into()), "en-US", 1, None),
         );
     }
     (StatusCode::NO_CONTENT, [("content-type", "text/plain")], String::new())

@@ -548,7 +548,7 @@ fn the_confirmation_ncco_is_vonages_current_input_form_and_every_input_webhook_r
     let ncco = tocsin_core::vonage::dialogue_ncco(
         &c.first(),
         c,
-        &s.message,
+        &s.content(),
         &s.language,
         0,
         1,
@@ -607,7 +607,7 @@ fn the_confirmation_twiml_uses_twilios_gather_attributes_and_every_action_reads(
     let twiml = tocsin_core::twilio::dialogue_twiml(
         &c.first(),
         c,
-        &s.message,
+        &s.content(),
         &s.language,
         1,
         None,
@@ -653,4 +653,112 @@ fn the_confirmation_gather_sends_telnyxs_parameters_and_every_gather_event_reads
         };
         assert_eq!(e.data.heard(), want, "{event}");
     }
+}
+
+/// A campaign playing a recording (`audio_url`), with or without the dialogue.
+fn recorded(confirm: bool) -> tocsin_core::campaign::Settings {
+    let changes = tocsin_core::campaign::Changes {
+        audio_url: Some("https://media.example/alert.mp3?a=1&b=<2>".into()),
+        from: Some(tocsin_core::PhoneNumber::from_e164("+14155550100").unwrap()),
+        confirm: Some(confirm),
+        repeat: Some(2),
+        ..Default::default()
+    };
+    tocsin_core::campaign::Settings::new(changes).unwrap()
+}
+
+#[test]
+fn a_recording_is_a_vonage_stream_a_twilio_play_and_a_telnyx_playback_as_their_sdks_write_them() {
+    use tocsin_core::campaign::Content;
+    let url = "https://media.example/alert.mp3?a=1&b=<2>";
+    // Vonage: a stream action of the Java SDK's fields, valid to the schema.
+    let f = fixture("vonage/stream.json");
+    let spec = &f["stream_action"];
+    let plain = recorded(false);
+    assert_eq!(plain.content(), Content::Audio(url.into()));
+    let ncco = tocsin_core::vonage::ncco(&plain.content(), &plain.language, 0, 2);
+    simulator::ncco::validate(&ncco).unwrap();
+    let stream = &ncco[0];
+    assert!(keys_of(stream).is_subset(&strings(&spec["fields"])), "{stream}");
+    assert!(strings(&spec["required"]).is_subset(&keys_of(stream)), "{stream}");
+    assert_eq!(simulator::ncco::streams(&ncco).unwrap(), vec![(url.to_owned(), 2)]);
+    // In the dialogue the recording plays whole: a stream with bargeIn
+    // needs an input as the next non-stream action, and the prompt's talk
+    // comes first.
+    let s = recorded(true);
+    let c = s.confirmation().unwrap();
+    let ncco =
+        tocsin_core::vonage::dialogue_ncco(&c.first(), c, &s.content(), &s.language, 0, 2, "https://h/in");
+    simulator::ncco::validate(&ncco).unwrap();
+    let kinds: Vec<&str> = ncco.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["stream", "talk", "input"]);
+    assert_eq!(ncco[0]["bargeIn"], false);
+    assert_eq!(ncco[1]["bargeIn"], true);
+
+    // Twilio: <Play> with twilio-python's attributes, its URL escaped as text.
+    let f = fixture("twilio/play.json");
+    let twiml = tocsin_core::twilio::twiml(&plain.content(), &plain.language, 2, None);
+    assert!(
+        twiml.contains("<Play loop=\"2\">https://media.example/alert.mp3?a=1&amp;b=&lt;2&gt;</Play>"),
+        "{twiml}"
+    );
+    let doc = simulator::twiml::parse(&twiml).unwrap();
+    assert_eq!(doc.plays, vec![(url.to_owned(), 2)]);
+    assert!(doc.said.is_empty());
+    // The simulator reads the SDK's own documents.
+    let sdk = simulator::twiml::parse(f["twiml_example"].as_str().unwrap()).unwrap();
+    assert_eq!(sdk.plays, vec![("https://example.com/alert.mp3".to_owned(), 2)]);
+    let sdk = simulator::twiml::parse(f["twiml_example_in_gather"].as_str().unwrap()).unwrap();
+    assert_eq!(sdk.plays.len(), 1);
+    assert!(sdk.gather.is_some());
+    assert!(strings(&f["nested_in"]).contains("Gather"));
+    let twiml =
+        tocsin_core::twilio::dialogue_twiml(&c.first(), c, &s.content(), &s.language, 2, None, "https://h/g");
+    let doc = simulator::twiml::parse(&twiml).unwrap();
+    assert_eq!(doc.plays, vec![(url.to_owned(), 2)]);
+    assert!(doc.said[0].starts_with("Press 1"), "{:?}", doc.said);
+    assert!(doc.gather.is_some());
+    for mime in simulator::audio::TWILIO_TYPES {
+        assert!(strings(&f["audio_mime_types"]).contains(mime), "{mime}");
+    }
+
+    // Telnyx: playback_start with telnyx-python's parameters; the gather
+    // after it asks the question alone; every documented playback event reads.
+    let f = fixture("telnyx/playback.json");
+    let spec = &f["playback_start"];
+    assert_eq!(
+        simulator::telnyx::PLAYBACK_PARAMETERS.iter().map(|a| (*a).to_owned()).collect::<BTreeSet<_>>(),
+        strings(&spec["parameters"])
+    );
+    let call = tocsin_core::CallId(uuid::Uuid::new_v4());
+    let play = tocsin_core::telnyx::PlaybackStart {
+        audio_url: url.into(),
+        repeat: 2,
+        command_id: "c".into(),
+        client_state: Some(tocsin_core::telnyx::dialogue_state(
+            call,
+            tocsin_core::telnyx::Dialogue::Playing(Default::default()),
+        )),
+    };
+    let body = serde_json::to_value(&play).unwrap();
+    assert!(keys_of(&body).is_subset(&strings(&spec["parameters"])), "{body}");
+    let question = c.question(Default::default());
+    let gather = tocsin_core::telnyx::GatherUsingSpeak::new(call, "v3:leg", &question, &s).unwrap();
+    assert!(gather.payload.starts_with("Press 1"), "{}", gather.payload);
+    // The first step (message and question) leaves the recording out of the gather too.
+    let first = tocsin_core::telnyx::GatherUsingSpeak::new(call, "v3:leg", &c.first(), &s).unwrap();
+    assert_eq!(first.payload, gather.payload);
+    for event in f["events"].as_array().unwrap() {
+        let e: tocsin_core::telnyx::TelnyxWebhook = serde_json::from_value(event.clone()).unwrap();
+        let kind = e.data.event_type.as_str();
+        let documented = names(&f["event_types"][kind]["payload_fields"]);
+        assert!(keys_of(&event["data"]["payload"]).is_subset(&documented), "{event}");
+    }
+    let mut ended = f["events"][1].clone();
+    ended["data"]["payload"]["client_state"] = body["client_state"].clone();
+    let e: tocsin_core::telnyx::TelnyxWebhook = serde_json::from_value(ended).unwrap();
+    assert_eq!(e.data.dialogue(), Some(tocsin_core::telnyx::Dialogue::Playing(Default::default())));
+    assert_eq!(e.data.call_id(), Some(call));
+    assert_eq!(e.data.payload.status.as_deref(), Some("completed"));
+    assert!(strings(&f["playback_statuses"]).contains("cancelled_amd"));
 }

@@ -87,8 +87,10 @@ impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Auth<S> {
     async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, Error> {
         let mut caller = authenticate(&state.pool, &parts.headers, S::SCOPE).await?;
         // The audit log's "from where": the peer, or the client a trusted proxy names.
-        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-        caller.client = peer.map(|peer| client_address(peer, &parts.headers, &state.trusted_proxies).to_string());
+        let peer =
+            parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        caller.client =
+            peer.map(|peer| client_address(peer, &parts.headers, &state.trusted_proxies).to_string());
         Ok(Self { caller, scope: PhantomData })
     }
 }

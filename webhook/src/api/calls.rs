@@ -239,7 +239,38 @@ pub async fn series(
             series.entry(name).or_insert_with(|| vec![0; points])[i.min(points - 1)] += n;
         }
     }
-    Ok(Json(json!({ "start": start, "step_secs": step, "limit": state.rate_per_sec, "series": series })))
+    let time_to_confirm = time_to_confirm(&state.pool, campaign).await?;
+    Ok(Json(json!({
+        "start": start, "step_secs": step, "limit": state.rate_per_sec, "series": series,
+        "time_to_confirm": time_to_confirm,
+    })))
+}
+
+/// Upper bounds (seconds) of the time-to-confirm histogram's buckets; the
+/// last bucket holds everything slower.
+const CONFIRM_BOUNDS_SECS: [f64; 8] = [15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+
+/// How long confirmed contacts took, from their first call to their key:
+/// a count per bucket of `CONFIRM_BOUNDS_SECS` (`null` while no one has
+/// confirmed). The same interval as `campaign_summary.confirm_p50_secs`.
+async fn time_to_confirm(pool: &sqlx::PgPool, campaign: tocsin_core::CampaignId) -> Result<Value> {
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT width_bucket(extract(epoch FROM confirmed_at - first_dialing_at)::float8, $2::float8[]), count(*) \
+         FROM calls WHERE campaign_id = $1 AND confirmed_at IS NOT NULL AND first_dialing_at IS NOT NULL \
+         GROUP BY 1",
+    )
+    .bind(campaign)
+    .bind(&CONFIRM_BOUNDS_SECS[..])
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(Value::Null);
+    }
+    let mut counts = vec![0i64; CONFIRM_BOUNDS_SECS.len() + 1];
+    for (bucket, n) in rows {
+        counts[usize::try_from(bucket).unwrap_or(0).min(CONFIRM_BOUNDS_SECS.len())] += n;
+    }
+    Ok(json!({ "bounds_secs": CONFIRM_BOUNDS_SECS, "counts": counts }))
 }
 
 /// The receiver as a stream (what `tokio-stream`'s wrapper does, in four lines).

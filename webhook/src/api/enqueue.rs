@@ -101,6 +101,7 @@ pub struct Settings {
     pub until_confirmed: Option<bool>,
     pub voicemail: Option<Voicemail>,
     pub voicemail_message: Option<String>,
+    pub audio_url: Option<String>,
     /// Check and report only.
     pub dry_run: bool,
 }
@@ -218,7 +219,9 @@ pub async fn enqueue(
         None => None,
     };
     let changes = Changes {
-        message: Some(request.message),
+        // With a recording, no message keeps the campaign's transcript.
+        message: (s.audio_url.is_none() || !request.message.is_empty()).then_some(request.message),
+        audio_url: s.audio_url,
         language: s.language,
         voice: s.voice,
         provider: s.provider,

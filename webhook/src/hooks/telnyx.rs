@@ -21,12 +21,13 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tocsin_core::campaign::Campaign;
+use tocsin_core::campaign::{Campaign, Content};
 use tocsin_core::confirm::{Step, Voicemail};
 use tocsin_core::http::ApiError;
 use tocsin_core::provider::Provider;
 use tocsin_core::telnyx::{
-    self, CommandError, Dialogue, GatherUsingSpeak, PublicKey, Speak, TelnyxEvent, TelnyxWebhook,
+    self, CommandError, Dialogue, GatherUsingSpeak, PlaybackStart, PublicKey, Speak, TelnyxEvent,
+    TelnyxWebhook,
 };
 use tocsin_core::{CallId, calls};
 use tracing::{info, warn};
@@ -178,7 +179,9 @@ async fn command(
         },
         // The detector cut a speech that started too early: speak it again
         // (a new command id: Telnyx ignores a repeated one).
-        "call.speak.ended" if event.payload.status.as_deref() == Some("cancelled_amd") => {
+        "call.speak.ended" | "call.playback.ended"
+            if event.payload.status.as_deref() == Some("cancelled_amd") =>
+        {
             match campaign_and_id("telnyx voicemail").await? {
                 Some((campaign, id)) if campaign.settings.voicemail == Voicemail::Drop => {
                     let again = format!("voicemail:{}", event.id);
@@ -206,9 +209,23 @@ async fn command(
             let kind = if matches!(step, Step::Ask { .. }) { "gather" } else { "goodbye" };
             (kind, send_step(hooks, &campaign, id, leg, &step).await)
         }
+        // The recording before a question ended (played whole or not):
+        // ask the question.
+        "call.playback.ended" if matches!(event.dialogue(), Some(Dialogue::Playing(_))) => {
+            let (Some(id), Some(Dialogue::Playing(turn))) = (call_id, event.dialogue()) else {
+                return Ok(());
+            };
+            let Some(campaign) = campaign_of_call(state, id, "telnyx question").await? else {
+                return Ok(());
+            };
+            let question = campaign.settings.confirmation.question(turn);
+            ("gather", send_step(hooks, &campaign, id, leg, &question).await)
+        }
         // The closing words (or the message, without a dialogue) ended: hang
         // up. A gather's own speech ending is not the end of the call.
-        "call.speak.ended" if !matches!(event.dialogue(), Some(Dialogue::Asking(_))) => {
+        "call.speak.ended" | "call.playback.ended"
+            if !matches!(event.dialogue(), Some(Dialogue::Asking(_))) =>
+        {
             ("hangup", hangup().await)
         }
         _ => return Ok(()),
@@ -260,6 +277,16 @@ async fn start(
         Some(c) => ("gather", send_step(hooks, campaign, id, leg, &c.first()).await),
         None => {
             let s = &campaign.settings;
+            let repeat = u32::try_from(s.repeat).unwrap_or(1).max(1);
+            if let Content::Audio(url) = s.content() {
+                let play = PlaybackStart {
+                    audio_url: url,
+                    repeat,
+                    command_id: telnyx::call_command_id(leg, "playback"),
+                    client_state: None,
+                };
+                return ("speak", hooks.client.playback_start(leg, &play).await);
+            }
             let speak = Speak {
                 payload: s.message.clone(),
                 voice: voice(campaign),
@@ -285,27 +312,36 @@ async fn voicemail(
     command: &str,
 ) -> Result<(&'static str, Result<(), CommandError>), Response> {
     super::record_voicemail(state, id, attempt.unwrap_or(1), Provider::Telnyx).await?;
-    let s = &campaign.settings;
-    Ok(("speak", closing(hooks, campaign, id, leg, s.voicemail_text(), command).await))
+    Ok(("speak", closing(hooks, campaign, id, leg, campaign.settings.voicemail_content(), command).await))
 }
 
-/// The last words of a call, spoken once with `Dialogue::Finishing` (their
-/// `call.speak.ended` hangs up); `command` names the speech for its id.
+/// The last words (or recording) of a call, played once with
+/// `Dialogue::Finishing` (their `call.speak.ended` or `call.playback.ended`
+/// hangs up); `command` names the speech for its id.
 async fn closing(
     hooks: &TelnyxHooks,
     campaign: &Campaign,
     id: CallId,
     leg: &str,
-    text: String,
+    content: Content,
     command: &str,
 ) -> Result<(), CommandError> {
+    let client_state = Some(telnyx::dialogue_state(id, Dialogue::Finishing));
+    let text = match content {
+        Content::Text(text) => text,
+        Content::Audio(url) => {
+            let command_id = telnyx::call_command_id(leg, command);
+            let play = PlaybackStart { audio_url: url, repeat: 1, command_id, client_state };
+            return hooks.client.playback_start(leg, &play).await;
+        }
+    };
     let speak = Speak {
         payload: text,
         voice: voice(campaign),
         language: campaign.settings.language.clone(),
         repeat: 1,
         command_id: telnyx::call_command_id(leg, command),
-        client_state: Some(telnyx::dialogue_state(id, Dialogue::Finishing)),
+        client_state,
     };
     hooks.client.speak(leg, &speak).await
 }
@@ -315,9 +351,11 @@ fn voice(campaign: &Campaign) -> String {
     campaign.settings.voice.clone().unwrap_or_else(|| telnyx::speech::DEFAULT_VOICE.into())
 }
 
-/// Sends a dialogue step: a gather for a question, the closing words (with
-/// `Dialogue::Finishing`, so their end hangs up) for a finish. Each carries a
-/// `command_id` of its round, so a redelivered event's repeat is ignored.
+/// Sends a dialogue step: a gather for a question (after the recording,
+/// played first with `Dialogue::Playing` when the step has the message and
+/// the campaign plays one), the closing words (with `Dialogue::Finishing`,
+/// so their end hangs up) for a finish. Each carries a `command_id` of its
+/// round, so a redelivered event's repeat is ignored.
 async fn send_step(
     hooks: &TelnyxHooks,
     campaign: &Campaign,
@@ -327,11 +365,22 @@ async fn send_step(
 ) -> Result<(), CommandError> {
     let s = &campaign.settings;
     match step {
+        Step::Ask { message: true, turn, .. } if s.audio_url.is_some() => {
+            let play = PlaybackStart {
+                audio_url: s.audio_url.clone().unwrap_or_default(),
+                repeat: u32::try_from(s.repeat).unwrap_or(1).max(1),
+                command_id: telnyx::call_command_id(leg, &format!("playback:{}", turn.round)),
+                client_state: Some(telnyx::dialogue_state(id, Dialogue::Playing(*turn))),
+            };
+            hooks.client.playback_start(leg, &play).await
+        }
         Step::Ask { .. } => match GatherUsingSpeak::new(id, leg, step, s) {
             Some(g) => hooks.client.gather_using_speak(leg, &g).await,
             None => Ok(()),
         },
-        Step::Finish { text } => closing(hooks, campaign, id, leg, text.clone(), "speak:end").await,
+        Step::Finish { text } => {
+            closing(hooks, campaign, id, leg, Content::Text(text.clone()), "speak:end").await
+        }
     }
 }
 

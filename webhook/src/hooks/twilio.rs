@@ -87,7 +87,7 @@ pub async fn twiml(
                 return response;
             }
             let s = &campaign.settings;
-            twilio::twiml(&s.voicemail_text(), &s.language, 1, s.voice.as_deref())
+            twilio::twiml(&s.voicemail_content(), &s.language, 1, s.voice.as_deref())
         }
         Ok(Some(campaign)) if machine && campaign.settings.voicemail == Voicemail::Drop => HANG_UP.to_owned(),
         Ok(Some(campaign)) => match campaign.settings.confirmation() {
@@ -95,7 +95,7 @@ pub async fn twiml(
             None => {
                 let repeat = u32::try_from(campaign.settings.repeat).unwrap_or(1);
                 twilio::twiml(
-                    &campaign.settings.message,
+                    &campaign.settings.content(),
                     &campaign.settings.language,
                     repeat,
                     campaign.settings.voice.as_deref(),
@@ -124,7 +124,7 @@ fn step_twiml(
     let (attempt, token) = (attempt(query).unwrap_or(1), url_token(query).unwrap_or_default());
     let url = dialogue::next_url(state, "/twilio/gather", id, attempt, &token, step.turn());
     let repeat = u32::try_from(s.repeat).unwrap_or(1);
-    twilio::dialogue_twiml(step, &s.confirmation, &s.message, &s.language, repeat, s.voice.as_deref(), &url)
+    twilio::dialogue_twiml(step, &s.confirmation, &s.content(), &s.language, repeat, s.voice.as_deref(), &url)
 }
 
 /// `POST /twilio/gather?call_id=…&turn=…`: a `<Gather>`'s action — the key

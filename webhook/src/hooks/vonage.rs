@@ -70,7 +70,7 @@ pub async fn answer(
 fn voicemail_ncco(campaign: &Campaign) -> serde_json::Value {
     let s = &campaign.settings;
     let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
-    vonage::ncco(&s.voicemail_text(), &s.language, style, 1)
+    vonage::ncco(&s.voicemail_content(), &s.language, style, 1)
 }
 
 /// What a person hears first: the message, and the dialogue's first question when it has one.
@@ -91,7 +91,7 @@ fn first_ncco(
             // Checked when the campaign was saved (`speech::check`); a row
             // written before that check speaks in the default style.
             let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
-            vonage::ncco(&s.message, &s.language, style, repeat)
+            vonage::ncco(&s.content(), &s.language, style, repeat)
         }
     }
 }
@@ -123,7 +123,7 @@ fn step_ncco(
     let url = dialogue::next_url(state, "/vonage/input", id, attempt, token, step.turn());
     let style = vonage::speech::style(s.voice.as_deref()).unwrap_or(0);
     let repeat = u32::try_from(s.repeat).unwrap_or(1);
-    vonage::dialogue_ncco(step, &s.confirmation, &s.message, &s.language, style, repeat, &url)
+    vonage::dialogue_ncco(step, &s.confirmation, &s.content(), &s.language, style, repeat, &url)
 }
 
 /// `POST /vonage/input?call_id=…&turn=…`: a round's key (or its timeout),

@@ -220,7 +220,7 @@ const COLOURS = {
 // /series (the state log) every few seconds while the page is open.
 function charts(enc) {
   const made = {};
-  function draw(id, data, series) {
+  function draw(id, data, series, more = {}) {
     if (typeof uPlot === "undefined") return;
     if (made[id]) made[id].destroy();
     const box = $(id);
@@ -229,9 +229,12 @@ function charts(enc) {
       height: 180,
       scales: { x: { time: true } },
       series: [{}, ...series],
+      ...more,
     };
     made[id] = new uPlot(opts, data, box);
   }
+  // "≤15 s", "≤2 min", …, "> 1 h": the histogram's bucket names.
+  const span = (secs) => (secs < 60 ? `${secs} s` : secs < 3600 ? `${secs / 60} min` : `${secs / 3600} h`);
   return async function refresh() {
     const s = await api(`/api/v1/campaigns/${enc}/series`);
     if (s.start == null) return;
@@ -262,6 +265,18 @@ function charts(enc) {
         { label: "confirmed", stroke: "#6a1b9a", width: 2 },
         { label: "confirmed in all", stroke: "#ab47bc", dash: [4, 3], width: 1 },
       ]);
+    }
+    const ttc = s.time_to_confirm;
+    if (ttc) {
+      $("#chart-ttc-box").hidden = false;
+      const names = [...ttc.bounds_secs.map((b) => `≤ ${span(b)}`), `> ${span(ttc.bounds_secs[ttc.bounds_secs.length - 1])}`];
+      const xs = names.map((_, i) => i);
+      draw("#chart-ttc", [xs, ttc.counts], [
+        { label: "contacts", stroke: "#6a1b9a", fill: "#ce93d8", paths: uPlot.paths.bars({ size: [0.8] }), points: { show: false } },
+      ], {
+        scales: { x: { time: false, range: [-0.5, names.length - 0.5] } },
+        axes: [{ values: (_, ticks) => ticks.map((t) => names[t] || ""), splits: () => xs }, {}],
+      });
     }
   };
 }
@@ -547,7 +562,9 @@ async function newPage() {
 
   function body(dryRun) {
     const v = (id) => $(id).value.trim();
-    const b = { name: v("#f-name"), message: v("#f-message"), contact_list: checkedList, dry_run: dryRun };
+    const b = { name: v("#f-name"), contact_list: checkedList, dry_run: dryRun };
+    if (v("#f-message")) b.message = v("#f-message");
+    if (v("#f-audio")) b.audio_url = v("#f-audio");
     if (v("#f-from")) b.from = v("#f-from");
     if (v("#f-provider")) b.provider = v("#f-provider");
     if (v("#f-language")) b.language = v("#f-language");
@@ -573,9 +590,11 @@ async function newPage() {
       const e = r.enqueue;
       wouldCall = e.new_contacts;
       const parts = [el("p", { class: "ok", text: `${e.new_contacts} people would be called (${e.already_enqueued} already in the campaign, ${e.do_not_call} on the do-not-call list, ${e.invalid} cannot hear this message)` })];
-      const previews = e.preview.length ? e.preview : [];
+      const audio = $("#f-audio").value.trim();
+      const previews = e.preview.length && !audio ? e.preview : [];
       for (const p of previews) parts.push(el("p", { class: "note", text: `line ${p.line} (${p.number}) hears: ${p.text}` }));
-      if (!previews.length) parts.push(el("p", { class: "note", text: `everyone hears: ${$("#f-message").value.trim()}` }));
+      if (audio) parts.push(el("p", { class: "note", text: `everyone hears the recording ${audio}` }));
+      else if (!previews.length) parts.push(el("p", { class: "note", text: `everyone hears: ${$("#f-message").value.trim()}` }));
       if (e.rejected.length) parts.push(rejectedTable(e.rejected));
       $("#preview-report").replaceChildren(...parts);
       $("#launch").disabled = wouldCall === 0;

@@ -637,6 +637,45 @@ async fn the_series_for_the_charts_count_attempts_outcomes_and_confirmations_ove
     assert_eq!((sum("dialing"), sum("completed"), sum("busy")), (2, 1, 1), "{v}");
     assert_eq!(v["limit"], 20.0, "{v}");
     assert!(v["step_secs"].as_f64().unwrap() >= 1.0, "{v}");
+    assert_eq!(v["time_to_confirm"], Value::Null, "no one confirmed yet: {v}");
+    // Confirmed 20 s and 2 h after the first call: the 30 s bucket and the last.
+    sqlx::query(
+        "UPDATE calls SET first_dialing_at = now() - interval '3 hours', confirmed_at = now() - interval '3 hours' \
+         + CASE WHEN id = $1 THEN interval '20 seconds' ELSE interval '2 hours' END",
+    )
+    .bind(ids[0])
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    let (_, v, _) = h.call("GET", "/api/v1/campaigns/charted/series", Some(&key), None, None).await;
+    let ttc = &v["time_to_confirm"];
+    assert_eq!(ttc["bounds_secs"][1], 30.0, "{v}");
+    assert_eq!(ttc["counts"], json!([0, 1, 0, 0, 0, 0, 0, 0, 1]), "{v}");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_campaign_may_play_a_recording_instead_of_a_message_and_a_bad_url_is_named() {
+    let h = harness(&[]).await;
+    let key = h.key("w", &["campaigns:write", "campaigns:read"], &[]).await;
+    let body = json!({
+        "name": "recorded", "audio_url": "https://media.example/alert.mp3", "from": "+14155550100",
+        "contacts": [{"number": "+14155550101"}],
+    });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(body.to_string()), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["campaign"]["audio_url"], "https://media.example/alert.mp3", "{v}");
+    let bad = json!({
+        "name": "recorded-bad", "audio_url": "file:///etc/passwd", "from": "+14155550100",
+        "contacts": [{"number": "+14155550101"}],
+    });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(bad.to_string()), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("audio_url"), "{v}");
+    let neither = json!({ "name": "silent", "from": "+14155550100", "contacts": [{"number": "+14155550101"}] });
+    let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(neither.to_string()), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("message: required"), "{v}");
     h.cleanup().await;
 }
 

@@ -215,7 +215,7 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
 macro_rules! select_campaign_row {
     ($rest:literal) => {
         concat!(
-            "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, c.confirm, c.until_confirmed, c.voicemail, ",
+            "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, c.confirm, c.until_confirmed, c.voicemail, c.audio_url, ",
             "coalesce((SELECT jsonb_object_agg(state, n) FROM ",
             "(SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts, ",
             "(SELECT jsonb_build_object('confirmed', count(*) FILTER (WHERE confirmed_at IS NOT NULL), ",
@@ -242,6 +242,8 @@ struct CampaignRow {
     until_confirmed: bool,
     /// ignore, drop or hangup.
     voicemail: String,
+    /// The recording played instead of the message.
+    audio_url: Option<String>,
     counts: Value,
     /// `confirmed`, `confirmed_late`, `opted_out`.
     confirmations: Value,
@@ -268,6 +270,7 @@ fn render(row: CampaignRow) -> Value {
         "confirm": row.confirm,
         "until_confirmed": row.until_confirmed,
         "voicemail": row.voicemail,
+        "audio_url": row.audio_url,
         "confirmed": row.confirmations["confirmed"],
         "confirmed_late": row.confirmations["confirmed_late"],
         "opted_out": row.confirmations["opted_out"],

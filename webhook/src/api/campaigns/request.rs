@@ -20,6 +20,8 @@ use crate::api::enqueue::{self, Contacts, Enqueue, Settings};
 pub struct CreateBody {
     name: Field<String>,
     message: Field<String>,
+    /// A recording played instead of the message (which is then optional).
+    audio_url: Field<String>,
     from: Field<String>,
     provider: Field<String>,
     language: Field<String>,
@@ -100,8 +102,18 @@ impl CreateBody {
         {
             errors.add("name", "must be 1-200 letters, digits, '-', '_' or '.'");
         }
-        let message = self.message.required("message", "must be a string", &mut errors);
-        if let Some(m) = &message
+        let audio_url = self.audio_url.string("audio_url", &mut errors);
+        if let Some(u) = audio_url.as_deref().filter(|u| !matches!(u.trim(), "" | "none"))
+            && let Err(e) = tocsin_core::campaign::check_audio_url(u)
+        {
+            errors.add("audio_url", &e.message);
+        }
+        let message = match &audio_url {
+            // With a recording the message is its transcript: optional.
+            Some(_) => self.message.string("message", &mut errors),
+            None => self.message.required("message", "must be a string (or give an audio_url)", &mut errors),
+        };
+        if let Some(m) = message.as_deref().filter(|m| audio_url.is_none() || !m.trim().is_empty())
             && let Err(e) = enqueue::check_message(m)
         {
             errors.add("message", &e);
@@ -237,6 +249,7 @@ impl CreateBody {
                 until_confirmed,
                 voicemail,
                 voicemail_message,
+                audio_url,
                 dry_run,
             };
             let (contacts, inline_count) = match saved {
