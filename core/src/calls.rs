@@ -188,6 +188,9 @@ pub struct Standing {
     pub now: DateTime<Utc>,
     /// The claimed attempt's URL token (a resend must carry the same).
     pub url_token: Option<String>,
+    /// The provider the attempt was claimed for (with a route, not always
+    /// the campaign's first): only it can say whether the call exists.
+    pub provider: Option<Provider>,
 }
 
 impl Standing {
@@ -199,13 +202,15 @@ impl Standing {
 
 /// The call's state, attempt and dialing time; `None` when it no longer exists.
 pub async fn standing(pool: &PgPool, call: CallId) -> Result<Option<Standing>, sqlx::Error> {
-    type Row = (String, i32, Option<DateTime<Utc>>, DateTime<Utc>, Option<String>);
-    let row: Option<Row> =
-        sqlx::query_as("SELECT state, attempt, dialing_at, now(), url_token FROM calls WHERE id = $1")
-            .bind(call)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|(state, attempt, dialing_at, now, url_token)| Standing {
+    type Row = (String, i32, Option<DateTime<Utc>>, DateTime<Utc>, Option<String>, Option<String>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT state, attempt, dialing_at, now(), url_token, provider FROM calls WHERE id = $1",
+    )
+    .bind(call)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(state, attempt, dialing_at, now, url_token, provider)| Standing {
+        provider: provider.and_then(|p| p.parse().ok()),
         // The column's CHECK lists exactly `CallState::ALL`.
         state: state.parse().unwrap_or(CallState::Unknown),
         attempt: u32::try_from(attempt).unwrap_or(0),

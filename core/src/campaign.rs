@@ -22,6 +22,7 @@ use sqlx::{FromRow, Row};
 
 use crate::confirm::{self, Confirmation, Key, Voicemail};
 use crate::provider::Provider;
+use crate::route::Route;
 use crate::{CampaignId, PhoneNumber};
 
 /// Whether a campaign dials.
@@ -197,7 +198,11 @@ pub struct Settings {
     pub audio_url: Option<String>,
     pub language: String,
     pub voice: Option<String>,
+    /// The provider of a campaign without a route (with one: its first account's).
     pub provider: Provider,
+    /// The accounts its calls go through and how they are chosen (`None`:
+    /// the provider's account alone). See `tocsin_core::route`.
+    pub route: Option<Route>,
     pub from: PhoneNumber,
     pub repeat: i32,
     pub max_attempts: i32,
@@ -231,6 +236,8 @@ pub struct Changes {
     pub language: Option<String>,
     pub voice: Option<String>,
     pub provider: Option<Provider>,
+    /// `Some(None)`: no route (the provider's account alone).
+    pub route: Option<Option<Route>>,
     pub from: Option<PhoneNumber>,
     pub repeat: Option<i64>,
     pub max_attempts: Option<i64>,
@@ -364,6 +371,7 @@ impl Settings {
             language: "en-US".into(),
             voice: None,
             provider: Provider::Vonage,
+            route: None,
             from: PhoneNumber::from_e164("+10000000000").unwrap_or_else(|_| unreachable!()),
             repeat: 1,
             max_attempts: 1,
@@ -424,6 +432,25 @@ impl Settings {
         }
         if let Some(p) = changes.provider {
             s.provider = p;
+        }
+        match changes.route {
+            Some(Some(route)) if route.accounts.is_empty() => {
+                errors.push(FieldError::new("route", "names no account"));
+            }
+            Some(Some(route)) => {
+                // The route decides the provider: a different one asked for with it is a mistake.
+                let first = route.accounts[0].provider;
+                if changes.provider.is_some_and(|p| !route.providers().contains(&p)) {
+                    errors.push(FieldError::new(
+                        "provider",
+                        format!("{} is not in the route {route}", s.provider),
+                    ));
+                }
+                s.provider = first;
+                s.route = Some(route);
+            }
+            Some(None) => s.route = None,
+            None => {}
         }
         if let Some(f) = changes.from {
             s.from = f;
@@ -505,9 +532,25 @@ impl Settings {
         }
         // What the provider can say, once the message is within the general bound.
         if !errors.iter().any(|e| e.field == "message") {
-            match crate::speech::check(s.provider, s.spoken_message(), &s.language, s.voice.as_deref()) {
-                Ok(language) => s.language = language,
-                Err(more) => errors.extend(more),
+            // Every provider of the route must say it (the language as the first maps it).
+            let mut mapped = None;
+            for provider in s.route().providers() {
+                match crate::speech::check(provider, s.spoken_message(), &s.language, s.voice.as_deref()) {
+                    Ok(language) => {
+                        mapped.get_or_insert(language);
+                    }
+                    Err(more) => errors.extend(more.into_iter().map(|e| FieldError {
+                        message: if s.route.is_some() {
+                            format!("{} (through {provider})", e.message)
+                        } else {
+                            e.message
+                        },
+                        ..e
+                    })),
+                }
+            }
+            if let Some(language) = mapped {
+                s.language = language;
             }
         }
         if errors.is_empty() { Ok(s) } else { Err(errors) }
@@ -554,6 +597,11 @@ impl Settings {
             .unwrap_or_else(|| confirm::default_voicemail(&self.message, self.from.as_str()))
     }
 
+    /// The route the campaign's calls take: its own, or its provider's account alone.
+    pub fn route(&self) -> Route {
+        self.route.clone().unwrap_or_else(|| Route::single(self.provider))
+    }
+
     /// What a person hears as the message: the recording, or the words.
     pub fn content(&self) -> Content {
         match &self.audio_url {
@@ -595,6 +643,7 @@ impl Settings {
         let time = |t: Option<DateTime<Utc>>| t.map_or("(none)".into(), |t| t.to_rfc3339());
         let window = |w: Option<CallingWindow>| w.map_or("(any time)".into(), |w| w.to_string());
         diff("provider", old.provider.to_string(), self.provider.to_string());
+        diff("route", old.route().to_string(), self.route().to_string());
         diff("from", old.from.to_string(), self.from.to_string());
         diff("language", old.language.clone(), self.language.clone());
         diff("voice", opt(&old.voice), opt(&self.voice));
@@ -800,6 +849,48 @@ pub async fn set_paused(pool: &sqlx::PgPool, c: &Handle, paused: bool) -> Result
     Ok(Control::Changed { cancelled_calls: 0 })
 }
 
+/// Changes the route of campaign `c` (running or paused): checked as an
+/// enqueue checks it — the accounts configured (`configured`: the providers
+/// set up here, as the workers are), every provider able to say the
+/// message. Workers read the campaign at most a second old, so the next
+/// call everywhere takes the new route; calls in flight finish where they
+/// are. `None` goes back to the provider's account alone.
+pub async fn set_route(
+    pool: &sqlx::PgPool,
+    c: &Campaign,
+    route: Option<Route>,
+    configured: &[Provider],
+) -> Result<Control, ControlError> {
+    if c.status == CampaignStatus::Cancelled {
+        return Err(ControlError::Refused(format!(
+            "campaign {:?} is cancelled; its route no longer matters",
+            c.name
+        )));
+    }
+    let changes = Changes { route: Some(route), ..Changes::default() };
+    let s = c.settings.apply(changes).map_err(|errors| {
+        ControlError::Refused(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    })?;
+    crate::route::check_configured(&s, configured).map_err(ControlError::Refused)?;
+    if s.route() == c.settings.route() {
+        return Ok(Control::Unchanged);
+    }
+    let done = sqlx::query(
+        "UPDATE campaigns SET route = $2, provider = $3, language = $4, updated_at = now() \
+         WHERE id = $1 AND status <> 'cancelled'",
+    )
+    .bind(c.id)
+    .bind(s.route.as_ref().map(ToString::to_string))
+    .bind(s.provider.as_str())
+    .bind(&s.language)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(ControlError::Refused(format!("campaign {:?} was cancelled meanwhile", c.name)));
+    }
+    Ok(Control::Changed { cancelled_calls: 0 })
+}
+
 /// Cancels campaign `c` for good and ends its waiting calls (calls in
 /// progress finish); shared by the CLI (after its confirmation), the API
 /// and the Alertmanager receiver.
@@ -942,6 +1033,11 @@ impl<'r> FromRow<'r, PgRow> for Campaign {
             language: row.try_get("language")?,
             voice: row.try_get("voice")?,
             provider: provider.parse().map_err(|e| decode_err("provider", format!("{e}")))?,
+            route: row
+                .try_get::<Option<String>, _>("route")?
+                .map(|r| r.parse::<Route>())
+                .transpose()
+                .map_err(|e| decode_err("route", e))?,
             from: PhoneNumber::from_e164(&from).map_err(|e| decode_err("from_number", e.to_string()))?,
             repeat: row.try_get("repeat")?,
             max_attempts: row.try_get("max_attempts")?,

@@ -42,7 +42,7 @@ macro_rules! select_campaign {
             "c.repeat, c.max_attempts, c.retry_delay_secs, c.voice, c.machine_detection, c.start_at, ",
             "c.expires_at, c.window_start, c.window_end, c.timezone, c.confirm, c.confirm_prompt, c.confirm_key, ",
             "c.replay_key, c.opt_out_key, c.max_replays, c.key_timeout_secs, c.until_confirmed, c.voicemail, ",
-            "c.voicemail_message, c.audio_url, ",
+            "c.voicemail_message, c.audio_url, c.route, ",
             $extra,
             " FROM campaigns c ",
             $rest
@@ -54,7 +54,7 @@ macro_rules! select_campaign {
             "c.repeat, c.max_attempts, c.retry_delay_secs, c.voice, c.machine_detection, c.start_at, ",
             "c.expires_at, c.window_start, c.window_end, c.timezone, c.confirm, c.confirm_prompt, c.confirm_key, ",
             "c.replay_key, c.opt_out_key, c.max_replays, c.key_timeout_secs, c.until_confirmed, c.voicemail, ",
-            "c.voicemail_message, c.audio_url FROM campaigns c ",
+            "c.voicemail_message, c.audio_url, c.route FROM campaigns c ",
             $rest
         )
     };

@@ -108,23 +108,10 @@ pub async fn prepare(
                 .into(),
         ));
     }
-    let provider = s.provider;
-    if !spec.providers.contains(&provider) {
-        let variable = match provider {
-            Provider::Vonage => "TOCSIN_VONAGE_APPLICATION_ID",
-            Provider::Twilio => "TOCSIN_TWILIO_ACCOUNT_SID",
-            Provider::Telnyx => "TOCSIN_TELNYX_CONNECTION_ID",
-        };
-        let others = if spec.providers.is_empty() {
-            "no provider is configured here".to_owned()
-        } else {
-            let names: Vec<&str> = spec.providers.iter().map(|p| p.as_str()).collect();
-            format!("configured: {}", names.join(", "))
-        };
-        return Err(EnqueueError::Refused(format!(
-            "provider {provider} is not configured: set {variable} (the same variable the workers read) \
-             or choose another --provider ({others})"
-        )));
+    // Every account the calls may go through must be configured here (the
+    // workers read the same variables): named at enqueue, not found by a call.
+    if let Err(why) = tocsin_core::route::check_configured(&s, &spec.providers) {
+        return Err(EnqueueError::Refused(why));
     }
 
     let name = spec.campaign.clone();
@@ -187,15 +174,15 @@ pub async fn write(pool: &PgPool, p: &Prepared) -> Result<(), EnqueueError> {
          window_start = $13, window_end = $14, timezone = $15, expires_at = $16, confirm = $17, \
          confirm_prompt = $18, confirm_key = $19, replay_key = $20, opt_out_key = $21, max_replays = $22, \
          key_timeout_secs = $23, until_confirmed = $24, voicemail = $25, voicemail_message = $26, \
-         audio_url = $27, updated_at = now() \
+         audio_url = $27, route = $28, updated_at = now() \
          WHERE id = $1 AND name = $2"
     } else {
         "INSERT INTO campaigns (id, name, message, language, voice, provider, from_number, repeat, max_attempts, \
          retry_delay_secs, machine_detection, start_at, window_start, window_end, timezone, expires_at, confirm, \
          confirm_prompt, confirm_key, replay_key, opt_out_key, max_replays, key_timeout_secs, until_confirmed, \
-         voicemail, voicemail_message, audio_url) \
+         voicemail, voicemail_message, audio_url, route) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-                 $21, $22, $23, $24, $25, $26, $27) \
+                 $21, $22, $23, $24, $25, $26, $27, $28) \
          ON CONFLICT (name) DO NOTHING"
     };
     sqlx::query(query)
@@ -226,6 +213,7 @@ pub async fn write(pool: &PgPool, p: &Prepared) -> Result<(), EnqueueError> {
         .bind(s.voicemail.as_str())
         .bind(&s.voicemail_message)
         .bind(&s.audio_url)
+        .bind(s.route.as_ref().map(ToString::to_string))
         .execute(pool)
         .await
         .map_err(EnqueueError::db("writing the campaign"))?;

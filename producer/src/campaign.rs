@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use tocsin_core::CampaignId;
 use tocsin_core::campaign::{self, Campaign, CampaignStatus, Control, ControlError, Handle};
 use tocsin_core::db;
+use tocsin_core::provider::Provider;
 
 use crate::Fatal;
 
@@ -121,6 +122,30 @@ pub async fn resume(pool: &PgPool, name: &str) -> anyhow::Result<()> {
     match campaign::set_paused(pool, &c, false).await.map_err(control_error)? {
         Control::Unchanged => say!("campaign {name:?} is already active"),
         Control::Changed { .. } => say!("resumed campaign {name:?}"),
+    }
+    Ok(())
+}
+
+pub async fn route(
+    pool: &PgPool,
+    args: &crate::config::RouteArgs,
+    configured: &[Provider],
+) -> anyhow::Result<()> {
+    let name = &args.name;
+    let route = match args.route.trim() {
+        "none" => None,
+        text => Some(text.parse::<tocsin_core::route::Route>().map_err(|e| usage(format!("route: {e}")))?),
+    };
+    let c = find(pool, name).await?;
+    match campaign::set_route(pool, &c, route, configured).await.map_err(control_error)? {
+        Control::Unchanged => say!("campaign {name:?} already takes the route {}", c.settings.route()),
+        Control::Changed { .. } => {
+            let now = tocsin_core::db::campaign(pool, c.id).await?.map(|c| c.settings.route().to_string());
+            say!(
+                "campaign {name:?} now calls through {} (every worker's next call; calls in progress finish where they are)",
+                now.unwrap_or_default()
+            );
+        }
     }
     Ok(())
 }

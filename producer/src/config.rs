@@ -86,6 +86,15 @@ pub enum Command {
     /// Resume dialing a paused campaign.
     #[command(after_help = "Example:\n  producer resume storm-warning")]
     Resume(NameArg),
+    /// Change the provider accounts a campaign's calls go through, running or paused: every
+    /// worker uses the new route for its next call within about a second.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  producer route storm-warning failover:vonage,twilio   # Vonage; Twilio while Vonage is unhealthy\n",
+        "  producer route storm-warning pool:vonage,twilio,telnyx  # all three at once\n",
+        "  producer route storm-warning none                      # back to its --provider alone"
+    ))]
+    Route(RouteArgs),
     /// The audit log: who did what, when and from where (CLI and API), newest first.
     #[command(after_help = concat!(
         "Examples:\n",
@@ -248,6 +257,13 @@ pub struct EnqueueArgs {
     /// with the same variables the workers read (e.g. TOCSIN_VONAGE_APPLICATION_ID).
     #[arg(long, value_parser = clap::value_parser!(Provider), value_name = "vonage|twilio|telnyx")]
     pub provider: Option<Provider>,
+
+    /// The provider accounts the calls go through, instead of --provider: failover:A,B
+    /// (the first healthy account with a free line) or pool:A,B,C (every healthy account, in
+    /// proportion to its rate). An account is PROVIDER[:default]. Change it on a running
+    /// campaign with `producer route`.
+    #[arg(long, value_name = "failover|pool:ACCOUNT,…")]
+    pub route: Option<tocsin_core::route::Route>,
 
     /// Language of the spoken message (default en-US), one the provider speaks; an
     /// equivalent code is mapped (Arabic: Vonage ar, Telnyx arb).
@@ -537,6 +553,20 @@ pub struct ExportArgs {
 pub struct NameArg {
     /// Campaign name.
     pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RouteArgs {
+    /// Campaign name.
+    pub name: String,
+    /// failover:ACCOUNT,… or pool:ACCOUNT,…, or none.
+    pub route: String,
+
+    #[command(
+        flatten,
+        next_help_heading = "Providers (the workers' variables; every account of the route must be configured)"
+    )]
+    pub providers: tocsin_config::ProviderArgs,
 }
 
 #[derive(Args, Debug)]

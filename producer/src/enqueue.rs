@@ -89,6 +89,7 @@ pub fn spec(args: &EnqueueArgs) -> anyhow::Result<Spec> {
     let changes = Changes {
         message: message(args)?,
         audio_url: args.audio_url.clone(),
+        route: args.route.clone().map(Some),
         language: args.language.clone(),
         voice: args.voice.clone(),
         provider: args.provider,

@@ -126,6 +126,7 @@ fn audit_entry(command: &Command) -> Option<(&'static str, Option<String>, serde
             json!({
                 "contacts": a.contacts.as_ref().map(|p| p.display().to_string()),
                 "list": a.list, "provider": a.provider.map(|p| p.to_string()),
+                "route": a.route.as_ref().map(ToString::to_string),
                 "confirm": a.confirm, "until_confirmed": a.until_confirmed, "max_attempts": a.max_attempts,
                 "expires_at": a.expires_at, "expires_in": a.expires_in.map(|d| d.as_secs()),
                 "update_message": a.update_message, "update_settings": a.update_settings,
@@ -133,6 +134,7 @@ fn audit_entry(command: &Command) -> Option<(&'static str, Option<String>, serde
         ),
         Command::Pause(a) => ("campaign.pause", Some(a.name.clone()), json!({})),
         Command::Resume(a) => ("campaign.resume", Some(a.name.clone()), json!({})),
+        Command::Route(a) => ("campaign.route", Some(a.name.clone()), json!({ "route": a.route })),
         Command::Cancel(a) => ("campaign.cancel", Some(a.name.clone()), json!({})),
         Command::Delete(a) => ("campaign.delete", Some(a.name.clone()), json!({})),
         Command::Dnc(DncCommand::Add { numbers, reason, .. }) => {
@@ -189,6 +191,7 @@ async fn execute(pool: &PgPool, command: Command, stop: CancellationToken) -> an
         Command::Audit(a) => campaign::audit(&pool, &a).await,
         Command::Pause(a) => campaign::pause(&pool, &a.name).await,
         Command::Resume(a) => campaign::resume(&pool, &a.name).await,
+        Command::Route(a) => campaign::route(&pool, &a, &a.providers.configured()).await,
         Command::Cancel(a) => campaign::cancel(&pool, &a.name, a.yes).await,
         Command::Delete(a) => campaign::delete(&pool, &a.name, a.yes).await,
         Command::Dnc(cmd) => dnc::run(&pool, cmd).await,

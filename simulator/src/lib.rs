@@ -114,6 +114,8 @@ pub struct Sim {
     pub telnyx_key: aws_lc_rs::signature::Ed25519KeyPair,
     pub telnyx_calls: telnyx::Registry,
     pub stats: Stats,
+    /// Accounts in an outage (`POST /_sim/outage`).
+    pub outages: faults::Outages,
     pub http: reqwest::Client,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -224,6 +226,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/stats", get(stats::stats))
         .route("/_sim/calls", get(stats::calls))
         .route("/_sim/audio/alert.wav", get(audio::alert))
+        .route("/_sim/outage", post(faults::outage))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
         .with_state(sim)
@@ -267,6 +270,7 @@ pub async fn run(
         config,
         vonage_public_key,
         stats: Stats::default(),
+        outages: faults::Outages::default(),
         http,
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),

@@ -70,6 +70,8 @@ pub struct Heard {
 #[derive(Default)]
 struct Counters {
     keys_pressed: u64,
+    /// Create-call requests refused by an account's outage, per account.
+    outage_refused: std::collections::BTreeMap<String, u64>,
     recordings_played: u64,
     recordings_failed: u64,
     key_timeouts: u64,
@@ -242,6 +244,11 @@ impl Stats {
         });
     }
 
+    /// A create-call request refused by `account`'s outage.
+    pub fn outage_refused(&self, account: &str) {
+        *self.lock().counters.outage_refused.entry(account.to_owned()).or_default() += 1;
+    }
+
     /// The provider fetched a recording to play (or failed to).
     pub fn played(&self, provider_call_id: &str, played: crate::audio::Played) {
         {
@@ -402,6 +409,7 @@ impl Stats {
             telnyx_commands: c.commands,
             keys_pressed: c.keys_pressed,
             recordings_played: c.recordings_played,
+            outage_refused: c.outage_refused.clone(),
             recordings_failed: c.recordings_failed,
             key_timeouts: c.key_timeouts,
             key_requests_invalid: c.input_invalid,
@@ -501,6 +509,8 @@ pub struct StatsReport {
     pub telnyx_commands: u64,
     /// Keys callees pressed when asked, and times they let the timeout pass.
     pub keys_pressed: u64,
+    /// Create-call requests refused by an outage (`/_sim/outage`), per account.
+    pub outage_refused: BTreeMap<String, u64>,
     /// Recordings fetched and playable, and those that were not.
     pub recordings_played: u64,
     pub recordings_failed: u64,

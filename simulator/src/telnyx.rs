@@ -194,8 +194,17 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
             return response;
         }
     };
-    match faults::before_create(&sim).await {
+    match faults::before_create(&sim, "telnyx").await {
         Err(status) => return errors(status, "90002", "Gateway timeout", "The request timed out.", None),
+        Ok(Some(Fault::Unauthorized)) => {
+            return errors(
+                StatusCode::UNAUTHORIZED,
+                "10009",
+                "Authentication failed",
+                "The API key is not valid.",
+                None,
+            );
+        }
         Ok(Some(Fault::Storm)) => {
             let mut response = errors(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -117,8 +117,9 @@ pub async fn create_call(
     if let Err(response) = authenticate(&sim, &headers, &account_sid) {
         return response;
     }
-    match faults::before_create(&sim).await {
+    match faults::before_create(&sim, "twilio").await {
         Err(status) => return error(status, 20504, "Gateway timeout"),
+        Ok(Some(Fault::Unauthorized)) => return error(StatusCode::UNAUTHORIZED, 20003, "Authenticate"),
         Ok(Some(Fault::Storm)) => return error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests"),
         Ok(Some(Fault::ServerError(status))) => return error(status, 20500, "Internal Server Error"),
         Ok(None) => {}

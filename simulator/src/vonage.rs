@@ -122,10 +122,11 @@ pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: 
             "Please wait, then retry your request",
         );
     }
-    match faults::before_create(&sim).await {
+    match faults::before_create(&sim, "vonage").await {
         Err(status) => {
             return problem(status, "timeout", "Gateway Timeout", "The request timed out.");
         }
+        Ok(Some(Fault::Unauthorized)) => return unauthorized(&sim, "Invalid Token"),
         Ok(Some(Fault::Storm)) => {
             return problem(
                 StatusCode::TOO_MANY_REQUESTS,

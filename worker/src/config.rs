@@ -98,6 +98,20 @@ pub struct WorkerConfig {
     #[arg(long = "max-concurrent-calls", env = "TOCSIN_MAX_CONCURRENT_CALLS", default_value = "", value_parser = parse_caps)]
     pub max_concurrent_calls: Caps,
 
+    /// Failures of a provider account (5xx, connection errors, timeouts, 401/403) within
+    /// --account-window after which it counts as unhealthy: no worker sends to it, and routes
+    /// move calls to their next account, until a probe call succeeds after --account-cool-down.
+    #[arg(long = "account-failures", env = "TOCSIN_ACCOUNT_FAILURES", default_value_t = 5)]
+    pub account_failures: u32,
+
+    /// The window in which --account-failures count.
+    #[arg(long = "account-window", env = "TOCSIN_ACCOUNT_WINDOW", default_value = "30s", value_parser = parse_duration)]
+    pub account_window: Duration,
+
+    /// How long an unhealthy account gets no calls before one probe call is sent to it.
+    #[arg(long = "account-cool-down", env = "TOCSIN_ACCOUNT_COOL_DOWN", default_value = "15s", value_parser = parse_duration)]
+    pub account_cool_down: Duration,
+
     /// How often the sweeper (one worker at a time) looks for calls that stopped moving.
     #[arg(long = "sweep-every", env = "TOCSIN_SWEEP_EVERY", default_value = "15s", value_parser = parse_duration)]
     pub sweep_every: Duration,
@@ -162,6 +176,9 @@ impl WorkerConfig {
                 "TOCSIN_RATE_GUARD must be at most 500ms (it costs guard ÷ (1 s + guard) of the rate), got {:?}",
                 self.rate_guard
             );
+        }
+        if self.account_failures == 0 {
+            anyhow::bail!("TOCSIN_ACCOUNT_FAILURES must be at least 1");
         }
         if self.expected_workers == 0 {
             anyhow::bail!("TOCSIN_EXPECTED_WORKERS must be at least 1");

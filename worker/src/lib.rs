@@ -45,6 +45,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let redis = RedisLimiter::connect(config.redis.redis_url.expose_secret())
         .await
         .context("connecting to Redis (TOCSIN_REDIS_URL)")?;
+    let health = tocsin_core::health::Health::new(
+        redis.clone(),
+        &config.redis.redis_prefix,
+        tocsin_core::health::Rules {
+            threshold: config.account_failures,
+            window: config.account_window,
+            cool_down: config.account_cool_down,
+            probe_lease: config.provider_timeout + Duration::from_secs(5),
+        },
+    );
     let limiter = match config.limiter {
         config::LimiterMode::Redis => Limiter::new(
             RedisLimiter::with_guard(
@@ -81,7 +91,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         caps: config.max_concurrent_calls.0.clone(),
         ..Settings::default()
     };
-    let deps = Arc::new(Deps::new(pool.clone(), limiter, providers, settings, shutdown.clone()));
+    let mut deps = Deps::new(pool.clone(), limiter, providers, settings, shutdown.clone());
+    deps.health = Some(health);
+    let deps = Arc::new(deps);
 
     // Health and metrics; ready once the broker is connected and the database answers.
     let broker: Arc<Mutex<Option<lapin::ConnectionStatus>>> = Arc::new(Mutex::new(None));

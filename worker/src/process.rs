@@ -13,9 +13,11 @@ use sqlx::PgPool;
 use tocsin_core::calls::{self, CappedClaim, Count, Failing};
 use tocsin_core::campaign::{Campaign, CampaignStatus};
 use tocsin_core::db;
+use tocsin_core::health::{self, Health};
 use tocsin_core::limiter::{Admission, Limiter, Reservation};
 use tocsin_core::provider::{CallRequest, CallWindow, PlaceCallError, PlacedCall, Provider, VoiceProvider};
 use tocsin_core::queue::DelayTier;
+use tocsin_core::route::{AccountName, Mode};
 use tocsin_core::{CallJob, CallState, CampaignId};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -73,6 +75,8 @@ impl Default for Settings {
 pub struct Deps {
     pub pool: PgPool,
     pub limiter: Limiter,
+    /// The accounts' shared health (`None`: not tracked, e.g. no Redis limiter).
+    pub health: Option<Health>,
     /// The providers this worker holds credentials for.
     pub providers: HashMap<Provider, Arc<dyn VoiceProvider>>,
     pub settings: Settings,
@@ -100,6 +104,7 @@ impl Deps {
         Self {
             pool,
             limiter,
+            health: None,
             providers,
             settings,
             shutdown,
@@ -190,15 +195,16 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     if let Some(outcome) = campaign_gate(deps, job, &campaign, contact_zone).await? {
         return Ok(outcome);
     }
-    let provider = campaign.settings.provider;
-    let Some(client) = deps.providers.get(&provider).cloned() else {
-        let detail = format!("provider {provider} is not configured on this worker");
-        return fail_unclaimed(deps, job, "provider_not_configured", &detail).await;
+    let held_since = Instant::now();
+    let (provider, client) = match choose(deps, &campaign, held_since).await {
+        Choice::Use(provider, client) => (provider, client),
+        Choice::NotConfigured(detail) => {
+            return fail_unclaimed(deps, job, "provider_not_configured", &detail).await;
+        }
+        Choice::Wait(left) => return Ok(defer(deps, job, DelayTier::at_least(left)).await?),
+        Choice::ShuttingDown => return Ok(Outcome::Delay(DelayTier::S1)),
     };
     let account = client.account();
-    if let Some(left) = deps.account_paused(&account) {
-        return Ok(defer(deps, job, DelayTier::at_least(left)).await?);
-    }
 
     // Reserve a slot, claim the call, then send exactly on the slot: the
     // database work happens while we wait, so nothing but the request itself
@@ -213,7 +219,6 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     // reservation) until the provider has a free line, and the claim takes
     // the line under the cap's lock; a line taken meanwhile by another
     // worker sends this one back to waiting, with a new slot.
-    let held_since = Instant::now();
     let cap = deps.settings.caps.get(&provider).copied();
     let (slot, url_token) = loop {
         // Held as long as a job may be: back to a delay queue, and the
@@ -284,6 +289,13 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
             return Err(e.into());
         }
     };
+    // The route changed while the call waited (`producer route`): a call
+    // whose account left the route goes back to choose again.
+    if !campaign.settings.route().accounts.iter().any(|a| a.provider == provider) {
+        release(deps, job, None).await?;
+        info!(%provider, route = %campaign.settings.route(), "route changed while the call waited for its slot: choosing again");
+        return Ok(Outcome::Delay(DelayTier::S1));
+    }
     // A number put on the do-not-call list while its call waited for the
     // slot: `dnc add` returns only after this check's lead has passed, so
     // no call starts to it once that command has returned.
@@ -332,6 +344,86 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         }
     }
     record(deps, job, &campaign, &account, provider, result).await
+}
+
+/// Which account of its route a call goes through.
+enum Choice {
+    Use(Provider, Arc<dyn VoiceProvider>),
+    /// No account of the route is configured on this worker.
+    NotConfigured(String),
+    /// None is usable (unhealthy, paused) and the job has been held long
+    /// enough: put it off this long.
+    Wait(Duration),
+    ShuttingDown,
+}
+
+/// How often a job whose route has no usable account looks again, and for
+/// how long before it goes back to a delay queue.
+const ROUTE_CHECK_EVERY: Duration = Duration::from_millis(500);
+const ROUTE_HOLD: Duration = Duration::from_secs(30);
+
+/// Picks the account for this call from the campaign's route: `failover`,
+/// the first usable one in the route's order, preferring one with a free
+/// line; `pool`, any usable one at random (each is paced by its own
+/// limiter, so together they carry the sum of their rates), preferring
+/// those with a free line. Usable: configured here, healthy (`Health`:
+/// closed, or this worker holds its probe) and not paused for refused
+/// credentials. While none is, the job is held (`ROUTE_CHECK_EVERY`), then
+/// put off.
+async fn choose(deps: &Deps, campaign: &Campaign, held_since: Instant) -> Choice {
+    let route = campaign.settings.route();
+    let configured: Vec<(AccountName, Arc<dyn VoiceProvider>)> = route
+        .accounts
+        .iter()
+        .filter(|a| a.label == tocsin_core::route::DEFAULT_LABEL)
+        .filter_map(|a| deps.providers.get(&a.provider).map(|c| (a.clone(), c.clone())))
+        .collect();
+    if configured.is_empty() {
+        let detail = format!("no account of the route {route} is configured on this worker");
+        return Choice::NotConfigured(detail);
+    }
+    loop {
+        let mut usable = Vec::new();
+        for (name, client) in &configured {
+            if deps.account_paused(&client.account()).is_some() {
+                continue;
+            }
+            let standing = match &deps.health {
+                Some(h) => h.standing(&name.to_string()).await,
+                None => health::Standing::Closed,
+            };
+            metrics::gauge!("tocsin_account_usable", "account" => name.to_string())
+                .set(if standing.usable() { 1.0 } else { 0.0 });
+            if standing.usable() {
+                let free = match deps.settings.caps.get(&name.provider) {
+                    Some(cap) => calls::in_progress(&deps.pool, name.provider)
+                        .await
+                        .map_or(true, |n| n < i64::from(*cap)),
+                    None => true,
+                };
+                usable.push((name.provider, client.clone(), free));
+            }
+        }
+        // A free line first; a saturated account waits for its line.
+        let free: Vec<_> = usable.iter().filter(|u| u.2).collect();
+        let pick = match (route.mode, free.is_empty()) {
+            (Mode::Failover, false) => free.first().copied(),
+            (Mode::Failover, true) => usable.first(),
+            (Mode::Pool, false) => free.get(rand::rng().random_range(0..free.len())).copied(),
+            (Mode::Pool, true) if !usable.is_empty() => usable.get(rand::rng().random_range(0..usable.len())),
+            (Mode::Pool, true) => None,
+        };
+        if let Some((provider, client, _)) = pick {
+            return Choice::Use(*provider, client.clone());
+        }
+        metrics::counter!("tocsin_route_waits_total").increment(1);
+        if held_since.elapsed() >= ROUTE_HOLD {
+            return Choice::Wait(Duration::from_secs(5));
+        }
+        if !sleep_or_shutdown(deps, tokio::time::Instant::now() + ROUTE_CHECK_EVERY).await {
+            return Choice::ShuttingDown;
+        }
+    }
 }
 
 /// How often a job held for a free line looks again.
@@ -481,6 +573,19 @@ async fn decide_unclaimed(
         info!(state = %standing.state, "call already handled for this attempt, dropping duplicate job");
         return Ok(Outcome::Ack);
     }
+    // Only the account the attempt was claimed for can say whether its call
+    // exists (a route may have picked another one for this job): never
+    // another provider, so no call is placed twice across providers.
+    let claimed_with = standing.provider.and_then(|p| deps.providers.get(&p)).cloned();
+    let claimed_account = claimed_with.as_ref().map(|c| c.account());
+    let (client, account) = match (&claimed_with, &claimed_account, standing.provider) {
+        (Some(c), Some(a), _) => (c.as_ref(), a.as_str()),
+        (_, _, Some(p)) => {
+            warn!(provider = %p, "the attempt was claimed for a provider not configured on this worker; leaving it to one that is");
+            return Ok(Outcome::Delay(DelayTier::S5));
+        }
+        _ => (client, account),
+    };
     let dialing_for = standing.dialing_for();
     // A provider that ignores a repeated create-call of the same call and
     // attempt within a window (Telnyx's command_id, 60 s): while it is open,
@@ -614,6 +719,33 @@ async fn record(
 ) -> Result<Outcome, ProcessError> {
     metrics::counter!("tocsin_calls_total", "provider" => provider.as_str(), "outcome" => outcome_label(&result))
         .increment(1);
+    // The account's health, shared by every worker: failures of the account
+    // (not of the call) count, a success forgives.
+    let name = AccountName::default_of(provider).to_string();
+    if let Some(health) = &deps.health {
+        match &result {
+            Ok(_) => health.succeeded(&name).await,
+            Err(PlaceCallError::Transient(why) | PlaceCallError::Ambiguous(why)) => {
+                health.failed(&name, why).await;
+            }
+            Err(PlaceCallError::Permanent { status: 401 | 403, code, detail }) => {
+                health.failed(&name, &format!("{code} {detail}")).await;
+            }
+            Err(_) => {}
+        }
+    }
+    // Refused credentials are the account's fault, not the call's: with
+    // another account on its route the call is given back and goes that way.
+    if let Err(PlaceCallError::Permanent { status: status @ (401 | 403), code, detail }) = &result
+        && campaign.settings.route().accounts.len() > 1
+    {
+        deps.auth_failed(account);
+        let why = format!("{name} refused our credentials ({status} {code}: {detail})");
+        release(deps, job, Some(Count::Transient(&why))).await?;
+        metrics::counter!("tocsin_retries_total", "reason" => "account_refused").increment(1);
+        warn!(%why, "account refused the call's credentials; the call goes through the next account of its route");
+        return Ok(Outcome::Delay(DelayTier::S1));
+    }
     match result {
         Ok(placed) => {
             deps.auth_ok(account);
@@ -635,14 +767,23 @@ async fn record(
         }
         Err(PlaceCallError::Transient(detail)) => {
             let retries = release(deps, job, Some(Count::Transient(&detail))).await?;
-            if retries > deps.settings.max_transient_retries {
+            // With other accounts on its route the failure is most likely the
+            // account's (its breaker opens and the call goes elsewhere, or is
+            // one of its probes): each account gets the call's full budget,
+            // and the retry comes at once.
+            let accounts = u32::try_from(campaign.settings.route().accounts.len()).unwrap_or(1).max(1);
+            if retries > deps.settings.max_transient_retries.saturating_mul(accounts) {
                 finish_failed(deps, job, "transient_exhausted", &detail).await?;
                 warn!(%detail, retries, "transient failures exhausted; call failed");
                 return Ok(Outcome::Ack);
             }
             metrics::counter!("tocsin_retries_total", "reason" => "transient").increment(1);
             warn!(%detail, retries, "transient provider failure; will retry");
-            let backoff = jittered(Duration::from_secs(1), retries).min(Duration::from_secs(120));
+            let backoff = if accounts > 1 {
+                Duration::from_secs(1)
+            } else {
+                jittered(Duration::from_secs(1), retries).min(Duration::from_secs(120))
+            };
             Ok(Outcome::Delay(DelayTier::at_least(backoff)))
         }
         Err(PlaceCallError::Permanent { status, code, detail }) => {

@@ -102,6 +102,7 @@ pub struct Settings {
     pub voicemail: Option<Voicemail>,
     pub voicemail_message: Option<String>,
     pub audio_url: Option<String>,
+    pub route: Option<tocsin_core::route::Route>,
     /// Check and report only.
     pub dry_run: bool,
 }
@@ -222,6 +223,7 @@ pub async fn enqueue(
         // With a recording, no message keeps the campaign's transcript.
         message: (s.audio_url.is_none() || !request.message.is_empty()).then_some(request.message),
         audio_url: s.audio_url,
+        route: s.route.map(Some),
         language: s.language,
         voice: s.voice,
         provider: s.provider,

@@ -68,6 +68,7 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/campaigns/{name}/pause", post(campaigns::pause))
         .route("/api/v1/campaigns/{name}/resume", post(campaigns::resume))
         .route("/api/v1/campaigns/{name}/cancel", post(campaigns::cancel))
+        .route("/api/v1/campaigns/{name}/route", post(campaigns::route))
         .route("/api/v1/campaigns/{name}/events", get(live::events))
         .route("/api/v1/alertmanager", post(alertmanager::receive))
         .route("/api/v1/audit", get(audit::list))

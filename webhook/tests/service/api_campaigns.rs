@@ -672,7 +672,8 @@ async fn a_campaign_may_play_a_recording_instead_of_a_message_and_a_bad_url_is_n
     let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(bad.to_string()), None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("audio_url"), "{v}");
-    let neither = json!({ "name": "silent", "from": "+14155550100", "contacts": [{"number": "+14155550101"}] });
+    let neither =
+        json!({ "name": "silent", "from": "+14155550100", "contacts": [{"number": "+14155550101"}] });
     let (s, v, _) = h.call("POST", "/api/v1/campaigns", Some(&key), Some(neither.to_string()), None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("message: required"), "{v}");

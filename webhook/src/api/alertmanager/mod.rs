@@ -175,6 +175,7 @@ async fn firing(
         settings: Settings {
             from: Some(from),
             provider: route.provider,
+            route: route.route.clone(),
             language: route.language.clone(),
             voice: route.voice.clone(),
             repeat: route.repeat,

@@ -20,6 +20,8 @@ pub struct Route {
     pub contact_list: Option<String>,
     pub from: Option<String>,
     pub provider: Option<Provider>,
+    /// `?route=failover:vonage,twilio`: the accounts its broadcasts call through.
+    pub route: Option<tocsin_core::route::Route>,
     pub language: Option<String>,
     pub voice: Option<String>,
     pub repeat: Option<i64>,
@@ -47,6 +49,7 @@ pub fn parse_route(
         contact_list: None,
         from: None,
         provider: None,
+        route: None,
         language: None,
         voice: None,
         repeat: None,
@@ -77,6 +80,10 @@ pub fn parse_route(
             "provider" => match enqueue::parse_provider(v, &state.providers) {
                 Ok(p) => route.provider = Some(p),
                 Err(e) => errors.push(format!("provider: {e}")),
+            },
+            "route" => match v.parse() {
+                Ok(r) => route.route = Some(r),
+                Err(e) => errors.push(format!("route: {e}")),
             },
             "language" => route.language = Some(v.to_owned()),
             "voice" => route.voice = Some(v.to_owned()),

@@ -215,7 +215,7 @@ async fn run_create(state: &ApiState, request: CreateRequest) -> Result<(StatusC
 macro_rules! select_campaign_row {
     ($rest:literal) => {
         concat!(
-            "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, c.confirm, c.until_confirmed, c.voicemail, c.audio_url, ",
+            "SELECT c.name, c.status, c.provider, c.created_at, c.expires_at, c.confirm, c.until_confirmed, c.voicemail, c.audio_url, c.route, ",
             "coalesce((SELECT jsonb_object_agg(state, n) FROM ",
             "(SELECT state, count(*) AS n FROM calls WHERE campaign_id = c.id GROUP BY state) s), '{}') AS counts, ",
             "(SELECT jsonb_build_object('confirmed', count(*) FILTER (WHERE confirmed_at IS NOT NULL), ",
@@ -244,6 +244,8 @@ struct CampaignRow {
     voicemail: String,
     /// The recording played instead of the message.
     audio_url: Option<String>,
+    /// The accounts its calls go through (`None`: the provider's account alone).
+    route: Option<String>,
     counts: Value,
     /// `confirmed`, `confirmed_late`, `opted_out`.
     confirmations: Value,
@@ -271,6 +273,7 @@ fn render(row: CampaignRow) -> Value {
         "until_confirmed": row.until_confirmed,
         "voicemail": row.voicemail,
         "audio_url": row.audio_url,
+        "route": row.route.unwrap_or_else(|| format!("failover:{}:default", row.provider)),
         "confirmed": row.confirmations["confirmed"],
         "confirmed_late": row.confirmations["confirmed_late"],
         "opted_out": row.confirmations["opted_out"],
@@ -347,6 +350,51 @@ pub async fn pause(
     caller: Auth<Control>,
 ) -> Result<Json<Value>> {
     control(&state, &caller, &name, Action::Pause).await
+}
+
+/// `POST /api/v1/campaigns/{name}/route` with `{"route": "failover:vonage,twilio"}`
+/// (or `null`: the provider's account alone): the accounts its calls go
+/// through from the next call on, on every worker within about a second.
+pub async fn route(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    caller: Auth<Control>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    caller.check_campaign(&name)?;
+    let body = body.map_err(|e| ApiError::bad_request(format!("unreadable body: {e}")))?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let route = match value.get("route") {
+        Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(
+            text.parse::<tocsin_core::route::Route>()
+                .map_err(|e| ApiError::bad_request(format!("route: {e}")))?,
+        ),
+        _ => {
+            return Err(
+                ApiError::bad_request("route: required, a string (failover:… or pool:…) or null").into()
+            );
+        }
+    };
+    let c = tocsin_core::db::campaign(&state.pool, CampaignId::from_name(&name))
+        .await
+        .map_err(|_| ApiError::unavailable())?
+        .ok_or_else(|| unknown(&name))?;
+    let done = tocsin_core::campaign::set_route(&state.pool, &c, route, &state.providers).await.map_err(
+        |e| match e {
+            tocsin_core::campaign::ControlError::Refused(m) => conflict(m),
+            tocsin_core::campaign::ControlError::Database(e) => {
+                tracing::error!(error = %e, campaign = %name, "route change failed");
+                ApiError::unavailable()
+            }
+        },
+    )?;
+    let changed = matches!(done, tocsin_core::campaign::Control::Changed { .. });
+    let campaign = campaign_json(&state.pool, &name).await?;
+    let details = json!({ "route": campaign["route"], "changed": changed });
+    audit::record(&state, &caller, Via::Api, "campaign.route", Some(&name), details).await;
+    Ok(Json(json!({ "changed": changed, "campaign": campaign })))
 }
 
 /// `POST /api/v1/campaigns/{name}/resume`.

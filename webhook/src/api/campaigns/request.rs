@@ -22,6 +22,8 @@ pub struct CreateBody {
     message: Field<String>,
     /// A recording played instead of the message (which is then optional).
     audio_url: Field<String>,
+    /// `failover:vonage,twilio` or `pool:…`: the accounts the calls go through.
+    route: Field<String>,
     from: Field<String>,
     provider: Field<String>,
     language: Field<String>,
@@ -102,6 +104,10 @@ impl CreateBody {
         {
             errors.add("name", "must be 1-200 letters, digits, '-', '_' or '.'");
         }
+        let route = self
+            .route
+            .string("route", &mut errors)
+            .and_then(|r| r.parse::<tocsin_core::route::Route>().map_err(|e| errors.add("route", &e)).ok());
         let audio_url = self.audio_url.string("audio_url", &mut errors);
         if let Some(u) = audio_url.as_deref().filter(|u| !matches!(u.trim(), "" | "none"))
             && let Err(e) = tocsin_core::campaign::check_audio_url(u)
@@ -250,6 +256,7 @@ impl CreateBody {
                 voicemail,
                 voicemail_message,
                 audio_url,
+                route,
                 dry_run,
             };
             let (contacts, inline_count) = match saved {
