@@ -46,6 +46,8 @@ pub struct Status {
     pub voicemail: String,
     /// The recording played instead of the message, if any.
     pub audio_url: Option<String>,
+    /// The accounts its calls go through (`failover:vonage:default`).
+    pub route: String,
 }
 
 /// A confirming campaign's settings and counts.
@@ -114,6 +116,7 @@ impl Status {
             ),
             format!("  schedule  {}", self.schedule),
         ];
+        lines.push(format!("  route     {}", self.route));
         if let Some(url) = &self.audio_url {
             lines.push(format!("  message   the recording {url}"));
         }
@@ -224,6 +227,7 @@ pub async fn read(pool: &PgPool, c: &Campaign) -> anyhow::Result<Status> {
         confirmation,
         voicemail: c.settings.voicemail.to_string(),
         audio_url: c.settings.audio_url.clone(),
+        route: c.settings.route().to_string(),
     })
 }
 

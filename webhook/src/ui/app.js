@@ -299,7 +299,7 @@ async function campaignsPage() {
         " ",
         el("span", { class: `pill ${c.status}`, text: c.status }),
         " ",
-        el("span", { class: "note", text: c.provider }),
+        el("span", { class: "note", text: c.route || c.provider }),
       ),
       progress(c),
     );
@@ -340,6 +340,7 @@ async function campaignPage(name) {
     const status = $("#campaign-status");
     status.textContent = c.status;
     status.className = `pill ${c.status}`;
+    $("#campaign-route").textContent = c.route ? `through ${c.route}` : "";
     $("#campaign-progress").replaceChildren(progress(c));
     const s = summary(c);
     $("#count-total").textContent = s.total;
@@ -567,6 +568,7 @@ async function newPage() {
     if (v("#f-audio")) b.audio_url = v("#f-audio");
     if (v("#f-from")) b.from = v("#f-from");
     if (v("#f-provider")) b.provider = v("#f-provider");
+    if (v("#f-route")) b.route = v("#f-route");
     if (v("#f-language")) b.language = v("#f-language");
     if (v("#f-voice")) b.voice = v("#f-voice");
     b.confirm = $("#f-confirm").checked;
