@@ -190,16 +190,6 @@ pub fn parse(document: &str) -> Result<Document, String> {
                         if !VERBS.contains(&name.as_str()) {
                             return Err(format!("<{name}> is not a TwiML verb"));
                         }
-                        if name == "Say" || name == "Play" {
-                            in_play = name == "Play";
-                            say_times = if in_play {
-                                check_play(&attributes(&tag)?)?
-                            } else {
-                                check_say(&attributes(&tag)?)?
-                            };
-                            in_say = Some(String::new());
-                            say_depth = 1;
-                        }
                         if name == "Gather" {
                             if gather.is_some() {
                                 return Err(
@@ -214,19 +204,22 @@ pub fn parse(document: &str) -> Result<Document, String> {
                         if !GATHER_NOUNS.contains(&name.as_str()) {
                             return Err(format!("<{name}> cannot be nested in <Gather>"));
                         }
-                        if name == "Say" || name == "Play" {
-                            in_play = name == "Play";
-                            say_times = if in_play {
-                                check_play(&attributes(&tag)?)?
-                            } else {
-                                check_say(&attributes(&tag)?)?
-                            };
-                            in_say = Some(String::new());
-                            say_depth = 2;
-                        }
                     }
                     // Nested nouns (inside Dial, …) and SSML inside Say.
                     _ => {}
+                }
+                // What the callee hears: a <Say>'s text or a <Play>'s URL, in
+                // the <Response> or in its <Gather>.
+                let heard_here = depth == 1 || (depth == 2 && in_gather);
+                if heard_here && (name == "Say" || name == "Play") {
+                    in_play = name == "Play";
+                    say_times = if in_play {
+                        check_play(&attributes(&tag)?)?
+                    } else {
+                        check_say(&attributes(&tag)?)?
+                    };
+                    in_say = Some(String::new());
+                    say_depth = depth;
                 }
                 depth += 1;
             }
