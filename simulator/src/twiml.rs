@@ -200,10 +200,8 @@ pub fn parse(document: &str) -> Result<Document, String> {
                             in_gather = true;
                         }
                     }
-                    2 if in_gather => {
-                        if !GATHER_NOUNS.contains(&name.as_str()) {
-                            return Err(format!("<{name}> cannot be nested in <Gather>"));
-                        }
+                    2 if in_gather && !GATHER_NOUNS.contains(&name.as_str()) => {
+                        return Err(format!("<{name}> cannot be nested in <Gather>"));
                     }
                     // Nested nouns (inside Dial, …) and SSML inside Say.
                     _ => {}
