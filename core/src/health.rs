@@ -45,6 +45,14 @@ if redis.call('SET', KEYS[3], '1', 'PX', ARGV[1], 'NX') then return 2 end
 return 3
 ";
 
+/// KEYS[1] = failures, KEYS[2] = probe, KEYS[3] = half-open. Clears them
+/// in one round trip (every placed call runs it); returns 1 when the
+/// account was half-open (this success closed it).
+const SUCCEEDED: &str = r"
+redis.call('DEL', KEYS[1], KEYS[2])
+return redis.call('DEL', KEYS[3])
+";
+
 /// Where an account stands for one send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Standing {
@@ -102,6 +110,7 @@ pub struct Health {
     rules: Rules,
     failed: Script,
     check: Script,
+    succeeded: Script,
 }
 
 impl Health {
@@ -112,6 +121,7 @@ impl Health {
             rules,
             failed: Script::new(FAILED),
             check: Script::new(CHECK),
+            succeeded: Script::new(SUCCEEDED),
         }
     }
 
@@ -177,13 +187,13 @@ impl Health {
     /// success closes it).
     pub async fn succeeded(&self, account: &str) {
         let mut conn = self.conn.clone();
-        let _: redis::RedisResult<i64> = redis::cmd("DEL")
-            .arg(self.key(account, "fails"))
-            .arg(self.key(account, "probe"))
-            .query_async(&mut conn)
+        let closed: redis::RedisResult<i64> = self
+            .succeeded
+            .key(self.key(account, "fails"))
+            .key(self.key(account, "probe"))
+            .key(self.key(account, "half"))
+            .invoke_async(&mut conn)
             .await;
-        let closed: redis::RedisResult<i64> =
-            redis::cmd("DEL").arg(self.key(account, "half")).query_async(&mut conn).await;
         if matches!(closed, Ok(1)) {
             metrics::counter!("tocsin_account_closed_total", "account" => account.to_owned()).increment(1);
             tracing::info!(account, "provider account healthy again: its probe call went through");

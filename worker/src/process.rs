@@ -395,7 +395,10 @@ async fn choose(deps: &Deps, campaign: &Campaign, held_since: Instant) -> Choice
             metrics::gauge!("tocsin_account_usable", "account" => name.to_string())
                 .set(if standing.usable() { 1.0 } else { 0.0 });
             if standing.usable() {
-                let free = match deps.settings.caps.get(&name.provider) {
+                // Only a choice between accounts needs their lines counted
+                // here: alone, the account's job waits for its line below.
+                let cap = deps.settings.caps.get(&name.provider).filter(|_| configured.len() > 1);
+                let free = match cap {
                     Some(cap) => calls::in_progress(&deps.pool, name.provider)
                         .await
                         .map_or(true, |n| n < i64::from(*cap)),
