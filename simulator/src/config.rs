@@ -47,7 +47,13 @@ pub struct SimConfig {
     #[arg(long = "http-addr", env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:8090")]
     pub http_addr: SocketAddr,
 
-    // --- Vonage
+    /// A TOML file declaring more accounts per provider, one table each
+    /// (`[vonage.eu]`, `[twilio.b]`, `[telnyx.b]`), beside the `PROVIDER:default`
+    /// accounts the flags below define. Its format is in `accounts.rs`.
+    #[arg(long = "accounts-file", env = "TOCSIN_SIM_ACCOUNTS_FILE")]
+    pub accounts_file: Option<PathBuf>,
+
+    // --- Vonage (the account `vonage:default`)
     /// PEM public key of the Vonage application; application JWTs must verify
     /// against it (without it every Vonage request is refused with 401).
     #[arg(long = "vonage-public-key-path", env = "TOCSIN_SIM_VONAGE_PUBLIC_KEY_PATH")]
@@ -83,7 +89,12 @@ pub struct SimConfig {
     #[arg(long = "vonage-rate", env = "TOCSIN_SIM_VONAGE_RATE", default_value_t = 2.0)]
     pub vonage_rate: f64,
 
-    // --- Twilio
+    /// Calls the Vonage application may have in progress at once; past it
+    /// create-call requests get 429 (see `vonage.rs`). 0: no cap.
+    #[arg(long = "vonage-max-concurrent", env = "TOCSIN_SIM_VONAGE_MAX_CONCURRENT", default_value_t = 0)]
+    pub vonage_max_concurrent: usize,
+
+    // --- Twilio (the account `twilio:default`)
     /// The Twilio account SID (`AC` + 32 hex digits) requests must name.
     #[arg(long = "twilio-account-sid", env = "TOCSIN_TWILIO_ACCOUNT_SID")]
     pub twilio_account_sid: Option<String>,
@@ -101,7 +112,12 @@ pub struct SimConfig {
     #[arg(long = "twilio-max-queue", env = "TOCSIN_SIM_TWILIO_MAX_QUEUE", default_value = "24h", value_parser = parse_duration)]
     pub twilio_max_queue: Duration,
 
-    // --- Telnyx
+    /// Calls the Twilio account may have in progress at once; past it the
+    /// call is created and fails (error 10004, see `twilio.rs`). 0: no cap.
+    #[arg(long = "twilio-max-concurrent", env = "TOCSIN_SIM_TWILIO_MAX_CONCURRENT", default_value_t = 0)]
+    pub twilio_max_concurrent: usize,
+
+    // --- Telnyx (the account `telnyx:default`)
     /// The Telnyx API key requests must carry (Bearer).
     #[arg(long = "telnyx-api-key", env = "TOCSIN_TELNYX_API_KEY", hide_env_values = true)]
     pub telnyx_api_key: Option<String>,

@@ -3,22 +3,27 @@
 //! answer, and — when the fault flags ask — delivered twice or after the
 //! call's next event.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::header;
 use tracing::{debug, warn};
 
 use crate::Sim;
+use crate::accounts::{TelnyxAccount, TwilioAccount, VonageAccount};
 
-/// How a provider signs its webhooks.
+/// How a provider signs its webhooks, with the keys of the call's account.
 #[derive(Clone, Debug)]
 pub enum Signer {
-    /// HS256 JWT in `Authorization: Bearer` with `payload_hash`.
-    Vonage { application_id: String },
-    /// `X-Twilio-Signature` over URL and form parameters.
-    Twilio,
-    /// `telnyx-signature-ed25519` over `timestamp|body`, with `telnyx-timestamp`.
-    Telnyx,
+    /// HS256 JWT in `Authorization: Bearer` with `payload_hash`, keyed by
+    /// the account's signature secret.
+    Vonage { account: Arc<VonageAccount>, application_id: String },
+    /// `X-Twilio-Signature` over URL and form parameters, keyed by the
+    /// account's auth token.
+    Twilio(Arc<TwilioAccount>),
+    /// `telnyx-signature-ed25519` over `timestamp|body`, with
+    /// `telnyx-timestamp`, by the account's signing key.
+    Telnyx(Arc<TelnyxAccount>),
 }
 
 /// One event to deliver.
@@ -87,8 +92,8 @@ async fn send(sim: &Sim, event: &Outgoing) {
 /// Vonage and Twilio take any 2xx.
 fn accepted(signer: &Signer, status: reqwest::StatusCode) -> bool {
     match signer {
-        Signer::Telnyx => status == reqwest::StatusCode::OK,
-        Signer::Vonage { .. } | Signer::Twilio => status.is_success(),
+        Signer::Telnyx(_) => status == reqwest::StatusCode::OK,
+        Signer::Vonage { .. } | Signer::Twilio(_) => status.is_success(),
     }
 }
 
@@ -100,27 +105,27 @@ fn signed(sim: &Sim, event: &Outgoing) -> reqwest::RequestBuilder {
     }
     match &event.signer {
         // Signed only while the application has signed_callbacks on.
-        Signer::Vonage { application_id }
-            if sim.vonage_signed_callbacks.load(std::sync::atomic::Ordering::Relaxed) =>
+        Signer::Vonage { account, application_id }
+            if account.signed_callbacks.load(std::sync::atomic::Ordering::Relaxed) =>
         {
             request.bearer_auth(tocsin_core::vonage::sign_webhook(
-                &sim.config.vonage_signature_secret,
+                &account.signature_secret,
                 application_id,
                 &event.body,
             ))
         }
         Signer::Vonage { .. } => request,
-        Signer::Twilio => {
+        Signer::Twilio(account) => {
             let params = tocsin_core::twilio::parse_form(&event.body).unwrap_or_default();
-            let token = sim.config.twilio_auth_token.as_deref().unwrap_or_default();
+            let token = account.auth_token.as_deref().unwrap_or_default();
             request.header("X-Twilio-Signature", tocsin_core::twilio::signature(token, &event.url, &params))
         }
-        Signer::Telnyx => {
+        Signer::Telnyx(account) => {
             let now = chrono::Utc::now().timestamp();
             request
                 .header(
                     "telnyx-signature-ed25519",
-                    tocsin_core::telnyx::sign_webhook(&sim.telnyx_key, now, &event.body),
+                    tocsin_core::telnyx::sign_webhook(&account.signing_key, now, &event.body),
                 )
                 .header("telnyx-timestamp", now.to_string())
         }

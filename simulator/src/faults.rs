@@ -29,8 +29,7 @@ pub enum OutageMode {
     Silent,
 }
 
-/// Outages by account (the simulator runs one account per provider: the
-/// provider's name).
+/// Outages by account (`PROVIDER:LABEL`).
 #[derive(Default)]
 pub struct Outages(std::sync::Mutex<HashMap<String, (OutageMode, Option<Instant>)>>);
 
@@ -50,7 +49,8 @@ impl Outages {
 
 #[derive(Deserialize)]
 pub struct OutageRequest {
-    /// vonage, twilio or telnyx.
+    /// An account's name, `PROVIDER:LABEL` (a bare provider name is its
+    /// `default` account).
     account: String,
     /// 5xx, timeout, 401, silent, or none (ends it).
     mode: String,
@@ -58,11 +58,25 @@ pub struct OutageRequest {
     secs: Option<f64>,
 }
 
-/// `POST /_sim/outage {"account": "vonage", "mode": "5xx", "secs": 30}`:
-/// starts (or with `"mode": "none"` ends) an account's outage.
-pub async fn outage(State(sim): State<Arc<Sim>>, Json(request): Json<OutageRequest>) -> Response {
-    if !matches!(request.account.as_str(), "vonage" | "twilio" | "telnyx") {
-        return (StatusCode::BAD_REQUEST, "account: vonage, twilio or telnyx").into_response();
+/// `POST /_sim/outage {"account": "twilio:b", "mode": "5xx", "secs": 30}`:
+/// starts (or with `"mode": "none"` ends) one account's outage; the
+/// provider's other accounts go on. An account not configured is a 404
+/// whose message lists the configured ones.
+pub async fn outage(State(sim): State<Arc<Sim>>, Json(mut request): Json<OutageRequest>) -> Response {
+    let names = sim.accounts.names();
+    match crate::accounts::parse_name(&request.account) {
+        Ok(name) if names.contains(&name) => request.account = name,
+        _ => {
+            let message = format!(
+                "no account {:?} is configured; the accounts are {}",
+                request.account,
+                names.join(", ")
+            );
+            let body = serde_json::json!({ "error": {
+                "code": "unknown_account", "message": message, "accounts": names,
+            }});
+            return (StatusCode::NOT_FOUND, Json(body)).into_response();
+        }
     }
     let mode = match request.mode.as_str() {
         "5xx" => OutageMode::ServerErrors,
@@ -96,9 +110,10 @@ pub enum Fault {
     Unauthorized,
 }
 
-/// Runs before a create-call request is processed: sleeps the added
-/// latency, hangs (then 504) for a timeout, or picks a fault to answer with.
-/// `Err` is the response of a request that hung.
+/// Runs before a create-call request of `account` (`PROVIDER:LABEL`) is
+/// processed: answers as its outage says, sleeps the added latency, hangs
+/// (then 504) for a timeout, or picks a fault to answer with. `Err` is the
+/// response of a request that hung.
 pub async fn before_create(sim: &Sim, account: &str) -> Result<Option<Fault>, StatusCode> {
     if let Some(mode) = sim.outages.current(account) {
         sim.stats.outage_refused(account);
@@ -126,7 +141,7 @@ pub async fn before_create(sim: &Sim, account: &str) -> Result<Option<Fault>, St
         // Storms end each period: quiet first, then `storm_for` of 429s.
         let phase = sim.elapsed() % every.as_secs_f64();
         if phase >= every.as_secs_f64() - f.storm_for.as_secs_f64() {
-            sim.stats.storm_429();
+            sim.stats.storm_429(account);
             return Ok(Some(Fault::Storm));
         }
     }

@@ -10,6 +10,7 @@
 // built once per refused request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod accounts;
 pub mod audio;
 pub mod config;
 pub mod deliver;
@@ -30,7 +31,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
-use base64::Engine;
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -105,13 +105,8 @@ impl Outcome {
 
 pub struct Sim {
     pub config: SimConfig,
-    pub vonage_public_key: Option<Vec<u8>>,
-    /// The application's `capabilities.voice.signed_callbacks`.
-    pub vonage_signed_callbacks: std::sync::atomic::AtomicBool,
-    pub vonage_limiter: vonage::Limiter,
-    pub twilio_queue: twilio::StartQueue,
-    pub telnyx_limiter: telnyx::Limiter,
-    pub telnyx_key: aws_lc_rs::signature::Ed25519KeyPair,
+    /// Every simulated account, with its credentials, keys and limiters.
+    pub accounts: accounts::Accounts,
     pub telnyx_calls: telnyx::Registry,
     pub stats: Stats,
     /// Accounts in an outage (`POST /_sim/outage`).
@@ -239,37 +234,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let vonage_public_key = match &config.vonage_public_key_path {
-        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
-        None => None,
-    };
-    let seed = match &config.telnyx_signing_seed_path {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            base64::engine::general_purpose::STANDARD
-                .decode(text.trim())
-                .with_context(|| format!("{} does not hold a base64 seed", path.display()))?
-        }
-        None => rand::random::<[u8; 32]>().to_vec(),
-    };
-    let telnyx_key = tocsin_core::telnyx::signing_key(&seed).map_err(anyhow::Error::msg)?;
+    let accounts = accounts::Accounts::load(&config)?;
+    let stats = Stats::default();
+    for (name, limits) in accounts.limits() {
+        stats.register(&name, limits);
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")?;
     let sim = Arc::new(Sim {
-        vonage_signed_callbacks: std::sync::atomic::AtomicBool::new(!config.vonage_unsigned_callbacks),
-        vonage_limiter: vonage::limiter(config.vonage_rate),
-        twilio_queue: twilio::StartQueue::new(config.twilio_cps),
-        telnyx_limiter: telnyx::limiter(config.telnyx_dials_per_window, config.telnyx_window),
-        telnyx_key,
+        accounts,
         telnyx_calls: telnyx::Registry::default(),
         rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(config.seed)),
         seen: Mutex::new(HashMap::new()),
         config,
-        vonage_public_key,
-        stats: Stats::default(),
+        stats,
         outages: faults::Outages::default(),
         http,
         tasks: TaskTracker::new(),
@@ -281,7 +261,7 @@ pub async fn run(
         vonage_rate = sim.config.vonage_rate,
         twilio_cps = sim.config.twilio_cps,
         telnyx_dials_per_window = sim.config.telnyx_dials_per_window,
-        telnyx_public_key = %tocsin_core::telnyx::public_key_base64(&sim.telnyx_key),
+        accounts = %sim.accounts.names().join(","),
         "simulator listening"
     );
     tocsin_core::http::serve(listener, router(sim.clone()), shutdown.cancelled_owned())

@@ -17,6 +17,8 @@ use crate::{Outcome, Sim};
 #[derive(Clone, Debug, Serialize)]
 pub struct SimCall {
     pub provider: &'static str,
+    /// The account that placed it (`PROVIDER:LABEL`).
+    pub account: String,
     pub provider_call_id: String,
     /// E.164 with `+`.
     pub to: String,
@@ -52,6 +54,13 @@ pub struct SimCall {
     /// Vonage's conversation uuid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_uuid: Option<String>,
+    /// Created past its account's concurrent-call cap, so it failed at once
+    /// without ringing (Twilio, Telnyx; Vonage creates no call).
+    pub past_cap: bool,
+    /// Seconds since start when it took one of its account's lines (`None`
+    /// past the cap): from then to its end it counts as in progress.
+    #[serde(skip)]
+    line_from: Option<f64>,
 }
 
 /// One thing the callee heard.
@@ -70,7 +79,7 @@ pub struct Heard {
 #[derive(Default)]
 struct Counters {
     keys_pressed: u64,
-    /// Create-call requests refused by an account's outage, per account.
+    /// Create-call requests refused by an outage, per provider (all its accounts).
     outage_refused: std::collections::BTreeMap<String, u64>,
     recordings_played: u64,
     recordings_failed: u64,
@@ -98,6 +107,40 @@ struct Inner {
     calls: Vec<SimCall>,
     index: HashMap<String, usize>,
     counters: Counters,
+    accounts: BTreeMap<String, AccountCounters>,
+}
+
+/// An account's configured limits, as `/_sim/stats` reports them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccountLimits {
+    /// Create-call requests per second (Vonage's rate, Twilio's CPS,
+    /// Telnyx's dials per window over the window).
+    pub rate: f64,
+    /// Calls in progress at once; 0: no cap.
+    pub max_concurrent: usize,
+    /// The provider's rate window: Telnyx's rolling window, else one second.
+    pub window_secs: f64,
+}
+
+#[derive(Default)]
+struct AccountCounters {
+    limits: AccountLimits,
+    /// When each create-call request attributed to it arrived (unsorted).
+    arrivals: Vec<f64>,
+    rate_limited: u64,
+    past_cap: u64,
+    outage_refused: u64,
+    /// Calls holding a line now (accepted within the cap, not ended).
+    lines: usize,
+}
+
+/// Whether a new call got one of its account's lines.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Line {
+    /// Below the cap (or no cap): taken at these seconds since start.
+    Held(f64),
+    /// At the cap: counted in `rejected_past_cap`.
+    PastCap,
 }
 
 pub struct Stats {
@@ -112,6 +155,7 @@ impl Default for Stats {
                 calls: Vec::new(),
                 index: HashMap::new(),
                 counters: Counters::default(),
+                accounts: BTreeMap::new(),
             }),
         }
     }
@@ -124,6 +168,9 @@ pub struct NewCall<'a> {
     /// rate limit counts, which the busiest-window figures are about.
     pub arrived: f64,
     pub provider: &'static str,
+    pub account: &'a str,
+    /// `Stats::take_line`'s answer for it.
+    pub line: Line,
     pub provider_call_id: &'a str,
     pub to: &'a str,
     pub from: &'a str,
@@ -143,6 +190,43 @@ impl Stats {
         self.lock().started.elapsed().as_secs_f64()
     }
 
+    /// Makes `account` known, with its configured limits (it is reported
+    /// even before its first request).
+    pub fn register(&self, account: &str, limits: AccountLimits) {
+        self.lock().accounts.entry(account.to_owned()).or_default().limits = limits;
+    }
+
+    /// A create-call request attributed to `account` arrived at `at`
+    /// (`Stats::arrival`, taken before it was authenticated).
+    pub fn arrived(&self, account: &str, at: f64) {
+        self.lock().accounts.entry(account.to_owned()).or_default().arrivals.push(at);
+    }
+
+    /// Takes one of `account`'s lines for a new call, unless `cap` (0: no
+    /// cap) of them are held; then counts the call as rejected past the cap.
+    /// A held line is given back when the call ends (`ended`), or by
+    /// `release_line` when the call is not created after all.
+    pub fn take_line(&self, account: &str, cap: usize) -> Line {
+        let mut inner = self.lock();
+        let now = inner.started.elapsed().as_secs_f64();
+        let Inner { accounts, counters, .. } = &mut *inner;
+        let counts = accounts.entry(account.to_owned()).or_default();
+        if cap > 0 && counts.lines >= cap {
+            counts.past_cap += 1;
+            counters.concurrency_rejected += 1;
+            return Line::PastCap;
+        }
+        counts.lines += 1;
+        Line::Held(now)
+    }
+
+    /// Gives back a line taken for a call that was not created.
+    pub fn release_line(&self, account: &str) {
+        if let Some(counts) = self.lock().accounts.get_mut(account) {
+            counts.lines = counts.lines.saturating_sub(1);
+        }
+    }
+
     pub fn call_accepted(&self, call: NewCall<'_>) {
         let mut inner = self.lock();
         let at = call.arrived;
@@ -150,8 +234,13 @@ impl Stats {
         inner.index.insert(call.provider_call_id.to_owned(), index);
         let to = if call.to.starts_with('+') { call.to.to_owned() } else { format!("+{}", call.to) };
         let from = if call.from.starts_with('+') { call.from.to_owned() } else { format!("+{}", call.from) };
+        let line_from = match call.line {
+            Line::Held(at) => Some(at),
+            Line::PastCap => None,
+        };
         inner.calls.push(SimCall {
             provider: call.provider,
+            account: call.account.to_owned(),
             provider_call_id: call.provider_call_id.to_owned(),
             to,
             from,
@@ -173,6 +262,8 @@ impl Stats {
             played: Vec::new(),
             events_sent: 0,
             conversation_uuid: call.conversation_uuid,
+            past_cap: line_from.is_none(),
+            line_from,
         });
     }
 
@@ -197,25 +288,23 @@ impl Stats {
         self.update(provider_call_id, |c| c.answered_at = Some(Utc::now()));
     }
 
+    /// The call ended: its line (if it held one) is free from now on.
     pub fn ended(&self, provider_call_id: &str, status: &str, duration_secs: Option<i64>) {
-        let now = self.arrival();
-        self.update(provider_call_id, |c| {
-            c.ended_secs = c.ended_secs.or(Some(now));
-            c.status = status.to_owned();
-            c.ended = true;
-            c.ended_at = Some(Utc::now());
-            c.duration_secs = duration_secs;
-        });
-    }
-
-    /// Calls of `provider` accepted and not yet ended.
-    pub fn active(&self, provider: &str) -> usize {
-        self.lock().calls.iter().filter(|c| c.provider == provider && !c.ended).count()
-    }
-
-    /// A dial refused for the account's concurrent-call cap.
-    pub fn concurrency_rejected(&self) {
-        self.lock().counters.concurrency_rejected += 1;
+        let mut inner = self.lock();
+        let now = inner.started.elapsed().as_secs_f64();
+        let Inner { calls, index, accounts, .. } = &mut *inner;
+        let Some(c) = index.get(provider_call_id).map(|i| &mut calls[*i]) else { return };
+        if !c.ended
+            && c.line_from.is_some()
+            && let Some(counts) = accounts.get_mut(&c.account)
+        {
+            counts.lines = counts.lines.saturating_sub(1);
+        }
+        c.ended_secs = c.ended_secs.or(Some(now));
+        c.status = status.to_owned();
+        c.ended = true;
+        c.ended_at = Some(Utc::now());
+        c.duration_secs = duration_secs;
     }
 
     pub fn spoken(&self, provider_call_id: &str, text: String) {
@@ -246,7 +335,10 @@ impl Stats {
 
     /// A create-call request refused by `account`'s outage.
     pub fn outage_refused(&self, account: &str) {
-        *self.lock().counters.outage_refused.entry(account.to_owned()).or_default() += 1;
+        let mut inner = self.lock();
+        let provider = crate::accounts::provider_of(account).to_owned();
+        *inner.counters.outage_refused.entry(provider).or_default() += 1;
+        inner.accounts.entry(account.to_owned()).or_default().outage_refused += 1;
     }
 
     /// The provider fetched a recording to play (or failed to).
@@ -289,14 +381,19 @@ impl Stats {
         self.update(provider_call_id, |c| c.events_sent += 1);
     }
 
-    pub fn rate_limited(&self) {
-        self.lock().counters.rate_limited += 1;
-    }
-
-    pub fn storm_429(&self) {
+    /// A create-call request of `account` refused with 429 by its rate limit.
+    pub fn rate_limited(&self, account: &str) {
         let mut inner = self.lock();
         inner.counters.rate_limited += 1;
+        inner.accounts.entry(account.to_owned()).or_default().rate_limited += 1;
+    }
+
+    /// A 429 of a storm (`--fault-429-storm-every`), to `account`.
+    pub fn storm_429(&self, account: &str) {
+        let mut inner = self.lock();
         inner.counters.storm_429 += 1;
+        inner.counters.rate_limited += 1;
+        inner.accounts.entry(account.to_owned()).or_default().rate_limited += 1;
     }
 
     pub fn rejected(&self) {
@@ -403,7 +500,7 @@ impl Stats {
             duplicated_deliveries: c.duplicated,
             dropped_events: c.dropped_events,
             reordered_deliveries: c.reordered,
-            max_concurrent_calls_per_provider: max_concurrent(&inner.calls),
+            max_concurrent_calls_per_provider: max_concurrent(&inner.calls, |c| c.provider.to_owned()),
             concurrency_rejected: c.concurrency_rejected,
             answer_documents_invalid: c.answer_invalid,
             telnyx_commands: c.commands,
@@ -414,6 +511,7 @@ impl Stats {
             key_timeouts: c.key_timeouts,
             key_requests_invalid: c.input_invalid,
             idempotent_replays: c.idempotent_replays,
+            accounts: accounts_report(&inner),
         }
     }
 
@@ -421,24 +519,56 @@ impl Stats {
         self.lock().calls.clone()
     }
 
-    /// The calls of one provider accepted at or after `since` (for the list APIs).
-    pub fn calls_of(&self, provider: &str, filter: impl Fn(&SimCall) -> bool) -> Vec<SimCall> {
-        self.lock().calls.iter().filter(|c| c.provider == provider && filter(c)).cloned().collect()
+    /// The calls of one account that pass `filter` (for the list APIs).
+    pub fn calls_of(&self, account: &str, filter: impl Fn(&SimCall) -> bool) -> Vec<SimCall> {
+        self.lock().calls.iter().filter(|c| c.account == account && filter(c)).cloned().collect()
     }
 }
 
-/// The most calls of each provider in progress at once (from acceptance to
-/// end; a call not ended yet counts to the end).
-fn max_concurrent(calls: &[SimCall]) -> HashMap<String, u64> {
-    let mut edges: HashMap<&str, Vec<(f64, i64)>> = HashMap::new();
+/// Each account's figures.
+fn accounts_report(inner: &Inner) -> BTreeMap<String, AccountReport> {
+    let most = max_concurrent(&inner.calls, |c| c.account.clone());
+    let mut calls: HashMap<&str, u64> = HashMap::new();
+    for c in &inner.calls {
+        *calls.entry(c.account.as_str()).or_default() += 1;
+    }
+    inner
+        .accounts
+        .iter()
+        .map(|(name, a)| {
+            let mut arrivals = a.arrivals.clone();
+            arrivals.sort_by(f64::total_cmp);
+            let report = AccountReport {
+                calls: calls.get(name.as_str()).copied().unwrap_or(0),
+                busiest_1s: max_in_window(&arrivals, 1.0),
+                busiest_window: max_in_window(&arrivals, a.limits.window_secs.max(f64::MIN_POSITIVE)),
+                window_secs: a.limits.window_secs,
+                most_concurrent: most.get(name).copied().unwrap_or(0),
+                rejected_past_cap: a.past_cap,
+                rate_limited: a.rate_limited,
+                outage_refused: a.outage_refused,
+                rate: a.limits.rate,
+                max_concurrent: a.limits.max_concurrent as u64,
+            };
+            (name.clone(), report)
+        })
+        .collect()
+}
+
+/// The most calls in progress at once per `key` (provider or account):
+/// from taking a line to the end (a call not ended yet counts to the end);
+/// calls past the cap never held one.
+fn max_concurrent(calls: &[SimCall], key: impl Fn(&SimCall) -> String) -> HashMap<String, u64> {
+    let mut edges: HashMap<String, Vec<(f64, i64)>> = HashMap::new();
     for c in calls {
-        let e = edges.entry(c.provider).or_default();
-        e.push((c.at, 1));
+        let Some(from) = c.line_from else { continue };
+        let e = edges.entry(key(c)).or_default();
+        e.push((from, 1));
         e.push((c.ended_secs.unwrap_or(f64::INFINITY), -1));
     }
     edges
         .into_iter()
-        .map(|(p, mut e)| {
+        .map(|(k, mut e)| {
             // Ends before starts at the same instant: a line freed is reusable.
             e.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             let (mut now, mut most) = (0i64, 0i64);
@@ -446,7 +576,7 @@ fn max_concurrent(calls: &[SimCall]) -> HashMap<String, u64> {
                 now += d;
                 most = most.max(now);
             }
-            (p.to_owned(), u64::try_from(most).unwrap_or(0))
+            (k, u64::try_from(most).unwrap_or(0))
         })
         .collect()
 }
@@ -470,6 +600,31 @@ pub struct NumberCount {
     pub count: u32,
 }
 
+/// One account's figures in `/_sim/stats` (`accounts`).
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct AccountReport {
+    /// Create-call requests accepted (Twilio's and Telnyx's calls past the
+    /// cap included: they were created, then failed).
+    pub calls: u64,
+    /// The most create-call requests arriving in any rolling second
+    /// (exactly, over their arrival times; counted before authentication).
+    pub busiest_1s: u64,
+    /// The same in any rolling `window_secs`: Telnyx's dial window, else one second.
+    pub busiest_window: u64,
+    pub window_secs: f64,
+    /// The most of its calls in progress at once.
+    pub most_concurrent: u64,
+    /// Calls refused or failed for its concurrent-call cap.
+    pub rejected_past_cap: u64,
+    /// 429s for its rate limit (and storms); not Vonage's past-cap 429s.
+    pub rate_limited: u64,
+    pub outage_refused: u64,
+    /// Its configured create-calls per second (Telnyx: dials per window over the window).
+    pub rate: f64,
+    /// Its configured concurrent-call cap; 0: none.
+    pub max_concurrent: u64,
+}
+
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct StatsReport {
     pub calls: u64,
@@ -479,7 +634,8 @@ pub struct StatsReport {
     /// Create-call requests accepted in the busiest second (all providers).
     pub max_calls_in_any_1s_window: u64,
     pub first_to_last_call_secs: f64,
-    /// Every 429 sent (rate limits and storms).
+    /// Every 429 sent for a rate limit or a storm (Vonage's past-cap 429s
+    /// are counted in `concurrency_rejected`).
     pub rate_limited_429: u64,
     pub rejected_4xx: u64,
     pub webhook_deliveries_ok: u64,
@@ -501,15 +657,17 @@ pub struct StatsReport {
     /// Events never delivered (`--fault-drop-event-rate`).
     pub dropped_events: u64,
     pub reordered_deliveries: u64,
-    /// The most calls in progress at once, per provider.
+    /// The most calls in progress at once, per provider (all its accounts;
+    /// calls past a cap never count).
     pub max_concurrent_calls_per_provider: HashMap<String, u64>,
-    /// Dials refused for the account's concurrent-call cap (`--telnyx-max-concurrent`).
+    /// Calls refused or failed for their account's concurrent-call cap, all accounts.
     pub concurrency_rejected: u64,
     pub answer_documents_invalid: u64,
     pub telnyx_commands: u64,
     /// Keys callees pressed when asked, and times they let the timeout pass.
     pub keys_pressed: u64,
-    /// Create-call requests refused by an outage (`/_sim/outage`), per account.
+    /// Create-call requests refused by an outage (`/_sim/outage`), per
+    /// provider (all its accounts; per account in `accounts`).
     pub outage_refused: BTreeMap<String, u64>,
     /// Recordings fetched and playable, and those that were not.
     pub recordings_played: u64,
@@ -520,6 +678,8 @@ pub struct StatsReport {
     pub key_requests_invalid: u64,
     /// Telnyx dials answered from the `command_id` cache instead of dialling again.
     pub idempotent_replays: u64,
+    /// Per account (`PROVIDER:LABEL`), every configured one.
+    pub accounts: BTreeMap<String, AccountReport>,
 }
 
 pub async fn stats(State(sim): State<Arc<Sim>>) -> Json<StatsReport> {

@@ -29,9 +29,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::accounts::TelnyxAccount;
 use crate::deliver::{Emitter, Outgoing, Signer};
 use crate::faults::{self, Fault};
-use crate::stats::NewCall;
+use crate::stats::{Line, NewCall};
 use crate::{Outcome, Sim, now_iso};
 
 pub type Limiter = DefaultKeyedRateLimiter<String, StateInformationMiddleware>;
@@ -82,6 +83,8 @@ enum Phase {
 }
 
 struct LiveCall {
+    /// The account that dialled it: only its key may command or ask about it.
+    account: String,
     commands: mpsc::UnboundedSender<Command>,
     phase: Mutex<Phase>,
     command_ids: Mutex<HashSet<String>>,
@@ -91,11 +94,20 @@ struct LiveCall {
     client_state: Option<String>,
 }
 
-/// The calls the simulated Telnyx knows, and recent dial `command_id`s.
+/// The calls the simulated Telnyx knows, and recent dial `command_id`s
+/// (per account: the key is the account name and the id).
 #[derive(Default)]
 pub struct Registry {
     calls: Mutex<HashMap<String, Arc<LiveCall>>>,
-    dials: Mutex<HashMap<String, (Instant, serde_json::Value)>>,
+    dials: Mutex<HashMap<(String, String), (Instant, serde_json::Value)>>,
+}
+
+impl Registry {
+    /// The call, if `account` dialled it.
+    fn live(&self, account: &str, call_control_id: &str) -> Option<Arc<LiveCall>> {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.get(call_control_id).filter(|c| c.account == account).cloned()
+    }
 }
 
 fn errors(status: StatusCode, code: &str, title: &str, detail: &str, pointer: Option<&str>) -> Response {
@@ -106,14 +118,25 @@ fn errors(status: StatusCode, code: &str, title: &str, detail: &str, pointer: Op
     (status, Json(json!({ "errors": [error] }))).into_response()
 }
 
-fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<String, Response> {
+/// The account whose API key the request bears (a dial, `arrived`, is
+/// attributed to it at once: the key is all there is to check).
+fn authenticate(
+    sim: &Sim,
+    headers: &HeaderMap,
+    arrived: Option<f64>,
+) -> Result<Arc<TelnyxAccount>, Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match (given, &sim.config.telnyx_api_key) {
-        (Some(given), Some(key)) if given.trim() == key => Ok(key.clone()),
-        _ => {
+    match given.and_then(|key| sim.accounts.telnyx_for(key.trim())) {
+        Some(account) => {
+            if let Some(at) = arrived {
+                sim.stats.arrived(&account.name, at);
+            }
+            Ok(account.clone())
+        }
+        None => {
             sim.stats.rejected();
             Err(errors(
                 StatusCode::UNAUTHORIZED,
@@ -173,16 +196,16 @@ struct Dial {
 /// `POST /v2/calls`.
 pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let arrived = sim.stats.arrival();
-    let key = match authenticate(&sim, &headers) {
-        Ok(k) => k,
+    let account = match authenticate(&sim, &headers, Some(arrived)) {
+        Ok(account) => account,
         Err(response) => return response,
     };
-    let limit = sim.config.telnyx_dials_per_window;
-    let remaining = match sim.telnyx_limiter.check_key(&key) {
+    let limit = account.dials_per_window;
+    let remaining = match account.limiter.check_key(&account.name) {
         Ok(snapshot) => snapshot.remaining_burst_capacity(),
         Err(not_until) => {
-            sim.stats.rate_limited();
-            let wait = not_until.wait_time_from(sim.telnyx_limiter.clock().now());
+            sim.stats.rate_limited(&account.name);
+            let wait = not_until.wait_time_from(account.limiter.clock().now());
             let mut response = errors(
                 StatusCode::TOO_MANY_REQUESTS,
                 "90103",
@@ -194,7 +217,7 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
             return response;
         }
     };
-    match faults::before_create(&sim, "telnyx").await {
+    match faults::before_create(&sim, &account.name).await {
         Err(status) => return errors(status, "90002", "Gateway timeout", "The request timed out.", None),
         Ok(Some(Fault::Unauthorized)) => {
             return errors(
@@ -231,7 +254,7 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
     };
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
     let connection_id = match request.connection_id {
-        Some(c) if sim.config.telnyx_connection_id.as_ref().is_none_or(|want| *want == c) => c,
+        Some(c) if account.connection_id.as_ref().is_none_or(|want| *want == c) => c,
         Some(_) => {
             return invalid(
                 unprocessable,
@@ -330,10 +353,11 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
     }
 
     // A command_id seen in the last 60 s names the same dial: answer as before.
-    if let Some(command_id) = &request.command_id {
+    let dial_key = request.command_id.as_ref().map(|id| (account.name.clone(), id.clone()));
+    if let Some(key) = &dial_key {
         let mut dials = sim.telnyx_calls.dials.lock().unwrap_or_else(|e| e.into_inner());
         dials.retain(|_, (at, _)| at.elapsed() < COMMAND_ID_WINDOW);
-        if let Some((_, earlier)) = dials.get(command_id) {
+        if let Some((_, earlier)) = dials.get(key) {
             sim.stats.idempotent_replay();
             let mut response = (StatusCode::OK, Json(earlier.clone())).into_response();
             rate_headers(&mut response, limit, remaining, Duration::ZERO);
@@ -345,27 +369,30 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
     let call_control_id = format!("v3:{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random));
     let call_leg_id = uuid::Uuid::new_v4().to_string();
     let call_session_id = uuid::Uuid::new_v4().to_string();
-    let mut outcome = sim.outcome_for(&to);
-    // Past the account's channel limit the call fails: Telnyx rejects it
-    // with SIP 403 "User channel limit exceeded" (the project's provider
-    // notes, Concurrency). The simulator reports it as its failed outcome
-    // and counts it (`concurrency_rejected`).
-    let cap = sim.config.telnyx_max_concurrent;
-    if cap > 0 && sim.stats.active("telnyx") >= cap {
-        sim.stats.concurrency_rejected();
-        outcome = Outcome::Failed;
-    }
+    // Past the account's channel limit the call is created and fails:
+    // "When the application attempts to establish a call that exceeds the
+    // configured limit, Telnyx returns a SIP 403 error: 403 User channel
+    // limit exceeded" (Telnyx, "Concurrent Call Limits",
+    // developers.telnyx.com/docs/voice/sip-trunking/configuration/concurrent-limits).
+    // The dial answers 200 as usual; the call sends `call.initiated`, then
+    // `call.hangup` with `sip_hangup_cause` 403 (`call_rejected`), holding no
+    // line; no outcome is drawn for a callee it never reaches.
+    let line = sim.stats.take_line(&account.name, account.max_concurrent);
+    let past_cap = line == Line::PastCap;
+    let outcome = if past_cap { Outcome::Failed } else { sim.outcome_for(&to) };
     let data = json!({ "data": {
         "call_control_id": call_control_id, "call_leg_id": call_leg_id,
         "call_session_id": call_session_id, "is_alive": false, "record_type": "call",
     }});
-    if let Some(command_id) = &request.command_id {
+    if let Some(key) = dial_key {
         let mut dials = sim.telnyx_calls.dials.lock().unwrap_or_else(|e| e.into_inner());
-        dials.insert(command_id.clone(), (Instant::now(), data.clone()));
+        dials.insert(key, (Instant::now(), data.clone()));
     }
     sim.stats.call_accepted(NewCall {
         arrived,
         provider: "telnyx",
+        account: &account.name,
+        line,
         provider_call_id: &call_control_id,
         to: &to,
         from: &from,
@@ -376,6 +403,7 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let live = Arc::new(LiveCall {
+        account: account.name.clone(),
         commands: tx,
         phase: Mutex::new(Phase::Ringing),
         command_ids: Mutex::new(HashSet::new()),
@@ -402,6 +430,8 @@ pub async fn dial(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
         time_limit: f64::from(request.time_limit_secs.unwrap_or(14_400)),
         amd: amd.filter(|a| a != "disabled"),
         live,
+        account,
+        past_cap,
     };
     let task_sim = sim.clone();
     sim.tasks.spawn(async move { life.run(&task_sim, rx).await });
@@ -444,12 +474,13 @@ pub async fn call_status(
     Path(call_control_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authenticate(&sim, &headers) {
-        return response;
-    }
-    let live =
-        sim.telnyx_calls.calls.lock().unwrap_or_else(|e| e.into_inner()).get(&call_control_id).cloned();
-    let call = sim.stats.calls_of("telnyx", |c| c.provider_call_id == call_control_id).into_iter().next();
+    let account = match authenticate(&sim, &headers, None) {
+        Ok(account) => account,
+        Err(response) => return response,
+    };
+    let live = sim.telnyx_calls.live(&account.name, &call_control_id);
+    let call =
+        sim.stats.calls_of(&account.name, |c| c.provider_call_id == call_control_id).into_iter().next();
     let (Some(live), Some(call)) = (live, call) else {
         return invalid_call_control_id();
     };
@@ -670,9 +701,10 @@ pub async fn action(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = authenticate(&sim, &headers) {
-        return response;
-    }
+    let account = match authenticate(&sim, &headers, None) {
+        Ok(account) => account,
+        Err(response) => return response,
+    };
     if !matches!(action.as_str(), "speak" | "hangup" | "gather_using_speak" | "playback_start") {
         return errors(
             StatusCode::NOT_FOUND,
@@ -682,9 +714,7 @@ pub async fn action(
             None,
         );
     }
-    let live =
-        sim.telnyx_calls.calls.lock().unwrap_or_else(|e| e.into_inner()).get(&call_control_id).cloned();
-    let Some(live) = live else {
+    let Some(live) = sim.telnyx_calls.live(&account.name, &call_control_id) else {
         return errors(
             StatusCode::NOT_FOUND,
             "10005",
@@ -818,6 +848,10 @@ struct CallLife {
     /// `answering_machine_detection`, when on.
     amd: Option<String>,
     live: Arc<LiveCall>,
+    /// Its events are signed with this account's key.
+    account: Arc<TelnyxAccount>,
+    /// Dialled past the account's channel limit: rejected with SIP 403.
+    past_cap: bool,
 }
 
 impl CallLife {
@@ -827,6 +861,10 @@ impl CallLife {
         let mut events = Emitter::default();
         events.emit(sim, self.event("call.initiated", "bridging", json!({}))).await;
         let (cause, sip, source, answered_at) = match self.outcome {
+            _ if self.past_cap => {
+                tokio::time::sleep(sim.scaled(0.5)).await;
+                ("call_rejected", Some("403"), "unknown", None)
+            }
             Outcome::Busy | Outcome::BusyThenConfirm => {
                 tokio::time::sleep(sim.scaled(ring / 2.0)).await;
                 ("user_busy", Some("486"), "callee", None)
@@ -1068,7 +1106,7 @@ impl CallLife {
             url: self.webhook_url.clone(),
             body: body.to_string().into_bytes(),
             content_type: "application/json",
-            signer: Signer::Telnyx,
+            signer: Signer::Telnyx(self.account.clone()),
             provider_call_id: self.call_control_id.clone(),
         }
     }

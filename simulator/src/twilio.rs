@@ -20,9 +20,10 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::warn;
 
+use crate::accounts::TwilioAccount;
 use crate::deliver::{self, Emitter, Outgoing, Signer};
 use crate::faults::{self, Fault};
-use crate::stats::{NewCall, SimCall};
+use crate::stats::{Line, NewCall, SimCall};
 use crate::{Outcome, Sim, twiml};
 
 /// Twilio's queue: per account, calls start no faster than the CPS, in the
@@ -71,9 +72,22 @@ fn unauthorized(sim: &Sim) -> Response {
     response
 }
 
-/// HTTP Basic auth: user = the account SID in the path, password = its auth token.
-fn authenticate(sim: &Sim, headers: &HeaderMap, path_sid: &str) -> Result<(), Response> {
-    let (Some(sid), Some(token)) = (&sim.config.twilio_account_sid, &sim.config.twilio_auth_token) else {
+/// HTTP Basic auth: the account is the one whose SID is in the path; user =
+/// that SID, password = its auth token. A create-call request (`arrived`)
+/// is attributed to the account before the check.
+fn authenticate(
+    sim: &Sim,
+    headers: &HeaderMap,
+    path_sid: &str,
+    arrived: Option<f64>,
+) -> Result<Arc<TwilioAccount>, Response> {
+    let Some(account) = sim.accounts.twilio_for(path_sid).cloned() else {
+        return Err(unauthorized(sim));
+    };
+    if let Some(at) = arrived {
+        sim.stats.arrived(&account.name, at);
+    }
+    let (Some(sid), Some(token)) = (&account.account_sid, &account.auth_token) else {
         return Err(unauthorized(sim));
     };
     let given = headers
@@ -88,7 +102,7 @@ fn authenticate(sim: &Sim, headers: &HeaderMap, path_sid: &str) -> Result<(), Re
     if user != sid || password != token || path_sid != sid {
         return Err(unauthorized(sim));
     }
-    Ok(())
+    Ok(account)
 }
 
 fn e164(n: &str) -> bool {
@@ -114,10 +128,11 @@ pub async fn create_call(
     body: Bytes,
 ) -> Response {
     let arrived = sim.stats.arrival();
-    if let Err(response) = authenticate(&sim, &headers, &account_sid) {
-        return response;
-    }
-    match faults::before_create(&sim, "twilio").await {
+    let account = match authenticate(&sim, &headers, &account_sid, Some(arrived)) {
+        Ok(account) => account,
+        Err(response) => return response,
+    };
+    match faults::before_create(&sim, &account.name).await {
         Err(status) => return error(status, 20504, "Gateway timeout"),
         Ok(Some(Fault::Unauthorized)) => return error(StatusCode::UNAUTHORIZED, 20003, "Authenticate"),
         Ok(Some(Fault::Storm)) => return error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests"),
@@ -176,16 +191,44 @@ pub async fn create_call(
     if machine_detection.as_deref().is_some_and(|m| m != "Enable" && m != "DetectMessageEnd") {
         return invalid(21622, "MachineDetection must be Enable or DetectMessageEnd");
     }
-    let Some(wait) = sim.twilio_queue.reserve(&account_sid, sim.config.twilio_max_queue) else {
-        sim.stats.rate_limited();
-        return error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests: the call queue is full");
+    // Past the cap: error 10004 "Call concurrency limit exceeded" — "The call
+    // was rejected because you reached the maximum limit of concurrent calls
+    // available for your account" (twilio.com/docs/api/errors/10004). The
+    // page gives it no HTTP status and speaks of the call being rejected,
+    // where Twilio's refusals of the request itself are HTTP errors with
+    // their own codes (20429 "Too Many Requests", 21211 …): a call that was
+    // created and failed. So the request is accepted (201, `queued`) and the
+    // call fails at once without ringing: status `failed`, its `completed`
+    // status callback with `CallStatus=failed` and no SIP code (nothing was
+    // dialled). The 10004 itself is a Debugger/Monitor alert, which is not
+    // simulated. It takes no place in the CPS queue and holds no line.
+    let line = sim.stats.take_line(&account.name, account.max_concurrent);
+    let past_cap = line == Line::PastCap;
+    let wait = if past_cap {
+        Duration::ZERO
+    } else {
+        match account.queue.reserve(&account.name, sim.config.twilio_max_queue) {
+            Some(wait) => wait,
+            None => {
+                sim.stats.release_line(&account.name);
+                sim.stats.rate_limited(&account.name);
+                return error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    20429,
+                    "Too Many Requests: the call queue is full",
+                );
+            }
+        }
     };
 
     let sid = format!("CA{}", uuid::Uuid::new_v4().simple());
-    let outcome = sim.outcome_for(&to);
+    // A call past the cap never reaches the callee: no outcome is drawn for it.
+    let outcome = if past_cap { Outcome::Failed } else { sim.outcome_for(&to) };
     sim.stats.call_accepted(NewCall {
         arrived,
         provider: "twilio",
+        account: &account.name,
+        line,
         provider_call_id: &sid,
         to: &to,
         from: &from,
@@ -210,6 +253,8 @@ pub async fn create_call(
         outcome,
         timeout: f64::from(timeout),
         queue: wait,
+        account,
+        past_cap,
     };
     let task_sim = sim.clone();
     sim.tasks.spawn(async move { life.run(&task_sim).await });
@@ -295,10 +340,21 @@ struct CallLife {
     outcome: Outcome,
     timeout: f64,
     queue: Duration,
+    /// Its callbacks and TwiML requests are signed with this account's token.
+    account: Arc<TwilioAccount>,
+    /// Created past the account's concurrent-call cap: fails at once.
+    past_cap: bool,
 }
 
 impl CallLife {
     async fn run(self, sim: &Sim) {
+        let mut emitter = Emitter::default();
+        let mut seq = 0u32;
+        if self.past_cap {
+            tokio::time::sleep(sim.scaled(0.1)).await;
+            self.end(sim, &mut emitter, &mut seq, "failed", &[], None).await;
+            return;
+        }
         tokio::select! {
             () = sim.shutdown.cancelled() => return,
             () = tokio::time::sleep(self.queue) => {}
@@ -306,8 +362,6 @@ impl CallLife {
         sim.stats.started(&self.sid);
         let ring = sim.uniform(1.0..4.0);
         let talk = sim.uniform(5.0..15.0);
-        let mut emitter = Emitter::default();
-        let mut seq = 0u32;
         self.callback(sim, &mut emitter, &mut seq, "initiated", &[]).await;
         if self.outcome == Outcome::Failed {
             tokio::time::sleep(sim.scaled(0.5)).await;
@@ -443,7 +497,7 @@ impl CallLife {
                 url,
                 body,
                 content_type: "application/x-www-form-urlencoded",
-                signer: Signer::Twilio,
+                signer: Signer::Twilio(self.account.clone()),
                 provider_call_id: self.sid.clone(),
             };
             match deliver::exchange(sim, &request).await.and_then(|d| twiml::parse(&d)) {
@@ -480,7 +534,7 @@ impl CallLife {
         if let Some(by) = answered_by {
             params.push(("AnsweredBy".into(), by.into()));
         }
-        let token = sim.config.twilio_auth_token.as_deref().unwrap_or_default();
+        let token = self.account.auth_token.as_deref().unwrap_or_default();
         let request = if self.url_get {
             let full = with_query(url, &params);
             let signature = tocsin_core::twilio::signature(token, &full, &[]);
@@ -551,7 +605,7 @@ impl CallLife {
             url,
             body,
             content_type: "application/x-www-form-urlencoded",
-            signer: Signer::Twilio,
+            signer: Signer::Twilio(self.account.clone()),
             provider_call_id: self.sid.clone(),
         };
         emitter.emit(sim, outgoing).await;
@@ -578,9 +632,10 @@ pub async fn list_calls(
     headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
-    if let Err(response) = authenticate(&sim, &headers, &account_sid) {
-        return response;
-    }
+    let account = match authenticate(&sim, &headers, &account_sid, None) {
+        Ok(account) => account,
+        Err(response) => return response,
+    };
     let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let invalid = |message: &str| {
         sim.stats.rejected();
@@ -601,7 +656,7 @@ pub async fn list_calls(
     };
     let page: usize = get("Page").and_then(|p| p.parse().ok()).unwrap_or(0);
     let (to, from, status) = (get("To"), get("From"), get("Status"));
-    let mut calls = sim.stats.calls_of("twilio", |c| {
+    let mut calls = sim.stats.calls_of(&account.name, |c| {
         to.as_ref().is_none_or(|t| *t == c.to)
             && from.as_ref().is_none_or(|f| *f == c.from)
             && status.as_ref().is_none_or(|s| *s == c.status)
@@ -641,11 +696,12 @@ pub async fn fetch_call(
     Path((account_sid, call)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authenticate(&sim, &headers, &account_sid) {
-        return response;
-    }
+    let account = match authenticate(&sim, &headers, &account_sid, None) {
+        Ok(account) => account,
+        Err(response) => return response,
+    };
     let sid = call.strip_suffix(".json").unwrap_or(&call);
-    match sim.stats.calls_of("twilio", |c| c.provider_call_id == sid).first() {
+    match sim.stats.calls_of(&account.name, |c| c.provider_call_id == sid).first() {
         Some(c) => Json(listed(&account_sid, c)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,

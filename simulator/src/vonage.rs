@@ -22,9 +22,10 @@ use serde_json::json;
 use tocsin_core::vonage::AppClaims;
 use tracing::warn;
 
+use crate::accounts::VonageAccount;
 use crate::deliver::{self, Emitter, Outgoing, Signer};
 use crate::faults::{self, Fault};
-use crate::stats::NewCall;
+use crate::stats::{Line, NewCall};
 use crate::{Outcome, Sim, ncco, now_iso};
 
 pub type Limiter = DefaultKeyedRateLimiter<String>;
@@ -49,27 +50,61 @@ fn problem(status: StatusCode, kind: &str, title: &str, detail: &str) -> Respons
     (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
 }
 
+/// Vonage's 429: for the rate limit, a storm, and past the concurrent-call cap.
+fn rate_limit_hit() -> Response {
+    problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "throttled",
+        "Rate Limit Hit",
+        "Please wait, then retry your request",
+    )
+}
+
 fn unauthorized(sim: &Sim, detail: &str) -> Response {
     sim.stats.rejected();
     problem(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
 }
 
-/// Checks the application JWT as Vonage does.
-fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<AppClaims, Response> {
+/// The `application_id` a JWT claims, read before its signature is checked
+/// (it says which account's key to check it with).
+fn claimed_application(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let json = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    claims.get("application_id")?.as_str().map(str::to_owned)
+}
+
+/// Checks the application JWT as Vonage does, against the key of the
+/// account its `application_id` names. A create-call request (`arrived`)
+/// is attributed to that account before the check.
+fn authenticate(
+    sim: &Sim,
+    headers: &HeaderMap,
+    arrived: Option<f64>,
+) -> Result<(Arc<VonageAccount>, AppClaims), Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| unauthorized(sim, "You did not provide correct credentials."))?;
-    let Some(public_key) = &sim.vonage_public_key else {
+    let Some(claimed) = claimed_application(token) else {
+        return Err(unauthorized(sim, "Invalid token: no application_id claim."));
+    };
+    let Some(account) = sim.accounts.vonage_for(&claimed).cloned() else {
+        return Err(unauthorized(sim, "Unknown application."));
+    };
+    if let Some(at) = arrived {
+        sim.stats.arrived(&account.name, at);
+    }
+    let Some(public_key) = &account.public_key else {
         return Err(unauthorized(sim, "No Vonage application is configured on this simulator."));
     };
     let claims = tocsin_core::vonage::verify_app_jwt(token, public_key)
         .map_err(|e| unauthorized(sim, &format!("Invalid token: {e}")))?;
-    if sim.config.vonage_application_id.as_ref().is_some_and(|id| *id != claims.application_id) {
+    if account.application_id.as_ref().is_some_and(|id| *id != claims.application_id) {
         return Err(unauthorized(sim, "Unknown application."));
     }
-    Ok(claims)
+    Ok((account, claims))
 }
 
 #[derive(Deserialize)]
@@ -109,32 +144,20 @@ fn valid_vonage_number(n: &str) -> bool {
 
 pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let arrived = sim.stats.arrival();
-    let claims = match authenticate(&sim, &headers) {
+    let (account, claims) = match authenticate(&sim, &headers, Some(arrived)) {
         Ok(c) => c,
         Err(response) => return response,
     };
-    if sim.vonage_limiter.check_key(&claims.application_id).is_err() {
-        sim.stats.rate_limited();
-        return problem(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "Rate Limit Hit",
-            "Please wait, then retry your request",
-        );
+    if account.limiter.check_key(&claims.application_id).is_err() {
+        sim.stats.rate_limited(&account.name);
+        return rate_limit_hit();
     }
-    match faults::before_create(&sim, "vonage").await {
+    match faults::before_create(&sim, &account.name).await {
         Err(status) => {
             return problem(status, "timeout", "Gateway Timeout", "The request timed out.");
         }
         Ok(Some(Fault::Unauthorized)) => return unauthorized(&sim, "Invalid Token"),
-        Ok(Some(Fault::Storm)) => {
-            return problem(
-                StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
-                "Rate Limit Hit",
-                "Please wait, then retry your request",
-            );
-        }
+        Ok(Some(Fault::Storm)) => return rate_limit_hit(),
         Ok(Some(Fault::ServerError(status))) => {
             return problem(status, "internal-error", "Internal Error", "Something went wrong on our side.");
         }
@@ -218,12 +241,30 @@ pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: 
         }
     };
 
+    // Past the cap: Vonage publishes no concurrent-call limit ("There is no
+    // limit to the concurrent capacity of calls for your account, and the
+    // limitation is only for calls per second": Vonage API Support, "How
+    // many calls can I create per second?", api.support.vonage.com article
+    // 207100288), so a cap here stands for one agreed with Vonage. The
+    // documented-closest behaviour is its one documented capacity refusal:
+    // the Voice API troubleshooting guide's "Capacity" section
+    // (developer.vonage.com/voice/voice-api/guides/troubleshooting): "If you
+    // exceed these limits you will receive an HTTP 429 response", the request
+    // not queued and no call created. So a create-call request past the cap
+    // gets the same 429 problem as the rate limit's; it is counted in
+    // `rejected_past_cap`, not `rate_limited`.
+    let line = sim.stats.take_line(&account.name, account.max_concurrent);
+    if line == Line::PastCap {
+        return rate_limit_hit();
+    }
     let uuid = uuid::Uuid::new_v4().to_string();
     let conversation = format!("CON-{}", uuid::Uuid::new_v4());
     let outcome = sim.outcome_for(&to.number);
     sim.stats.call_accepted(NewCall {
         arrived,
         provider: "vonage",
+        account: &account.name,
+        line,
         provider_call_id: &uuid,
         to: &to.number,
         from: &request.from.number,
@@ -242,6 +283,7 @@ pub async fn create_call(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: 
         inline_ncco: request.ncco.clone(),
         event_url,
         application_id: claims.application_id,
+        account,
         outcome,
         ringing_timer: f64::from(request.ringing_timer.unwrap_or(60)),
         machine_detection: request.machine_detection.clone(),
@@ -266,6 +308,8 @@ struct CallLife {
     inline_ncco: Option<serde_json::Value>,
     event_url: String,
     application_id: String,
+    /// Its events are signed with this account's secret.
+    account: Arc<VonageAccount>,
     outcome: Outcome,
     ringing_timer: f64,
     machine_detection: Option<String>,
@@ -519,7 +563,10 @@ impl CallLife {
             url: self.event_url.clone(),
             body: body.to_string().into_bytes(),
             content_type: "application/json",
-            signer: Signer::Vonage { application_id: self.application_id.clone() },
+            signer: Signer::Vonage {
+                account: self.account.clone(),
+                application_id: self.application_id.clone(),
+            },
             provider_call_id: self.uuid.clone(),
         }
     }
@@ -573,9 +620,10 @@ pub async fn list_calls(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    if let Err(response) = authenticate(&sim, &headers) {
-        return response;
-    }
+    let account = match authenticate(&sim, &headers, None) {
+        Ok((account, _)) => account,
+        Err(response) => return response,
+    };
     let invalid = |detail: &str| {
         sim.stats.rejected();
         problem(StatusCode::BAD_REQUEST, "validation", "Bad Request", detail)
@@ -602,7 +650,7 @@ pub async fn list_calls(
         Some("desc") => true,
         Some(_) => return invalid("order must be asc or desc"),
     };
-    let mut calls = sim.stats.calls_of("vonage", |c| {
+    let mut calls = sim.stats.calls_of(&account.name, |c| {
         start.is_none_or(|s| c.created >= s)
             && end.is_none_or(|e| c.created <= e)
             && query.status.as_ref().is_none_or(|s| *s == c.status)
@@ -658,10 +706,11 @@ pub async fn fetch_call(
     Path(uuid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authenticate(&sim, &headers) {
-        return response;
-    }
-    match sim.stats.calls_of("vonage", |c| c.provider_call_id == uuid).first() {
+    let account = match authenticate(&sim, &headers, None) {
+        Ok((account, _)) => account,
+        Err(response) => return response,
+    };
+    match sim.stats.calls_of(&account.name, |c| c.provider_call_id == uuid).first() {
         Some(c) => Json(call_json(c)).into_response(),
         None => problem(StatusCode::NOT_FOUND, "not-found", "Not Found", "No call with that uuid."),
     }
@@ -685,8 +734,8 @@ fn account(sim: &Sim, headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
-fn application_json(sim: &Sim, id: &str) -> serde_json::Value {
-    let signed = sim.vonage_signed_callbacks.load(std::sync::atomic::Ordering::Relaxed);
+fn application_json(account: &VonageAccount, id: &str) -> serde_json::Value {
+    let signed = account.signed_callbacks.load(std::sync::atomic::Ordering::Relaxed);
     json!({
         "id": id,
         "name": "tocsin-simulated",
@@ -701,11 +750,12 @@ fn application_json(sim: &Sim, id: &str) -> serde_json::Value {
     })
 }
 
-fn known_application(sim: &Sim, id: &str) -> Result<(), Response> {
-    if sim.config.vonage_application_id.as_ref().is_some_and(|app| app != id) {
-        return Err(problem(StatusCode::NOT_FOUND, "not-found", "Not Found", "No application with that id."));
-    }
-    Ok(())
+/// The account of application `id` (a default account configured without
+/// an id answers for any id the others do not have).
+fn known_application(sim: &Sim, id: &str) -> Result<Arc<VonageAccount>, Response> {
+    sim.accounts.vonage_for(id).cloned().ok_or_else(|| {
+        problem(StatusCode::NOT_FOUND, "not-found", "Not Found", "No application with that id.")
+    })
 }
 
 /// `GET /v2/applications/{id}`.
@@ -714,10 +764,10 @@ pub async fn application(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = account(&sim, &headers).and_then(|()| known_application(&sim, &id)) {
-        return response;
+    match account(&sim, &headers).and_then(|()| known_application(&sim, &id)) {
+        Ok(application) => Json(application_json(&application, &id)).into_response(),
+        Err(response) => response,
     }
-    Json(application_json(&sim, &id)).into_response()
 }
 
 /// `PUT /v2/applications/{id}`: the whole application; `name` is required.
@@ -728,9 +778,10 @@ pub async fn update_application(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = account(&sim, &headers).and_then(|()| known_application(&sim, &id)) {
-        return response;
-    }
+    let application = match account(&sim, &headers).and_then(|()| known_application(&sim, &id)) {
+        Ok(application) => application,
+        Err(response) => return response,
+    };
     let Ok(update) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return problem(StatusCode::BAD_REQUEST, "validation", "Bad Request", "The body is not JSON.");
     };
@@ -739,8 +790,8 @@ pub async fn update_application(
     }
     // Like the Dashboard's edit, an update without the setting turns it off.
     let signed = update.pointer("/capabilities/voice/signed_callbacks").and_then(serde_json::Value::as_bool);
-    sim.vonage_signed_callbacks.store(signed == Some(true), std::sync::atomic::Ordering::Relaxed);
-    Json(application_json(&sim, &id)).into_response()
+    application.signed_callbacks.store(signed == Some(true), std::sync::atomic::Ordering::Relaxed);
+    Json(application_json(&application, &id)).into_response()
 }
 
 /// The object without its null members.
