@@ -237,6 +237,10 @@ pub async fn create_call(
         queue_secs: wait.as_secs_f64(),
         conversation_uuid: None,
     });
+    if past_cap {
+        // Rejected before it left the queue: it never starts.
+        sim.stats.update(&sid, |c| c.started_at = None);
+    }
     let events = if requested.is_empty() { vec!["completed".to_owned()] } else { requested };
     let life = CallLife {
         sid: sid.clone(),

@@ -5,8 +5,11 @@
 //! with the provider's scheme (checked by a receiver using `tocsin-core`'s
 //! verifiers). `fidelity`: the adapters' requests and the simulator's
 //! answers and events against the providers' own specs and documented
-//! payloads.
+//! payloads. `accounts`: several accounts per provider, each with its own
+//! credentials, keys, limits, outage flag and figures.
 
+#[path = "api/accounts.rs"]
+mod accounts;
 #[path = "api/fidelity.rs"]
 mod fidelity;
 
