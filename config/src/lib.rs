@@ -6,6 +6,8 @@
 //! providers' credentials, the log format) are `tocsin_core::config`'s
 //! plain types, so the core carries no command-line parser.
 
+pub mod accounts;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -148,6 +150,8 @@ pub struct ProviderArgs {
     pub twilio: TwilioArgs,
     #[command(flatten)]
     pub telnyx: TelnyxArgs,
+    #[command(flatten)]
+    pub accounts: accounts::AccountsArgs,
 }
 
 impl ProviderArgs {
@@ -206,11 +210,7 @@ impl TwilioArgs {
                  Twilio needs the auth token to authenticate API requests"
             )
         })?;
-        // `AC` and 32 hexadecimal digits, as every Twilio account SID.
-        let well_formed = account_sid.len() == 34
-            && account_sid.starts_with("AC")
-            && account_sid[2..].chars().all(|c| c.is_ascii_hexdigit());
-        if !well_formed {
+        if !twilio_sid_ok(&account_sid) {
             anyhow::bail!(
                 "TOCSIN_TWILIO_ACCOUNT_SID is not a Twilio account SID (AC followed by 32 hexadecimal digits)"
             );
@@ -242,6 +242,11 @@ impl TelnyxArgs {
             connection_id,
         }))
     }
+}
+
+/// `AC` and 32 hexadecimal digits, as every Twilio account SID.
+pub(crate) fn twilio_sid_ok(sid: &str) -> bool {
+    sid.len() == 34 && sid.starts_with("AC") && sid[2..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// A duration in humantime's syntax (`500ms`, `25s`, `2m`, `1h30m`); a

@@ -18,6 +18,7 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 use crate::job::JOB_VERSION;
 use crate::provider::Provider;
 use crate::queue::DelayTier;
+use crate::route::AccountName;
 use crate::{CallId, CallJob, CallState, CampaignId, PhoneNumber};
 
 fn attempt_i32(attempt: u32) -> i32 {
@@ -28,31 +29,32 @@ fn attempt_i32(attempt: u32) -> i32 {
 // The worker's side: claim, release, and the create-call result.
 // ---------------------------------------------------------------------------
 
-/// Claims the call for `attempt`: one conditional UPDATE, so of all the
-/// workers holding a copy of the job exactly one proceeds to dial. A call
-/// whose contact has confirmed is never claimed again. Clears
-/// what an earlier attempt recorded, and sets the attempt's URL token (see
+/// Claims the call for `attempt` through `account`: one conditional
+/// UPDATE, so of all the workers holding a copy of the job exactly one
+/// proceeds to dial. A call whose contact has confirmed is never claimed
+/// again. Clears what an earlier attempt recorded, records the account
+/// (provider and label), and sets the attempt's URL token (see
 /// `new_url_token`), which its answer and event URLs must carry.
 pub async fn claim(
     pool: &PgPool,
     call: CallId,
     attempt: u32,
-    provider: Provider,
+    account: impl Into<AccountName>,
     url_token: &str,
 ) -> Result<bool, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    claim_in(&mut conn, call, attempt, provider, url_token).await
+    claim_in(&mut conn, call, attempt, &account.into(), url_token).await
 }
 
 async fn claim_in(
     conn: &mut PgConnection,
     call: CallId,
     attempt: u32,
-    provider: Provider,
+    account: &AccountName,
     url_token: &str,
 ) -> Result<bool, sqlx::Error> {
     let claimed = sqlx::query(
-        "UPDATE calls SET state = 'dialing', attempt = $2, provider = $3, dialing_at = now(), \
+        "UPDATE calls SET state = 'dialing', attempt = $2, provider = $3, account = $5, dialing_at = now(), \
                 first_dialing_at = coalesce(first_dialing_at, now()), updated_at = now(), provider_call_id = NULL, placed_at = NULL, answered_at = NULL, \
                 ended_at = NULL, answered_by = NULL, duration_secs = NULL, error_code = NULL, \
                 error_detail = NULL, url_token = $4, job_due_at = NULL, voicemail_at = NULL \
@@ -60,8 +62,9 @@ async fn claim_in(
     )
     .bind(call)
     .bind(attempt_i32(attempt))
-    .bind(provider.as_str())
+    .bind(account.provider.as_str())
     .bind(url_token)
+    .bind(account.label.as_str())
     .execute(&mut *conn)
     .await?;
     Ok(claimed.rows_affected() == 1)
@@ -74,43 +77,83 @@ pub enum CappedClaim {
     Claimed,
     /// The call is no longer waiting (handled, or in flight elsewhere).
     NotWaiting,
-    /// `cap` calls of the provider are in progress: nothing was claimed.
+    /// `cap` calls of the account are in progress: nothing was claimed.
     Full,
 }
 
-/// Counts the calls of provider `$1` in progress (`dialing` to `answered`),
-/// through the partial index `calls_in_progress`.
-const IN_PROGRESS: &str = "SELECT count(*) FROM calls WHERE provider = $1 AND state IN ('dialing', 'placed', 'ringing', 'answered')";
-
-/// Calls of `provider` in progress (`dialing` to `answered`): what its
-/// concurrent-call cap counts.
-pub async fn in_progress(pool: &PgPool, provider: Provider) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(IN_PROGRESS).bind(provider.as_str()).fetch_one(pool).await
+/// The calls of account `$1`:`$2` in progress (`dialing` to `answered`),
+/// through the partial index `calls_in_progress` (a NULL account is the
+/// provider's `default`, as attempts placed before accounts had names).
+macro_rules! in_progress_of {
+    ($what:literal) => {
+        concat!(
+            "SELECT ",
+            $what,
+            " FROM calls WHERE provider = $1 AND coalesce(account, 'default') = $2 \
+             AND state IN ('dialing', 'placed', 'ringing', 'answered')"
+        )
+    };
 }
 
-/// `claim`, but only while fewer than `cap` calls of `provider` are in
+/// Calls of `account` in progress (`dialing` to `answered`): what its
+/// concurrent-call cap counts.
+pub async fn in_progress(pool: &PgPool, account: &AccountName) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(in_progress_of!("count(*)"))
+        .bind(account.provider.as_str())
+        .bind(account.label.as_str())
+        .fetch_one(pool)
+        .await
+}
+
+/// The ids of `account`'s calls in progress.
+pub async fn in_progress_ids(pool: &PgPool, account: &AccountName) -> Result<Vec<CallId>, sqlx::Error> {
+    sqlx::query_scalar(in_progress_of!("id"))
+        .bind(account.provider.as_str())
+        .bind(account.label.as_str())
+        .fetch_all(pool)
+        .await
+}
+
+/// Of `calls`, those no longer in progress (ended, or waiting for another
+/// attempt, or gone): their concurrent-call lines are free.
+pub async fn ended_among(pool: &PgPool, calls: &[CallId]) -> Result<Vec<CallId>, sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = calls.iter().map(|c| c.0).collect();
+    let still: Vec<CallId> = sqlx::query_scalar(
+        "SELECT id FROM calls WHERE id = ANY($1) AND state IN ('dialing', 'placed', 'ringing', 'answered')",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(calls.iter().filter(|c| !still.contains(c)).copied().collect())
+}
+
+/// `claim`, but only while fewer than `cap` calls of `account` are in
 /// progress: the count and the claim happen under one advisory lock per
-/// provider, so two workers never both take its last free line. A line
+/// account, so two workers never both take its last free line. A line
 /// comes back when its call ends (its final event, or the sweeper's look-up
-/// when that event is lost).
+/// when that event is lost). The workers' way when Redis is down (`lines`).
 pub async fn claim_within_cap(
     pool: &PgPool,
     call: CallId,
     attempt: u32,
-    provider: Provider,
+    account: &AccountName,
     url_token: &str,
     cap: u32,
 ) -> Result<CappedClaim, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("tocsin.cap:{provider}"))
+        .bind(format!("tocsin.cap:{account}"))
         .execute(&mut *tx)
         .await?;
-    let busy: i64 = sqlx::query_scalar(IN_PROGRESS).bind(provider.as_str()).fetch_one(&mut *tx).await?;
+    let busy: i64 = sqlx::query_scalar(in_progress_of!("count(*)"))
+        .bind(account.provider.as_str())
+        .bind(account.label.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
     if busy >= i64::from(cap) {
         return Ok(CappedClaim::Full);
     }
-    let claimed = claim_in(&mut tx, call, attempt, provider, url_token).await?;
+    let claimed = claim_in(&mut tx, call, attempt, account, url_token).await?;
     tx.commit().await?;
     Ok(if claimed { CappedClaim::Claimed } else { CappedClaim::NotWaiting })
 }
@@ -188,9 +231,9 @@ pub struct Standing {
     pub now: DateTime<Utc>,
     /// The claimed attempt's URL token (a resend must carry the same).
     pub url_token: Option<String>,
-    /// The provider the attempt was claimed for (with a route, not always
+    /// The account the attempt was claimed for (with a route, not always
     /// the campaign's first): only it can say whether the call exists.
-    pub provider: Option<Provider>,
+    pub account: Option<AccountName>,
 }
 
 impl Standing {
@@ -202,15 +245,19 @@ impl Standing {
 
 /// The call's state, attempt and dialing time; `None` when it no longer exists.
 pub async fn standing(pool: &PgPool, call: CallId) -> Result<Option<Standing>, sqlx::Error> {
-    type Row = (String, i32, Option<DateTime<Utc>>, DateTime<Utc>, Option<String>, Option<String>);
+    type Row =
+        (String, i32, Option<DateTime<Utc>>, DateTime<Utc>, Option<String>, Option<String>, Option<String>);
     let row: Option<Row> = sqlx::query_as(
-        "SELECT state, attempt, dialing_at, now(), url_token, provider FROM calls WHERE id = $1",
+        "SELECT state, attempt, dialing_at, now(), url_token, provider, account FROM calls WHERE id = $1",
     )
     .bind(call)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(state, attempt, dialing_at, now, url_token, provider)| Standing {
-        provider: provider.and_then(|p| p.parse().ok()),
+    Ok(row.map(|(state, attempt, dialing_at, now, url_token, provider, label)| Standing {
+        account: provider.and_then(|p| p.parse::<Provider>().ok()).map(|provider| AccountName {
+            provider,
+            label: label.unwrap_or_else(|| crate::route::DEFAULT_LABEL.to_owned()),
+        }),
         // The column's CHECK lists exactly `CallState::ALL`.
         state: state.parse().unwrap_or(CallState::Unknown),
         attempt: u32::try_from(attempt).unwrap_or(0),
@@ -1014,7 +1061,8 @@ pub mod sweep {
     pub struct Silent {
         pub call_id: CallId,
         pub attempt: i32,
-        pub provider: Provider,
+        /// The account that placed it: only it knows the call.
+        pub account: AccountName,
         pub provider_call_id: String,
         pub state: CallState,
     }
@@ -1026,14 +1074,14 @@ pub mod sweep {
         quiet: Duration,
         limit: i64,
     ) -> Result<Vec<Silent>, sqlx::Error> {
-        let rows: Vec<(CallId, i32, String, String, String)> = sqlx::query_as(
+        let rows: Vec<(CallId, i32, String, Option<String>, String, String)> = sqlx::query_as(
             "UPDATE calls k SET job_due_at = now() \
              FROM (SELECT k.id FROM campaigns c JOIN calls k ON k.campaign_id = c.id \
                    WHERE k.state IN ('placed', 'ringing', 'answered') AND k.provider_call_id IS NOT NULL \
                      AND coalesce(k.job_due_at, k.updated_at) < now() - make_interval(secs => $1) \
                    ORDER BY k.id LIMIT $2 FOR UPDATE OF k SKIP LOCKED) AS due \
              WHERE k.id = due.id \
-             RETURNING k.id, k.attempt, k.provider, k.provider_call_id, k.state",
+             RETURNING k.id, k.attempt, k.provider, k.account, k.provider_call_id, k.state",
         )
         .bind(quiet.as_secs_f64())
         .bind(limit)
@@ -1041,11 +1089,14 @@ pub mod sweep {
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(call_id, attempt, provider, provider_call_id, state)| {
+            .filter_map(|(call_id, attempt, provider, label, provider_call_id, state)| {
                 Some(Silent {
                     call_id,
                     attempt,
-                    provider: provider.parse().ok()?,
+                    account: AccountName {
+                        provider: provider.parse().ok()?,
+                        label: label.unwrap_or_else(|| crate::route::DEFAULT_LABEL.to_owned()),
+                    },
                     provider_call_id,
                     state: state.parse().ok()?,
                 })

@@ -859,7 +859,7 @@ pub async fn set_route(
     pool: &sqlx::PgPool,
     c: &Campaign,
     route: Option<Route>,
-    configured: &[Provider],
+    configured: &[crate::route::AccountName],
 ) -> Result<Control, ControlError> {
     if c.status == CampaignStatus::Cancelled {
         return Err(ControlError::Refused(format!(

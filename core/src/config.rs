@@ -52,6 +52,25 @@ pub struct TelnyxCredentials {
     pub connection_id: String,
 }
 
+/// One provider account's credentials.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    Vonage(VonageCredentials),
+    Twilio(TwilioCredentials),
+    Telnyx(TelnyxCredentials),
+}
+
+/// One named provider account, as configured: its credentials, its
+/// limits, and what verifies its webhooks (Vonage's signature secret,
+/// Telnyx's public key; Twilio's is the auth token).
+#[derive(Clone, Debug)]
+pub struct AccountConfig {
+    pub name: crate::route::AccountName,
+    pub credentials: Credentials,
+    pub limits: crate::account::Limits,
+    pub webhook_key: Option<SecretString>,
+}
+
 /// Where tests find the local services: the same variables as the
 /// binaries, with the same defaults.
 pub mod test_env {

@@ -6,6 +6,7 @@
 //! Nothing in this crate opens a socket by itself: every connection is made
 //! by a function a binary calls with its configuration.
 
+pub mod account;
 pub mod apikey;
 pub mod audit;
 pub mod calls;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod ids;
 pub mod job;
 pub mod limiter;
+pub mod lines;
 pub mod phone;
 pub mod provider;
 pub mod queue;

@@ -24,6 +24,8 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+pub use crate::account::Rate;
+
 /// KEYS[1] = theoretical arrival time (µs), KEYS[2] = cool-down end (µs).
 /// ARGV[1] = emission interval (µs), ARGV[2] = maximum wait (µs).
 /// Returns {granted (1|0), wait µs}. Numbers are formatted with %.0f because
@@ -103,15 +105,29 @@ pub enum Reservation {
 pub struct RedisLimiter {
     conn: ConnectionManager,
     prefix: String,
-    interval: Duration,
+    /// The rate of an account whose own is not given (`reserve`, `admit`).
+    rate: Rate,
+    guard: Duration,
     max_wait: Duration,
-    /// Sends allowed in any admission window, and that window (1 s + guard,
-    /// or the span of one send when the rate is below one a second).
-    per_window: u32,
-    window: Duration,
     reserve: Script,
     admit: Script,
     cool_down: Script,
+}
+
+/// How a rate is kept: slots `interval` apart, and at most `per_window`
+/// sends admitted in any `window` (the rate's own period + the guard).
+struct Pacing {
+    interval: Duration,
+    per_window: u32,
+    window: Duration,
+}
+
+impl Pacing {
+    fn of(rate: Rate, guard: Duration) -> Self {
+        let window = rate.per + guard;
+        let per_window = rate.calls.max(1);
+        Self { interval: window / per_window, per_window, window }
+    }
 }
 
 impl RedisLimiter {
@@ -130,16 +146,12 @@ impl RedisLimiter {
         max_wait: Duration,
         guard: Duration,
     ) -> Self {
-        // `limit` sends per second, or one per `1 / rate` s below one a second.
-        let per_window = rate_per_sec.floor().max(1.0);
-        let window = Duration::from_secs_f64(per_window / rate_per_sec) + guard;
         Self {
             conn,
             prefix: prefix.to_owned(),
-            interval: window.div_f64(per_window),
+            rate: Rate::per_second(rate_per_sec),
+            guard,
             max_wait,
-            per_window: per_window as u32,
-            window,
             reserve: Script::new(RESERVE),
             admit: Script::new(ADMIT),
             cool_down: Script::new(COOL_DOWN),
@@ -160,13 +172,19 @@ impl RedisLimiter {
     /// Admits one send of `account` now, or says how long until the
     /// trailing window has room.
     pub async fn admit(&self, account: &str) -> redis::RedisResult<Admission> {
+        self.admit_at(account, self.rate).await
+    }
+
+    /// `admit`, for an account limited to `rate`.
+    pub async fn admit_at(&self, account: &str, rate: Rate) -> redis::RedisResult<Admission> {
+        let pacing = Pacing::of(rate, self.guard);
         let sent = format!("{}:rl:{{{account}}}:sent", self.prefix);
         let mut conn = self.conn.clone();
         let (admitted, wait_us): (i64, i64) = self
             .admit
             .key(sent)
-            .arg(micros(self.window))
-            .arg(self.per_window)
+            .arg(micros(pacing.window))
+            .arg(pacing.per_window)
             .arg(uuid::Uuid::new_v4().simple().to_string())
             .invoke_async(&mut conn)
             .await?;
@@ -177,19 +195,25 @@ impl RedisLimiter {
         })
     }
 
+    /// The slots' spacing at the default rate.
     pub fn interval(&self) -> Duration {
-        self.interval
+        Pacing::of(self.rate, self.guard).interval
     }
 
     /// Reserves the account's next free slot.
     pub async fn reserve(&self, account: &str) -> redis::RedisResult<Reservation> {
+        self.reserve_at(account, self.rate).await
+    }
+
+    /// `reserve`, for an account limited to `rate`.
+    pub async fn reserve_at(&self, account: &str, rate: Rate) -> redis::RedisResult<Reservation> {
         let (tat, cool) = self.keys(account);
         let mut conn = self.conn.clone();
         let (granted, wait_us): (i64, i64) = self
             .reserve
             .key(tat)
             .key(cool)
-            .arg(micros(self.interval))
+            .arg(micros(Pacing::of(rate, self.guard).interval))
             .arg(micros(self.max_wait))
             .invoke_async(&mut conn)
             .await?;
@@ -268,10 +292,15 @@ impl Limiter {
         }
     }
 
-    /// This worker's share of the rate while Redis is down.
+    /// This worker's share of the default rate while Redis is down.
     pub fn local_rate(&self) -> f64 {
+        self.rate / self.workers_sharing()
+    }
+
+    /// How many workers share an account's rate while Redis is down.
+    fn workers_sharing(&self) -> f64 {
         let running = self.running_workers.load(std::sync::atomic::Ordering::Relaxed);
-        self.rate / f64::from(self.expected_workers.max(running).max(1))
+        f64::from(self.expected_workers.max(running).max(1))
     }
 
     /// No limiter: every request goes out at once and only a provider 429
@@ -299,12 +328,18 @@ impl Limiter {
 
     /// Reserves a slot: `Granted(wait)` means sleep `wait`, then send.
     pub async fn reserve(&self, account: &str) -> Reservation {
+        self.reserve_at(account, None).await
+    }
+
+    /// `reserve`, for an account limited to `rate` (`None`: the default rate).
+    pub async fn reserve_at(&self, account: &str, rate: Option<Rate>) -> Reservation {
         let Some(redis) = &self.redis else {
             return Reservation::Granted(Duration::ZERO);
         };
+        let rate = rate.unwrap_or(Rate::per_second(self.rate));
         let skip_redis = self.lock().retry_redis_at.is_some_and(|t| tokio::time::Instant::now() < t);
         if !skip_redis {
-            match tokio::time::timeout(REDIS_TIMEOUT, redis.reserve(account)).await {
+            match tokio::time::timeout(REDIS_TIMEOUT, redis.reserve_at(account, rate)).await {
                 Ok(Ok(reservation)) => {
                     let mut state = self.lock();
                     if state.active {
@@ -319,7 +354,7 @@ impl Limiter {
                 Err(_) => self.enter_fallback("no answer within 500 ms"),
             }
         }
-        self.reserve_locally(account).await
+        self.reserve_locally(account, rate).await
     }
 
     fn enter_fallback(&self, why: &str) {
@@ -336,9 +371,9 @@ impl Limiter {
         }
     }
 
-    async fn reserve_locally(&self, account: &str) -> Reservation {
+    async fn reserve_locally(&self, account: &str, rate: Rate) -> Reservation {
         let limiter = {
-            let rate = self.local_rate();
+            let rate = rate.calls_per_sec() / self.workers_sharing();
             let mut state = self.lock();
             state
                 .local
@@ -363,11 +398,17 @@ impl Limiter {
     /// says how long to wait. Without Redis there is nothing to ask: the
     /// local limiter's spacing is all there is.
     pub async fn admit(&self, account: &str) -> Admission {
+        self.admit_at(account, None).await
+    }
+
+    /// `admit`, for an account limited to `rate` (`None`: the default rate).
+    pub async fn admit_at(&self, account: &str, rate: Option<Rate>) -> Admission {
         let Some(redis) = &self.redis else { return Admission::Go };
         if self.lock().active {
             return Admission::Go;
         }
-        match tokio::time::timeout(REDIS_TIMEOUT, redis.admit(account)).await {
+        let rate = rate.unwrap_or(Rate::per_second(self.rate));
+        match tokio::time::timeout(REDIS_TIMEOUT, redis.admit_at(account, rate)).await {
             Ok(Ok(admission)) => admission,
             Ok(Err(e)) => {
                 self.enter_fallback(&e.to_string());

@@ -3,9 +3,10 @@
 //! (the first healthy account with a free line; the next when it is
 //! unhealthy or saturated) or `pool:vonage,twilio,telnyx` (every healthy
 //! account, in proportion to its rate). An account is named
-//! `PROVIDER[:LABEL]`; today each provider has one account, `default`
-//! (`vonage` is `vonage:default`). A campaign without a route calls
-//! through its provider's account alone.
+//! `PROVIDER[:LABEL]`: each provider's own variables configure its
+//! `default` account (`vonage` is `vonage:default`), the accounts file any
+//! number more (`vonage:eu`). A campaign without a route calls through its
+//! provider's `default` account alone.
 //!
 //! The route is stored with the campaign (`campaigns.route`, in this
 //! written form) and read by every worker with the campaign (at most a
@@ -48,6 +49,12 @@ impl AccountName {
     /// The account configured by a provider's own variables.
     pub fn default_of(provider: Provider) -> Self {
         Self { provider, label: DEFAULT_LABEL.into() }
+    }
+}
+
+impl From<Provider> for AccountName {
+    fn from(provider: Provider) -> Self {
+        Self::default_of(provider)
     }
 }
 
@@ -145,12 +152,14 @@ impl FromStr for Route {
 }
 
 /// Whether every account `settings`' calls may go through is configured
-/// (`configured`: the providers whose variables are set here, the same the
-/// workers read); `Err` names the first that is not and what to do.
-pub fn check_configured(settings: &crate::campaign::Settings, configured: &[Provider]) -> Result<(), String> {
-    let accounts: Vec<AccountName> = configured.iter().map(|p| AccountName::default_of(*p)).collect();
+/// (`configured`: the accounts configured here, the same the workers read);
+/// `Err` names the first that is not and what to do.
+pub fn check_configured(
+    settings: &crate::campaign::Settings,
+    configured: &[AccountName],
+) -> Result<(), String> {
     let route = settings.route();
-    let Some(account) = route.unknown_accounts(&accounts).first().copied() else {
+    let Some(account) = route.unknown_accounts(configured).first().copied() else {
         return Ok(());
     };
     let provider = account.provider;
@@ -159,16 +168,18 @@ pub fn check_configured(settings: &crate::campaign::Settings, configured: &[Prov
         Provider::Twilio => "TOCSIN_TWILIO_ACCOUNT_SID",
         Provider::Telnyx => "TOCSIN_TELNYX_CONNECTION_ID",
     };
-    let others = if accounts.is_empty() {
-        "no provider is configured here".to_owned()
+    let others = if configured.is_empty() {
+        "no provider account is configured here".to_owned()
     } else {
-        let names: Vec<String> = accounts.iter().map(ToString::to_string).collect();
+        let names: Vec<String> = configured.iter().map(ToString::to_string).collect();
         format!("configured: {}", names.join(", "))
     };
     Err(if account.label != DEFAULT_LABEL {
         format!(
-            "the route {route} names account {account}, which is not configured: each provider has one \
-             account, {provider}:{DEFAULT_LABEL} ({others})"
+            "the route {route} names account {account}, which is not configured: add [{provider}.{label}] to \
+             the accounts file (TOCSIN_ACCOUNTS_FILE, the same the workers read) or leave it out of the route \
+             ({others})",
+            label = account.label
         )
     } else if settings.route.is_some() {
         format!(

@@ -5,7 +5,6 @@
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tocsin_core::campaign::{CampaignStatus, Changes, FieldError, Settings, check_name};
-use tocsin_core::provider::Provider;
 use tocsin_core::{CampaignId, PhoneNumber, db};
 
 use crate::EnqueueError;
@@ -31,8 +30,9 @@ pub struct Spec {
     pub in_flight: usize,
     pub amqp_url: SecretString,
     pub queue_prefix: String,
-    /// The providers configured where this runs (a campaign must use one).
-    pub providers: Vec<Provider>,
+    /// The provider accounts configured where this runs (a campaign's
+    /// calls must go through them).
+    pub accounts: Vec<tocsin_core::route::AccountName>,
 }
 
 impl Spec {
@@ -54,7 +54,7 @@ impl Spec {
             in_flight: 2048,
             amqp_url,
             queue_prefix,
-            providers: Vec::new(),
+            accounts: Vec::new(),
         }
     }
 }
@@ -110,7 +110,7 @@ pub async fn prepare(
     }
     // Every account the calls may go through must be configured here (the
     // workers read the same variables): named at enqueue, not found by a call.
-    if let Err(why) = tocsin_core::route::check_configured(&s, &spec.providers) {
+    if let Err(why) = tocsin_core::route::check_configured(&s, &spec.accounts) {
         return Err(EnqueueError::Refused(why));
     }
 

@@ -10,7 +10,6 @@ use sqlx::PgPool;
 use tocsin_core::CampaignId;
 use tocsin_core::campaign::{self, Campaign, CampaignStatus, Control, ControlError, Handle};
 use tocsin_core::db;
-use tocsin_core::provider::Provider;
 
 use crate::Fatal;
 
@@ -129,7 +128,7 @@ pub async fn resume(pool: &PgPool, name: &str) -> anyhow::Result<()> {
 pub async fn route(
     pool: &PgPool,
     args: &crate::config::RouteArgs,
-    configured: &[Provider],
+    configured: &[tocsin_core::route::AccountName],
 ) -> anyhow::Result<()> {
     let name = &args.name;
     let route = match args.route.trim() {

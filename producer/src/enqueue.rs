@@ -120,7 +120,7 @@ pub fn spec(args: &EnqueueArgs) -> anyhow::Result<Spec> {
     spec.default_region = args.default_region.clone();
     spec.dry_run = args.dry_run;
     spec.in_flight = args.in_flight as usize;
-    spec.providers = args.providers.configured();
+    spec.accounts = args.providers.account_names().map_err(|e| anyhow::anyhow!("{e:#}"))?;
     Ok(spec)
 }
 

@@ -191,7 +191,7 @@ async fn execute(pool: &PgPool, command: Command, stop: CancellationToken) -> an
         Command::Audit(a) => campaign::audit(&pool, &a).await,
         Command::Pause(a) => campaign::pause(&pool, &a.name).await,
         Command::Resume(a) => campaign::resume(&pool, &a.name).await,
-        Command::Route(a) => campaign::route(&pool, &a, &a.providers.configured()).await,
+        Command::Route(a) => campaign::route(&pool, &a, &a.providers.account_names()?).await,
         Command::Cancel(a) => campaign::cancel(&pool, &a.name, a.yes).await,
         Command::Delete(a) => campaign::delete(&pool, &a.name, a.yes).await,
         Command::Dnc(cmd) => dnc::run(&pool, cmd).await,

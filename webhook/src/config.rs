@@ -96,6 +96,12 @@ pub struct WebhookConfig {
     #[arg(long = "api-max-body-bytes", env = "TOCSIN_API_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub api_max_body_bytes: usize,
 
+    /// Named provider accounts beyond each provider's own variables (the same file as the
+    /// workers'): their webhooks verify with their own keys, Telnyx's commands go through the
+    /// account that placed the call.
+    #[command(flatten)]
+    pub accounts: tocsin_config::accounts::AccountsArgs,
+
     /// Proxies in front of this service (comma-separated addresses or CIDR
     /// blocks, e.g. an ingress controller's pod network). A request from one
     /// of them is attributed to the address it names in `X-Forwarded-For`
@@ -114,6 +120,41 @@ fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 impl WebhookConfig {
+    /// The accounts file's accounts (none without a file), checked: each
+    /// must carry what verifies its webhooks unless checks are off.
+    pub fn file_accounts(&self) -> anyhow::Result<Vec<tocsin_core::config::AccountConfig>> {
+        let Some(path) = &self.accounts.accounts_file else {
+            return Ok(Vec::new());
+        };
+        let rate = tocsin_core::account::Rate::per_second(self.rate_per_sec.unwrap_or(2.0));
+        let accounts = tocsin_config::accounts::read_accounts_file(path, rate)?;
+        for account in &accounts {
+            if account.webhook_key.is_none() && !self.insecure_skip_signature_check {
+                let field = match account.name.provider {
+                    tocsin_core::provider::Provider::Vonage => "signature_secret",
+                    tocsin_core::provider::Provider::Twilio => "auth_token",
+                    tocsin_core::provider::Provider::Telnyx => "public_key",
+                };
+                anyhow::bail!(
+                    "the accounts file {}: [{}.{}] has no `{field}`: its webhooks could not be verified",
+                    path.display(),
+                    account.name.provider,
+                    account.name.label
+                );
+            }
+        }
+        Ok(accounts)
+    }
+
+    /// Accounts a campaign created through the API may route through:
+    /// each verifiable provider's `default` and the accounts file's.
+    pub fn api_accounts(&self) -> anyhow::Result<Vec<tocsin_core::route::AccountName>> {
+        let mut out: Vec<_> =
+            self.api_providers().into_iter().map(tocsin_core::route::AccountName::default_of).collect();
+        out.extend(self.file_accounts()?.into_iter().map(|a| a.name));
+        Ok(out)
+    }
+
     /// Providers a campaign created through the API may use: those whose
     /// events this service can verify (all of them when checks are off).
     pub fn api_providers(&self) -> Vec<tocsin_core::provider::Provider> {
@@ -137,6 +178,9 @@ impl WebhookConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.check_twilio()?;
         self.telnyx_settings()?;
+        if !self.file_accounts()?.is_empty() {
+            return Ok(());
+        }
         let any_secret = self.vonage_signature_secret.is_some()
             || self.twilio.twilio_auth_token.is_some()
             || self.telnyx.telnyx_public_key.is_some();

@@ -72,15 +72,28 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
     if config.insecure_skip_signature_check {
         warn!("webhook signature checks are DISABLED (--insecure-skip-signature-check): development only");
     }
-    let telnyx = config.telnyx_settings()?.map(hooks::telnyx::TelnyxHooks::new).transpose()?;
+    let file_accounts = config.file_accounts()?;
+    let telnyx = hooks::telnyx::TelnyxHooks::new(config.telnyx_settings()?, &file_accounts)?;
+    // Each provider's keys: its `default` account's, then the file's.
+    let keys = |provider: tocsin_core::provider::Provider, default: Option<secrecy::SecretString>| {
+        let file = file_accounts.iter().filter(|a| a.name.provider == provider);
+        default.into_iter().chain(file.filter_map(|a| a.webhook_key.clone())).collect::<Vec<_>>()
+    };
     let state = HookState {
         public_url: config.public_url.trim_end_matches('/').to_owned(),
-        twilio_auth_token: config.twilio.twilio_auth_token.clone(),
+        twilio_auth_tokens: keys(
+            tocsin_core::provider::Provider::Twilio,
+            config.twilio.twilio_auth_token.clone(),
+        ),
         telnyx,
         skip_signatures: config.insecure_skip_signature_check,
         pool: pool.clone(),
         store: store::EventStore::start(pool.clone(), Some(redials), batch),
-        vonage_secret: config.vonage_secret(),
+        vonage_secrets: if config.insecure_skip_signature_check {
+            Vec::new()
+        } else {
+            keys(tocsin_core::provider::Provider::Vonage, config.vonage_secret())
+        },
         vonage_confirm: config
             .vonage_confirm()?
             .map(|credentials| hooks::vonage::Confirmer::new(&credentials, config.vonage_confirm_rate))
@@ -92,6 +105,7 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
         pool,
         amqp: config.amqp.clone(),
         providers: config.api_providers(),
+        accounts: config.api_accounts()?,
         rate_per_sec: config.rate_per_sec.filter(|r| r.is_finite() && *r > 0.0),
         trusted_proxies: config.trusted_proxies.clone(),
     });

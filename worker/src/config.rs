@@ -91,13 +91,6 @@ pub struct WorkerConfig {
     #[arg(long = "max-transient-retries", env = "TOCSIN_MAX_TRANSIENT_RETRIES", default_value_t = 5)]
     pub max_transient_retries: u32,
 
-    /// Concurrent-call caps, per provider: e.g. `telnyx=10` (Telnyx allows 2 at sign-up, 10
-    /// after verification) or `telnyx=10,twilio=50`. A call takes a line from its claim to its
-    /// end; a job waits (held) while every line is taken. Shared by all workers (counted in
-    /// PostgreSQL). Empty: no cap.
-    #[arg(long = "max-concurrent-calls", env = "TOCSIN_MAX_CONCURRENT_CALLS", default_value = "", value_parser = parse_caps)]
-    pub max_concurrent_calls: Caps,
-
     /// Failures of a provider account (5xx, connection errors, timeouts, 401/403) within
     /// --account-window after which it counts as unhealthy: no worker sends to it, and routes
     /// move calls to their next account, until a probe call succeeds after --account-cool-down.
@@ -125,31 +118,6 @@ pub struct WorkerConfig {
     /// How long SIGTERM waits for in-flight calls before exiting.
     #[arg(long = "shutdown-grace", env = "TOCSIN_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-}
-
-/// Concurrent-call caps per provider.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Caps(pub std::collections::HashMap<tocsin_core::provider::Provider, u32>);
-
-/// `telnyx=10,twilio=50`: a cap of at least 1 per named provider, each once.
-pub fn parse_caps(s: &str) -> Result<Caps, String> {
-    let mut caps = std::collections::HashMap::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, n) =
-            part.split_once('=').ok_or_else(|| format!("{part:?} is not PROVIDER=N (e.g. telnyx=10)"))?;
-        let provider: tocsin_core::provider::Provider =
-            name.trim().parse().map_err(|_| format!("{name:?} is not vonage, twilio or telnyx"))?;
-        let n: u32 = n
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| format!("{part:?}: the cap must be a whole number of calls, at least 1"))?;
-        if caps.insert(provider, n).is_some() {
-            return Err(format!("{provider} is capped twice"));
-        }
-    }
-    Ok(Caps(caps))
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,15 +180,33 @@ impl WorkerConfig {
 mod tests {
     use super::*;
     use tocsin_core::provider::Provider;
+    use tocsin_core::route::AccountName;
 
     #[test]
-    fn caps_name_each_provider_once_with_at_least_one_line() {
-        let caps = parse_caps("telnyx=10, twilio=50").unwrap();
-        assert_eq!((caps.0[&Provider::Telnyx], caps.0[&Provider::Twilio]), (10, 50));
-        assert!(parse_caps("").unwrap().0.is_empty());
-        assert!(parse_caps("telnyx").unwrap_err().contains("PROVIDER=N"));
-        assert!(parse_caps("pigeon=3").unwrap_err().contains("vonage, twilio or telnyx"));
-        assert!(parse_caps("telnyx=0").unwrap_err().contains("at least 1"));
-        assert!(parse_caps("telnyx=2,telnyx=3").unwrap_err().contains("twice"));
+    fn limits_name_accounts_and_a_rate_or_cap_for_an_unknown_account_is_refused() {
+        let config = WorkerConfig::try_parse_from([
+            "worker",
+            "--twilio-account-sid",
+            "AC0123456789abcdef0123456789abcdef",
+            "--twilio-auth-token",
+            "t",
+            "--rates",
+            "twilio=1/s",
+            "--max-concurrent-calls",
+            "twilio=50",
+        ])
+        .unwrap();
+        let accounts = config.providers.accounts(tocsin_core::account::Rate::per_second(2.0)).unwrap();
+        assert_eq!(accounts.len(), 1);
+        assert_eq!(accounts[0].name, AccountName::default_of(Provider::Twilio));
+        assert_eq!(accounts[0].limits.rate.to_string(), "1/s");
+        assert_eq!(accounts[0].limits.max_concurrent, Some(50));
+
+        let unknown =
+            WorkerConfig::try_parse_from(["worker", "--max-concurrent-calls", "telnyx=10"]).unwrap();
+        let err = unknown.providers.accounts(tocsin_core::account::Rate::per_second(2.0)).unwrap_err();
+        assert!(err.to_string().contains("TOCSIN_MAX_CONCURRENT_CALLS names telnyx:default"), "{err}");
+        let bad = WorkerConfig::try_parse_from(["worker", "--rates", "telnyx=fast"]).unwrap_err().to_string();
+        assert!(bad.contains("telnyx=fast"), "{bad}");
     }
 }

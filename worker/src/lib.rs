@@ -11,7 +11,6 @@ pub mod config;
 pub mod process;
 pub mod sweep;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,8 +22,11 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use secrecy::ExposeSecret;
+use tocsin_core::account::Rate;
+use tocsin_core::config::Credentials;
 use tocsin_core::limiter::{Limiter, RedisLimiter};
-use tocsin_core::provider::{Provider, VoiceProvider};
+use tocsin_core::lines::Lines;
+use tocsin_core::provider::VoiceProvider;
 use tocsin_core::queue::{self, DelayTier, Publisher, Topology};
 use tocsin_core::{CallJob, db, http, vonage};
 use tokio::sync::Semaphore;
@@ -33,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::WorkerConfig;
-use crate::process::{Deps, Outcome, Settings, process};
+use crate::process::{Account, Deps, Outcome, Settings, process};
 
 /// Runs a worker until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -45,6 +47,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let redis = RedisLimiter::connect(config.redis.redis_url.expose_secret())
         .await
         .context("connecting to Redis (TOCSIN_REDIS_URL)")?;
+    let lines_conn = redis.clone();
     let health = tocsin_core::health::Health::new(
         redis.clone(),
         &config.redis.redis_prefix,
@@ -79,20 +82,20 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .timeout(config.provider_timeout)
         .build()
         .context("building the HTTP client")?;
-    let providers = providers(&config, &http_client)?;
-    if providers.is_empty() {
-        warn!("no provider is configured (e.g. TOCSIN_VONAGE_APPLICATION_ID); every call will fail");
+    let accounts = accounts(&config, &http_client)?;
+    if accounts.is_empty() {
+        warn!("no provider account is configured (e.g. TOCSIN_VONAGE_APPLICATION_ID); every call will fail");
     }
     let settings = Settings {
         public_url: config.public_url().to_owned(),
         ringing_timeout_secs: config.ringing_timeout_secs,
         dialing_lease: config.dialing_lease,
         max_transient_retries: config.max_transient_retries,
-        caps: config.max_concurrent_calls.0.clone(),
         ..Settings::default()
     };
-    let mut deps = Deps::new(pool.clone(), limiter, providers, settings, shutdown.clone());
+    let mut deps = Deps::new(pool.clone(), limiter, accounts, settings, shutdown.clone());
     deps.health = Some(health);
+    deps.lines = Some(Lines::new(lines_conn, &config.redis.redis_prefix));
     let deps = Arc::new(deps);
 
     // Health and metrics; ready once the broker is connected and the database answers.
@@ -264,22 +267,27 @@ async fn wait_idle(in_flight: &Arc<Semaphore>, prefetch: u16) {
     }
 }
 
-/// A client for every provider this worker has credentials for.
-fn providers(
-    config: &WorkerConfig,
-    http: &reqwest::Client,
-) -> anyhow::Result<HashMap<Provider, Arc<dyn VoiceProvider>>> {
-    let mut map: HashMap<Provider, Arc<dyn VoiceProvider>> = HashMap::new();
-    if let Some(credentials) = config.providers.vonage.credentials()? {
-        map.insert(Provider::Vonage, Arc::new(vonage::Client::new(http.clone(), &credentials)?));
+/// A client for every provider account this worker has credentials for.
+fn accounts(config: &WorkerConfig, http: &reqwest::Client) -> anyhow::Result<Vec<Account>> {
+    let mut out = Vec::new();
+    for account in config.providers.accounts(Rate::per_second(config.rate_per_sec))? {
+        let client: Arc<dyn VoiceProvider> = match &account.credentials {
+            Credentials::Vonage(c) => Arc::new(
+                vonage::Client::new(http.clone(), c)
+                    .with_context(|| format!("account {}: the Vonage private key", account.name))?,
+            ),
+            Credentials::Twilio(c) => Arc::new(tocsin_core::twilio::Client::new(http.clone(), c)),
+            Credentials::Telnyx(c) => Arc::new(tocsin_core::telnyx::Client::new(http.clone(), c)),
+        };
+        info!(
+            account = %account.name,
+            rate = %account.limits.rate,
+            max_concurrent = account.limits.max_concurrent,
+            "provider account configured"
+        );
+        out.push(Account { name: account.name, client, limits: account.limits });
     }
-    if let Some(credentials) = config.providers.twilio.credentials()? {
-        map.insert(Provider::Twilio, Arc::new(tocsin_core::twilio::Client::new(http.clone(), &credentials)));
-    }
-    if let Some(credentials) = config.providers.telnyx.credentials()? {
-        map.insert(Provider::Telnyx, Arc::new(tocsin_core::telnyx::Client::new(http.clone(), &credentials)));
-    }
-    Ok(map)
+    Ok(out)
 }
 
 /// Runs one job and settles its delivery according to the outcome.

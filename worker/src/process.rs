@@ -10,12 +10,14 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use rand::Rng;
 use sqlx::PgPool;
+use tocsin_core::account::{Limits, Rate};
 use tocsin_core::calls::{self, CappedClaim, Count, Failing};
 use tocsin_core::campaign::{Campaign, CampaignStatus};
 use tocsin_core::db;
 use tocsin_core::health::{self, Health};
 use tocsin_core::limiter::{Admission, Limiter, Reservation};
-use tocsin_core::provider::{CallRequest, CallWindow, PlaceCallError, PlacedCall, Provider, VoiceProvider};
+use tocsin_core::lines::Lines;
+use tocsin_core::provider::{CallRequest, CallWindow, PlaceCallError, PlacedCall, VoiceProvider};
 use tocsin_core::queue::DelayTier;
 use tocsin_core::route::{AccountName, Mode};
 use tocsin_core::{CallJob, CallState, CampaignId};
@@ -52,8 +54,6 @@ pub struct Settings {
     pub auth_failures_before_pause: u32,
     /// How long an account stays paused after repeated 401/403s.
     pub auth_pause: Duration,
-    /// Concurrent-call caps per provider (absent: no cap).
-    pub caps: HashMap<Provider, u32>,
 }
 
 impl Default for Settings {
@@ -66,8 +66,22 @@ impl Default for Settings {
             campaign_ttl: Duration::from_secs(1),
             auth_failures_before_pause: 3,
             auth_pause: Duration::from_secs(120),
-            caps: HashMap::new(),
         }
+    }
+}
+
+/// One provider account this worker holds credentials for.
+pub struct Account {
+    pub name: AccountName,
+    pub client: Arc<dyn VoiceProvider>,
+    pub limits: Limits,
+}
+
+impl Account {
+    /// The key of its shared rate limit and lines: the provider's own
+    /// account (`vonage:APPID`), so two names for one account share them.
+    pub fn key(&self) -> String {
+        self.client.account()
     }
 }
 
@@ -77,13 +91,18 @@ pub struct Deps {
     pub limiter: Limiter,
     /// The accounts' shared health (`None`: not tracked, e.g. no Redis limiter).
     pub health: Option<Health>,
-    /// The providers this worker holds credentials for.
-    pub providers: HashMap<Provider, Arc<dyn VoiceProvider>>,
+    /// The concurrent-call caps' lines (`None`: counted in PostgreSQL).
+    pub lines: Option<Lines>,
+    /// The accounts this worker holds credentials for.
+    pub accounts: HashMap<AccountName, Arc<Account>>,
     pub settings: Settings,
     /// Cancelled on SIGTERM: jobs still waiting for a slot give it up.
     pub shutdown: CancellationToken,
     campaigns: Mutex<HashMap<CampaignId, (Instant, Arc<Campaign>)>>,
-    accounts: Mutex<HashMap<String, AccountHealth>>,
+    auth: Mutex<HashMap<String, AccountHealth>>,
+    /// Set while Redis cannot be reached for the lines: calls placed then
+    /// are adopted into them once it answers again.
+    lines_down: std::sync::atomic::AtomicBool,
 }
 
 /// Consecutive authentication failures of one provider account.
@@ -97,7 +116,7 @@ impl Deps {
     pub fn new(
         pool: PgPool,
         limiter: Limiter,
-        providers: HashMap<Provider, Arc<dyn VoiceProvider>>,
+        accounts: Vec<Account>,
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Self {
@@ -105,11 +124,13 @@ impl Deps {
             pool,
             limiter,
             health: None,
-            providers,
+            lines: None,
+            accounts: accounts.into_iter().map(|a| (a.name.clone(), Arc::new(a))).collect(),
             settings,
             shutdown,
             campaigns: Mutex::new(HashMap::new()),
-            accounts: Mutex::new(HashMap::new()),
+            auth: Mutex::new(HashMap::new()),
+            lines_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -136,13 +157,13 @@ impl Deps {
     }
 
     fn account_paused(&self, account: &str) -> Option<Duration> {
-        let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let accounts = self.auth.lock().unwrap_or_else(|p| p.into_inner());
         let until = accounts.get(account)?.paused_until?;
         until.checked_duration_since(Instant::now())
     }
 
     fn auth_failed(&self, account: &str) {
-        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut accounts = self.auth.lock().unwrap_or_else(|p| p.into_inner());
         let health = accounts.entry(account.to_owned()).or_default();
         health.auth_failures += 1;
         if health.auth_failures >= self.settings.auth_failures_before_pause {
@@ -158,7 +179,7 @@ impl Deps {
     }
 
     fn auth_ok(&self, account: &str) {
-        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut accounts = self.auth.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(health) = accounts.get_mut(account) {
             health.auth_failures = 0;
             health.paused_until = None;
@@ -196,15 +217,17 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         return Ok(outcome);
     }
     let held_since = Instant::now();
-    let (provider, client) = match choose(deps, &campaign, held_since).await {
-        Choice::Use(provider, client) => (provider, client),
+    let chosen = match choose(deps, &campaign, held_since).await {
+        Choice::Use(account) => account,
         Choice::NotConfigured(detail) => {
             return fail_unclaimed(deps, job, "provider_not_configured", &detail).await;
         }
         Choice::Wait(left) => return Ok(defer(deps, job, DelayTier::at_least(left)).await?),
         Choice::ShuttingDown => return Ok(Outcome::Delay(DelayTier::S1)),
     };
-    let account = client.account();
+    let (client, key) = (chosen.client.clone(), chosen.key());
+    let rate = Some(chosen.limits.rate);
+    let account = key.as_str();
 
     // Reserve a slot, claim the call, then send exactly on the slot: the
     // database work happens while we wait, so nothing but the request itself
@@ -216,21 +239,22 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     // slots it could have used empty.
     //
     // With a concurrent-call cap, the job first waits (held, like a refused
-    // reservation) until the provider has a free line, and the claim takes
-    // the line under the cap's lock; a line taken meanwhile by another
-    // worker sends this one back to waiting, with a new slot.
-    let cap = deps.settings.caps.get(&provider).copied();
+    // reservation) until the account has a free line, and takes the line
+    // right after its claim (`claim_with_line`); a line taken meanwhile by
+    // another worker sends this one back to waiting, with a new slot.
+    let cap = chosen.limits.max_concurrent;
+    let lease = line_lease(deps, &campaign);
     let (slot, url_token) = loop {
         // Held as long as a job may be: back to a delay queue, and the
         // sweeper told it is waiting its turn, not lost.
         if let Some(cap) = cap
-            && !wait_for_a_line(deps, provider, cap, held_since).await?
+            && !wait_for_a_line(deps, &chosen, cap, held_since).await?
         {
             return Ok(defer(deps, job, DelayTier::S5).await?);
         }
         let (reserved_at, wait) = loop {
             let at = tokio::time::Instant::now();
-            match deps.limiter.reserve(&account).await {
+            match deps.limiter.reserve_at(account, rate).await {
                 Reservation::Granted(wait) => break (at, wait),
                 Reservation::Refused(wait) => {
                     metrics::counter!("tocsin_limiter_refused_total").increment(1);
@@ -247,19 +271,17 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
         let url_token = calls::new_url_token();
         let claimed = match cap {
-            None => calls::claim(&deps.pool, job.call_id, job.attempt, provider, &url_token).await?,
-            Some(cap) => {
-                match calls::claim_within_cap(&deps.pool, job.call_id, job.attempt, provider, &url_token, cap)
-                    .await?
-                {
-                    CappedClaim::Claimed => true,
-                    CappedClaim::NotWaiting => false,
-                    CappedClaim::Full => continue,
-                }
+            None => {
+                calls::claim(&deps.pool, job.call_id, job.attempt, chosen.name.clone(), &url_token).await?
             }
+            Some(cap) => match claim_with_line(deps, job, &chosen, &url_token, cap, lease).await? {
+                CappedClaim::Claimed => true,
+                CappedClaim::NotWaiting => false,
+                CappedClaim::Full => continue,
+            },
         };
         if !claimed {
-            return decide_unclaimed(deps, job, client.as_ref(), &campaign, &account).await;
+            return decide_unclaimed(deps, job, &chosen, &campaign).await;
         }
         break (reserved_at + wait, url_token);
     };
@@ -267,14 +289,14 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     // cancel must stop dialing within a couple of seconds.
     let check_at = slot.checked_sub(calls::LAST_CHECK_LEAD).unwrap_or(slot).max(tokio::time::Instant::now());
     if !sleep_or_shutdown(deps, check_at).await {
-        release(deps, job, None).await?;
+        give_back(deps, job, &chosen).await?;
         return Ok(Outcome::Delay(DelayTier::S1));
     }
     let campaign = match deps.campaign(job.campaign_id).await {
         Ok(Some(c)) => c,
         Ok(None) => {
             // Deleted meanwhile (its calls with it): nothing to dial.
-            release(deps, job, None).await?;
+            give_back(deps, job, &chosen).await?;
             warn!("campaign deleted while its call waited for a slot, dropping job");
             return Ok(Outcome::Ack);
         }
@@ -282,18 +304,19 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
             // Broken by hand while the call waited: fail the claimed call.
             let detail = format!("the campaign's {index} is invalid: {source}");
             finish_failed(deps, job, "bad_campaign", &detail).await?;
+            free_line(deps, job, &chosen).await;
             return Ok(Outcome::Ack);
         }
         Err(e) => {
-            release(deps, job, None).await?;
+            give_back(deps, job, &chosen).await?;
             return Err(e.into());
         }
     };
     // The route changed while the call waited (`producer route`): a call
     // whose account left the route goes back to choose again.
-    if !campaign.settings.route().accounts.iter().any(|a| a.provider == provider) {
-        release(deps, job, None).await?;
-        info!(%provider, route = %campaign.settings.route(), "route changed while the call waited for its slot: choosing again");
+    if !campaign.settings.route().accounts.contains(&chosen.name) {
+        give_back(deps, job, &chosen).await?;
+        info!(account = %chosen.name, route = %campaign.settings.route(), "route changed while the call waited for its slot: choosing again");
         return Ok(Outcome::Delay(DelayTier::S1));
     }
     // A number put on the do-not-call list while its call waited for the
@@ -302,12 +325,13 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     match calls::on_do_not_call(&deps.pool, job.to.as_str()).await {
         Ok(true) => {
             calls::skip_claimed_do_not_call(&deps.pool, job.call_id).await?;
+            free_line(deps, job, &chosen).await;
             info!("number put on the do-not-call list while its call waited: skipped");
             return Ok(Outcome::Ack);
         }
         Ok(false) => {}
         Err(e) => {
-            release(deps, job, None).await?;
+            give_back(deps, job, &chosen).await?;
             return Err(e.into());
         }
     }
@@ -317,12 +341,12 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         || campaign.expired(Utc::now())
         || campaign.wait_before_calling(contact_zone, Utc::now()).is_some()
     {
-        release(deps, job, None).await?;
+        give_back(deps, job, &chosen).await?;
         let gate = campaign_gate(deps, job, &campaign, contact_zone).await?;
         return Ok(gate.unwrap_or(Outcome::Delay(DelayTier::S1)));
     }
-    if !sleep_or_shutdown(deps, slot).await || !admitted(deps, &account).await {
-        release(deps, job, None).await?;
+    if !sleep_or_shutdown(deps, slot).await || !admitted(deps, account, rate).await {
+        give_back(deps, job, &chosen).await?;
         return Ok(Outcome::Delay(DelayTier::S1));
     }
     let request = call_request(deps, job, &campaign, url_token);
@@ -332,9 +356,9 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         let deadline = Instant::now() + window / 2;
         while matches!(result, Err(PlaceCallError::Ambiguous(_))) && Instant::now() < deadline {
             metrics::counter!("tocsin_retries_total", "reason" => "idempotent_resend").increment(1);
-            if let Reservation::Granted(wait) = deps.limiter.reserve(&account).await {
+            if let Reservation::Granted(wait) = deps.limiter.reserve_at(account, rate).await {
                 tokio::time::sleep(wait).await;
-                if !admitted(deps, &account).await {
+                if !admitted(deps, account, rate).await {
                     break;
                 }
                 result = place(client.as_ref(), &request).await;
@@ -343,12 +367,12 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
             }
         }
     }
-    record(deps, job, &campaign, &account, provider, result).await
+    record(deps, job, &campaign, &chosen, result).await
 }
 
 /// Which account of its route a call goes through.
 enum Choice {
-    Use(Provider, Arc<dyn VoiceProvider>),
+    Use(Arc<Account>),
     /// No account of the route is configured on this worker.
     NotConfigured(String),
     /// None is usable (unhealthy, paused) and the job has been held long
@@ -364,60 +388,53 @@ const ROUTE_HOLD: Duration = Duration::from_secs(30);
 
 /// Picks the account for this call from the campaign's route: `failover`,
 /// the first usable one in the route's order, preferring one with a free
-/// line; `pool`, any usable one at random (each is paced by its own
-/// limiter, so together they carry the sum of their rates), preferring
-/// those with a free line. Usable: configured here, healthy (`Health`:
-/// closed, or this worker holds its probe) and not paused for refused
-/// credentials. While none is, the job is held (`ROUTE_CHECK_EVERY`), then
-/// put off.
+/// line; `pool`, any usable one at random in proportion to its rate (each
+/// is paced by its own limiter, so together they carry the sum of their
+/// rates), preferring those with a free line. Usable: configured here,
+/// healthy (`Health`: closed, or this worker holds its probe) and not
+/// paused for refused credentials. While none is, the job is held
+/// (`ROUTE_CHECK_EVERY`), then put off.
 async fn choose(deps: &Deps, campaign: &Campaign, held_since: Instant) -> Choice {
     let route = campaign.settings.route();
-    let configured: Vec<(AccountName, Arc<dyn VoiceProvider>)> = route
-        .accounts
-        .iter()
-        .filter(|a| a.label == tocsin_core::route::DEFAULT_LABEL)
-        .filter_map(|a| deps.providers.get(&a.provider).map(|c| (a.clone(), c.clone())))
-        .collect();
+    let configured: Vec<Arc<Account>> =
+        route.accounts.iter().filter_map(|a| deps.accounts.get(a).cloned()).collect();
     if configured.is_empty() {
         let detail = format!("no account of the route {route} is configured on this worker");
         return Choice::NotConfigured(detail);
     }
     loop {
         let mut usable = Vec::new();
-        for (name, client) in &configured {
-            if deps.account_paused(&client.account()).is_some() {
+        for account in &configured {
+            if deps.account_paused(&account.key()).is_some() {
                 continue;
             }
             let standing = match &deps.health {
-                Some(h) => h.standing(&name.to_string()).await,
+                Some(h) => h.standing(&account.name.to_string()).await,
                 None => health::Standing::Closed,
             };
-            metrics::gauge!("tocsin_account_usable", "account" => name.to_string())
+            metrics::gauge!("tocsin_account_usable", "account" => account.name.to_string())
                 .set(if standing.usable() { 1.0 } else { 0.0 });
             if standing.usable() {
                 // Only a choice between accounts needs their lines counted
                 // here: alone, the account's job waits for its line below.
-                let cap = deps.settings.caps.get(&name.provider).filter(|_| configured.len() > 1);
+                let cap = account.limits.max_concurrent.filter(|_| configured.len() > 1);
                 let free = match cap {
-                    Some(cap) => calls::in_progress(&deps.pool, name.provider)
-                        .await
-                        .map_or(true, |n| n < i64::from(*cap)),
+                    Some(cap) => lines_in_use(deps, account, cap).await.map_or(true, |n| n < cap),
                     None => true,
                 };
-                usable.push((name.provider, client.clone(), free));
+                usable.push((account.clone(), free));
             }
         }
         // A free line first; a saturated account waits for its line.
-        let free: Vec<_> = usable.iter().filter(|u| u.2).collect();
-        let pick = match (route.mode, free.is_empty()) {
-            (Mode::Failover, false) => free.first().copied(),
-            (Mode::Failover, true) => usable.first(),
-            (Mode::Pool, false) => free.get(rand::rng().random_range(0..free.len())).copied(),
-            (Mode::Pool, true) if !usable.is_empty() => usable.get(rand::rng().random_range(0..usable.len())),
-            (Mode::Pool, true) => None,
+        let free: Vec<&Arc<Account>> = usable.iter().filter(|u| u.1).map(|u| &u.0).collect();
+        let all: Vec<&Arc<Account>> = usable.iter().map(|u| &u.0).collect();
+        let candidates = if free.is_empty() { all } else { free };
+        let pick = match route.mode {
+            Mode::Failover => candidates.first().copied(),
+            Mode::Pool => by_rate(&candidates),
         };
-        if let Some((provider, client, _)) = pick {
-            return Choice::Use(*provider, client.clone());
+        if let Some(account) = pick {
+            return Choice::Use(account.clone());
         }
         metrics::counter!("tocsin_route_waits_total").increment(1);
         if held_since.elapsed() >= ROUTE_HOLD {
@@ -429,27 +446,167 @@ async fn choose(deps: &Deps, campaign: &Campaign, held_since: Instant) -> Choice
     }
 }
 
-/// How often a job held for a free line looks again.
-const LINE_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// One of `accounts` at random, each in proportion to its rate.
+fn by_rate<'a>(accounts: &[&'a Arc<Account>]) -> Option<&'a Arc<Account>> {
+    let total: f64 = accounts.iter().map(|a| a.limits.rate.calls_per_sec()).sum();
+    let mut x = rand::rng().random_range(0.0..total.max(f64::MIN_POSITIVE));
+    for account in accounts {
+        x -= account.limits.rate.calls_per_sec();
+        if x < 0.0 {
+            return Some(account);
+        }
+    }
+    accounts.last().copied()
+}
 
-/// Waits until fewer than `cap` calls of `provider` are in progress;
-/// `false` on shutdown or once the job has been held `MAX_HOLD`.
+/// How often a job held for a free line looks again.
+const LINE_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// A Redis round trip slower than this counts as Redis being down.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long a line is leased: the longest its call can last (dialing, its
+/// request, ringing, and the campaign's call time limit) and a minute. A
+/// call's line normally comes back long before, when the call ends.
+fn line_lease(deps: &Deps, campaign: &Campaign) -> Duration {
+    deps.settings.dialing_lease
+        + Duration::from_secs(u64::from(deps.settings.ringing_timeout_secs))
+        + Duration::from_secs(u64::from(campaign.settings.call_time_limit_secs()))
+        + Duration::from_secs(60)
+}
+
+/// Waits until `account` has a free line; `false` on shutdown or once the
+/// job has been held `MAX_HOLD`.
 async fn wait_for_a_line(
     deps: &Deps,
-    provider: Provider,
+    account: &Account,
     cap: u32,
     held_since: Instant,
 ) -> Result<bool, sqlx::Error> {
     loop {
-        if calls::in_progress(&deps.pool, provider).await? < i64::from(cap) {
+        if lines_in_use(deps, account, cap).await? < cap {
             return Ok(true);
         }
-        metrics::counter!("tocsin_concurrency_waits_total", "provider" => provider.as_str()).increment(1);
+        metrics::counter!("tocsin_concurrency_waits_total", "account" => account.name.to_string())
+            .increment(1);
         if held_since.elapsed() >= MAX_HOLD
             || !sleep_or_shutdown(deps, tokio::time::Instant::now() + LINE_CHECK_EVERY).await
         {
             return Ok(false);
         }
+    }
+}
+
+/// `account`'s lines in use: from Redis, where the lines of calls that
+/// have ended are freed when the account is full (`lines`); counted in
+/// PostgreSQL while Redis is down.
+async fn lines_in_use(deps: &Deps, account: &Account, cap: u32) -> Result<u32, sqlx::Error> {
+    if let Some(lines) = &deps.lines {
+        let key = account.key();
+        match tokio::time::timeout(REDIS_TIMEOUT, lines.in_use(&key, cap)).await {
+            Ok(Ok(in_use)) => {
+                lines_back(deps, lines, account).await?;
+                metrics::gauge!("tocsin_account_lines_in_use", "account" => account.name.to_string())
+                    .set(f64::from(in_use.used));
+                if in_use.to_check.is_empty() {
+                    return Ok(in_use.used);
+                }
+                let ended = calls::ended_among(&deps.pool, &in_use.to_check).await?;
+                if ended.is_empty() {
+                    return Ok(in_use.used);
+                }
+                match tokio::time::timeout(REDIS_TIMEOUT, lines.free(&key, &ended)).await {
+                    Ok(Ok(())) => {
+                        metrics::counter!("tocsin_account_lines_freed_total").increment(ended.len() as u64);
+                        let freed = u32::try_from(ended.len()).unwrap_or(u32::MAX);
+                        return Ok(in_use.used.saturating_sub(freed));
+                    }
+                    Ok(Err(e)) => lines_down(deps, &e.to_string()),
+                    Err(_) => lines_down(deps, "no answer within 500 ms"),
+                }
+            }
+            Ok(Err(e)) => lines_down(deps, &e.to_string()),
+            Err(_) => lines_down(deps, "no answer within 500 ms"),
+        }
+    }
+    let n = calls::in_progress(&deps.pool, &account.name).await?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// Redis cannot be reached for the lines: count them in PostgreSQL.
+fn lines_down(deps: &Deps, why: &str) {
+    if !deps.lines_down.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        metrics::gauge!("tocsin_lines_fallback_active").set(1.0);
+        error!(error = %why, "Redis unreachable: counting concurrent calls in PostgreSQL until it is back");
+    }
+}
+
+/// Redis answered: if it had not, the calls placed meanwhile take the
+/// lines they hold before anyone takes a new one.
+async fn lines_back(deps: &Deps, lines: &Lines, account: &Account) -> Result<(), sqlx::Error> {
+    if !deps.lines_down.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    let in_progress = calls::in_progress_ids(&deps.pool, &account.name).await?;
+    let lease = deps.settings.dialing_lease
+        + Duration::from_secs(u64::from(deps.settings.ringing_timeout_secs))
+        + MAX_ADOPTED_CALL;
+    if let Ok(Ok(adopted)) =
+        tokio::time::timeout(REDIS_TIMEOUT, lines.adopt(&account.key(), &in_progress, lease)).await
+        && deps.lines_down.swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        metrics::gauge!("tocsin_lines_fallback_active").set(0.0);
+        info!(account = %account.name, adopted, "Redis is back: concurrent calls counted there again");
+    }
+    Ok(())
+}
+
+/// The lease of a call adopted into the lines after a Redis outage (its
+/// campaign is not at hand): the longest call time limit a campaign gets.
+const MAX_ADOPTED_CALL: Duration = Duration::from_secs(3600);
+
+/// Claims the call and takes a line of `account` for it: in Redis (the
+/// claim first, so a line is never held by a call still waiting, which a
+/// full account's check would free); when every line is taken the claim
+/// is given back (`Full`). While Redis is down, the claim counts calls in
+/// progress in PostgreSQL under the account's lock instead.
+async fn claim_with_line(
+    deps: &Deps,
+    job: &CallJob,
+    account: &Account,
+    url_token: &str,
+    cap: u32,
+    lease: Duration,
+) -> Result<CappedClaim, sqlx::Error> {
+    if let Some(lines) = &deps.lines
+        && !deps.lines_down.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        if !calls::claim(&deps.pool, job.call_id, job.attempt, account.name.clone(), url_token).await? {
+            return Ok(CappedClaim::NotWaiting);
+        }
+        match tokio::time::timeout(REDIS_TIMEOUT, lines.take(&account.key(), job.call_id, cap, lease)).await {
+            Ok(Ok(true)) => return Ok(CappedClaim::Claimed),
+            Ok(Ok(false)) => {
+                calls::release(&deps.pool, job.call_id, None).await?;
+                return Ok(CappedClaim::Full);
+            }
+            Ok(Err(e)) => lines_down(deps, &e.to_string()),
+            Err(_) => lines_down(deps, "no answer within 500 ms"),
+        }
+        // Redis failed after the claim: give it back and count in PostgreSQL.
+        calls::release(&deps.pool, job.call_id, None).await?;
+    }
+    calls::claim_within_cap(&deps.pool, job.call_id, job.attempt, &account.name, url_token, cap).await
+}
+
+/// Gives back the line `job`'s call holds at `account`, if it is capped
+/// (its attempt ended or never started). Best effort: a line not given back
+/// is freed when the account is full and its call is seen to have ended.
+async fn free_line(deps: &Deps, job: &CallJob, account: &Account) {
+    if account.limits.max_concurrent.is_none() {
+        return;
+    }
+    if let Some(lines) = &deps.lines {
+        let _ = tokio::time::timeout(REDIS_TIMEOUT, lines.free(&account.key(), &[job.call_id])).await;
     }
 }
 
@@ -475,10 +632,10 @@ const MAX_ADMISSION_WAIT: Duration = Duration::from_secs(10);
 /// Waits until the limiter admits a send of `account` (see
 /// `tocsin_core::limiter`); `false` on shutdown or after
 /// `MAX_ADMISSION_WAIT`, when the caller gives the attempt back.
-async fn admitted(deps: &Deps, account: &str) -> bool {
+async fn admitted(deps: &Deps, account: &str, rate: Option<Rate>) -> bool {
     let deadline = tokio::time::Instant::now() + MAX_ADMISSION_WAIT;
     loop {
-        match deps.limiter.admit(account).await {
+        match deps.limiter.admit_at(account, rate).await {
             Admission::Go => return true,
             Admission::Wait(wait) => {
                 metrics::counter!("tocsin_limiter_admission_waits_total").increment(1);
@@ -564,9 +721,8 @@ async fn contact_zone(deps: &Deps, job: &CallJob, campaign: &Campaign) -> Result
 async fn decide_unclaimed(
     deps: &Deps,
     job: &CallJob,
-    client: &dyn VoiceProvider,
+    chosen: &Arc<Account>,
     campaign: &Campaign,
-    account: &str,
 ) -> Result<Outcome, ProcessError> {
     let Some(standing) = calls::standing(&deps.pool, job.call_id).await? else {
         warn!("call no longer exists, dropping job");
@@ -579,16 +735,17 @@ async fn decide_unclaimed(
     // Only the account the attempt was claimed for can say whether its call
     // exists (a route may have picked another one for this job): never
     // another provider, so no call is placed twice across providers.
-    let claimed_with = standing.provider.and_then(|p| deps.providers.get(&p)).cloned();
-    let claimed_account = claimed_with.as_ref().map(|c| c.account());
-    let (client, account) = match (&claimed_with, &claimed_account, standing.provider) {
-        (Some(c), Some(a), _) => (c.as_ref(), a.as_str()),
-        (_, _, Some(p)) => {
-            warn!(provider = %p, "the attempt was claimed for a provider not configured on this worker; leaving it to one that is");
-            return Ok(Outcome::Delay(DelayTier::S5));
-        }
-        _ => (client, account),
+    let account = match &standing.account {
+        Some(name) => match deps.accounts.get(name) {
+            Some(account) => account.clone(),
+            None => {
+                warn!(account = %name, "the attempt was claimed for an account not configured on this worker; leaving it to one that is");
+                return Ok(Outcome::Delay(DelayTier::S5));
+            }
+        },
+        None => chosen.clone(),
     };
+    let client = account.client.as_ref();
     let dialing_for = standing.dialing_for();
     // A provider that ignores a repeated create-call of the same call and
     // attempt within a window (Telnyx's command_id, 60 s): while it is open,
@@ -599,14 +756,14 @@ async fn decide_unclaimed(
     if let (Some(window), Some(token)) = (client.idempotency_window(), standing.url_token.clone())
         && dialing_for + IDEMPOTENT_MARGIN < window
     {
-        return resend_within_window(deps, job, client, campaign, account, token).await;
+        return resend_within_window(deps, job, &account, campaign, token).await;
     }
     if dialing_for < deps.settings.dialing_lease {
         // Another worker may be dialing right now: look again later.
         return Ok(Outcome::Delay(DelayTier::at_least(deps.settings.dialing_lease - dialing_for)));
     }
     let dialing_at = standing.dialing_at.unwrap_or(standing.now);
-    reconcile(deps, job, client, dialing_at).await
+    reconcile(deps, job, &account, dialing_at).await
 }
 
 /// How much of a provider's idempotency window a resend leaves unused: its
@@ -618,26 +775,26 @@ const IDEMPOTENT_MARGIN: Duration = Duration::from_secs(15);
 async fn resend_within_window(
     deps: &Deps,
     job: &CallJob,
-    client: &dyn VoiceProvider,
+    account: &Arc<Account>,
     campaign: &Campaign,
-    account: &str,
     url_token: String,
 ) -> Result<Outcome, ProcessError> {
     metrics::counter!("tocsin_retries_total", "reason" => "idempotent_resend").increment(1);
-    match deps.limiter.reserve(account).await {
+    let (key, rate) = (account.key(), Some(account.limits.rate));
+    match deps.limiter.reserve_at(&key, rate).await {
         Reservation::Granted(wait) if wait < IDEMPOTENT_MARGIN / 3 => tokio::time::sleep(wait).await,
         // No slot soon enough: try again shortly, still inside the window.
         _ => return Ok(Outcome::Delay(DelayTier::S1)),
     }
-    if !admitted(deps, account).await {
+    if !admitted(deps, &key, rate).await {
         return Ok(Outcome::Delay(DelayTier::S1));
     }
     info!(
         "call claimed by a worker that did not finish: sending the same request again within the provider's window"
     );
     let request = call_request(deps, job, campaign, url_token);
-    let result = place(client, &request).await;
-    record(deps, job, campaign, account, campaign.settings.provider, result).await
+    let result = place(account.client.as_ref(), &request).await;
+    record(deps, job, campaign, account, result).await
 }
 
 /// A call stuck in `dialing`: a worker died mid-request, or the request's
@@ -646,9 +803,10 @@ async fn resend_within_window(
 async fn reconcile(
     deps: &Deps,
     job: &CallJob,
-    client: &dyn VoiceProvider,
+    account: &Account,
     dialing_at: DateTime<Utc>,
 ) -> Result<Outcome, ProcessError> {
+    let client = account.client.as_ref();
     metrics::counter!("tocsin_reconciliations_total").increment(1);
     // Only this attempt's call may be recorded: one created while this
     // attempt could have been sending (claim to lease end, ± the allowed
@@ -676,7 +834,7 @@ async fn reconcile(
                 listed = listed.len(),
                 "provider confirms no call of this attempt exists: releasing the call for a new dial"
             );
-            release(deps, job, None).await?;
+            give_back(deps, job, account).await?;
             metrics::counter!("tocsin_retries_total", "reason" => "reconciled_absent").increment(1);
             Ok(Outcome::Delay(DelayTier::S1))
         }
@@ -716,15 +874,22 @@ async fn record(
     deps: &Deps,
     job: &CallJob,
     campaign: &Campaign,
-    account: &str,
-    provider: Provider,
+    chosen: &Account,
     result: Result<PlacedCall, PlaceCallError>,
 ) -> Result<Outcome, ProcessError> {
+    let provider = chosen.name.provider;
+    let key = chosen.key();
+    let account = key.as_str();
+    // A call that did not start gives its line back (an ambiguous one may
+    // exist: it keeps it until it is reconciled or its lease ends).
+    if matches!(result, Err(ref e) if !matches!(e, PlaceCallError::Ambiguous(_))) {
+        free_line(deps, job, chosen).await;
+    }
     metrics::counter!("tocsin_calls_total", "provider" => provider.as_str(), "outcome" => outcome_label(&result))
         .increment(1);
     // The account's health, shared by every worker: failures of the account
     // (not of the call) count, a success forgives.
-    let name = AccountName::default_of(provider).to_string();
+    let name = chosen.name.to_string();
     if let Some(health) = &deps.health {
         match &result {
             Ok(_) => health.succeeded(&name).await,
@@ -818,6 +983,13 @@ pub fn jittered(base: Duration, n: u32) -> Duration {
 /// Gives a claimed call back; see `calls::release`.
 async fn release(deps: &Deps, job: &CallJob, count: Option<Count<'_>>) -> Result<u32, sqlx::Error> {
     calls::release(&deps.pool, job.call_id, count).await
+}
+
+/// Gives a claimed call back, uncounted, with its line at `account`.
+async fn give_back(deps: &Deps, job: &CallJob, account: &Account) -> Result<u32, sqlx::Error> {
+    let n = release(deps, job, None).await?;
+    free_line(deps, job, account).await;
+    Ok(n)
 }
 
 async fn finish_failed(deps: &Deps, job: &CallJob, code: &str, detail: &str) -> Result<(), sqlx::Error> {

@@ -205,11 +205,12 @@ async fn drain_dead(deps: &Deps, channel: &lapin::Channel, publisher: &Publisher
 
 /// Asks the call's provider what became of it, and records the answer.
 async fn settle(deps: &Deps, publisher: &Publisher, call: &Silent) -> anyhow::Result<()> {
-    let Some(client) = deps.providers.get(&call.provider) else {
-        // Another worker holds this provider's credentials; it sweeps too
+    let Some(account) = deps.accounts.get(&call.account) else {
+        // Another worker holds this account's credentials; it sweeps too
         // when it leads. Nothing to learn here.
         return Ok(());
     };
+    let client = &account.client;
     let outcome = match client.call_status(&call.provider_call_id).await {
         Err(e) => {
             warn!(call_id = %call.call_id, error = %e, "cannot ask the provider about a silent call; asking again later");
@@ -230,13 +231,13 @@ async fn settle(deps: &Deps, publisher: &Publisher, call: &Silent) -> anyhow::Re
         }
         Ok(RemoteStatus::Ended { state: None, .. }) => {
             let detail =
-                format!("the call's final event never came, and {} does not say how it ended", call.provider);
+                format!("the call's final event never came, and {} does not say how it ended", call.account);
             sweep::ended_unseen(&deps.pool, call, &detail).await?;
             "ended_unsaid"
         }
         Ok(RemoteStatus::Gone) => {
             let detail =
-                format!("the call's final event never came, and {} no longer knows the call", call.provider);
+                format!("the call's final event never came, and {} no longer knows the call", call.account);
             sweep::ended_unseen(&deps.pool, call, &detail).await?;
             "gone"
         }

@@ -2,22 +2,23 @@
 //! and Redis, with the provider played by `wiremock` (the only part that
 //! cannot run here for real in these failure modes).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use tocsin_core::account::{Limits, Rate};
 use tocsin_core::calls;
 use tocsin_core::config::VonageCredentials;
 use tocsin_core::limiter::{Limiter, RedisLimiter};
 use tocsin_core::provider::{Provider, VoiceProvider};
 use tocsin_core::queue::DelayTier;
+use tocsin_core::route::AccountName;
 use tocsin_core::testing::{self, TestDb};
 use tocsin_core::{CallJob, CallState, CampaignId, PhoneNumber, vonage};
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-use worker::process::{Deps, Outcome, Settings, process};
+use worker::process::{Account, Deps, Outcome, Settings, process};
 
 struct Harness {
     db: TestDb,
@@ -46,7 +47,11 @@ async fn harness(settings: Settings) -> Harness {
     };
     let telnyx: Arc<dyn VoiceProvider> =
         Arc::new(tocsin_core::telnyx::Client::new(http, &telnyx_credentials));
-    let providers = HashMap::from([(Provider::Vonage, client), (Provider::Telnyx, telnyx)]);
+    let limits = Limits { rate: Rate::per_second(1000.0), max_concurrent: None };
+    let accounts = vec![
+        Account { name: AccountName::default_of(Provider::Vonage), client, limits },
+        Account { name: AccountName::default_of(Provider::Telnyx), client: telnyx, limits },
+    ];
     let conn = RedisLimiter::connect(&redis_url).await.unwrap();
     let prefix = testing::unique_prefix("worker");
     let limiter = Limiter::new(
@@ -55,7 +60,7 @@ async fn harness(settings: Settings) -> Harness {
         1,
         Duration::from_secs(5),
     );
-    let deps = Deps::new(db.pool.clone(), limiter, providers, settings, CancellationToken::new());
+    let deps = Deps::new(db.pool.clone(), limiter, accounts, settings, CancellationToken::new());
     let campaign = CampaignId::from_name("worker-test");
     sqlx::query("INSERT INTO campaigns (id, name, message, from_number) VALUES ($1, 'worker-test', 'hello', '+14155550100')")
         .bind(campaign)
@@ -151,7 +156,7 @@ async fn a_429_gives_the_claim_back_and_cools_every_worker_down() {
     assert_eq!(h.row(&job).await.0, "queued");
     assert_eq!(h.row(&job).await.1, 0);
     // The shared cool-down pushes the next slot of the account out by ~2 s.
-    let account = h.deps.providers[&Provider::Vonage].account();
+    let account = h.deps.accounts[&AccountName::default_of(Provider::Vonage)].key();
     match h.deps.limiter.reserve(&account).await {
         tocsin_core::limiter::Reservation::Granted(wait) => {
             assert!(wait > Duration::from_millis(1500), "{wait:?}")
@@ -450,7 +455,7 @@ async fn a_pause_while_a_job_waits_for_its_slot_stops_the_dial() {
     h.mock_create(created("never"), 0).await;
     let job = h.job("+14155550031").await;
     // The account's next slot is 1.5 s away.
-    let account = h.deps.providers[&Provider::Vonage].account();
+    let account = h.deps.accounts[&AccountName::default_of(Provider::Vonage)].key();
     h.deps.limiter.cool_down(&account, Duration::from_millis(1500)).await;
     let pool = h.db.pool.clone();
     let campaign = h.campaign;
@@ -477,7 +482,7 @@ async fn a_number_put_on_the_do_not_call_list_while_its_call_waits_for_the_slot_
     h.mock_create(created("never"), 0).await;
     let job = h.job("+14155550032").await;
     // The account's next slot is 1.5 s away: the call is claimed and waits.
-    let account = h.deps.providers[&Provider::Vonage].account();
+    let account = h.deps.accounts[&AccountName::default_of(Provider::Vonage)].key();
     h.deps.limiter.cool_down(&account, Duration::from_millis(1500)).await;
     let pool = h.db.pool.clone();
     let dnc = tokio::spawn(async move {

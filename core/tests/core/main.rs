@@ -6,3 +6,4 @@
 mod adapters;
 mod calls;
 mod fixtures;
+mod lines;

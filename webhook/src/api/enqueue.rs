@@ -250,7 +250,7 @@ pub async fn enqueue(
     let mut spec =
         Spec::new(request.campaign, changes, state.amqp.amqp_url.clone(), state.amqp.queue_prefix.clone());
     spec.default_region = s.default_region;
-    spec.providers = state.providers.clone();
+    spec.accounts = state.accounts.clone();
     spec.dry_run = s.dry_run;
     let collect = Collect { max: listed, kept: Mutex::new(Vec::new()) };
     let counters = Arc::new(Counters::default());

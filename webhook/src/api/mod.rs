@@ -52,6 +52,8 @@ pub struct ApiState {
     pub amqp: AmqpArgs,
     /// Providers a campaign created here may use.
     pub providers: Vec<Provider>,
+    /// Accounts its route may name.
+    pub accounts: Vec<tocsin_core::route::AccountName>,
     /// Fan-out of committed call state changes (one LISTEN per process).
     pub hub: live::Hub,
     /// The workers' calls-per-second limit, for the rate chart's line.

@@ -40,20 +40,22 @@ use crate::store::{EventStore, Stored, StoredEvent};
 pub struct HookState {
     pub pool: PgPool,
     pub store: EventStore,
-    /// `None` only with the explicit development flag.
-    pub vonage_secret: Option<SecretString>,
+    /// Every Vonage account's signature secret (an event verifies with
+    /// any); empty when Vonage is not configured, or checks are off.
+    pub vonage_secrets: Vec<SecretString>,
     /// Confirms unsigned Vonage events with Vonage; `None` in strict mode
     /// (or without Vonage credentials), where they are refused 401.
     pub vonage_confirm: Option<Arc<vonage::Confirmer>>,
     /// `TOCSIN_PUBLIC_URL`: Twilio signs the URL it was given, which is this
     /// one, not the address a proxy forwards to.
     pub public_url: String,
-    /// Twilio's auth token (signature key); `None` when Twilio is not configured.
-    pub twilio_auth_token: Option<SecretString>,
+    /// Every Twilio account's auth token (a request verifies with any);
+    /// empty when Twilio is not configured.
+    pub twilio_auth_tokens: Vec<SecretString>,
     /// Telnyx's public key and command client; `None` when Telnyx is not configured.
     pub telnyx: Option<telnyx::TelnyxHooks>,
     /// `--insecure-skip-signature-check` (Twilio and Telnyx handlers; Vonage
-    /// reads it from `vonage_secret`).
+    /// reads it from `vonage_secrets`).
     pub skip_signatures: bool,
 }
 

@@ -21,6 +21,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
 use tocsin_core::campaign::{Campaign, Content};
 use tocsin_core::confirm::{Step, Voicemail};
 use tocsin_core::http::ApiError;
@@ -39,9 +40,13 @@ use crate::store::{CallProof, StoredEvent};
 /// What the webhook needs to verify Telnyx events and command calls.
 #[derive(Clone)]
 pub struct TelnyxHooks {
-    /// `None` only with `--insecure-skip-signature-check`.
-    pub public_key: Option<PublicKey>,
+    /// Every Telnyx account's public key (an event verifies with any);
+    /// empty only with `--insecure-skip-signature-check`.
+    pub public_keys: Arc<Vec<PublicKey>>,
+    /// The command client of the account at hand (`for_call`).
     pub client: Arc<telnyx::Client>,
+    /// Every account's command client, by label.
+    accounts: Arc<HashMap<String, Arc<telnyx::Client>>>,
 }
 
 /// Longest a speak or hang-up command may take before we give up and let
@@ -49,10 +54,53 @@ pub struct TelnyxHooks {
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl TelnyxHooks {
-    /// The command client for the checked settings (`WebhookConfig::telnyx_settings`).
-    pub fn new(settings: TelnyxSettings) -> anyhow::Result<Self> {
-        let client = telnyx::Client::from_credentials(&settings.credentials, COMMAND_TIMEOUT)?;
-        Ok(Self { public_key: settings.public_key, client: Arc::new(client) })
+    /// The keys and command clients of the `default` account (the checked
+    /// settings, `WebhookConfig::telnyx_settings`) and of the accounts
+    /// file's Telnyx accounts; `None` when there is none.
+    pub fn new(
+        settings: Option<TelnyxSettings>,
+        file: &[tocsin_core::config::AccountConfig],
+    ) -> anyhow::Result<Option<Self>> {
+        let mut keys = Vec::new();
+        let mut accounts = HashMap::new();
+        if let Some(settings) = settings {
+            keys.extend(settings.public_key);
+            let client = telnyx::Client::from_credentials(&settings.credentials, COMMAND_TIMEOUT)?;
+            accounts.insert(tocsin_core::route::DEFAULT_LABEL.to_owned(), Arc::new(client));
+        }
+        for account in file {
+            let tocsin_core::config::Credentials::Telnyx(credentials) = &account.credentials else {
+                continue;
+            };
+            if let Some(key) = &account.webhook_key {
+                let key = PublicKey::from_base64(key.expose_secret()).map_err(|e| {
+                    anyhow::anyhow!("account {}: `public_key` is not a Telnyx public key: {e}", account.name)
+                })?;
+                keys.push(key);
+            }
+            let client = telnyx::Client::from_credentials(credentials, COMMAND_TIMEOUT)?;
+            accounts.insert(account.name.label.clone(), Arc::new(client));
+        }
+        let Some(first) =
+            accounts.get(tocsin_core::route::DEFAULT_LABEL).or_else(|| accounts.values().next())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Self { public_keys: Arc::new(keys), client: first.clone(), accounts: Arc::new(accounts) }))
+    }
+
+    /// These hooks with the command client of the account that placed
+    /// `call` (looked up only when there are several).
+    async fn for_call(&self, state: &HookState, call: Option<CallId>) -> Self {
+        let mut hooks = self.clone();
+        if self.accounts.len() > 1
+            && let Some(id) = call
+            && let Ok(Some(standing)) = calls::standing(&state.pool, id).await
+            && let Some(client) = standing.account.and_then(|a| self.accounts.get(&a.label).cloned())
+        {
+            hooks.client = client;
+        }
+        hooks
     }
 }
 
@@ -71,14 +119,26 @@ pub async fn events(
         return refused(Reason::Signature, "Telnyx is not configured on this webhook service");
     };
     if !state.skip_signatures {
-        let Some(key) = &hooks.public_key else {
+        if hooks.public_keys.is_empty() {
             return refused(Reason::Signature, "no TOCSIN_TELNYX_PUBLIC_KEY configured");
-        };
+        }
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        if let Err(e) =
-            telnyx::verify_webhook(header("telnyx-signature-ed25519"), header("telnyx-timestamp"), key, &body)
-        {
-            return refused(Reason::Signature, &e.to_string());
+        // Signed by whichever of our accounts placed the call.
+        let mut verified = Err(String::new());
+        for key in hooks.public_keys.iter() {
+            verified = telnyx::verify_webhook(
+                header("telnyx-signature-ed25519"),
+                header("telnyx-timestamp"),
+                key,
+                &body,
+            )
+            .map_err(|e| e.to_string());
+            if verified.is_ok() {
+                break;
+            }
+        }
+        if let Err(e) = verified {
+            return refused(Reason::Signature, &e);
         }
     }
     let payload: serde_json::Value = match serde_json::from_slice(&body) {
@@ -119,7 +179,8 @@ pub async fn events(
     if let Err(response) = store_event(&state, stored).await {
         return response;
     }
-    match command(&state, hooks, call_id, attempt(&query), &proof, &event, &payload).await {
+    let hooks = hooks.for_call(&state, call_id).await;
+    match command(&state, &hooks, call_id, attempt(&query), &proof, &event, &payload).await {
         // 200, not 204: Telnyx delivers to the failover URL on any answer
         // but 200 OK (its Voice API "Receiving Webhooks" page).
         Ok(()) => StatusCode::OK.into_response(),

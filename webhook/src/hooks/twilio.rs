@@ -45,14 +45,21 @@ fn verified_params(
     if state.skip_signatures {
         return Ok(params);
     }
-    let Some(token) = &state.twilio_auth_token else {
+    if state.twilio_auth_tokens.is_empty() {
         return Err(refused(Reason::Signature, "no TOCSIN_TWILIO_AUTH_TOKEN configured"));
-    };
+    }
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let url = format!("{}{path_and_query}", state.public_url);
     let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
-    twilio::verify_signature(signature, token, &url, &params)
-        .map_err(|e| refused(Reason::Signature, &e.to_string()))?;
+    // Signed by whichever of our accounts placed the call.
+    let mut verified = Err(String::new());
+    for token in &state.twilio_auth_tokens {
+        verified = twilio::verify_signature(signature, token, &url, &params).map_err(|e| e.to_string());
+        if verified.is_ok() {
+            break;
+        }
+    }
+    verified.map_err(|e| refused(Reason::Signature, &e))?;
     Ok(params)
 }
 

@@ -103,10 +103,14 @@ fn header_auth(headers: &HeaderMap) -> Option<&str> {
 /// Checks Vonage's signature on a body (401 otherwise). Without a secret
 /// (Vonage not configured here) nothing verifies.
 fn verify_signed(state: &HookState, auth: Option<&str>, body: &[u8]) -> Result<(), Response> {
-    let verified = match &state.vonage_secret {
-        Some(secret) => vonage::verify_webhook(auth, secret, body).map(|_| ()).map_err(|e| e.to_string()),
-        None => Err("TOCSIN_VONAGE_SIGNATURE_SECRET is not set on this service".to_owned()),
-    };
+    // Signed by whichever of our accounts placed the call.
+    let mut verified = Err("TOCSIN_VONAGE_SIGNATURE_SECRET is not set on this service".to_owned());
+    for secret in &state.vonage_secrets {
+        verified = vonage::verify_webhook(auth, secret, body).map(|_| ()).map_err(|e| e.to_string());
+        if verified.is_ok() {
+            break;
+        }
+    }
     verified.map_err(|e| rejected(Provider::Vonage, Reason::Signature, &e))
 }
 

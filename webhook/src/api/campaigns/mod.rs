@@ -381,7 +381,7 @@ pub async fn route(
         .await
         .map_err(|_| ApiError::unavailable())?
         .ok_or_else(|| unknown(&name))?;
-    let done = tocsin_core::campaign::set_route(&state.pool, &c, route, &state.providers).await.map_err(
+    let done = tocsin_core::campaign::set_route(&state.pool, &c, route, &state.accounts).await.map_err(
         |e| match e {
             tocsin_core::campaign::ControlError::Refused(m) => conflict(m),
             tocsin_core::campaign::ControlError::Database(e) => {
