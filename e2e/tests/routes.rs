@@ -165,11 +165,14 @@ async fn a_pool_spreads_calls_over_every_account_and_a_route_changes_on_a_runnin
         .unwrap()
         .unwrap();
     let route: tocsin_core::route::Route = "failover:twilio".parse().unwrap();
-    let providers = [
+    let providers: Vec<tocsin_core::route::AccountName> = [
         tocsin_core::provider::Provider::Vonage,
         tocsin_core::provider::Provider::Twilio,
         tocsin_core::provider::Provider::Telnyx,
-    ];
+    ]
+    .into_iter()
+    .map(Into::into)
+    .collect();
     tocsin_core::campaign::set_route(&stack.db.pool, &c, Some(route), &providers).await.unwrap();
     stack.wait_terminal("rerouted").await;
     let rows = calls(&stack, "rerouted").await;
@@ -194,4 +197,72 @@ async fn a_route_naming_an_unconfigured_account_is_refused_at_enqueue_naming_it(
     let err = producer::enqueue(&stack.db.pool, &args).await.unwrap_err().to_string();
     assert!(err.contains("telnyx:default") && err.contains("TOCSIN_TELNYX_CONNECTION_ID"), "{err}");
     stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn named_accounts_of_one_provider_share_a_pool_and_a_capped_account_never_exceeds_its_lines() {
+    let stack = common::start(Options { second_accounts: true, ..Options::default() }).await;
+    // Two Twilio accounts in one pool: both carry calls, each paced and
+    // signed as itself, every call recorded with its account.
+    let args = stack.enqueue_args(
+        "two-twilios",
+        &contacts(720, 40),
+        &["--message", "Two accounts.", "--route", "pool:twilio,twilio:b", "--max-attempts", "1"],
+    );
+    assert_eq!(producer::enqueue(&stack.db.pool, &args).await.unwrap().published, 40);
+    // A Telnyx account capped at 2 lines: never more at once at the provider.
+    let args = stack.enqueue_args(
+        "capped",
+        &contacts(730, 12),
+        &["--message", "Two lines.", "--route", "failover:telnyx:b", "--max-attempts", "1"],
+    );
+    assert_eq!(producer::enqueue(&stack.db.pool, &args).await.unwrap().published, 12);
+    stack.wait_terminal("two-twilios").await;
+    stack.wait_terminal("capped").await;
+
+    let by_account: Vec<(Option<String>, String, i64)> = sqlx::query_as(
+        "SELECT k.account, k.state, count(*) FROM calls k JOIN campaigns c ON c.id = k.campaign_id \
+         WHERE c.name = 'two-twilios' GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    let through =
+        |label: &str| by_account.iter().filter(|r| r.0.as_deref() == Some(label)).map(|r| r.2).sum::<i64>();
+    assert_eq!(through("default") + through("b"), 40, "{by_account:?}");
+    assert!(through("default") >= 5 && through("b") >= 5, "both accounts carry calls: {by_account:?}");
+    assert!(
+        by_account.iter().all(|r| matches!(r.1.as_str(), "completed" | "busy" | "no_answer")),
+        "{by_account:?}"
+    );
+
+    let stats = stack.sim_stats().await;
+    assert_eq!(stats["called_more_than_once"], serde_json::json!([]), "{stats}");
+    let accounts = &stats["accounts"];
+    assert_eq!(
+        accounts["twilio:default"]["calls"].as_u64().unwrap()
+            + accounts["twilio:b"]["calls"].as_u64().unwrap(),
+        40,
+        "{accounts}"
+    );
+    let capped = &accounts["telnyx:b"];
+    assert_eq!(capped["calls"].as_u64().unwrap(), 12, "{capped}");
+    assert!(capped["most_concurrent"].as_u64().unwrap() <= 2, "{capped}");
+    assert!(capped["most_concurrent"].as_u64().unwrap() >= 1, "{capped}");
+    assert_eq!(capped["rejected_past_cap"].as_u64().unwrap(), 0, "{capped}");
+    assert_eq!(accounts["telnyx:default"]["calls"].as_u64().unwrap(), 0, "{accounts}");
+    let states: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT k.state, count(*) FROM calls k JOIN campaigns c ON c.id = k.campaign_id \
+         WHERE c.name = 'capped' AND k.account = 'b' AND k.provider = 'telnyx' GROUP BY 1",
+    )
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(states.iter().map(|s| s.1).sum::<i64>(), 12, "{states:?}");
+
+    // A route naming an account no file configures is refused at enqueue, naming it.
+    let args =
+        stack.enqueue_args("nowhere", &contacts(740, 2), &["--message", "x", "--route", "pool:twilio:c"]);
+    let err = producer::enqueue(&stack.db.pool, &args).await.unwrap_err().to_string();
+    assert!(err.contains("twilio:c") && err.contains("accounts file"), "{err}");
 }

@@ -24,6 +24,10 @@ pub const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
 pub const TWILIO_TOKEN: &str = "e2e-twilio-token";
 pub const TELNYX_KEY: &str = "KEYe2e";
 pub const TELNYX_CONNECTION: &str = "e2e-connection";
+/// The second accounts (`Options::second_accounts`).
+pub const TWILIO_SID_B: &str = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+pub const TWILIO_TOKEN_B: &str = "e2e-twilio-token-b";
+pub const TELNYX_KEY_B: &str = "KEYe2eb";
 
 /// Keys and files every provider needs, made fresh per test.
 pub struct Keys {
@@ -67,6 +71,11 @@ pub struct Options {
     pub worker_rate: Option<u32>,
     pub sim_extra: Vec<String>,
     pub worker_extra: Vec<String>,
+    /// Extra webhook flags.
+    pub hook_extra: Vec<String>,
+    /// Two more accounts, from accounts files (the simulator's and ours):
+    /// `twilio:b` (20 calls/s) and `telnyx:b` (capped at 2 calls at once).
+    pub second_accounts: bool,
 }
 
 impl Default for Options {
@@ -78,6 +87,8 @@ impl Default for Options {
             worker_rate: None,
             sim_extra: Vec::new(),
             worker_extra: Vec::new(),
+            hook_extra: Vec::new(),
+            second_accounts: false,
         }
     }
 }
@@ -143,6 +154,19 @@ pub async fn start(options: Options) -> Stack {
     .map(str::to_owned)
     .collect::<Vec<_>>();
     sim_args.extend(options.sim_extra.iter().cloned());
+    let sim_accounts = keys.dir.join("sim-accounts.toml");
+    if options.second_accounts {
+        std::fs::write(
+            &sim_accounts,
+            format!(
+                "[twilio.b]\naccount_sid = \"{TWILIO_SID_B}\"\nauth_token = \"{TWILIO_TOKEN_B}\"\ncps = 20.0\n\n\
+                 [telnyx.b]\napi_key = \"{TELNYX_KEY_B}\"\nconnection_id = \"conn-b\"\nsigning_seed_path = \"telnyx_seed\"\n\
+                 dials_per_window = 100\nwindow = \"5s\"\nmax_concurrent = 2\n"
+            ),
+        )
+        .unwrap();
+        sim_args.extend(["--accounts-file".to_owned(), path(&sim_accounts).to_owned()]);
+    }
     let simulator::config::Command::Serve(sim_config) =
         simulator::config::Cli::try_parse_from(sim_args).unwrap().command
     else {
@@ -154,7 +178,25 @@ pub async fn start(options: Options) -> Stack {
     let (hook_listener, hook_addr) = tocsin_core::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let hook_url = format!("http://{hook_addr}");
     let sim_url = format!("http://{sim_addr}");
-    let hook_config = webhook::config::WebhookConfig::try_parse_from([
+    // Ours: the same accounts, at the simulator, for the workers, the
+    // webhook and the producer.
+    let accounts_file = keys.dir.join("accounts.toml");
+    let mut accounts_args: Vec<String> = Vec::new();
+    if options.second_accounts {
+        std::fs::write(
+            &accounts_file,
+            format!(
+                "[twilio.b]\napi_url = \"{sim_url}\"\naccount_sid = \"{TWILIO_SID_B}\"\nauth_token = \"{TWILIO_TOKEN_B}\"\n\
+                 rate = \"20/s\"\n\n[telnyx.b]\napi_url = \"{sim_url}\"\napi_key = \"{TELNYX_KEY_B}\"\n\
+                 connection_id = \"conn-b\"\npublic_key = \"{}\"\nrate = \"100/5s\"\nmax_concurrent = 2\n",
+                keys.telnyx_public_key.trim()
+            ),
+        )
+        .unwrap();
+        accounts_args = vec!["--accounts-file".to_owned(), path(&accounts_file).to_owned()];
+    }
+    let vonage_private = keys.dir.join("private.pem");
+    let mut hook_args = vec![
         "webhook",
         "--database-url",
         db.url.expose_secret(),
@@ -172,7 +214,7 @@ pub async fn start(options: Options) -> Stack {
         "--vonage-application-id",
         VONAGE_APP,
         "--vonage-private-key-path",
-        path(&keys.dir.join("private.pem")),
+        path(&vonage_private),
         // Time runs fifty times faster here, and so do the look-ups.
         "--vonage-confirm-rate",
         "500",
@@ -188,8 +230,10 @@ pub async fn start(options: Options) -> Stack {
         TELNYX_CONNECTION,
         "--telnyx-public-key",
         &keys.telnyx_public_key,
-    ])
-    .unwrap();
+    ];
+    hook_args.extend(options.hook_extra.iter().map(String::as_str));
+    hook_args.extend(accounts_args.iter().map(String::as_str));
+    let hook_config = webhook::config::WebhookConfig::try_parse_from(hook_args).unwrap();
     hook_config.validate().unwrap();
     tasks.push(tokio::spawn(webhook::run(hook_config, hook_listener, stop.clone())));
 
@@ -237,6 +281,7 @@ pub async fn start(options: Options) -> Stack {
             TELNYX_CONNECTION,
         ];
         args.extend(options.worker_extra.iter().map(String::as_str));
+        args.extend(accounts_args.iter().map(String::as_str));
         let config = worker::config::WorkerConfig::try_parse_from(args).unwrap();
         tasks.push(tokio::spawn(worker::run(config, stop.clone())));
     }
@@ -271,6 +316,10 @@ impl Stack {
             "--telnyx-connection-id",
             TELNYX_CONNECTION,
         ];
+        let accounts = self.keys.dir.join("accounts.toml");
+        if accounts.exists() {
+            argv.extend(["--accounts-file", path(&accounts)]);
+        }
         argv.extend(extra);
         let cli = producer::config::Cli::try_parse_from(argv).unwrap();
         let producer::config::Command::Enqueue(args) = cli.command else { unreachable!() };
