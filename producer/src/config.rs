@@ -94,7 +94,7 @@ pub enum Command {
         "  producer route storm-warning pool:vonage,twilio,telnyx  # all three at once\n",
         "  producer route storm-warning none                      # back to its --provider alone"
     ))]
-    Route(RouteArgs),
+    Route(Box<RouteArgs>),
     /// The audit log: who did what, when and from where (CLI and API), newest first.
     #[command(after_help = concat!(
         "Examples:\n",
