@@ -60,6 +60,20 @@ pub enum Credentials {
     Telnyx(TelnyxCredentials),
 }
 
+impl Credentials {
+    /// The provider's own name of the account (`vonage:APPLICATION_ID`,
+    /// `twilio:ACCOUNT_SID`, `telnyx:CONNECTION_ID`): the key of its shared
+    /// rate limit and lines, the same `VoiceProvider::account` of its
+    /// client gives (no secret in it).
+    pub fn account_key(&self) -> String {
+        match self {
+            Self::Vonage(c) => format!("vonage:{}", c.application_id),
+            Self::Twilio(c) => format!("twilio:{}", c.account_sid),
+            Self::Telnyx(c) => format!("telnyx:{}", c.connection_id),
+        }
+    }
+}
+
 /// One named provider account, as configured: its credentials, its
 /// limits, and what verifies its webhooks (Vonage's signature secret,
 /// Telnyx's public key; Twilio's is the auth token).

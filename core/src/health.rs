@@ -152,6 +152,24 @@ impl Health {
         }
     }
 
+    /// Where `account` stands, read only (no probe is taken): `closed`,
+    /// `open` or `half_open`, and its failures in the current window.
+    pub async fn peek(&self, account: &str) -> redis::RedisResult<(Standing, u32)> {
+        let mut conn = self.conn.clone();
+        let (open, half, fails): (bool, bool, Option<u32>) = redis::pipe()
+            .exists(self.key(account, "open"))
+            .exists(self.key(account, "half"))
+            .get(self.key(account, "fails"))
+            .query_async(&mut conn)
+            .await?;
+        let standing = match (open, half) {
+            (true, _) => Standing::Open,
+            (false, true) => Standing::Probing,
+            _ => Standing::Closed,
+        };
+        Ok((standing, fails.unwrap_or(0)))
+    }
+
     /// A send to `account` failed for a reason of the account (not of the
     /// call): 5xx, no connection, a timeout, 401/403. Returns whether this
     /// failure opened it.

@@ -67,6 +67,14 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, tonumber(oldest[2]) + window - now}
 ";
 
+/// KEYS[1] = the account's recent sends. ARGV[1] = period (µs). Returns
+/// how many were sent within the period.
+const SENT_RECENTLY: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+return redis.call('ZCOUNT', KEYS[1], string.format('%.0f', now - tonumber(ARGV[1])), '+inf')
+";
+
 /// KEYS[1] = cool-down end (µs). ARGV[1] = cool-down length (µs).
 /// Only ever extends the cool-down.
 const COOL_DOWN: &str = r"
@@ -193,6 +201,16 @@ impl RedisLimiter {
         } else {
             Admission::Wait(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0).max(1)))
         })
+    }
+
+    /// Create-call requests sent through `account` within the last
+    /// `rate.per` (what its rate in use is), read only.
+    pub async fn sent_recently(&self, account: &str, rate: Rate) -> redis::RedisResult<u32> {
+        let sent = format!("{}:rl:{{{account}}}:sent", self.prefix);
+        let mut conn = self.conn.clone();
+        let n: i64 =
+            Script::new(SENT_RECENTLY).key(sent).arg(micros(rate.per)).invoke_async(&mut conn).await?;
+        Ok(u32::try_from(n).unwrap_or(0))
     }
 
     /// The slots' spacing at the default rate.

@@ -77,6 +77,13 @@ redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.ceil(tonumber(ARGV[1])
 return added
 ";
 
+/// KEYS[1] = the account's lines. Returns the holders whose leases have not ended.
+const HOLDERS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+return redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%.0f', now), '+inf')
+";
+
 /// How often, at most, the holders of a full account's lines are checked
 /// against PostgreSQL (across all workers).
 pub const REAP_EVERY: Duration = Duration::from_millis(200);
@@ -170,6 +177,15 @@ impl Lines {
             .filter_map(|s| s.parse().ok())
             .collect();
         Ok(InUse { used: u32::try_from(used).unwrap_or(0), to_check })
+    }
+
+    /// The calls holding a line of `account` now, read only (expired
+    /// leases left out). Some may have ended since (`calls::ended_among`).
+    pub async fn holders(&self, account: &str) -> redis::RedisResult<Vec<CallId>> {
+        let mut conn = self.conn.clone();
+        let members: Vec<String> =
+            redis::Script::new(HOLDERS).key(self.key(account)).invoke_async(&mut conn).await?;
+        Ok(members.iter().filter_map(|m| m.parse().ok()).collect())
     }
 
     /// Counts `calls` (in progress, placed while Redis was down) as holding

@@ -260,6 +260,33 @@ async fn named_accounts_of_one_provider_share_a_pool_and_a_capped_account_never_
     .unwrap();
     assert_eq!(states.iter().map(|s| s.1).sum::<i64>(), 12, "{states:?}");
 
+    // The API shows each account: its limits, its health, its lines.
+    let key = tocsin_core::apikey::create(&stack.db.pool, "reader", &["campaigns:read".to_owned()], &[])
+        .await
+        .unwrap();
+    let view: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/accounts", stack.hook_addr))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["shared_state"], true, "{view}");
+    let listed = view["accounts"].as_array().unwrap();
+    let find = |name: &str| listed.iter().find(|a| a["account"] == name).cloned().unwrap_or_default();
+    for name in ["vonage:default", "twilio:default", "telnyx:default", "twilio:b", "telnyx:b"] {
+        assert_eq!(find(name)["state"], "closed", "{name}: {view}");
+    }
+    assert_eq!(find("twilio:b")["rate"], "20/s", "{view}");
+    assert_eq!(find("telnyx:b")["rate"], "100/5s", "{view}");
+    assert_eq!(find("telnyx:b")["max_concurrent"], 2, "{view}");
+    assert_eq!(find("telnyx:b")["lines_in_use"], 0, "every call ended: {view}");
+    let unauthenticated =
+        reqwest::get(format!("http://{}/api/v1/accounts", stack.hook_addr)).await.unwrap().status();
+    assert_eq!(unauthenticated, 401);
+
     // A route naming an account no file configures is refused at enqueue, naming it.
     let args =
         stack.enqueue_args("nowhere", &contacts(740, 2), &["--message", "x", "--route", "pool:twilio:c"]);

@@ -96,6 +96,11 @@ pub struct WebhookConfig {
     #[arg(long = "api-max-body-bytes", env = "TOCSIN_API_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub api_max_body_bytes: usize,
 
+    /// Redis, where the workers share each account's health, rate and lines (read by
+    /// `GET /api/v1/accounts`; events are stored without it).
+    #[command(flatten)]
+    pub redis: tocsin_config::RedisArgs,
+
     /// Named provider accounts beyond each provider's own variables (the same file as the
     /// workers'): their webhooks verify with their own keys, Telnyx's commands go through the
     /// account that placed the call.
@@ -144,6 +149,34 @@ impl WebhookConfig {
             }
         }
         Ok(accounts)
+    }
+
+    /// Every account configured here with its limits and its provider's
+    /// own name for it: each provider's `default` (from its variables; one
+    /// whose API credentials this service lacks is left out) and the
+    /// accounts file's.
+    pub fn known_accounts(&self) -> Vec<crate::api::accounts::KnownAccount> {
+        let providers = tocsin_config::ProviderArgs {
+            vonage: self.vonage.clone(),
+            twilio: self.twilio.clone(),
+            telnyx: self.telnyx.clone(),
+            accounts: self.accounts.clone(),
+        };
+        let rate = tocsin_core::account::Rate::per_second(self.rate_per_sec.unwrap_or(2.0));
+        match providers.accounts(rate) {
+            Ok(accounts) => accounts
+                .into_iter()
+                .map(|a| crate::api::accounts::KnownAccount {
+                    key: a.credentials.account_key(),
+                    name: a.name,
+                    limits: a.limits,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "the accounts' view (/api/v1/accounts) lists none");
+                Vec::new()
+            }
+        }
     }
 
     /// Accounts a campaign created through the API may route through:

@@ -106,6 +106,11 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
         amqp: config.amqp.clone(),
         providers: config.api_providers(),
         accounts: config.api_accounts()?,
+        known_accounts: config.known_accounts(),
+        shared: Some(
+            api::accounts::Shared::new(config.redis.redis_url.expose_secret(), &config.redis.redis_prefix)
+                .context("TOCSIN_REDIS_URL")?,
+        ),
         rate_per_sec: config.rate_per_sec.filter(|r| r.is_finite() && *r > 0.0),
         trusted_proxies: config.trusted_proxies.clone(),
     });

@@ -231,6 +231,7 @@ pub async fn start(options: Options) -> Stack {
         "--telnyx-public-key",
         &keys.telnyx_public_key,
     ];
+    hook_args.extend(["--redis-url", &redis_url, "--redis-prefix", &prefix]);
     hook_args.extend(options.hook_extra.iter().map(String::as_str));
     hook_args.extend(accounts_args.iter().map(String::as_str));
     let hook_config = webhook::config::WebhookConfig::try_parse_from(hook_args).unwrap();

@@ -21,6 +21,7 @@
 //! one broadcast per alert group and firing period; `live` streams a
 //! campaign's call state changes as Server-Sent Events.
 
+pub mod accounts;
 pub mod alertmanager;
 pub mod audit;
 pub mod auth;
@@ -54,6 +55,10 @@ pub struct ApiState {
     pub providers: Vec<Provider>,
     /// Accounts its route may name.
     pub accounts: Vec<tocsin_core::route::AccountName>,
+    /// Every account configured here, with its limits (`/api/v1/accounts`).
+    pub known_accounts: Vec<accounts::KnownAccount>,
+    /// The workers' shared state of the accounts (Redis).
+    pub shared: Option<accounts::Shared>,
     /// Fan-out of committed call state changes (one LISTEN per process).
     pub hub: live::Hub,
     /// The workers' calls-per-second limit, for the rate chart's line.
@@ -74,6 +79,7 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/campaigns/{name}/events", get(live::events))
         .route("/api/v1/alertmanager", post(alertmanager::receive))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/accounts", get(accounts::list))
         .route("/api/v1/lists", get(lists::list))
         .route("/api/v1/lists/{name}", axum::routing::put(lists::import))
         .route("/api/v1/campaigns/{name}/calls", get(calls::list))

@@ -462,6 +462,7 @@ fn openapi_file_documents_every_route() {
         "/api/v1/campaigns/{name}/series:",
         "/api/v1/alertmanager:",
         "/api/v1/audit:",
+        "/api/v1/accounts:",
         "/api/v1/lists:",
         "/api/v1/lists/{name}:",
         "/vonage/input:",
