@@ -30,6 +30,7 @@ TARGETS=(
   overlays/prod/migrate
   overlays/prod
   overlays/prod-without-keda
+  overlays/prod-accounts
   examples/campaign
 )
 

@@ -97,6 +97,13 @@ try {
   const f0 = await finished();
   await risesAbove("finished calls on the campaigns page", finished, f0, 30000);
   if (!(await page.evaluate(() => window.__tocsinNoReload === true))) throw new Error("the page reloaded");
+
+  step("campaigns page: the provider accounts' health, shared by the workers");
+  await page.waitForSelector('#accounts-table tr[data-account="vonage:default"] .pill.closed');
+  const accounts = await page.$$eval("#accounts-table tbody tr", (rows) => rows.map((r) => r.dataset.account));
+  for (const a of ["vonage:default", "twilio:default", "telnyx:default"]) {
+    if (!accounts.includes(a)) throw new Error(`account ${a} is not in the accounts table (${accounts})`);
+  }
   await page.screenshot({ path: join(shots, "campaigns.png"), fullPage: true });
 
   step("campaign page: live counters, calls table");

@@ -231,7 +231,9 @@ pub async fn start(options: Options) -> Stack {
         "--telnyx-public-key",
         &keys.telnyx_public_key,
     ];
-    hook_args.extend(["--redis-url", &redis_url, "--redis-prefix", &prefix]);
+    // The workers' own limits, as the shared config map gives both on Kubernetes.
+    let worker_rate = options.worker_rate.unwrap_or(options.rate).to_string();
+    hook_args.extend(["--redis-url", &redis_url, "--redis-prefix", &prefix, "--rate-per-sec", &worker_rate]);
     hook_args.extend(options.hook_extra.iter().map(String::as_str));
     hook_args.extend(accounts_args.iter().map(String::as_str));
     let hook_config = webhook::config::WebhookConfig::try_parse_from(hook_args).unwrap();
@@ -242,7 +244,6 @@ pub async fn start(options: Options) -> Stack {
         Credentials::Right => (keys.dir.join("private.pem"), TWILIO_TOKEN, TELNYX_KEY),
         Credentials::Wrong => (keys.dir.join("other.pem"), "not-the-token", "KEYwrong"),
     };
-    let worker_rate = options.worker_rate.unwrap_or(options.rate).to_string();
     for _ in 0..options.workers {
         let mut args = vec![
             "worker",

@@ -326,6 +326,38 @@ async function campaignsPage() {
   }
   await refresh();
   setInterval(() => refresh().catch(showError), 15000);
+  await accounts();
+  setInterval(() => accounts().catch(showError), 5000);
+}
+
+/** The provider accounts' table: health, rate in use, lines in use. */
+async function accounts() {
+  const { accounts, shared_state } = await api("/api/v1/accounts");
+  const list = $("#account-list");
+  if (!accounts.length) {
+    list.replaceChildren(el("p", { class: "note", text: "No provider account is configured on this service." }));
+    return;
+  }
+  const number = (v, digits = 1) => (v === undefined || v === null ? "–" : Number(v).toFixed(digits));
+  const rows = accounts.map((a) =>
+    el(
+      "tr",
+      { "data-account": a.account },
+      el("td", { text: a.account }),
+      el("td", {}, el("span", { class: `pill ${a.state}`, text: a.state.replace("_", "-") })),
+      el("td", { text: `${number(a.rate_in_use_per_sec)} of ${a.rate} (${number(a.rate_per_sec)}/s)` }),
+      el("td", { text: a.max_concurrent ? `${a.lines_in_use ?? "–"} of ${a.max_concurrent}` : "no cap" }),
+      el("td", { text: a.failures_in_window ?? "–" }),
+    ),
+  );
+  const head = el(
+    "tr",
+    {},
+    ...["Account", "State", "Calls/s in use", "Lines in use", "Recent failures"].map((t) => el("th", { text: t })),
+  );
+  const nodes = [el("table", { id: "accounts-table" }, el("thead", {}, head), el("tbody", {}, ...rows))];
+  if (!shared_state) nodes.unshift(el("p", { class: "error", text: "Redis cannot be read: the accounts' state is unknown." }));
+  list.replaceChildren(...nodes);
 }
 
 // ---- campaign page ----------------------------------------------------------
