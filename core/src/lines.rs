@@ -86,7 +86,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%.0f', now), '+inf')
 
 /// How often, at most, the holders of a full account's lines are checked
 /// against PostgreSQL (across all workers).
-pub const REAP_EVERY: Duration = Duration::from_millis(200);
+pub const REAP_EVERY: Duration = Duration::from_millis(100);
 
 /// How busy an account's lines are.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -460,7 +460,7 @@ fn by_rate<'a>(accounts: &[&'a Arc<Account>]) -> Option<&'a Arc<Account>> {
 }
 
 /// How often a job held for a free line looks again.
-const LINE_CHECK_EVERY: Duration = Duration::from_millis(100);
+const LINE_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// A Redis round trip slower than this counts as Redis being down.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
