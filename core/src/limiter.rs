@@ -67,6 +67,19 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, tonumber(oldest[2]) + window - now}
 ";
 
+/// KEYS = the accounts' theoretical arrival times. Returns for each how far
+/// (µs) its next free slot is from now (0 when free now).
+const BACKLOG: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or '0')
+  out[i] = math.max(0, tat - now)
+end
+return out
+";
+
 /// KEYS[1] = the account's recent sends. ARGV[1] = period (µs). Returns
 /// how many were sent within the period.
 const SENT_RECENTLY: &str = r"
@@ -211,6 +224,19 @@ impl RedisLimiter {
         let n: i64 =
             Script::new(SENT_RECENTLY).key(sent).arg(micros(rate.per)).invoke_async(&mut conn).await?;
         Ok(u32::try_from(n).unwrap_or(0))
+    }
+
+    /// How far ahead each of `accounts` has its slots booked (zero when its
+    /// next slot is free now), in one round trip; read only.
+    pub async fn backlog(&self, accounts: &[String]) -> redis::RedisResult<Vec<Duration>> {
+        let script = Script::new(BACKLOG);
+        let mut invocation = script.prepare_invoke();
+        for account in accounts {
+            invocation.key(self.keys(account).0);
+        }
+        let mut conn = self.conn.clone();
+        let waits: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        Ok(waits.into_iter().map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))).collect())
     }
 
     /// The slots' spacing at the default rate.
@@ -437,6 +463,16 @@ impl Limiter {
                 Admission::Go
             }
         }
+    }
+
+    /// How far ahead each account's slots are booked (`RedisLimiter::backlog`);
+    /// `None` without the shared limiter or when Redis does not answer.
+    pub async fn backlog(&self, accounts: &[String]) -> Option<Vec<Duration>> {
+        let redis = self.redis.as_ref()?;
+        if self.lock().active {
+            return None;
+        }
+        tokio::time::timeout(REDIS_TIMEOUT, redis.backlog(accounts)).await.ok()?.ok()
     }
 
     /// Pushes the account's slots back after a provider 429 (shared through

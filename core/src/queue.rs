@@ -142,6 +142,12 @@ impl DelayTier {
             .unwrap_or(Self::S1)
     }
 
+    /// The longest tier at most as long as `wanted` (the shortest if none):
+    /// for a job that must look again no later than `wanted`.
+    pub fn at_most(wanted: Duration) -> Self {
+        Self::ALL.into_iter().rev().find(|t| t.duration() <= wanted).unwrap_or(Self::S1)
+    }
+
     /// The shortest tier at least as long as `wanted` (the longest if none).
     pub fn at_least(wanted: Duration) -> Self {
         Self::ALL.into_iter().find(|t| t.duration() >= wanted).unwrap_or(Self::H1)
@@ -381,6 +387,9 @@ mod tests {
         assert_eq!(DelayTier::nearest(Duration::from_secs(86_400)), DelayTier::H1);
         assert_eq!(DelayTier::at_least(Duration::from_millis(1500)), DelayTier::S5);
         assert_eq!(DelayTier::at_least(Duration::from_secs(7200)), DelayTier::H1);
+        assert_eq!(DelayTier::at_most(Duration::from_secs(60)), DelayTier::S30);
+        assert_eq!(DelayTier::at_most(Duration::from_secs(29)), DelayTier::S5);
+        assert_eq!(DelayTier::at_most(Duration::from_millis(300)), DelayTier::S1);
     }
 
     #[test]

@@ -101,6 +101,13 @@ pub struct WorkerConfig {
     #[arg(long = "account-window", env = "TOCSIN_ACCOUNT_WINDOW", default_value = "30s", value_parser = parse_duration)]
     pub account_window: Duration,
 
+    /// A create-call request to an account unanswered this long counts as one of its failures
+    /// at once (the request itself still waits for its answer, up to --provider-timeout), when
+    /// the call's route has another account: an account that stopped answering opens within a
+    /// few seconds, and the route moves the next calls on.
+    #[arg(long = "account-slow", env = "TOCSIN_ACCOUNT_SLOW", default_value = "3s", value_parser = parse_duration)]
+    pub account_slow: Duration,
+
     /// How long an unhealthy account gets no calls before one probe call is sent to it.
     #[arg(long = "account-cool-down", env = "TOCSIN_ACCOUNT_COOL_DOWN", default_value = "15s", value_parser = parse_duration)]
     pub account_cool_down: Duration,

@@ -91,6 +91,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         ringing_timeout_secs: config.ringing_timeout_secs,
         dialing_lease: config.dialing_lease,
         max_transient_retries: config.max_transient_retries,
+        account_slow: config.account_slow,
         ..Settings::default()
     };
     let mut deps = Deps::new(pool.clone(), limiter, accounts, settings, shutdown.clone());

@@ -54,6 +54,9 @@ pub struct Settings {
     pub auth_failures_before_pause: u32,
     /// How long an account stays paused after repeated 401/403s.
     pub auth_pause: Duration,
+    /// A create-call unanswered this long counts as a failure of its
+    /// account at once, when its route has another account.
+    pub account_slow: Duration,
 }
 
 impl Default for Settings {
@@ -66,6 +69,7 @@ impl Default for Settings {
             campaign_ttl: Duration::from_secs(1),
             auth_failures_before_pause: 3,
             auth_pause: Duration::from_secs(120),
+            account_slow: Duration::from_secs(3),
         }
     }
 }
@@ -217,8 +221,8 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         return Ok(outcome);
     }
     let held_since = Instant::now();
-    let chosen = match choose(deps, &campaign, held_since).await {
-        Choice::Use(account) => account,
+    let (chosen, probing) = match choose(deps, &campaign, held_since).await {
+        Choice::Use(account, probe) => (account, probe),
         Choice::NotConfigured(detail) => {
             return fail_unclaimed(deps, job, "provider_not_configured", &detail).await;
         }
@@ -239,9 +243,11 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
     // slots it could have used empty.
     //
     // With a concurrent-call cap, the job first waits (held, like a refused
-    // reservation) until the account has a free line, and takes the line
-    // right after its claim (`claim_with_line`); a line taken meanwhile by
-    // another worker sends this one back to waiting, with a new slot.
+    // reservation) until the account has a free line, claims the call and
+    // takes the line (`claim_with_line`), and only then reserves its slot: a
+    // job that loses the line to another worker has booked no slot, so the
+    // many jobs waiting for lines never push the account's timeline ahead of
+    // the calls that can go.
     let cap = chosen.limits.max_concurrent;
     let lease = line_lease(deps, &campaign);
     let (slot, url_token) = loop {
@@ -252,38 +258,42 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         {
             return Ok(defer(deps, job, DelayTier::S5).await?);
         }
-        let (reserved_at, wait) = loop {
-            let at = tokio::time::Instant::now();
-            match deps.limiter.reserve_at(account, rate).await {
-                Reservation::Granted(wait) => break (at, wait),
-                Reservation::Refused(wait) => {
-                    metrics::counter!("tocsin_limiter_refused_total").increment(1);
-                    if held_since.elapsed() >= MAX_HOLD {
-                        return Ok(defer(deps, job, DelayTier::S5).await?);
-                    }
-                    let nap = (wait / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                    if !sleep_or_shutdown(deps, tokio::time::Instant::now() + nap).await {
-                        return Ok(Outcome::Delay(DelayTier::S1));
-                    }
+        let url_token = calls::new_url_token();
+        if let Some(cap) = cap {
+            match claim_with_line(deps, job, &chosen, &url_token, cap, lease).await? {
+                CappedClaim::Claimed => {}
+                CappedClaim::NotWaiting => return decide_unclaimed(deps, job, &chosen, &campaign).await,
+                CappedClaim::Full => continue,
+            }
+        }
+        let at = tokio::time::Instant::now();
+        match deps.limiter.reserve_at(account, rate).await {
+            Reservation::Granted(wait) => {
+                metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
+                if cap.is_none()
+                    && !calls::claim(&deps.pool, job.call_id, job.attempt, chosen.name.clone(), &url_token)
+                        .await?
+                {
+                    return decide_unclaimed(deps, job, &chosen, &campaign).await;
+                }
+                break (at + wait, url_token);
+            }
+            Reservation::Refused(wait) => {
+                metrics::counter!("tocsin_limiter_refused_total").increment(1);
+                if cap.is_some() {
+                    // Not held while waiting for a slot: the claim's lease
+                    // covers only a granted wait.
+                    give_back(deps, job, &chosen).await?;
+                }
+                if held_since.elapsed() >= MAX_HOLD {
+                    return Ok(defer(deps, job, DelayTier::S5).await?);
+                }
+                let nap = (wait / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                if !sleep_or_shutdown(deps, tokio::time::Instant::now() + nap).await {
+                    return Ok(Outcome::Delay(DelayTier::S1));
                 }
             }
-        };
-        metrics::histogram!("tocsin_limiter_wait_seconds").record(wait.as_secs_f64());
-        let url_token = calls::new_url_token();
-        let claimed = match cap {
-            None => {
-                calls::claim(&deps.pool, job.call_id, job.attempt, chosen.name.clone(), &url_token).await?
-            }
-            Some(cap) => match claim_with_line(deps, job, &chosen, &url_token, cap, lease).await? {
-                CappedClaim::Claimed => true,
-                CappedClaim::NotWaiting => false,
-                CappedClaim::Full => continue,
-            },
-        };
-        if !claimed {
-            return decide_unclaimed(deps, job, &chosen, &campaign).await;
         }
-        break (reserved_at + wait, url_token);
     };
     // Look at the campaign once more just before the slot: a pause or a
     // cancel must stop dialing within a couple of seconds.
@@ -319,6 +329,19 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         info!(account = %chosen.name, route = %campaign.settings.route(), "route changed while the call waited for its slot: choosing again");
         return Ok(Outcome::Delay(DelayTier::S1));
     }
+    // The account's breaker opened while the call waited (the calls already
+    // in flight when it opened): the call goes back to choose again, most
+    // likely another account, instead of adding to the failures. A call
+    // that is the account's probe goes.
+    if !probing
+        && let Some(health) = &deps.health
+        && !health.standing(&chosen.name.to_string()).await.usable()
+    {
+        give_back(deps, job, &chosen).await?;
+        metrics::counter!("tocsin_retries_total", "reason" => "account_opened").increment(1);
+        info!(account = %chosen.name, "the account became unhealthy while the call waited for its slot: choosing again");
+        return Ok(Outcome::Delay(DelayTier::S1));
+    }
     // A number put on the do-not-call list while its call waited for the
     // slot: `dnc add` returns only after this check's lead has passed, so
     // no call starts to it once that command has returned.
@@ -350,7 +373,8 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         return Ok(Outcome::Delay(DelayTier::S1));
     }
     let request = call_request(deps, job, &campaign, url_token);
-    let mut result = place(client.as_ref(), &request).await;
+    let multi = campaign.settings.route().accounts.len() > 1;
+    let (mut result, slow) = place_watched(deps, &chosen, &request, multi).await;
     // A lost answer from an idempotent provider: the same request again is safe.
     if let (Err(PlaceCallError::Ambiguous(_)), Some(window)) = (&result, client.idempotency_window()) {
         let deadline = Instant::now() + window / 2;
@@ -367,12 +391,40 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
             }
         }
     }
-    record(deps, job, &campaign, &chosen, result).await
+    record(deps, job, &campaign, &chosen, result, slow).await
+}
+
+/// `place`, and when the route has another account to go to, a request
+/// still unanswered after `account_slow` counts as a failure of the
+/// account at once (without giving up on it): an account that stopped
+/// answering opens within a few seconds rather than a request timeout,
+/// and the route moves the next calls on. Returns whether that was
+/// counted (the request's own failure then is not counted again).
+async fn place_watched(
+    deps: &Deps,
+    account: &Account,
+    request: &CallRequest,
+    multi: bool,
+) -> (Result<PlacedCall, PlaceCallError>, bool) {
+    let sent = place(account.client.as_ref(), request);
+    let Some(health) = deps.health.as_ref().filter(|_| multi) else {
+        return (sent.await, false);
+    };
+    tokio::pin!(sent);
+    tokio::select! {
+        result = &mut sent => return (result, false),
+        () = tokio::time::sleep(deps.settings.account_slow) => {}
+    }
+    let why = format!("no answer to a create-call within {:?}", deps.settings.account_slow);
+    health.failed(&account.name.to_string(), &why).await;
+    metrics::counter!("tocsin_account_slow_total", "account" => account.name.to_string()).increment(1);
+    (sent.await, true)
 }
 
 /// Which account of its route a call goes through.
 enum Choice {
-    Use(Arc<Account>),
+    /// This account; `true` when this call is its probe (half-open).
+    Use(Arc<Account>, bool),
     /// No account of the route is configured on this worker.
     NotConfigured(String),
     /// None is usable (unhealthy, paused) and the job has been held long
@@ -422,7 +474,7 @@ async fn choose(deps: &Deps, campaign: &Campaign, held_since: Instant) -> Choice
                     Some(cap) => lines_in_use(deps, account, cap).await.map_or(true, |n| n < cap),
                     None => true,
                 };
-                usable.push((account.clone(), free));
+                usable.push((account.clone(), free, standing == health::Standing::Probe));
             }
         }
         // A free line first; a saturated account waits for its line.
@@ -431,10 +483,11 @@ async fn choose(deps: &Deps, campaign: &Campaign, held_since: Instant) -> Choice
         let candidates = if free.is_empty() { all } else { free };
         let pick = match route.mode {
             Mode::Failover => candidates.first().copied(),
-            Mode::Pool => by_rate(&candidates),
+            Mode::Pool => least_booked(deps, &candidates).await,
         };
         if let Some(account) = pick {
-            return Choice::Use(account.clone());
+            let probe = usable.iter().any(|u| Arc::ptr_eq(&u.0, account) && u.2);
+            return Choice::Use(account.clone(), probe);
         }
         metrics::counter!("tocsin_route_waits_total").increment(1);
         if held_since.elapsed() >= ROUTE_HOLD {
@@ -445,6 +498,31 @@ async fn choose(deps: &Deps, campaign: &Campaign, held_since: Instant) -> Choice
         }
     }
 }
+
+/// For a pool: the account whose next free slot is soonest (its limiter
+/// the least booked), so every account's timeline stays full and the
+/// calls go in proportion to the accounts' free capacity; at random in
+/// proportion to their rates when the limiter cannot say (Redis down).
+async fn least_booked<'a>(deps: &Deps, accounts: &[&'a Arc<Account>]) -> Option<&'a Arc<Account>> {
+    if accounts.len() > 1 {
+        let keys: Vec<String> = accounts.iter().map(|a| a.key()).collect();
+        if let Some(backlog) = deps.limiter.backlog(&keys).await {
+            // Ties (several free now) go at random, weighted by rate.
+            let least = backlog.iter().min().copied().unwrap_or_default();
+            let tied: Vec<&'a Arc<Account>> = accounts
+                .iter()
+                .zip(&backlog)
+                .filter(|(_, b)| **b <= least + BACKLOG_TIE)
+                .map(|(a, _)| *a)
+                .collect();
+            return by_rate(&tied);
+        }
+    }
+    by_rate(accounts)
+}
+
+/// Backlogs this close count as equal.
+const BACKLOG_TIE: Duration = Duration::from_millis(5);
 
 /// One of `accounts` at random, each in proportion to its rate.
 fn by_rate<'a>(accounts: &[&'a Arc<Account>]) -> Option<&'a Arc<Account>> {
@@ -760,7 +838,7 @@ async fn decide_unclaimed(
     }
     if dialing_for < deps.settings.dialing_lease {
         // Another worker may be dialing right now: look again later.
-        return Ok(Outcome::Delay(DelayTier::at_least(deps.settings.dialing_lease - dialing_for)));
+        return Ok(Outcome::Delay(DelayTier::at_most(deps.settings.dialing_lease - dialing_for)));
     }
     let dialing_at = standing.dialing_at.unwrap_or(standing.now);
     reconcile(deps, job, &account, dialing_at).await
@@ -794,7 +872,7 @@ async fn resend_within_window(
     );
     let request = call_request(deps, job, campaign, url_token);
     let result = place(account.client.as_ref(), &request).await;
-    record(deps, job, campaign, account, result).await
+    record(deps, job, campaign, account, result, false).await
 }
 
 /// A call stuck in `dialing`: a worker died mid-request, or the request's
@@ -876,6 +954,7 @@ async fn record(
     campaign: &Campaign,
     chosen: &Account,
     result: Result<PlacedCall, PlaceCallError>,
+    counted_slow: bool,
 ) -> Result<Outcome, ProcessError> {
     let provider = chosen.name.provider;
     let key = chosen.key();
@@ -893,7 +972,7 @@ async fn record(
     if let Some(health) = &deps.health {
         match &result {
             Ok(_) => health.succeeded(&name).await,
-            Err(PlaceCallError::Transient(why) | PlaceCallError::Ambiguous(why)) => {
+            Err(PlaceCallError::Transient(why) | PlaceCallError::Ambiguous(why)) if !counted_slow => {
                 health.failed(&name, why).await;
             }
             Err(PlaceCallError::Permanent { status: 401 | 403, code, detail }) => {
@@ -963,12 +1042,13 @@ async fn record(
             Ok(Outcome::Ack)
         }
         Err(PlaceCallError::Ambiguous(detail)) => {
-            // The call may exist: never dial blind. Leave it `dialing`; when
-            // the job comes back after the lease, the provider is asked.
+            // The call may exist: never dial blind. Leave it `dialing`; once
+            // the lease has passed (the job comes back no later, and waits
+            // again if early), the provider is asked.
             calls::record_ambiguous(&deps.pool, job.call_id, &detail).await?;
             metrics::counter!("tocsin_retries_total", "reason" => "ambiguous").increment(1);
             warn!(%detail, "create-call answer lost; will ask the provider after the dialing lease");
-            Ok(Outcome::Delay(DelayTier::at_least(deps.settings.dialing_lease)))
+            Ok(Outcome::Delay(DelayTier::at_most(deps.settings.dialing_lease)))
         }
     }
 }
