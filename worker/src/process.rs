@@ -330,10 +330,11 @@ pub async fn process(deps: &Deps, job: &CallJob) -> Result<Outcome, ProcessError
         return Ok(Outcome::Delay(DelayTier::S1));
     }
     // The account's breaker opened while the call waited (the calls already
-    // in flight when it opened): the call goes back to choose again, most
-    // likely another account, instead of adding to the failures. A call
-    // that is the account's probe goes.
+    // in flight when it opened): with another account on its route, the
+    // call goes back to choose again instead of adding to the failures. A
+    // call that is the account's probe goes.
     if !probing
+        && campaign.settings.route().accounts.len() > 1
         && let Some(health) = &deps.health
         && !health.standing(&chosen.name.to_string()).await.usable()
     {

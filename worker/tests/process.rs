@@ -528,3 +528,142 @@ async fn a_telnyx_call_left_by_a_dead_worker_is_sent_again_with_the_same_command
     assert_eq!(h.row(&job).await, ("placed".into(), 1, Some("v3:resent".into()), None));
     h.mock.verify().await;
 }
+
+/// A Redis server of the test's own, on a free port, that the test can
+/// stop and start again (the shared one must stay up for everyone else).
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: Option<u16>) -> Self {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        });
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server not found: this test runs a Redis of its own (deploy/local/up.sh installs it)",
+            );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child: Some(child) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capped_account_holds_its_lines_in_redis_and_counts_in_postgresql_while_redis_is_down() {
+    let Harness { db, mock, mut deps, campaign } = harness(Settings::default()).await;
+    Mock::given(method("POST")).and(path("/v1/calls")).respond_with(created("uuid-l")).mount(&mock).await;
+    let vonage = AccountName::default_of(Provider::Vonage);
+    let old = deps.accounts[&vonage].clone();
+    let limits = Limits { rate: Rate::per_second(1000.0), max_concurrent: Some(1) };
+    deps.accounts
+        .insert(vonage.clone(), Arc::new(Account { name: vonage, client: old.client.clone(), limits }));
+    let mut redis = OwnRedis::start(None);
+    let conn = RedisLimiter::connect(&format!("redis://127.0.0.1:{}", redis.port)).await.unwrap();
+    let lines = tocsin_core::lines::Lines::new(conn, "lines-test");
+    deps.lines = Some(lines.clone());
+    let deps = Arc::new(deps);
+    let key = old.key();
+
+    let job = |n: u32| {
+        let pool = db.pool.clone();
+        async move {
+            let number = format!("+1415555{n:04}");
+            let job = CallJob::new(campaign, PhoneNumber::from_e164(&number).unwrap(), 1);
+            sqlx::query("INSERT INTO calls (id, campaign_id, number) VALUES ($1, $2, $3)")
+                .bind(job.call_id)
+                .bind(campaign)
+                .bind(&number)
+                .execute(&pool)
+                .await
+                .unwrap();
+            job
+        }
+    };
+    let state = |job: CallJob| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state FROM calls WHERE id = $1")
+                .bind(job.call_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let end = |job: CallJob| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("UPDATE calls SET state = 'completed' WHERE id = $1")
+                .bind(job.call_id)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    let spawn = |job: CallJob| {
+        let deps = deps.clone();
+        tokio::spawn(async move { process(&deps, &job).await.unwrap() })
+    };
+
+    // One line: the first call takes it, in Redis.
+    let first = job(1).await;
+    assert_eq!(process(&deps, &first).await.unwrap(), Outcome::Ack);
+    assert_eq!(state(first.clone()).await, "placed");
+    assert_eq!(lines.holders(&key).await.unwrap(), vec![first.call_id]);
+    // The second waits, held, until the first call ends; then its line is freed and taken.
+    let second = job(2).await;
+    let waiting = spawn(second.clone());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(state(second.clone()).await, "queued", "no free line: it waits");
+    end(first.clone()).await;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap(), Outcome::Ack);
+    assert_eq!(state(second.clone()).await, "placed");
+    assert_eq!(lines.holders(&key).await.unwrap(), vec![second.call_id]);
+
+    // Redis goes down: calls in progress are counted in PostgreSQL instead.
+    redis.stop();
+    let third = job(3).await;
+    let waiting = spawn(third.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(state(third.clone()).await, "queued", "the second call still holds the one line");
+    end(second.clone()).await;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap(), Outcome::Ack);
+    assert_eq!(state(third.clone()).await, "placed");
+
+    // Redis is back (empty): the call placed meanwhile is adopted before
+    // any new one takes a line, so the cap still holds.
+    let _redis = OwnRedis::start(Some(redis.port));
+    let fourth = job(4).await;
+    let waiting = spawn(fourth.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        state(fourth.clone()).await,
+        "queued",
+        "the third call, placed while Redis was down, holds the line"
+    );
+    assert_eq!(lines.holders(&key).await.unwrap(), vec![third.call_id], "adopted");
+    end(third).await;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap(), Outcome::Ack);
+    assert_eq!(state(fourth).await, "placed");
+}
