@@ -6,4 +6,5 @@
 mod adapters;
 mod calls;
 mod fixtures;
+mod health;
 mod lines;
