@@ -42,7 +42,7 @@ use tocsin_core::route::AccountName;
 
 use crate::ProviderArgs;
 
-/// The accounts' settings beyond each provider's own variables.
+/// Where the accounts beyond each provider's own variables are configured.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct AccountsArgs {
     /// TOML file of named provider accounts (`[vonage.eu]`, `[telnyx.main]`, …: credentials,
@@ -50,7 +50,12 @@ pub struct AccountsArgs {
     /// configure. See the README's "Provider accounts".
     #[arg(long = "accounts-file", env = "TOCSIN_ACCOUNTS_FILE")]
     pub accounts_file: Option<PathBuf>,
+}
 
+/// The accounts' limits given by variables (for the workers, which keep
+/// them, and the webhook, which shows them).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct LimitArgs {
     /// Create-call rates per account, in the provider's own terms: e.g. `telnyx=10/5s`
     /// (Telnyx counts dials over a rolling 5 s) or `vonage=2/s,vonage:eu=3/s`. An account
     /// named nowhere has TOCSIN_RATE_PER_SEC.
@@ -197,7 +202,7 @@ impl ProviderArgs {
     /// `TOCSIN_MAX_CONCURRENT_CALLS` applied. An error names what is wrong:
     /// a half-configured provider, a bad file, an account configured twice,
     /// a rate or cap for an account that does not exist.
-    pub fn accounts(&self, default_rate: Rate) -> anyhow::Result<Vec<AccountConfig>> {
+    pub fn accounts(&self, default_rate: Rate, given: &LimitArgs) -> anyhow::Result<Vec<AccountConfig>> {
         let mut out = Vec::new();
         let limits = Limits { rate: default_rate, max_concurrent: None };
         if let Some(c) = self.vonage.credentials()? {
@@ -239,7 +244,7 @@ impl ProviderArgs {
         }
         let names =
             |out: &[AccountConfig]| out.iter().map(|a| a.name.to_string()).collect::<Vec<_>>().join(", ");
-        for (name, rate) in &self.accounts.rates {
+        for (name, rate) in &given.rates {
             let Some(account) = out.iter_mut().find(|a| &a.name == name) else {
                 anyhow::bail!(
                     "TOCSIN_RATES names {name}, which is not configured (configured: {})",
@@ -248,7 +253,7 @@ impl ProviderArgs {
             };
             account.limits.rate = *rate;
         }
-        for (name, cap) in &self.accounts.max_concurrent_calls {
+        for (name, cap) in &given.max_concurrent_calls {
             let Some(account) = out.iter_mut().find(|a| &a.name == name) else {
                 anyhow::bail!(
                     "TOCSIN_MAX_CONCURRENT_CALLS names {name}, which is not configured (configured: {})",

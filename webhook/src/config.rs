@@ -107,6 +107,11 @@ pub struct WebhookConfig {
     #[command(flatten)]
     pub accounts: tocsin_config::accounts::AccountsArgs,
 
+    /// The workers' per-account limits (the same TOCSIN_RATES and TOCSIN_MAX_CONCURRENT_CALLS),
+    /// shown by `GET /api/v1/accounts`.
+    #[command(flatten)]
+    pub limits: tocsin_config::accounts::LimitArgs,
+
     /// Proxies in front of this service (comma-separated addresses or CIDR
     /// blocks, e.g. an ingress controller's pod network). A request from one
     /// of them is attributed to the address it names in `X-Forwarded-For`
@@ -163,7 +168,7 @@ impl WebhookConfig {
             accounts: self.accounts.clone(),
         };
         let rate = tocsin_core::account::Rate::per_second(self.rate_per_sec.unwrap_or(2.0));
-        match providers.accounts(rate) {
+        match providers.accounts(rate, &self.limits) {
             Ok(accounts) => accounts
                 .into_iter()
                 .map(|a| crate::api::accounts::KnownAccount {

@@ -25,6 +25,8 @@ pub struct WorkerConfig {
     #[command(flatten)]
     pub providers: ProviderArgs,
     #[command(flatten)]
+    pub limits: tocsin_config::accounts::LimitArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
 
     /// Base URL at which providers reach the webhook service (answer and event URLs).
@@ -203,7 +205,8 @@ mod tests {
             "twilio=50",
         ])
         .unwrap();
-        let accounts = config.providers.accounts(tocsin_core::account::Rate::per_second(2.0)).unwrap();
+        let accounts =
+            config.providers.accounts(tocsin_core::account::Rate::per_second(2.0), &config.limits).unwrap();
         assert_eq!(accounts.len(), 1);
         assert_eq!(accounts[0].name, AccountName::default_of(Provider::Twilio));
         assert_eq!(accounts[0].limits.rate.to_string(), "1/s");
@@ -211,7 +214,10 @@ mod tests {
 
         let unknown =
             WorkerConfig::try_parse_from(["worker", "--max-concurrent-calls", "telnyx=10"]).unwrap();
-        let err = unknown.providers.accounts(tocsin_core::account::Rate::per_second(2.0)).unwrap_err();
+        let err = unknown
+            .providers
+            .accounts(tocsin_core::account::Rate::per_second(2.0), &unknown.limits)
+            .unwrap_err();
         assert!(err.to_string().contains("TOCSIN_MAX_CONCURRENT_CALLS names telnyx:default"), "{err}");
         let bad = WorkerConfig::try_parse_from(["worker", "--rates", "telnyx=fast"]).unwrap_err().to_string();
         assert!(bad.contains("telnyx=fast"), "{bad}");

@@ -271,7 +271,7 @@ async fn wait_idle(in_flight: &Arc<Semaphore>, prefetch: u16) {
 /// A client for every provider account this worker has credentials for.
 fn accounts(config: &WorkerConfig, http: &reqwest::Client) -> anyhow::Result<Vec<Account>> {
     let mut out = Vec::new();
-    for account in config.providers.accounts(Rate::per_second(config.rate_per_sec))? {
+    for account in config.providers.accounts(Rate::per_second(config.rate_per_sec), &config.limits)? {
         let client: Arc<dyn VoiceProvider> = match &account.credentials {
             Credentials::Vonage(c) => Arc::new(
                 vonage::Client::new(http.clone(), c)
