@@ -70,6 +70,39 @@ pub struct LimitArgs {
     pub max_concurrent_calls: HashMap<AccountName, Cap>,
 }
 
+/// The accounts' circuit breaker (`tocsin_core::health`): the workers
+/// report each create-call's result to it, the webhook the calls an
+/// account refused past its channel limit; both must count alike.
+#[derive(clap::Args, Clone, Debug)]
+pub struct HealthArgs {
+    /// Failures of a provider account (5xx, connection errors, timeouts, 401/403, calls refused
+    /// past its channel limit) within --account-window after which it counts as unhealthy: no
+    /// worker sends to it, and routes move calls to their next account, until a probe call
+    /// succeeds after --account-cool-down.
+    #[arg(long = "account-failures", env = "TOCSIN_ACCOUNT_FAILURES", default_value_t = 5)]
+    pub account_failures: u32,
+
+    /// The window in which --account-failures count.
+    #[arg(long = "account-window", env = "TOCSIN_ACCOUNT_WINDOW", default_value = "30s", value_parser = crate::parse_duration)]
+    pub account_window: std::time::Duration,
+
+    /// How long an unhealthy account gets no calls before one probe call is sent to it.
+    #[arg(long = "account-cool-down", env = "TOCSIN_ACCOUNT_COOL_DOWN", default_value = "15s", value_parser = crate::parse_duration)]
+    pub account_cool_down: std::time::Duration,
+}
+
+impl HealthArgs {
+    /// The breaker's rules; a probe may be out `probe_lease` before another goes.
+    pub fn rules(&self, probe_lease: std::time::Duration) -> tocsin_core::health::Rules {
+        tocsin_core::health::Rules {
+            threshold: self.account_failures.max(1),
+            window: self.account_window,
+            cool_down: self.account_cool_down,
+            probe_lease,
+        }
+    }
+}
+
 /// One `[provider.label]` table of the accounts file.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -713,6 +713,13 @@ impl TelnyxEvent {
         }
     }
 
+    /// The call was refused for the account's channel limit: Telnyx hangs
+    /// up a call past the account's concurrent-call limit with SIP 403
+    /// "User channel limit exceeded" (Telnyx's concurrent-limits page).
+    pub fn channel_limited(&self) -> bool {
+        self.event_type == "call.hangup" && self.payload.sip_hangup_cause.as_deref() == Some("403")
+    }
+
     /// What went wrong, for calls that failed.
     pub fn detail(&self) -> Option<String> {
         let cause = self.payload.hangup_cause.as_deref()?;

@@ -112,6 +112,11 @@ pub struct WebhookConfig {
     #[command(flatten)]
     pub limits: tocsin_config::accounts::LimitArgs,
 
+    /// The accounts' breaker, as the workers count (the same TOCSIN_ACCOUNT_* variables): a
+    /// call refused past its account's channel limit counts as one of its failures.
+    #[command(flatten)]
+    pub health: tocsin_config::accounts::HealthArgs,
+
     /// Proxies in front of this service (comma-separated addresses or CIDR
     /// blocks, e.g. an ingress controller's pod network). A request from one
     /// of them is attributed to the address it names in `X-Forwarded-For`

@@ -79,7 +79,16 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
         let file = file_accounts.iter().filter(|a| a.name.provider == provider);
         default.into_iter().chain(file.filter_map(|a| a.webhook_key.clone())).collect::<Vec<_>>()
     };
+    let shared = Arc::new(
+        api::accounts::Shared::new(
+            config.redis.redis_url.expose_secret(),
+            &config.redis.redis_prefix,
+            config.health.rules(std::time::Duration::from_secs(15)),
+        )
+        .context("TOCSIN_REDIS_URL")?,
+    );
     let state = HookState {
+        shared: Some(shared.clone()),
         public_url: config.public_url.trim_end_matches('/').to_owned(),
         twilio_auth_tokens: keys(
             tocsin_core::provider::Provider::Twilio,
@@ -107,10 +116,7 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
         providers: config.api_providers(),
         accounts: config.api_accounts()?,
         known_accounts: config.known_accounts(),
-        shared: Some(
-            api::accounts::Shared::new(config.redis.redis_url.expose_secret(), &config.redis.redis_prefix)
-                .context("TOCSIN_REDIS_URL")?,
-        ),
+        shared: Some(shared.clone()),
         rate_per_sec: config.rate_per_sec.filter(|r| r.is_finite() && *r > 0.0),
         trusted_proxies: config.trusted_proxies.clone(),
     });

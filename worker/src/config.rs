@@ -93,15 +93,8 @@ pub struct WorkerConfig {
     #[arg(long = "max-transient-retries", env = "TOCSIN_MAX_TRANSIENT_RETRIES", default_value_t = 5)]
     pub max_transient_retries: u32,
 
-    /// Failures of a provider account (5xx, connection errors, timeouts, 401/403) within
-    /// --account-window after which it counts as unhealthy: no worker sends to it, and routes
-    /// move calls to their next account, until a probe call succeeds after --account-cool-down.
-    #[arg(long = "account-failures", env = "TOCSIN_ACCOUNT_FAILURES", default_value_t = 5)]
-    pub account_failures: u32,
-
-    /// The window in which --account-failures count.
-    #[arg(long = "account-window", env = "TOCSIN_ACCOUNT_WINDOW", default_value = "30s", value_parser = parse_duration)]
-    pub account_window: Duration,
+    #[command(flatten)]
+    pub health: tocsin_config::accounts::HealthArgs,
 
     /// A create-call request to an account unanswered this long counts as one of its failures
     /// at once (the request itself still waits for its answer, up to --provider-timeout), when
@@ -109,10 +102,6 @@ pub struct WorkerConfig {
     /// few seconds, and the route moves the next calls on.
     #[arg(long = "account-slow", env = "TOCSIN_ACCOUNT_SLOW", default_value = "3s", value_parser = parse_duration)]
     pub account_slow: Duration,
-
-    /// How long an unhealthy account gets no calls before one probe call is sent to it.
-    #[arg(long = "account-cool-down", env = "TOCSIN_ACCOUNT_COOL_DOWN", default_value = "15s", value_parser = parse_duration)]
-    pub account_cool_down: Duration,
 
     /// How often the sweeper (one worker at a time) looks for calls that stopped moving.
     #[arg(long = "sweep-every", env = "TOCSIN_SWEEP_EVERY", default_value = "15s", value_parser = parse_duration)]
@@ -154,7 +143,7 @@ impl WorkerConfig {
                 self.rate_guard
             );
         }
-        if self.account_failures == 0 {
+        if self.health.account_failures == 0 {
             anyhow::bail!("TOCSIN_ACCOUNT_FAILURES must be at least 1");
         }
         if self.expected_workers == 0 {

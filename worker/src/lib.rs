@@ -51,12 +51,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let health = tocsin_core::health::Health::new(
         redis.clone(),
         &config.redis.redis_prefix,
-        tocsin_core::health::Rules {
-            threshold: config.account_failures,
-            window: config.account_window,
-            cool_down: config.account_cool_down,
-            probe_lease: config.provider_timeout + Duration::from_secs(5),
-        },
+        config.health.rules(config.provider_timeout + Duration::from_secs(5)),
     );
     let limiter = match config.limiter {
         config::LimiterMode::Redis => Limiter::new(

@@ -32,6 +32,7 @@ pub struct KnownAccount {
 pub struct Shared {
     client: redis::Client,
     prefix: String,
+    rules: Rules,
     conn: tokio::sync::OnceCell<ConnectionManager>,
 }
 
@@ -39,12 +40,25 @@ pub struct Shared {
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Shared {
-    pub fn new(url: &str, prefix: &str) -> anyhow::Result<Self> {
+    pub fn new(url: &str, prefix: &str, rules: Rules) -> anyhow::Result<Self> {
         Ok(Self {
             client: redis::Client::open(url)?,
             prefix: prefix.to_owned(),
+            rules,
             conn: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Counts a failure of `account` in its breaker, as a worker would (a
+    /// call the provider refused for the account, not for the callee).
+    /// Best effort: without Redis it is logged and dropped.
+    pub async fn account_failed(&self, account: &str, why: &str) {
+        let Some(conn) = self.conn().await else {
+            tracing::warn!(account, %why, "Redis unreachable: an account failure was not counted");
+            return;
+        };
+        let health = Health::new(conn, &self.prefix, self.rules);
+        let _ = tokio::time::timeout(REDIS_TIMEOUT, health.failed(account, why)).await;
     }
 
     /// The connection, made on first use (the webhook starts and stores
@@ -82,6 +96,7 @@ pub async fn list(State(state): State<Arc<ApiState>>, _caller: Auth<Read>) -> Re
         });
         if let Some((conn, prefix)) = &conn {
             let health = Health::new(conn.clone(), prefix, Rules::default());
+            // (`peek` reads only; the rules matter to `failed`.)
             let lines = Lines::new(conn.clone(), prefix);
             let limiter = RedisLimiter::new(conn.clone(), prefix, 1.0, Duration::ZERO);
             let name = account.name.to_string();

@@ -58,7 +58,7 @@ pub struct ApiState {
     /// Every account configured here, with its limits (`/api/v1/accounts`).
     pub known_accounts: Vec<accounts::KnownAccount>,
     /// The workers' shared state of the accounts (Redis).
-    pub shared: Option<accounts::Shared>,
+    pub shared: Option<Arc<accounts::Shared>>,
     /// Fan-out of committed call state changes (one LISTEN per process).
     pub hub: live::Hub,
     /// The workers' calls-per-second limit, for the rate chart's line.

@@ -54,6 +54,9 @@ pub struct HookState {
     pub twilio_auth_tokens: Vec<SecretString>,
     /// Telnyx's public key and command client; `None` when Telnyx is not configured.
     pub telnyx: Option<telnyx::TelnyxHooks>,
+    /// The accounts' shared state (Redis): a call refused past its
+    /// account's channel limit counts against the account.
+    pub shared: Option<Arc<crate::api::accounts::Shared>>,
     /// `--insecure-skip-signature-check` (Twilio and Telnyx handlers; Vonage
     /// reads it from `vonage_secrets`).
     pub skip_signatures: bool,

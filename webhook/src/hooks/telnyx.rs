@@ -179,6 +179,22 @@ pub async fn events(
     if let Err(response) = store_event(&state, stored).await {
         return response;
     }
+    if event.channel_limited()
+        && let (Some(id), Some(shared)) = (call_id, state.shared.clone())
+    {
+        // The account's fault, not the callee's: it counts against the
+        // account's breaker, as a worker's failed request would (off the
+        // answer's path).
+        let pool = state.pool.clone();
+        tokio::spawn(async move {
+            if let Ok(Some(standing)) = calls::standing(&pool, id).await
+                && let Some(account) = standing.account
+            {
+                let why = "a call refused past the account's channel limit (SIP 403)";
+                shared.account_failed(&account.to_string(), why).await;
+            }
+        });
+    }
     let hooks = hooks.for_call(&state, call_id).await;
     match command(&state, &hooks, call_id, attempt(&query), &proof, &event, &payload).await {
         // 200, not 204: Telnyx delivers to the failover URL on any answer

@@ -345,3 +345,70 @@ async fn an_answer_document_speaks_in_the_contacts_own_language_and_fills_its_pl
     assert_eq!(ncco[0]["language"], "es-ES", "{ncco}");
     h.app.cleanup().await;
 }
+
+#[tokio::test]
+async fn telnyx_calls_refused_past_the_channel_limit_count_against_their_account() {
+    let prefix = tocsin_core::testing::unique_prefix("limit");
+    let public =
+        tocsin_core::telnyx::public_key_base64(&tocsin_core::telnyx::signing_key(&TELNYX_SEED).unwrap());
+    let app = common::App::start(
+        "limit",
+        &[
+            "--telnyx-api-key",
+            "KEYtest",
+            "--telnyx-connection-id",
+            "conn",
+            "--telnyx-public-key",
+            &public,
+            "--redis-prefix",
+            &prefix,
+            "--account-failures",
+            "3",
+        ],
+    )
+    .await;
+    let h = Harness { app, campaign: CampaignId::from_name("limit") };
+    sqlx::query(
+        "INSERT INTO campaigns (id, name, message, from_number) VALUES ($1, 'limit', 'x', '+14155550100')",
+    )
+    .bind(h.campaign)
+    .execute(&h.app.db.pool)
+    .await
+    .unwrap();
+    let conn =
+        tocsin_core::limiter::RedisLimiter::connect(&tocsin_core::testing::redis_url().await).await.unwrap();
+    let health = tocsin_core::health::Health::new(conn, &prefix, tocsin_core::health::Rules::default());
+    let now = chrono::Utc::now().timestamp();
+    for (i, sip) in ["403", "486", "403", "403"].iter().enumerate() {
+        let number = format!("+1415555091{i}");
+        let id = h.call(&number).await;
+        sqlx::query("UPDATE calls SET provider = 'telnyx', account = 'b' WHERE id = $1")
+            .bind(id)
+            .execute(&h.app.db.pool)
+            .await
+            .unwrap();
+        let hangup = telnyx_event(
+            id,
+            "call.hangup",
+            serde_json::json!({ "hangup_cause": "call_rejected", "sip_hangup_cause": sip, "state": "hangup" }),
+        );
+        let (status, _) = h.send(telnyx_request(&hangup, telnyx_sign(&TELNYX_SEED, &hangup, now), now)).await;
+        assert_eq!(status, StatusCode::OK);
+        // Counted off the answer's path: wait for it.
+        let expected = ["403", "486", "403", "403"][..=i].iter().filter(|s| **s == "403").count() as u32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (standing, failures) = health.peek("telnyx:b").await.unwrap();
+            // The third refusal opens the account (its failures are then reset).
+            if (expected < 3 && failures == expected)
+                || (expected == 3 && standing == tocsin_core::health::Standing::Open)
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "after {i}: {standing:?} {failures}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    // A busy callee (SIP 486) is the callee's, not the account's: it did not count.
+    assert_eq!(health.peek("telnyx:default").await.unwrap(), (tocsin_core::health::Standing::Closed, 0));
+}
