@@ -60,16 +60,22 @@ pub enum Credentials {
     Telnyx(TelnyxCredentials),
 }
 
+/// The provider's own name of an account, from its non-secret id
+/// (`vonage:APPLICATION_ID`, `twilio:ACCOUNT_SID`, `telnyx:CONNECTION_ID`):
+/// the key of its shared rate limit and lines. `VoiceProvider::account` of
+/// each client and `Credentials::account_key` both give this.
+pub fn account_key(provider: crate::provider::Provider, id: &str) -> String {
+    format!("{provider}:{id}")
+}
+
 impl Credentials {
-    /// The provider's own name of the account (`vonage:APPLICATION_ID`,
-    /// `twilio:ACCOUNT_SID`, `telnyx:CONNECTION_ID`): the key of its shared
-    /// rate limit and lines, the same `VoiceProvider::account` of its
-    /// client gives (no secret in it).
+    /// `account_key` of these credentials (the same as their client's).
     pub fn account_key(&self) -> String {
+        use crate::provider::Provider;
         match self {
-            Self::Vonage(c) => format!("vonage:{}", c.application_id),
-            Self::Twilio(c) => format!("twilio:{}", c.account_sid),
-            Self::Telnyx(c) => format!("telnyx:{}", c.connection_id),
+            Self::Vonage(c) => account_key(Provider::Vonage, &c.application_id),
+            Self::Twilio(c) => account_key(Provider::Twilio, &c.account_sid),
+            Self::Telnyx(c) => account_key(Provider::Telnyx, &c.connection_id),
         }
     }
 }

@@ -526,7 +526,7 @@ impl VoiceProvider for Client {
     }
 
     fn account(&self) -> String {
-        format!("telnyx:{}", self.connection_id)
+        crate::config::account_key(Provider::Telnyx, &self.connection_id)
     }
 
     fn place_call<'a>(

@@ -241,7 +241,7 @@ impl VoiceProvider for Client {
     }
 
     fn account(&self) -> String {
-        format!("twilio:{}", self.account_sid)
+        crate::config::account_key(Provider::Twilio, &self.account_sid)
     }
 
     fn place_call<'a>(

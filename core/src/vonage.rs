@@ -486,7 +486,7 @@ impl VoiceProvider for Client {
     }
 
     fn account(&self) -> String {
-        format!("vonage:{}", self.application_id)
+        crate::config::account_key(Provider::Vonage, &self.application_id)
     }
 
     fn place_call<'a>(
