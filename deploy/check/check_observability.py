@@ -39,6 +39,11 @@ TOCSIN_METRICS = {
     "tocsin_sweeper_leader": "gauge",
     "tocsin_sweeper_republished_total": "counter",
     "tocsin_sweeper_settled_total": "counter",
+    "tocsin_account_usable": "gauge",
+    "tocsin_account_opened_total": "counter",
+    "tocsin_account_slow_total": "counter",
+    "tocsin_account_lines_in_use": "gauge",
+    "tocsin_lines_fallback_active": "gauge",
     # webhook
     "tocsin_webhook_events_total": "counter",
     "tocsin_webhook_rejected_total": "counter",
