@@ -307,7 +307,7 @@ struct FallbackState {
 /// How long to stay on the local limiter before trying Redis again.
 const REDIS_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// A Redis round trip slower than this counts as Redis being down.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Limiter {
     /// `expected_workers`: how many workers share the account when Redis is

@@ -191,11 +191,15 @@ impl WebhookConfig {
 
     /// Accounts a campaign created through the API may route through:
     /// each verifiable provider's `default` and the accounts file's.
-    pub fn api_accounts(&self) -> anyhow::Result<Vec<tocsin_core::route::AccountName>> {
+    /// (`file`: `file_accounts`, read once at start.)
+    pub fn api_accounts(
+        &self,
+        file: &[tocsin_core::config::AccountConfig],
+    ) -> Vec<tocsin_core::route::AccountName> {
         let mut out: Vec<_> =
             self.api_providers().into_iter().map(tocsin_core::route::AccountName::default_of).collect();
-        out.extend(self.file_accounts()?.into_iter().map(|a| a.name));
-        Ok(out)
+        out.extend(file.iter().map(|a| a.name.clone()));
+        out
     }
 
     /// Providers a campaign created through the API may use: those whose

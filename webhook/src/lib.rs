@@ -114,7 +114,7 @@ pub async fn app(config: &WebhookConfig, pool: PgPool) -> anyhow::Result<Router>
         pool,
         amqp: config.amqp.clone(),
         providers: config.api_providers(),
-        accounts: config.api_accounts()?,
+        accounts: config.api_accounts(&file_accounts),
         known_accounts: config.known_accounts(),
         shared: Some(shared.clone()),
         rate_per_sec: config.rate_per_sec.filter(|r| r.is_finite() && *r > 0.0),

@@ -15,7 +15,7 @@ use tocsin_core::calls::{self, CappedClaim, Count, Failing};
 use tocsin_core::campaign::{Campaign, CampaignStatus};
 use tocsin_core::db;
 use tocsin_core::health::{self, Health};
-use tocsin_core::limiter::{Admission, Limiter, Reservation};
+use tocsin_core::limiter::{Admission, Limiter, REDIS_TIMEOUT, Reservation};
 use tocsin_core::lines::Lines;
 use tocsin_core::provider::{CallRequest, CallWindow, PlaceCallError, PlacedCall, VoiceProvider};
 use tocsin_core::queue::DelayTier;
@@ -540,17 +540,18 @@ fn by_rate<'a>(accounts: &[&'a Arc<Account>]) -> Option<&'a Arc<Account>> {
 
 /// How often a job held for a free line looks again.
 const LINE_CHECK_EVERY: Duration = Duration::from_millis(50);
-/// A Redis round trip slower than this counts as Redis being down.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How long a line is leased: the longest its call can last (dialing, its
 /// request, ringing, and the campaign's call time limit) and a minute. A
 /// call's line normally comes back long before, when the call ends.
 fn line_lease(deps: &Deps, campaign: &Campaign) -> Duration {
-    deps.settings.dialing_lease
-        + Duration::from_secs(u64::from(deps.settings.ringing_timeout_secs))
-        + Duration::from_secs(u64::from(campaign.settings.call_time_limit_secs()))
-        + Duration::from_secs(60)
+    let call = Duration::from_secs(u64::from(campaign.settings.call_time_limit_secs()));
+    lease_for(deps, call + Duration::from_secs(60))
+}
+
+/// A line's lease for a call that may talk for `call`: dialing and ringing first.
+fn lease_for(deps: &Deps, call: Duration) -> Duration {
+    deps.settings.dialing_lease + Duration::from_secs(u64::from(deps.settings.ringing_timeout_secs)) + call
 }
 
 /// Waits until `account` has a free line; `false` on shutdown or once the
@@ -626,9 +627,7 @@ async fn lines_back(deps: &Deps, lines: &Lines, account: &Account) -> Result<(),
         return Ok(());
     }
     let in_progress = calls::in_progress_ids(&deps.pool, &account.name).await?;
-    let lease = deps.settings.dialing_lease
-        + Duration::from_secs(u64::from(deps.settings.ringing_timeout_secs))
-        + MAX_ADOPTED_CALL;
+    let lease = lease_for(deps, MAX_ADOPTED_CALL);
     if let Ok(Ok(adopted)) =
         tokio::time::timeout(REDIS_TIMEOUT, lines.adopt(&account.key(), &in_progress, lease)).await
         && deps.lines_down.swap(false, std::sync::atomic::Ordering::Relaxed)

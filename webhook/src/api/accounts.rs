@@ -12,7 +12,7 @@ use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use tocsin_core::account::Limits;
 use tocsin_core::health::{Health, Rules};
-use tocsin_core::limiter::RedisLimiter;
+use tocsin_core::limiter::{REDIS_TIMEOUT, RedisLimiter};
 use tocsin_core::lines::Lines;
 use tocsin_core::route::AccountName;
 
@@ -35,9 +35,6 @@ pub struct Shared {
     rules: Rules,
     conn: tokio::sync::OnceCell<ConnectionManager>,
 }
-
-/// A Redis round trip slower than this: the state is reported unknown.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Shared {
     pub fn new(url: &str, prefix: &str, rules: Rules) -> anyhow::Result<Self> {
